@@ -1,0 +1,5 @@
+"""Lightning callbacks: evaluation history (more stability callbacks follow)."""
+
+from stablelab.callbacks.history import EvalHistory
+
+__all__ = ["EvalHistory"]

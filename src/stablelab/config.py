@@ -1,0 +1,396 @@
+"""Typed, validated configs.
+
+Every config group entry names a ``_target_``; that class's (or function's) own signature is
+its schema: the parameter names are the allowed keys, the annotations their types, and
+``Annotated[..., Range(...)]`` their allowed values. The root keys have the dataclass
+:class:`RootConfig`. :func:`validate` checks a composed config against all of that and
+raises one :class:`ConfigError` listing every problem (key, value, what is allowed) before
+anything is built or trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import os
+import types
+import typing
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from omegaconf import DictConfig, OmegaConf
+
+from stablelab.paths import group_options
+
+# --------------------------------------------------------------------------- constraints
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval for a number: ``Annotated[float, Range(gt=0)]`` means > 0."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def check(self, v: float) -> str | None:
+        if self.gt is not None and not v > self.gt:
+            return f"must be > {self.gt}"
+        if self.ge is not None and not v >= self.ge:
+            return f"must be >= {self.ge}"
+        if self.lt is not None and not v < self.lt:
+            return f"must be < {self.lt}"
+        if self.le is not None and not v <= self.le:
+            return f"must be <= {self.le}"
+        return None
+
+
+PosInt = Annotated[int, Range(gt=0)]
+NonNegInt = Annotated[int, Range(ge=0)]
+PosFloat = Annotated[float, Range(gt=0)]
+NonNegFloat = Annotated[float, Range(ge=0)]
+Prob = Annotated[float, Range(ge=0, lt=1)]  # dropout, momentum-like coefficients
+OpenUnit = Annotated[float, Range(gt=0, lt=1)]  # a fraction strictly inside (0, 1)
+
+Layout = Literal["post_norm", "branch_norm", "pre_norm", "none"]
+BranchInit = Literal["default", "zero", "rezero"]
+NormKind = Literal["layernorm", "batchnorm", "rmsnorm", "none"]
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+
+
+@dataclass
+class ResidualSpec:
+    """How a residual block combines its input x with its branch f.
+
+    layout: ``post_norm`` = Norm(x + f(x)); ``branch_norm`` = x + Norm(f(x)) (the
+    playbook's recommendation); ``pre_norm`` = x + f(Norm(x)); ``none`` = x + f(x).
+    branch_init: ``default``; ``zero`` (the branch's last layer starts at 0); ``rezero``
+    (x + a*f(x) with a learnable scalar a = 0 at initialisation).
+    """
+
+    layout: Layout = "branch_norm"
+    branch_init: BranchInit = "default"
+
+
+@dataclass
+class RootConfig:
+    """The keys of ``train.yaml`` that are not config groups."""
+
+    task_name: str = "train"
+    seed: NonNegInt = 42
+    max_train_steps: PosInt = 2000
+    train: bool = True
+    test: bool = True
+    ckpt_path: str | None = None
+    tags: list[str] = field(default_factory=list)
+    run_name: str | None = None
+
+
+GROUPS = ("data", "model", "optimizer", "schedule", "clipping", "callbacks", "logger", "trainer")
+# Arguments the builder passes at run time: they need no config value.
+RUNTIME_ARGS = {
+    "data": set(),
+    "model": {"input_spec", "num_classes"},
+    "optimizer": {"params"},
+    "schedule": set(),
+    "clipping": set(),
+    "trainer": set(),
+}
+# Groups whose value is a mapping name -> {_target_: ...} (any number of entries).
+MULTI_GROUPS = ("callbacks", "logger")
+SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
+
+
+class ConfigError(ValueError):
+    """A config value is invalid. The message lists every problem, one per line."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "Invalid config (nothing was started):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+# --------------------------------------------------------------------------- type checks
+
+
+def _fmt(v: Any) -> str:
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _type_name(get_args(tp)[0])
+    if origin is Literal:
+        return "one of " + ", ".join(_fmt(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (list, tuple, Sequence, typing.Sequence):
+        args = get_args(tp)
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, value: Any, tp: Any, problems: list[str]) -> None:
+    """Append a problem if ``value`` does not fit annotation ``tp``. Unknown types pass."""
+    origin = get_origin(tp)
+    if tp is Any or tp is inspect.Parameter.empty or isinstance(tp, str):
+        return
+    if origin is Annotated:
+        base, *meta = get_args(tp)
+        before = len(problems)
+        _check_value(key, value, base, problems)
+        if len(problems) == before and isinstance(value, int | float) and value is not None:
+            for m in meta:
+                if isinstance(m, Range) and (msg := m.check(value)):
+                    problems.append(f"{key} = {_fmt(value)}: {msg}")
+        return
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(
+                f"{key} = {_fmt(value)}: allowed values are "
+                + ", ".join(_fmt(a) for a in allowed)
+                + extra
+            )
+        return
+    if origin in (Union, types.UnionType):
+        alts = get_args(tp)
+        if value is None and type(None) in alts:
+            return
+        for alt in alts:
+            if alt is type(None):
+                continue
+            trial: list[str] = []
+            _check_value(key, value, alt, trial)
+            if not trial:
+                return
+        # report the first non-None alternative's complaint (usually the informative one)
+        non_none = [a for a in alts if a is not type(None)]
+        if len(non_none) == 1:
+            _check_value(key, value, non_none[0], problems)
+        else:
+            problems.append(f"{key} = {_fmt(value)}: expected {_type_name(tp)}")
+        return
+    if origin in (list, tuple, Sequence, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, list | tuple):
+            problems.append(f"{key} = {_fmt(value)}: expected {_type_name(tp)}")
+            return
+        args = get_args(tp)
+        if args:
+            for i, item in enumerate(value):
+                _check_value(f"{key}[{i}]", item, args[0], problems)
+        return
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            problems.append(f"{key} = {_fmt(value)}: expected a mapping with keys {_fields(tp)}")
+            return
+        _check_mapping(key, dict(value), _dataclass_params(tp), set(), problems, tp.__name__)
+        return
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{key} = {_fmt(value)}: expected true or false")
+        return
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{key} = {_fmt(value)}: expected an integer")
+        return
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{key} = {_fmt(value)}: expected a number")
+        return
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{key} = {_fmt(value)}: expected a string")
+        return
+    if tp is type(None):
+        if value is not None:
+            problems.append(f"{key} = {_fmt(value)}: expected null")
+        return
+    # any other class (a tensor, a module, ...): not configurable from YAML; accept
+
+
+def _fields(dc: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(dc))
+
+
+def _dataclass_params(dc: type) -> dict[str, tuple[Any, bool]]:
+    hints = typing.get_type_hints(dc, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(dc):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out[f.name] = (hints.get(f.name, Any), required)
+    return out
+
+
+def _signature_params(fn: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
+    sig = inspect.signature(fn)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # annotations that do not evaluate here: check names only
+        hints = {}
+    params, var_kw = {}, False
+    for name, p in sig.parameters.items():
+        if name == "self" or p.kind is p.VAR_POSITIONAL:
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+            continue
+        params[name] = (hints.get(name, Any), p.default is inspect.Parameter.empty)
+    return params, var_kw
+
+
+def _callable_params(target: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
+    """(name -> (annotation, required)) of a callable's keyword parameters, and whether it
+    takes **kwargs that go nowhere we can see (then unknown keys cannot be judged).
+
+    A class whose ``__init__`` forwards ``**kwargs`` to its parent gets the parents'
+    parameters too, up the MRO, until an ``__init__`` without ``**kwargs``.
+    """
+    if not inspect.isclass(target):
+        return _signature_params(target)
+    params: dict[str, tuple[Any, bool]] = {}
+    for klass in target.__mro__:
+        if klass is object:
+            return params, True
+        if "__init__" not in vars(klass):
+            continue
+        own, var_kw = _signature_params(klass.__init__)
+        for name, val in own.items():
+            params.setdefault(name, val)
+        if not var_kw:
+            return params, False
+    return params, True
+
+
+def _check_mapping(
+    prefix: str,
+    values: dict[str, Any],
+    params: dict[str, tuple[Any, bool]],
+    provided: set[str],
+    problems: list[str],
+    what: str,
+    var_kw: bool = False,
+) -> None:
+    for key, value in values.items():
+        if key in SPECIAL_KEYS:
+            continue
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in params:
+            if var_kw:
+                continue
+            hint = difflib.get_close_matches(key, list(params), n=1)
+            problems.append(
+                f"{full}: unknown key for {what}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + "; allowed keys: "
+                + ", ".join(k for k in params if k not in provided)
+            )
+            continue
+        if key in provided:
+            problems.append(f"{full}: set by stablelab at run time; remove it from the config")
+            continue
+        _check_value(full, value, params[key][0], problems)
+    for key, (_, required) in params.items():
+        if required and key not in values and key not in provided:
+            problems.append(f"{prefix}.{key}: missing required key for {what}")
+
+
+def _import_target(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ImportError(path)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except AttributeError:
+        # nested attribute such as pkg.mod.Class.method
+        parent = _import_target(module)
+        return getattr(parent, name)
+
+
+def _check_target_entry(
+    key: str, entry: Any, provided: set[str], problems: list[str], group: str
+) -> None:
+    options = group_options(group.split(".")[0])
+    choose = f" (choose an option of the '{group.split('.')[0]}' group: {', '.join(options)})"
+    if not isinstance(entry, Mapping):
+        problems.append(f"{key} = {_fmt(entry)}: expected a mapping with a _target_{choose}")
+        return
+    target = entry.get("_target_")
+    if not target:
+        problems.append(f"{key}: missing _target_{choose}")
+        return
+    try:
+        fn = _import_target(str(target))
+    except (ImportError, AttributeError) as e:
+        problems.append(f"{key}._target_ = {target!r}: cannot be imported ({e})")
+        return
+    params, var_kw = _callable_params(fn)
+    _check_mapping(key, dict(entry), params, provided, problems, f"{target}", var_kw)
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check a composed config; return it resolved as plain data. Raises ConfigError."""
+    problems: list[str] = []
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as e:  # an interpolation that does not resolve, a ??? left unset
+        raise ConfigError([f"{type(e).__name__}: {e}"]) from None
+    assert isinstance(plain, dict)
+
+    root_values = {k: v for k, v in plain.items() if k not in GROUPS and k != "paths"}
+    root_params = _dataclass_params(RootConfig)
+    _check_mapping("", root_values, root_params, set(), problems, "the root config (train.yaml)")
+
+    for group in GROUPS:
+        if group not in plain:
+            problems.append(f"{group}: missing (choose an option: {', '.join(group_options(group))})")
+            continue
+        entry = plain[group]
+        if group in MULTI_GROUPS:
+            if entry is None:
+                continue
+            if not isinstance(entry, Mapping):
+                problems.append(f"{group} = {_fmt(entry)}: expected a mapping name -> {{_target_: ...}}")
+                continue
+            for name, sub in entry.items():
+                if sub is None:  # disabled with `callbacks.name=null`
+                    continue
+                _check_target_entry(f"{group}.{name}", sub, set(), problems, group)
+        else:
+            _check_target_entry(group, entry, RUNTIME_ARGS[group], problems, group)
+
+    if problems:
+        raise ConfigError(problems)
+    return plain
+
+
+# --------------------------------------------------------------------------- resolvers
+
+_RUN_ID: list[str] = []
+
+
+def run_id() -> str:
+    """A short id unique to this process (``$STABLELAB_RUN_ID`` if set).
+
+    Used in run directory names so two runs started in the same second never collide.
+    DDP ranks need no copy: Lightning hands its children rank 0's resolved run dir.
+    """
+    if not _RUN_ID:
+        _RUN_ID.append(os.environ.get("STABLELAB_RUN_ID") or uuid.uuid4().hex[:8])
+    return _RUN_ID[0]
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("stablelab.run_id"):
+        OmegaConf.register_new_resolver("stablelab.run_id", run_id)

@@ -1,0 +1,300 @@
+"""LightningDataModules for datasets generated or shipped offline.
+
+Each module builds numpy arrays once (generated data is cached on disk as ``.npz`` keyed by
+its generation arguments), holds them as tensors, and serves them with
+:class:`~stablelab.data.loader.InMemoryLoader`. ``input_spec`` and ``num_classes`` tell the
+model builder what the inputs look like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from stablelab.config import OpenUnit, PosInt
+from stablelab.data.loader import InMemoryLoader
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of range(n): (kept indices, carved-out indices)."""
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * fraction))
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def _cached(data_dir: str, name: str, args: dict[str, Any], make) -> dict[str, np.ndarray]:
+    """Load ``make()``'s arrays from ``data_dir`` or build and save them atomically."""
+    key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(data_dir).expanduser() / f"{name}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    arrays = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return arrays
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base class: subclasses implement :meth:`_arrays` returning train/val/test splits."""
+
+    input_spec: dict[str, Any]
+    num_classes: int
+
+    def __init__(self, batch_size: int, eval_batch_size: int, shuffle_seed: int) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.shuffle_seed = shuffle_seed
+        self._tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    # subclasses --------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """Keys x_train, y_train, x_val, y_val, x_test, y_test."""
+        raise NotImplementedError
+
+    def _x_tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.float32)
+
+    # Lightning hooks ---------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self._arrays()  # generate and cache once (local rank 0 under DDP)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._tensors is not None:
+            return
+        a = self._arrays()
+        self._tensors = {
+            split: (self._x_tensor(a[f"x_{split}"]), torch.as_tensor(a[f"y_{split}"]).long())
+            for split in ("train", "val", "test")
+        }
+
+    def _rank_world(self) -> tuple[int, int]:
+        t = getattr(self, "trainer", None)
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _loader(self, split: str, train: bool) -> InMemoryLoader:
+        self.setup()
+        assert self._tensors is not None
+        rank, world = self._rank_world()
+        return InMemoryLoader(
+            *self._tensors[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            seed=self.shuffle_seed,
+            rank=rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> InMemoryLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> InMemoryLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> InMemoryLoader:
+        return self._loader("test", train=False)
+
+    def split_sizes(self) -> dict[str, int]:
+        self.setup()
+        assert self._tensors is not None
+        return {k: int(v[0].shape[0]) for k, v in self._tensors.items()}
+
+
+class MNIST1DDataModule(InMemoryDataModule):
+    """MNIST-1D (Greydanus 2020), generated offline by ``mnist1d.data.make_dataset``.
+
+    The generator's own train/test split (4000/1000 with ``num_samples=5000``) is kept; a
+    seeded validation split of ``val_fraction`` is carved out of the training part.
+    Inputs: real-valued sequences of length 40, one channel.
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: PosInt = 128,
+        eval_batch_size: PosInt = 1000,
+        val_fraction: OpenUnit = 0.1,
+        num_samples: PosInt = 5000,
+        generator_seed: int = 42,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        self.data_dir = data_dir
+        self.val_fraction = val_fraction
+        self.num_samples = num_samples
+        self.generator_seed = generator_seed
+        self.split_seed = split_seed
+        self.input_spec = {"kind": "real", "length": 40, "channels": 1, "vocab_size": 0}
+
+    def _generate(self) -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = self.num_samples
+        args.seed = self.generator_seed
+        d = make_dataset(args)  # procedural generation: no download
+        return {
+            "x": d["x"].astype(np.float32),
+            "y": d["y"].astype(np.int64),
+            "x_test": d["x_test"].astype(np.float32),
+            "y_test": d["y_test"].astype(np.int64),
+        }
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        raw = _cached(
+            self.data_dir,
+            "mnist1d",
+            {"num_samples": self.num_samples, "seed": self.generator_seed},
+            self._generate,
+        )
+        keep, val = _split(len(raw["y"]), self.val_fraction, self.split_seed)
+        return {
+            "x_train": raw["x"][keep],
+            "y_train": raw["y"][keep],
+            "x_val": raw["x"][val],
+            "y_val": raw["y"][val],
+            "x_test": raw["x_test"],
+            "y_test": raw["y_test"],
+        }
+
+
+class DigitsDataModule(InMemoryDataModule):
+    """scikit-learn's 8x8 handwritten digits (1,797 images, shipped with the package).
+
+    Pixels are scaled to [0, 1] and flattened into a length-64 sequence with one channel.
+    Seeded splits: ``test_fraction`` of all images for test, ``val_fraction`` of the rest
+    for validation.
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        batch_size: PosInt = 64,
+        eval_batch_size: PosInt = 1000,
+        val_fraction: OpenUnit = 0.1,
+        test_fraction: OpenUnit = 0.2,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.input_spec = {"kind": "real", "length": 64, "channels": 1, "vocab_size": 0}
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.data / 16.0).astype(np.float32)
+        y = d.target.astype(np.int64)
+        rest, test = _split(len(y), self.test_fraction, self.split_seed)
+        keep_i, val_i = _split(len(rest), self.val_fraction, self.split_seed + 1)
+        train, val = rest[keep_i], rest[val_i]
+        return {
+            "x_train": x[train],
+            "y_train": y[train],
+            "x_val": x[val],
+            "y_val": y[val],
+            "x_test": x[test],
+            "y_test": y[test],
+        }
+
+
+class SequenceDataModule(InMemoryDataModule):
+    """Associative recall, a generated sequence task suited to a Transformer.
+
+    Each example is ``num_pairs`` (key, value) token pairs followed by one query key drawn
+    from those keys; the label is the value paired with the query. Keys are tokens
+    ``0..num_keys-1`` (distinct within an example), values ``num_keys..num_keys+num_values-1``;
+    the label is the value's index in ``0..num_values-1``. Solving it needs content-based
+    lookup across the sequence, which attention does directly.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: PosInt = 128,
+        eval_batch_size: PosInt = 1000,
+        num_train: PosInt = 8000,
+        num_val: PosInt = 1000,
+        num_test: PosInt = 1000,
+        num_pairs: PosInt = 8,
+        num_keys: PosInt = 16,
+        num_values: PosInt = 8,
+        generator_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        if num_pairs > num_keys:
+            # keys are distinct within an example
+            from stablelab.config import ConfigError
+
+            raise ConfigError(
+                [f"data.num_pairs = {num_pairs}: must be <= data.num_keys ({num_keys})"]
+            )
+        self.data_dir = data_dir
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.num_pairs = num_pairs
+        self.num_keys = num_keys
+        self.num_values = num_values
+        self.generator_seed = generator_seed
+        self.num_classes = num_values
+        self.input_spec = {
+            "kind": "tokens",
+            "length": 2 * num_pairs + 1,
+            "channels": 1,
+            "vocab_size": num_keys + num_values,
+        }
+
+    @staticmethod
+    def generate(
+        n: int, num_pairs: int, num_keys: int, num_values: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        keys = np.argsort(rng.random((n, num_keys)), axis=1)[:, :num_pairs]  # distinct
+        values = rng.integers(0, num_values, size=(n, num_pairs))
+        q = rng.integers(0, num_pairs, size=n)
+        x = np.empty((n, 2 * num_pairs + 1), dtype=np.int64)
+        x[:, 0:-1:2] = keys
+        x[:, 1:-1:2] = values + num_keys
+        x[:, -1] = keys[np.arange(n), q]
+        y = values[np.arange(n), q].astype(np.int64)
+        return x, y
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        args = {
+            "sizes": self.sizes,
+            "pairs": self.num_pairs,
+            "keys": self.num_keys,
+            "values": self.num_values,
+            "seed": self.generator_seed,
+        }
+
+        def make() -> dict[str, np.ndarray]:
+            rng = np.random.default_rng(self.generator_seed)
+            out = {}
+            for split, n in self.sizes.items():
+                out[f"x_{split}"], out[f"y_{split}"] = self.generate(
+                    n, self.num_pairs, self.num_keys, self.num_values, rng
+                )
+            return out
+
+        return _cached(self.data_dir, "recall", args, make)
+
+    def _x_tensor(self, x: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(x, dtype=torch.long)

@@ -1,0 +1,80 @@
+"""The LightningModule: classification with cross-entropy, any model, optimizer, schedule
+and clipping strategy from the config groups.
+
+Its hyperparameters are plain data (the resolved config as a dict, the input spec and the
+class count), and it rebuilds the model, optimizer, schedule and clipper from them with
+``hydra.utils.instantiate``: a checkpoint holds no pickled module or partial, loads with
+``weights_only=True`` and rebuilds anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class StableModule(L.LightningModule):
+    def __init__(self, cfg: dict[str, Any], input_spec: dict[str, Any], num_classes: int):
+        super().__init__()
+        # plain data only; logged to the trackers by train.py together with run info
+        self.save_hyperparameters(logger=False)
+        self.cfg = cfg
+        self.model = instantiate(cfg["model"], input_spec=input_spec, num_classes=num_classes)
+        self.clipper = instantiate(cfg["clipping"])
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.last_grad_norm: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def build_schedule(self):
+        return instantiate(self.cfg["schedule"])
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        sched = self.lr_schedulers()
+        if sched is not None:
+            self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
+        return loss
+
+    def _eval_step(self, batch, split: str, acc: MulticlassAccuracy) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc.update(logits, y)
+        self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
+        self.log(f"{split}/acc", acc, on_epoch=True, batch_size=y.shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._eval_step(batch, "test", self.test_acc)
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self):
+        factory = instantiate(self.cfg["optimizer"])  # a partial (_partial_: true)
+        optimizer = factory(params=self.parameters())
+        schedule = self.build_schedule()
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "frequency": 1},
+        }
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning calls this after unscaling (AMP) and after DDP's all-reduce; we own the
+        # norm and the clip so the unclipped norm is kept (Lightning's discards it).
+        self.last_grad_norm = self.clipper(self.parameters())

@@ -1,0 +1,5 @@
+"""Update rules, LR schedules and gradient clipping (plain torch, no Lightning)."""
+
+from stablelab.optim.rules import SGD, Adam, Momentum, NAdam, Nesterov, RMSProp
+
+__all__ = ["SGD", "Adam", "Momentum", "NAdam", "Nesterov", "RMSProp"]

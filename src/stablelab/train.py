@@ -1,0 +1,198 @@
+"""``stablelab-train``: compose -> validate -> build -> fit -> test -> summarize.
+
+``train(cfg)`` is importable and returns the run summary; ``main`` is the thin Hydra CLI
+around it. torch and Lightning are imported inside ``train`` so ``--help`` and ``--cfg``
+stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from stablelab.config import ConfigError, register_resolvers, validate
+from stablelab.paths import config_dir
+
+log = logging.getLogger("stablelab")
+register_resolvers()
+
+SUMMARY_FILE = "summary.json"
+RESOLVED_CONFIG_FILE = "config.yaml"
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def build(plain: dict[str, Any]):
+    """Instantiate datamodule, module, callbacks, loggers and trainer from a validated
+    config (plain data). Returns ``(datamodule, module, trainer, schedule, history)``."""
+    from hydra.utils import instantiate
+
+    from stablelab.callbacks.history import EvalHistory
+    from stablelab.module import StableModule
+
+    datamodule = instantiate(plain["data"])
+    module = StableModule(plain, datamodule.input_spec, datamodule.num_classes)
+    schedule = module.build_schedule()
+    schedule.warn_if_long_warmup()
+    history = EvalHistory()
+    callbacks = [instantiate(c) for c in (plain["callbacks"] or {}).values() if c] + [history]
+    loggers = [instantiate(lg) for lg in (plain["logger"] or {}).values() if lg]
+    trainer = instantiate(
+        plain["trainer"],
+        callbacks=callbacks,
+        logger=loggers if loggers else False,
+        max_steps=schedule.total_steps,
+    )
+    return datamodule, module, trainer, schedule, history
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment; return its summary (also written to ``summary.json``).
+
+    Raises :class:`ConfigError` before anything is built if the config is invalid. A run
+    that fails part-way still writes its summary (``status: failed``) next to the config,
+    metrics and checkpoints it already wrote, then re-raises.
+    """
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    plain = validate(cfg)
+    os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks
+
+    import lightning as L
+    import torch
+
+    from stablelab import runinfo
+
+    _quiet_lightning_handlers()
+
+    run_dir = Path(plain["paths"]["output_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(plain["seed"], workers=True, verbose=False)
+    datamodule, module, trainer, schedule, history = build(plain)
+    rank_zero = trainer.is_global_zero
+
+    world = trainer.world_size
+    run = {
+        "run_dir": str(run_dir.resolve()),
+        "world_size": world,
+        "global_batch_size": plain["data"].get("batch_size", 0) * world,
+        "total_steps": schedule.total_steps,
+        **runinfo.git_state(),
+        "versions": runinfo.versions(),
+        "machine": runinfo.machine(),
+        "argv": sys.argv,
+    }
+    if rank_zero:
+        OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
+        for lg in trainer.loggers:
+            lg.log_hyperparams({**plain, "run": run})
+
+    summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
+    fit_metrics: dict[str, float] = {}
+    start = time.time()
+    try:
+        if plain["train"]:
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=plain["ckpt_path"])
+            finally:  # trainer.test resets callback_metrics: keep fit's
+                fit_metrics = _scalars(trainer.callback_metrics)
+        ckpt_cb = trainer.checkpoint_callback
+        best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
+        if plain["test"]:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
+        summary["status"] = "completed"
+    except BaseException as e:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        metrics = {**fit_metrics, **_scalars(trainer.callback_metrics)}
+        best = history.best()
+        train_loss = fit_metrics.get("train/loss")
+        summary.update(
+            {
+                "steps": trainer.global_step,
+                "wall_seconds": round(time.time() - start, 3),
+                "val_loss": best["val_loss"] if best else None,
+                "val_acc": best["val_acc"] if best else None,
+                "best_step": best["step"] if best else None,
+                "test_acc": metrics.get("test/acc"),
+                "test_loss": metrics.get("test/loss"),
+                "final_train_loss": train_loss,
+                "evaluations": len(history.records),
+                "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+            }
+        )
+        summary["feasible"] = bool(
+            summary["status"] == "completed"
+            and _finite(summary["val_loss"])
+            and _finite(train_loss)
+        )
+        if rank_zero:
+            _write_json(run_dir / SUMMARY_FILE, summary)
+            _finish_trackers(trainer, summary)
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return summary
+
+
+def _quiet_lightning_handlers() -> None:
+    """Lightning adds its own console handler when imported before logging is set up;
+    under Hydra the root logger already prints, so every line would appear twice."""
+    if logging.getLogger().handlers:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+
+
+def _finish_trackers(trainer, summary: dict[str, Any]) -> None:
+    """Put the summary into W&B and close its run (a multirun starts many in one process)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            exp = lg.experiment
+            exp.summary.update({f"summary/{k}": v for k, v in summary.items() if _scalar(v)})
+            exp.finish()
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def _scalar(v: Any) -> bool:
+    return isinstance(v, bool | int | float | str) or v is None
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        summary = train(cfg)
+    except ConfigError as e:
+        print(f"stablelab-train: {e}", file=sys.stderr)
+        sys.exit(2)
+    val = summary.get("val_loss")
+    return val if _finite(val) else float("inf")  # the objective a sweeper minimises
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
