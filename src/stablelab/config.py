@@ -91,6 +91,16 @@ class RootConfig:
     run_name: str | None = None
 
 
+@dataclass
+class PathsConfig:
+    """``paths``: where data is cached and runs are written."""
+
+    root_dir: str = "."
+    data_dir: str = "data"
+    log_dir: str = "logs"
+    output_dir: str = "."
+
+
 GROUPS = ("data", "model", "optimizer", "schedule", "clipping", "callbacks", "logger", "trainer")
 # Arguments the builder passes at run time: they need no config value.
 RUNTIME_ARGS = {
@@ -99,10 +109,12 @@ RUNTIME_ARGS = {
     "optimizer": {"params"},
     "schedule": set(),
     "clipping": set(),
-    "trainer": set(),
+    "trainer": {"max_steps", "callbacks", "logger"},
 }
 # Groups whose value is a mapping name -> {_target_: ...} (any number of entries).
 MULTI_GROUPS = ("callbacks", "logger")
+# Targets whose **kwargs are passed on to another callable we can check against.
+KWARGS_FORWARDED_TO = {"lightning.pytorch.loggers.wandb.WandbLogger": "wandb.init"}
 SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
 
 
@@ -233,12 +245,29 @@ def _dataclass_params(dc: type) -> dict[str, tuple[Any, bool]]:
     return out
 
 
+def _hints(fn: Any, sig: inspect.Signature) -> dict[str, Any]:
+    """Evaluated annotations; those that do not evaluate here (TYPE_CHECKING-only names)
+    are left out one by one, so the rest are still checked."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        pass
+    out = {}
+    ns = getattr(fn, "__globals__", {})
+    for name, p in sig.parameters.items():
+        ann = p.annotation
+        if ann is inspect.Parameter.empty:
+            continue
+        try:
+            out[name] = eval(ann, ns) if isinstance(ann, str) else ann  # noqa: S307
+        except Exception:
+            continue
+    return out
+
+
 def _signature_params(fn: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
     sig = inspect.signature(fn)
-    try:
-        hints = typing.get_type_hints(fn, include_extras=True)
-    except Exception:  # annotations that do not evaluate here: check names only
-        hints = {}
+    hints = _hints(fn, sig)
     params, var_kw = {}, False
     for name, p in sig.parameters.items():
         if name == "self" or p.kind is p.VAR_POSITIONAL:
@@ -336,7 +365,34 @@ def _check_target_entry(
         problems.append(f"{key}._target_ = {target!r}: cannot be imported ({e})")
         return
     params, var_kw = _callable_params(fn)
+    forward = KWARGS_FORWARDED_TO.get(f"{fn.__module__}.{fn.__qualname__}")
+    if var_kw and forward:  # **kwargs go on to another callable: check against it
+        extra, var_kw = _callable_params(_import_target(forward))
+        params = {**extra, **params}
+    before = len(problems)
     _check_mapping(key, dict(entry), params, provided, problems, f"{target}", var_kw)
+    hook = getattr(fn, "config_problems", None)
+    if len(problems) == before and callable(hook):
+        # cross-key rules (e.g. one stride per stage), on the values with defaults filled in
+        defaults = _defaults(fn)
+        values = {**defaults, **{k: v for k, v in entry.items() if k not in SPECIAL_KEYS}}
+        problems.extend(f"{key}.{p}" for p in hook(values))
+
+
+def _defaults(fn: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    klasses = [k for k in fn.__mro__ if "__init__" in vars(k)] if inspect.isclass(fn) else []
+    for f in reversed([k.__init__ for k in klasses] or [fn]):
+        for name, p in inspect.signature(f).parameters.items():
+            if p.default is not inspect.Parameter.empty:
+                out[name] = p.default
+    return out
+
+
+def raise_problems(problems: list[str], prefix: str) -> None:
+    """For constructors: raise the same problems ``config_problems`` reports."""
+    if problems:
+        raise ConfigError([f"{prefix}.{p}" for p in problems])
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
@@ -352,6 +408,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     root_params = _dataclass_params(RootConfig)
     _check_mapping("", root_values, root_params, set(), problems, "the root config (train.yaml)")
 
+    _check_mapping(
+        "paths", plain.get("paths") or {}, _dataclass_params(PathsConfig), set(), problems, "paths"
+    )
     for group in GROUPS:
         if group not in plain:
             problems.append(f"{group}: missing (choose an option: {', '.join(group_options(group))})")

@@ -156,7 +156,7 @@ def _quiet_lightning_handlers() -> None:
     """Lightning adds its own console handler when imported before logging is set up;
     under Hydra the root logger already prints, so every line would appear twice."""
     if logging.getLogger().handlers:
-        for name in ("lightning.pytorch", "lightning.fabric"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
 
 

@@ -18,7 +18,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from stablelab.config import OpenUnit, PosInt
+from stablelab.config import OpenUnit, PosInt, raise_problems
 from stablelab.data.loader import InMemoryLoader
 
 
@@ -241,13 +241,7 @@ class SequenceDataModule(InMemoryDataModule):
         shuffle_seed: int = 0,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, shuffle_seed)
-        if num_pairs > num_keys:
-            # keys are distinct within an example
-            from stablelab.config import ConfigError
-
-            raise ConfigError(
-                [f"data.num_pairs = {num_pairs}: must be <= data.num_keys ({num_keys})"]
-            )
+        raise_problems(self.config_problems(locals()), "data")
         self.data_dir = data_dir
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.num_pairs = num_pairs
@@ -261,6 +255,12 @@ class SequenceDataModule(InMemoryDataModule):
             "channels": 1,
             "vocab_size": num_keys + num_values,
         }
+
+    @staticmethod
+    def config_problems(c: dict[str, Any]) -> list[str]:
+        if c["num_pairs"] > c["num_keys"]:  # keys are distinct within an example
+            return [f"num_pairs = {c['num_pairs']}: must be <= num_keys = {c['num_keys']}"]
+        return []
 
     @staticmethod
     def generate(

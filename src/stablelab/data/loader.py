@@ -61,6 +61,8 @@ class InMemoryLoader:
         self.world_size = world_size
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning inspects both attributes of a loader
+        self._yielded = 0  # batches handed out in the current pass
+        self._skip = 0  # batches to skip on the next pass (mid-epoch resume)
 
     @property
     def num_examples(self) -> int:
@@ -78,10 +80,25 @@ class InMemoryLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
         return torch.randperm(n, generator=g)
 
+    # Lightning's stateful-loader protocol: saved in checkpoints, loaded before iter()
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and batches consumed. Lightning's fetcher does not read ahead on a sized
+        iterable (it knows the length), so every batch handed out has been consumed."""
+        consumed = self._yielded if self._yielded < len(self) else 0
+        epoch = self.sampler.epoch + (1 if self._yielded >= len(self) else 0)
+        return {"epoch": epoch, "consumed": consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self._skip = int(state["consumed"])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = self._order()
         gbs = self.batch_size * self.world_size
-        for b in range(len(self)):
+        start, self._skip = self._skip, 0
+        self._yielded = start
+        for b in range(start, len(self)):
+            self._yielded += 1
             chunk = order[b * gbs : (b + 1) * gbs]
             # an incomplete last global batch is split as evenly as possible
             per = -(-chunk.numel() // self.world_size)

@@ -17,13 +17,13 @@ from torch import nn
 
 from stablelab.config import (
     Activation,
-    ConfigError,
     NonNegInt,
     NormKind,
     PosInt,
     Prob,
     Range,
     ResidualSpec,
+    raise_problems,
 )
 from stablelab.models.blocks import Norm, ResidualBlock, residual_spec
 from stablelab.models.blocks import activation as _act
@@ -116,13 +116,7 @@ class ResNet1D(nn.Module):
         embed_dim: PosInt = 16,
     ) -> None:
         super().__init__()
-        if not len(widths) == len(depths) == len(strides):
-            raise ConfigError(
-                [
-                    f"model.widths, model.depths, model.strides: need one entry per stage, got "
-                    f"{len(widths)}, {len(depths)}, {len(strides)} entries"
-                ]
-            )
+        raise_problems(self.config_problems(locals()), "model")
         spec = residual_spec(residual)
         if input_spec["kind"] == "tokens":
             self.embed: nn.Module = nn.Embedding(input_spec["vocab_size"], embed_dim)
@@ -154,6 +148,13 @@ class ResNet1D(nn.Module):
         self.act = _act(activation)
         self.pool = pool
         self.head = nn.Linear(c * (length if pool == "flatten" else 1), num_classes)
+
+    @staticmethod
+    def config_problems(c: Mapping[str, Any]) -> list[str]:
+        n = (len(c["widths"]), len(c["depths"]), len(c["strides"]))
+        if len(set(n)) > 1:
+            return [f"widths/depths/strides: need one entry per stage each, got {n[0]}, {n[1]}, {n[2]}"]
+        return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:
@@ -209,10 +210,7 @@ class Transformer(nn.Module):
         pool: Literal["mean", "last"] = "mean",
     ) -> None:
         super().__init__()
-        if d_model % num_heads:
-            raise ConfigError(
-                [f"model.d_model = {d_model}: must be divisible by model.num_heads = {num_heads}"]
-            )
+        raise_problems(self.config_problems(locals()), "model")
         spec = residual_spec(residual)
         if input_spec["kind"] == "tokens":
             self.embed: nn.Module = nn.Embedding(input_spec["vocab_size"], d_model)
@@ -238,6 +236,12 @@ class Transformer(nn.Module):
         self.final_norm = Norm(norm if spec.layout == "pre_norm" else "none", d_model)
         self.pool = pool
         self.head = nn.Linear(d_model, num_classes)
+
+    @staticmethod
+    def config_problems(c: Mapping[str, Any]) -> list[str]:
+        if c["d_model"] % c["num_heads"]:
+            return [f"d_model = {c['d_model']}: must be divisible by num_heads = {c['num_heads']}"]
+        return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) if self.tokens else self.embed(x.unsqueeze(-1) if x.dim() == 2 else x)

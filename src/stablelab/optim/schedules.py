@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Annotated
 
-from stablelab.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Range
+from stablelab.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Range, raise_problems
 
 Fraction = Annotated[float, Range(ge=0, le=1)]
 
@@ -47,16 +47,17 @@ class Schedule:
         self.warmup_steps = int(warmup_steps)
         self.post_warmup_steps = int(post_warmup_steps)
         self.extend_max_train_steps = bool(extend_max_train_steps)
-        if self.warmup_steps + self.post_warmup_steps > self.total_steps:
-            from stablelab.config import ConfigError
+        raise_problems(self.config_problems(vars(self)), "schedule")
 
-            raise ConfigError(
-                [
-                    f"schedule.warmup_steps + schedule.post_warmup_steps = "
-                    f"{self.warmup_steps + self.post_warmup_steps}: must be <= the run's "
-                    f"{self.total_steps} steps"
-                ]
-            )
+    @staticmethod
+    def config_problems(c: dict) -> list[str]:
+        total = c["max_train_steps"] + (c["warmup_steps"] if c["extend_max_train_steps"] else 0)
+        if c["warmup_steps"] + c["post_warmup_steps"] > total:
+            return [
+                f"warmup_steps + post_warmup_steps = {c['warmup_steps'] + c['post_warmup_steps']}"
+                f": must be <= the run's {total} steps"
+            ]
+        return []
 
     @property
     def total_steps(self) -> int:

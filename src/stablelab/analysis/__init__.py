@@ -1,0 +1,1 @@
+"""Analysis of run directories (never of a live trainer)."""
