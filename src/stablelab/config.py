@@ -295,8 +295,10 @@ def _callable_params(target: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
         if "__init__" not in vars(klass):
             continue
         own, var_kw = _signature_params(klass.__init__)
-        for name, val in own.items():
-            params.setdefault(name, val)
+        first = not params
+        for name, (ann, required) in own.items():
+            # a parent's required argument may be supplied by the child (save_dir -> root_dir)
+            params.setdefault(name, (ann, required and first))
         if not var_kw:
             return params, False
     return params, True

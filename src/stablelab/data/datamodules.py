@@ -217,13 +217,15 @@ class DigitsDataModule(InMemoryDataModule):
 
 
 class SequenceDataModule(InMemoryDataModule):
-    """Associative recall, a generated sequence task suited to a Transformer.
+    """Key-value recall, a generated sequence task suited to a Transformer.
 
-    Each example is ``num_pairs`` (key, value) token pairs followed by one query key drawn
-    from those keys; the label is the value paired with the query. Keys are tokens
-    ``0..num_keys-1`` (distinct within an example), values ``num_keys..num_keys+num_values-1``;
-    the label is the value's index in ``0..num_values-1``. Solving it needs content-based
-    lookup across the sequence, which attention does directly.
+    Each example is ``num_pairs`` pair tokens followed by one query token. Pair token i
+    encodes a key k_i (distinct within an example, from ``num_keys``) and a value v_i (from
+    ``num_values``) as ``k_i * num_values + v_i``; the query token is
+    ``num_keys * num_values + k_q`` for one of the example's keys k_q. The label is the
+    value v_q paired with the queried key. Solving it takes content-based lookup across
+    the sequence, which one attention layer does directly; an MLP on the flattened
+    sequence must learn every position-key combination separately.
     """
 
     def __init__(
@@ -251,9 +253,9 @@ class SequenceDataModule(InMemoryDataModule):
         self.num_classes = num_values
         self.input_spec = {
             "kind": "tokens",
-            "length": 2 * num_pairs + 1,
+            "length": num_pairs + 1,
             "channels": 1,
-            "vocab_size": num_keys + num_values,
+            "vocab_size": num_keys * num_values + num_keys,
         }
 
     @staticmethod
@@ -269,10 +271,9 @@ class SequenceDataModule(InMemoryDataModule):
         keys = np.argsort(rng.random((n, num_keys)), axis=1)[:, :num_pairs]  # distinct
         values = rng.integers(0, num_values, size=(n, num_pairs))
         q = rng.integers(0, num_pairs, size=n)
-        x = np.empty((n, 2 * num_pairs + 1), dtype=np.int64)
-        x[:, 0:-1:2] = keys
-        x[:, 1:-1:2] = values + num_keys
-        x[:, -1] = keys[np.arange(n), q]
+        x = np.empty((n, num_pairs + 1), dtype=np.int64)
+        x[:, :num_pairs] = keys * num_values + values
+        x[:, num_pairs] = num_keys * num_values + keys[np.arange(n), q]
         y = values[np.arange(n), q].astype(np.int64)
         return x, y
 
@@ -294,7 +295,7 @@ class SequenceDataModule(InMemoryDataModule):
                 )
             return out
 
-        return _cached(self.data_dir, "recall", args, make)
+        return _cached(self.data_dir, "recall-v2", args, make)
 
     def _x_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.long)

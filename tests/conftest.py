@@ -1,0 +1,60 @@
+"""Shared fixtures: a session-wide data cache, offline W&B, Hydra compose and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from stablelab.config import register_resolvers
+from stablelab.paths import config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
+
+# quiet, offline, no progress bars: flags for every CLI run in the tests
+QUIET = ["callbacks.progress_bar.refresh_rate=0"]
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data-cache")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, data_dir):
+    monkeypatch.setenv("STABLELAB_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    monkeypatch.delenv("STABLELAB_RUN_ID", raising=False)
+
+
+def compose_cfg(overrides: list[str], output_dir: Path | str) -> DictConfig:
+    """Compose configs/train.yaml with Hydra's compose API (no run directory magic)."""
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides])
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m stablelab.train ARGS`` in a subprocess, from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "stablelab.train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n--- stderr ---\n{proc.stderr[-6000:]}"

@@ -1,0 +1,113 @@
+"""Config composition through Hydra's compose API, and validation of bad input."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import compose_cfg
+
+from stablelab.config import ConfigError, validate
+from stablelab.paths import config_dir, group_options
+
+GROUPS = ["data", "model", "optimizer", "schedule", "clipping", "callbacks", "logger", "trainer"]
+
+
+def test_config_dir_is_the_checkout_configs():
+    # editable / source installs read the checkout's configs/ (the wheel case is an
+    # integration test)
+    assert config_dir() == (config_dir().parents[0] / "configs").resolve()
+    assert (config_dir() / "train.yaml").is_file()
+
+
+def test_default_composes_and_validates(tmp_path):
+    plain = validate(compose_cfg([], tmp_path))
+    assert plain["data"]["_target_"] == "stablelab.data.MNIST1DDataModule"
+    assert plain["model"]["_target_"] == "stablelab.models.ResNet1D"
+    assert plain["optimizer"]["_partial_"] is True
+    assert plain["model"]["residual"] == {"layout": "branch_norm", "branch_init": "default"}
+    assert set(plain["logger"]) == {"wandb", "csv"}
+
+
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in GROUPS for o in group_options(g)] + [
+        ("experiment", o) for o in group_options("experiment")
+    ] + [("debug", o) for o in group_options("debug")]
+)
+def test_every_option_validates(tmp_path, group, option):
+    validate(compose_cfg([f"{group}={option}"], tmp_path))
+
+
+def test_overrides_reach_the_config(tmp_path):
+    plain = validate(
+        compose_cfg(
+            ["model=transformer", "model.residual.layout=post_norm", "optimizer=rmsprop",
+             "optimizer.rho=0.5", "schedule=cosine", "schedule.warmup_steps=10", "seed=7"],
+            tmp_path,
+        )
+    )
+    assert plain["model"]["_target_"] == "stablelab.models.Transformer"
+    assert plain["model"]["residual"]["layout"] == "post_norm"
+    assert plain["optimizer"]["rho"] == 0.5
+    assert plain["schedule"]["warmup_steps"] == 10
+    assert plain["data"]["shuffle_seed"] == 7  # interpolated from the root seed
+
+
+BAD = [
+    # (overrides, text that must appear in the message: the key, and what is allowed)
+    (["optimizer.lr=-0.1"], ["optimizer.lr = -0.1", "must be > 0"]),
+    (["optimizer.lr=0"], ["optimizer.lr = 0", "must be > 0"]),
+    (["data.batch_size=0"], ["data.batch_size = 0", "must be > 0"]),
+    (["data.batch_size=12.5"], ["data.batch_size = 12.5", "expected an integer"]),
+    (["model.residual.layout=postnorm"],
+     ["model.residual.layout = 'postnorm'", "'post_norm', 'branch_norm', 'pre_norm', 'none'",
+      "did you mean 'post_norm'"]),
+    (["model.residual.branch_init=zeros"], ["model.residual.branch_init", "'default', 'zero', 'rezero'"]),
+    (["model.norm=groupnorm"], ["model.norm = 'groupnorm'", "'layernorm', 'batchnorm', 'rmsnorm', 'none'"]),
+    (["+model.widht=3"], ["model.widht: unknown key", "did you mean 'widths'", "allowed keys:"]),
+    (["+foo=1"], ["foo: unknown key for the root config", "max_train_steps"]),
+    (["seed=-1"], ["seed = -1", "must be >= 0"]),
+    # schedule.max_train_steps interpolates the root key: both are reported
+    (["max_train_steps=0"], ["max_train_steps = 0", "schedule.max_train_steps = 0", "must be > 0"]),
+    (["data.val_fraction=1.0"], ["data.val_fraction = 1.0", "must be < 1"]),
+    (["data.val_fraction=abc"], ["data.val_fraction = 'abc'", "expected a number"]),
+    (["optimizer=momentum", "optimizer.momentum=1.0"], ["optimizer.momentum = 1.0", "must be < 1"]),
+    (["optimizer.beta2=-0.5"], ["optimizer.beta2 = -0.5", "must be >= 0"]),
+    (["clipping=fixed", "clipping.clip_threshold=0"], ["clipping.clip_threshold = 0", "must be > 0"]),
+    (["schedule=cosine", "schedule.final_lr_fraction=2"], ["schedule.final_lr_fraction = 2", "must be <= 1"]),
+    (["schedule.warmup_steps=-5"], ["schedule.warmup_steps = -5", "must be >= 0"]),
+    (["schedule.warmup_steps=2000", "max_train_steps=1000"],
+     ["schedule.warmup_steps + post_warmup_steps = 2000", "must be <= the run's 1000 steps"]),
+    (["model.widths=[32,64]"], ["model.widths/depths/strides", "got 2, 3, 3"]),
+    (["model=transformer", "model.num_heads=3"], ["model.d_model = 64", "divisible by num_heads = 3"]),
+    (["data=sequence", "data.num_pairs=20"], ["data.num_pairs = 20", "must be <= num_keys = 16"]),
+    (["+trainer.max_steps=5"], ["trainer.max_steps: set by stablelab at run time"]),
+    (["optimizer._target_=null"],
+     ["optimizer: missing _target_", "adam, momentum, nadam, nesterov, rmsprop, sgd"]),
+    (["optimizer._target_=stablelab.optim.Adamm"], ["optimizer._target_ = 'stablelab.optim.Adamm'", "cannot be imported"]),
+    (["+logger.wandb.projet=x"], ["logger.wandb.projet: unknown key", "did you mean 'project'"]),
+    (["logger.wandb.project=5"], ["logger.wandb.project = 5", "expected a string"]),
+    (["+callbacks.model_checkpoint.monitr=x"], ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"]),
+    (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_names_key_and_allowed_values(tmp_path, overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(overrides, tmp_path))
+    msg = str(err.value)
+    for text in expected:
+        assert text in msg, f"{text!r} not in:\n{msg}"
+    # exactly the problem we introduced (an interpolated copy of the key counts with it)
+    keys = {p.split(" ")[0].split(":")[0] for p in err.value.problems}
+    assert len(keys) == 1 or keys == {"max_train_steps", "schedule.max_train_steps"}, msg
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(["optimizer.lr=-1", "seed=-2", "model.norm=bad"], tmp_path))
+    assert len(err.value.problems) == 3
+
+
+def test_unresolvable_interpolation_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="nope"):
+        validate(compose_cfg(["+run_name=${nope}"], tmp_path))

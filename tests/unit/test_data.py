@@ -1,0 +1,126 @@
+"""The in-memory loader and the three datamodules, against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stablelab.data import DigitsDataModule, InMemoryLoader, MNIST1DDataModule, SequenceDataModule
+
+
+def _ids(loader) -> list[list[int]]:
+    return [b[0].tolist() for b in loader]
+
+
+def test_loader_epoch_is_a_permutation():
+    ids = torch.arange(103)
+    batches = _ids(InMemoryLoader(ids, ids * 2, batch_size=10, shuffle=True, seed=3))
+    assert len(batches) == 11 and sorted(sum(batches, [])) == list(range(103))
+    dropped = _ids(InMemoryLoader(ids, batch_size=10, shuffle=True, drop_last=True, seed=3))
+    assert len(dropped) == 10 and all(len(b) == 10 for b in dropped)
+    assert len(set(sum(dropped, []))) == 100  # no example twice
+
+
+def test_loader_labels_stay_with_inputs():
+    x = torch.arange(50)
+    for bx, by in InMemoryLoader(x, x * 7, batch_size=8, shuffle=True, seed=1):
+        assert torch.equal(by, bx * 7)
+
+
+def test_loader_order_is_a_function_of_seed_and_epoch():
+    ids = torch.arange(64)
+    a = InMemoryLoader(ids, batch_size=8, shuffle=True, seed=5)
+    b = InMemoryLoader(ids, batch_size=8, shuffle=True, seed=5)
+    first = _ids(a)
+    assert first == _ids(b) == _ids(a)  # same seed, same epoch
+    a.sampler.set_epoch(1)
+    assert _ids(a) != first  # a new epoch reshuffles
+    assert _ids(InMemoryLoader(ids, batch_size=8, shuffle=True, seed=6)) != first
+    assert _ids(InMemoryLoader(ids, batch_size=8)) == [list(range(i, i + 8)) for i in range(0, 64, 8)]
+
+
+def test_loader_ranks_split_the_global_batch():
+    ids = torch.arange(100)
+    single = _ids(InMemoryLoader(ids, batch_size=16, shuffle=True, drop_last=True, seed=2))
+    ranks = [
+        _ids(InMemoryLoader(ids, batch_size=8, shuffle=True, drop_last=True, seed=2, rank=r, world_size=2))
+        for r in range(2)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == 6
+    for k, batch in enumerate(single):
+        assert ranks[0][k] + ranks[1][k] == batch
+
+
+def test_loader_resumes_mid_epoch():
+    ids = torch.arange(40)
+    a = InMemoryLoader(ids, batch_size=4, shuffle=True, seed=9)
+    a.sampler.set_epoch(2)
+    it = iter(a)
+    seen = [next(it)[0].tolist() for _ in range(3)]
+    state = a.state_dict()
+    rest = [b[0].tolist() for b in it]
+    b = InMemoryLoader(ids, batch_size=4, shuffle=True, seed=9)
+    b.load_state_dict(state)
+    assert state == {"epoch": 2, "consumed": 3}
+    assert _ids(b) == rest and len(seen) + len(rest) == len(a)
+    assert len(_ids(b)) == len(a)  # the skip applies to one pass only
+
+
+def test_mnist1d_matches_the_generator_and_is_cached(tmp_path, monkeypatch):
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    dm = MNIST1DDataModule(data_dir=str(tmp_path), val_fraction=0.1)
+    dm.setup()
+    assert dm.split_sizes() == {"train": 3600, "val": 400, "test": 1000}
+    ref = make_dataset(get_dataset_args())  # the generator's own 4000 / 1000 split
+    x_test, y_test = dm._tensors["test"]
+    np.testing.assert_array_equal(x_test.numpy(), ref["x_test"].astype(np.float32))
+    np.testing.assert_array_equal(y_test.numpy(), ref["y_test"])
+    # train + val are exactly the generator's training examples (as a multiset of rows)
+    tv = torch.cat([dm._tensors["train"][0], dm._tensors["val"][0]]).numpy()
+    rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    np.testing.assert_array_equal(rows(tv), rows(ref["x"].astype(np.float32)))
+    assert len(list(tmp_path.glob("mnist1d-*.npz"))) == 1
+
+    # second use: served from the cache, the generator is not called
+    import mnist1d.data
+
+    monkeypatch.setattr(mnist1d.data, "make_dataset", lambda *a, **k: pytest.fail("regenerated"))
+    dm2 = MNIST1DDataModule(data_dir=str(tmp_path))
+    dm2.setup()
+    assert torch.equal(dm2._tensors["val"][0], dm._tensors["val"][0])  # same seeded split
+    dm3 = MNIST1DDataModule(data_dir=str(tmp_path), split_seed=1)
+    dm3.setup()
+    assert not torch.equal(dm3._tensors["val"][0], dm._tensors["val"][0])
+
+
+def test_digits_splits_cover_the_dataset():
+    from sklearn.datasets import load_digits
+
+    dm = DigitsDataModule(val_fraction=0.1, test_fraction=0.2)
+    dm.setup()
+    sizes = dm.split_sizes()
+    assert sum(sizes.values()) == 1797 and sizes["test"] == round(1797 * 0.2)
+    all_x = torch.cat([dm._tensors[s][0] for s in ("train", "val", "test")]).numpy()
+    ref = load_digits().data / 16.0
+    rows = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    np.testing.assert_allclose(rows(all_x), rows(ref.astype(np.float32)))
+    assert all_x.min() >= 0 and all_x.max() <= 1
+
+
+def test_sequence_labels_by_brute_force(tmp_path):
+    dm = SequenceDataModule(data_dir=str(tmp_path), num_train=300, num_val=50, num_test=50,
+                            num_pairs=5, num_keys=9, num_values=4)
+    dm.setup()
+    x, y = dm._tensors["train"]
+    assert dm.input_spec == {"kind": "tokens", "length": 6, "channels": 1, "vocab_size": 45}
+    for row, label in zip(x.tolist(), y.tolist(), strict=True):
+        pairs, query = row[:-1], row[-1]
+        keys = [t // 4 for t in pairs]
+        assert len(set(keys)) == 5 and all(t < 36 for t in pairs)
+        qk = query - 36
+        matches = [t % 4 for t in pairs if t // 4 == qk]
+        assert matches == [label]
+    # labels are spread over all values
+    assert set(y.tolist()) == {0, 1, 2, 3}
