@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from stablelab import runinfo
 
     _quiet_lightning_handlers()
+    # the CSV logger writes into the fresh run dir that Hydra already populated (.hydra/)
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
     run_dir = Path(plain["paths"]["output_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)

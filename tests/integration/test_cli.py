@@ -1,0 +1,178 @@
+"""The ``stablelab-train`` CLI in subprocesses: every model x layout x branch_init, a
+multirun of two trials, every experiment file, the run directory, W&B offline, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import yaml
+from conftest import QUIET, assert_ok, run_cli
+
+from stablelab.analysis import wandb_offline
+
+MODELS = ["mlp", "resnet", "transformer"]
+LAYOUTS = ["post_norm", "branch_norm", "pre_norm", "none"]
+INITS = ["default", "zero", "rezero"]
+
+
+def _jobs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def test_help_lists_groups_and_examples(tmp_path):
+    proc = run_cli(["--help"], tmp_path)
+    assert_ok(proc)
+    out = proc.stdout
+    assert "stablelab-train" in out
+    assert "model: mlp, resnet, transformer" in out
+    assert "optimizer: adam, momentum, nadam, nesterov, rmsprop, sgd" in out
+    assert "schedule: constant, cosine, linear, rsqrt, step" in out
+    assert "-m optimizer.lr=" in out
+
+
+def test_every_model_layout_and_branch_init_trains(tmp_path):
+    """One Hydra multirun (basic launcher) over all 3 x 4 x 3 = 36 combinations, 3 steps each."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            f"model={','.join(MODELS)}",
+            f"model.residual.layout={','.join(LAYOUTS)}",
+            f"model.residual.branch_init={','.join(INITS)}",
+            "max_train_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.log_every_n_steps=1",
+            "test=false",
+            "logger=csv",
+            f"hydra.sweep.dir={sweep}",
+            *QUIET,
+        ],
+        tmp_path,
+    )
+    assert_ok(proc)
+    jobs = _jobs(sweep)
+    assert len(jobs) == 36
+    seen = set()
+    for job in jobs:
+        cfg = yaml.safe_load((job / "config.yaml").read_text())
+        model = cfg["model"]["_target_"].rsplit(".", 1)[1]
+        combo = (model, cfg["model"]["residual"]["layout"], cfg["model"]["residual"]["branch_init"])
+        seen.add(combo)
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps"] == 3, combo
+        assert summary["feasible"], (combo, summary)
+        rows = (job / "metrics.csv").read_text().splitlines()
+        assert rows[0].startswith("epoch,step") and "train/loss" in rows[0] and len(rows) >= 4
+    names = {"mlp": "MLP", "resnet": "ResNet1D", "transformer": "Transformer"}
+    assert seen == {(names[m], lay, ini) for m, lay, ini in itertools.product(MODELS, LAYOUTS, INITS)}
+
+
+def test_multirun_two_trials(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", "optimizer.lr=0.001,0.01", "debug=fast", "logger=csv", f"hydra.sweep.dir={sweep}", *QUIET],
+        tmp_path,
+    )
+    assert_ok(proc)
+    jobs = _jobs(sweep)
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert (sweep / "multirun.yaml").is_file()
+    lrs = [yaml.safe_load((j / "config.yaml").read_text())["optimizer"]["lr"] for j in jobs]
+    assert lrs == [0.001, 0.01]
+    summaries = [json.loads((j / "summary.json").read_text()) for j in jobs]
+    assert all(s["status"] == "completed" and s["steps"] == 20 for s in summaries)
+    assert summaries[0]["val_loss"] != summaries[1]["val_loss"]
+    assert summaries[0]["run_dir"] != summaries[1]["run_dir"]
+
+
+def test_every_experiment_file_runs(tmp_path):
+    from stablelab.paths import group_options
+
+    experiments = group_options("experiment")
+    assert len(experiments) >= 3
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", f"experiment={','.join(experiments)}", "debug=fast", f"hydra.sweep.dir={sweep}", *QUIET],
+        tmp_path,
+    )
+    assert_ok(proc)
+    jobs = _jobs(sweep)
+    assert len(jobs) == len(experiments)
+    for job in jobs:
+        assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+
+
+def test_default_run_directory_and_wandb_offline(tmp_path):
+    """A run with the default loggers (W&B + CSV): what lands in the run directory, and
+    what the real offline W&B run recorded."""
+    proc = run_cli(["max_train_steps=30", "trainer.val_check_interval=15", *QUIET], tmp_path)
+    assert_ok(proc)
+    runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    for name in ["config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv",
+                 "summary.json", "checkpoints/last.ckpt", "train.log"]:
+        assert (run / name).exists(), name
+    assert len(list((run / "checkpoints").glob("best-step*.ckpt"))) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ["val_loss", "val_acc", "test_acc", "steps", "feasible", "wall_seconds", "git_sha", "versions"]:
+        assert key in summary, key
+    assert summary["steps"] == 30 and summary["feasible"] is True
+    assert summary["versions"]["torch"] and summary["versions"]["lightning"]
+    assert 0 <= summary["test_acc"] <= 1
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert "${" not in (run / "config.yaml").read_text()  # resolved, not interpolations
+    assert Path(resolved["paths"]["output_dir"]).resolve() == run.resolve()
+
+    files = wandb_offline.run_files(run)
+    assert len(files) == 1, files  # exactly one W&B run
+    hist = wandb_offline.history(files[0])
+    train_steps = [h["trainer/global_step"] for h in hist if "train/loss" in h]
+    assert train_steps == [9, 19, 29]  # log_every_n_steps=10
+    val = [h for h in hist if "val/loss" in h]
+    # Lightning logs validation at (updates done - 1): after 15 and 30 updates
+    assert [h["trainer/global_step"] for h in val] == [14, 29]
+    assert all(0 <= h["val/acc"] <= 1 for h in val)
+    assert any("test/acc" in h for h in hist)
+    wcfg = wandb_offline.config(files[0])
+    assert wcfg["optimizer"]["_target_"] == "stablelab.optim.Adam"
+    assert wcfg["model"]["residual"]["layout"] == "branch_norm"
+    assert wcfg["run"]["world_size"] == 1 and "git_sha" in wcfg["run"]
+    wsum = wandb_offline.summary(files[0])
+    assert wsum["summary/feasible"] is True and wsum["summary/steps"] == 30
+    # the metrics.csv rows agree with what W&B recorded
+    import csv
+
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    csv_val = [float(r["val/loss"]) for r in rows if r["val/loss"]]
+    assert csv_val == [h["val/loss"] for h in val]
+
+
+def test_bad_input_stops_before_training(tmp_path):
+    proc = run_cli(["optimizer.lr=-1", "model.residual.layout=postnorm", *QUIET], tmp_path)
+    assert proc.returncode == 2
+    assert "optimizer.lr = -1: must be > 0" in proc.stderr
+    assert "model.residual.layout = 'postnorm'" in proc.stderr and "'branch_norm'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # nothing was trained or logged
+    logs = tmp_path / "logs"
+    found = [p.name for p in logs.rglob("*")] if logs.exists() else []
+    for name in ["metrics.csv", "summary.json", "last.ckpt", "wandb"]:
+        assert name not in found
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def test_unknown_group_option_lists_the_options(tmp_path):
+    proc = run_cli(["model=resnett"], tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'model/resnett'" in proc.stderr
+    assert "resnet" in proc.stderr and "transformer" in proc.stderr
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    proc = run_cli(["--cfg", "job", "model=mlp"], tmp_path)
+    assert_ok(proc)
+    assert "_target_: stablelab.models.MLP" in proc.stdout
+    assert not (tmp_path / "logs").exists()
