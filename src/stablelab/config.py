@@ -415,14 +415,18 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     )
     for group in GROUPS:
         if group not in plain:
-            problems.append(f"{group}: missing (choose an option: {', '.join(group_options(group))})")
+            problems.append(
+                f"{group}: missing (choose an option: {', '.join(group_options(group))})"
+            )
             continue
         entry = plain[group]
         if group in MULTI_GROUPS:
             if entry is None:
                 continue
             if not isinstance(entry, Mapping):
-                problems.append(f"{group} = {_fmt(entry)}: expected a mapping name -> {{_target_: ...}}")
+                problems.append(
+                    f"{group} = {_fmt(entry)}: expected a mapping name -> {{_target_: ...}}"
+                )
                 continue
             for name, sub in entry.items():
                 if sub is None:  # disabled with `callbacks.name=null`

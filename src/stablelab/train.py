@@ -83,7 +83,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     _quiet_lightning_handlers()
     # the CSV logger writes into the fresh run dir that Hydra already populated (.hydra/)
-    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings(
+        "ignore", message=r"Experiment logs directory .* exists and is not empty"
+    )
 
     run_dir = Path(plain["paths"]["output_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)

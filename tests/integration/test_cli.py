@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import yaml
-from conftest import QUIET, assert_ok, run_cli
 
+from conftest import QUIET, assert_ok, run_cli
 from stablelab.analysis import wandb_offline
 
 MODELS = ["mlp", "resnet", "transformer"]
@@ -18,7 +18,10 @@ INITS = ["default", "zero", "rezero"]
 
 
 def _jobs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
 
 
 def test_help_lists_groups_and_examples(tmp_path):
@@ -66,13 +69,22 @@ def test_every_model_layout_and_branch_init_trains(tmp_path):
         rows = (job / "metrics.csv").read_text().splitlines()
         assert rows[0].startswith("epoch,step") and "train/loss" in rows[0] and len(rows) >= 4
     names = {"mlp": "MLP", "resnet": "ResNet1D", "transformer": "Transformer"}
-    assert seen == {(names[m], lay, ini) for m, lay, ini in itertools.product(MODELS, LAYOUTS, INITS)}
+    assert seen == {
+        (names[m], lay, ini) for m, lay, ini in itertools.product(MODELS, LAYOUTS, INITS)
+    }
 
 
 def test_multirun_two_trials(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", "optimizer.lr=0.001,0.01", "debug=fast", "logger=csv", f"hydra.sweep.dir={sweep}", *QUIET],
+        [
+            "-m",
+            "optimizer.lr=0.001,0.01",
+            "debug=fast",
+            "logger=csv",
+            f"hydra.sweep.dir={sweep}",
+            *QUIET,
+        ],
         tmp_path,
     )
     assert_ok(proc)
@@ -94,7 +106,13 @@ def test_every_experiment_file_runs(tmp_path):
     assert len(experiments) >= 3
     sweep = tmp_path / "sweep"
     proc = run_cli(
-        ["-m", f"experiment={','.join(experiments)}", "debug=fast", f"hydra.sweep.dir={sweep}", *QUIET],
+        [
+            "-m",
+            f"experiment={','.join(experiments)}",
+            "debug=fast",
+            f"hydra.sweep.dir={sweep}",
+            *QUIET,
+        ],
         tmp_path,
     )
     assert_ok(proc)
@@ -112,12 +130,28 @@ def test_default_run_directory_and_wandb_offline(tmp_path):
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
-    for name in ["config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.csv",
-                 "summary.json", "checkpoints/last.ckpt", "train.log"]:
+    for name in [
+        "config.yaml",
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/last.ckpt",
+        "train.log",
+    ]:
         assert (run / name).exists(), name
     assert len(list((run / "checkpoints").glob("best-step*.ckpt"))) == 1
     summary = json.loads((run / "summary.json").read_text())
-    for key in ["val_loss", "val_acc", "test_acc", "steps", "feasible", "wall_seconds", "git_sha", "versions"]:
+    for key in [
+        "val_loss",
+        "val_acc",
+        "test_acc",
+        "steps",
+        "feasible",
+        "wall_seconds",
+        "git_sha",
+        "versions",
+    ]:
         assert key in summary, key
     assert summary["steps"] == 30 and summary["feasible"] is True
     assert summary["versions"]["torch"] and summary["versions"]["lightning"]

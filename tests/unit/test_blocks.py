@@ -43,7 +43,10 @@ def _randomise(block: ResidualBlock) -> None:
     g = torch.Generator().manual_seed(1)
     for name, p in block.norm.named_parameters():
         with torch.no_grad():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5 + (1.0 if "weight" in name else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5
+                + (1.0 if "weight" in name else 0.0)
+            )
     if block.alpha is not None:
         with torch.no_grad():
             block.alpha.fill_(0.7)
@@ -51,14 +54,30 @@ def _randomise(block: ResidualBlock) -> None:
 
 SHAPES = {
     # name: (input shape, in_dim, out_dim, channels_first, branch, shortcut)
-    "linear": lambda: ((6, 8), 8, 8, False, nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)), None),
-    "tokens": lambda: ((3, 5, 8), 8, 8, False, nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)), None),
+    "linear": lambda: (
+        (6, 8),
+        8,
+        8,
+        False,
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)),
+        None,
+    ),
+    "tokens": lambda: (
+        (3, 5, 8),
+        8,
+        8,
+        False,
+        nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)),
+        None,
+    ),
     "conv_down": lambda: (
         (4, 6, 12),
         6,
         10,
         True,
-        nn.Sequential(nn.Conv1d(6, 10, 3, stride=2, padding=1), nn.ReLU(), nn.Conv1d(10, 10, 3, padding=1)),
+        nn.Sequential(
+            nn.Conv1d(6, 10, 3, stride=2, padding=1), nn.ReLU(), nn.Conv1d(10, 10, 3, padding=1)
+        ),
         nn.Conv1d(6, 10, 1, stride=2),
     ),
 }
@@ -71,7 +90,9 @@ SHAPES = {
 def test_layout_matches_formula(shape, norm, layout, init):
     torch.manual_seed(0)
     x_shape, din, dout, cf, branch, shortcut = SHAPES[shape]()
-    block = ResidualBlock(branch, norm, din, dout, ResidualSpec(layout, init), shortcut, cf).double()
+    block = ResidualBlock(
+        branch, norm, din, dout, ResidualSpec(layout, init), shortcut, cf
+    ).double()
     _randomise(block)
     block.train()
     x = torch.randn(x_shape, dtype=torch.float64)
@@ -132,14 +153,22 @@ def test_models_blocks_start_as_identity(init, layout):
     models = [
         MLP(real, 10, width=16, depth=2, residual=spec),
         Transformer(real, 10, d_model=16, num_heads=2, num_layers=2, residual=spec),
-        ResNet1D(real, 10, stem_width=8, widths=[8, 8], depths=[2, 1], strides=[1, 1], residual=spec),
+        ResNet1D(
+            real, 10, stem_width=8, widths=[8, 8], depths=[2, 1], strides=[1, 1], residual=spec
+        ),
     ]
     for m in models:
         m.double().train()
         blocks = [b for b in m.modules() if isinstance(b, ResidualBlock)]
         assert blocks
         for b in blocks:
-            shape = (4, 8, 12) if isinstance(m, ResNet1D) else (4, 16) if isinstance(m, MLP) else (4, 5, 16)
+            shape = (
+                (4, 8, 12)
+                if isinstance(m, ResNet1D)
+                else (4, 16)
+                if isinstance(m, MLP)
+                else (4, 5, 16)
+            )
             x = torch.randn(shape, dtype=torch.float64)
             torch.testing.assert_close(b(x), x, rtol=0, atol=0)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import compose_cfg
 
+from conftest import compose_cfg
 from stablelab.config import ConfigError, validate
 from stablelab.paths import config_dir, group_options
 
@@ -28,9 +28,10 @@ def test_default_composes_and_validates(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "group,option", [(g, o) for g in GROUPS for o in group_options(g)] + [
-        ("experiment", o) for o in group_options("experiment")
-    ] + [("debug", o) for o in group_options("debug")]
+    "group,option",
+    [(g, o) for g in GROUPS for o in group_options(g)]
+    + [("experiment", o) for o in group_options("experiment")]
+    + [("debug", o) for o in group_options("debug")],
 )
 def test_every_option_validates(tmp_path, group, option):
     validate(compose_cfg([f"{group}={option}"], tmp_path))
@@ -39,8 +40,15 @@ def test_every_option_validates(tmp_path, group, option):
 def test_overrides_reach_the_config(tmp_path):
     plain = validate(
         compose_cfg(
-            ["model=transformer", "model.residual.layout=post_norm", "optimizer=rmsprop",
-             "optimizer.rho=0.5", "schedule=cosine", "schedule.warmup_steps=10", "seed=7"],
+            [
+                "model=transformer",
+                "model.residual.layout=post_norm",
+                "optimizer=rmsprop",
+                "optimizer.rho=0.5",
+                "schedule=cosine",
+                "schedule.warmup_steps=10",
+                "seed=7",
+            ],
             tmp_path,
         )
     )
@@ -57,11 +65,22 @@ BAD = [
     (["optimizer.lr=0"], ["optimizer.lr = 0", "must be > 0"]),
     (["data.batch_size=0"], ["data.batch_size = 0", "must be > 0"]),
     (["data.batch_size=12.5"], ["data.batch_size = 12.5", "expected an integer"]),
-    (["model.residual.layout=postnorm"],
-     ["model.residual.layout = 'postnorm'", "'post_norm', 'branch_norm', 'pre_norm', 'none'",
-      "did you mean 'post_norm'"]),
-    (["model.residual.branch_init=zeros"], ["model.residual.branch_init", "'default', 'zero', 'rezero'"]),
-    (["model.norm=groupnorm"], ["model.norm = 'groupnorm'", "'layernorm', 'batchnorm', 'rmsnorm', 'none'"]),
+    (
+        ["model.residual.layout=postnorm"],
+        [
+            "model.residual.layout = 'postnorm'",
+            "'post_norm', 'branch_norm', 'pre_norm', 'none'",
+            "did you mean 'post_norm'",
+        ],
+    ),
+    (
+        ["model.residual.branch_init=zeros"],
+        ["model.residual.branch_init", "'default', 'zero', 'rezero'"],
+    ),
+    (
+        ["model.norm=groupnorm"],
+        ["model.norm = 'groupnorm'", "'layernorm', 'batchnorm', 'rmsnorm', 'none'"],
+    ),
     (["+model.widht=3"], ["model.widht: unknown key", "did you mean 'widths'", "allowed keys:"]),
     (["+foo=1"], ["foo: unknown key for the root config", "max_train_steps"]),
     (["seed=-1"], ["seed = -1", "must be >= 0"]),
@@ -71,21 +90,40 @@ BAD = [
     (["data.val_fraction=abc"], ["data.val_fraction = 'abc'", "expected a number"]),
     (["optimizer=momentum", "optimizer.momentum=1.0"], ["optimizer.momentum = 1.0", "must be < 1"]),
     (["optimizer.beta2=-0.5"], ["optimizer.beta2 = -0.5", "must be >= 0"]),
-    (["clipping=fixed", "clipping.clip_threshold=0"], ["clipping.clip_threshold = 0", "must be > 0"]),
-    (["schedule=cosine", "schedule.final_lr_fraction=2"], ["schedule.final_lr_fraction = 2", "must be <= 1"]),
+    (
+        ["clipping=fixed", "clipping.clip_threshold=0"],
+        ["clipping.clip_threshold = 0", "must be > 0"],
+    ),
+    (
+        ["schedule=cosine", "schedule.final_lr_fraction=2"],
+        ["schedule.final_lr_fraction = 2", "must be <= 1"],
+    ),
     (["schedule.warmup_steps=-5"], ["schedule.warmup_steps = -5", "must be >= 0"]),
-    (["schedule.warmup_steps=2000", "max_train_steps=1000"],
-     ["schedule.warmup_steps + post_warmup_steps = 2000", "must be <= the run's 1000 steps"]),
+    (
+        ["schedule.warmup_steps=2000", "max_train_steps=1000"],
+        ["schedule.warmup_steps + post_warmup_steps = 2000", "must be <= the run's 1000 steps"],
+    ),
     (["model.widths=[32,64]"], ["model.widths/depths/strides", "got 2, 3, 3"]),
-    (["model=transformer", "model.num_heads=3"], ["model.d_model = 64", "divisible by num_heads = 3"]),
+    (
+        ["model=transformer", "model.num_heads=3"],
+        ["model.d_model = 64", "divisible by num_heads = 3"],
+    ),
     (["data=sequence", "data.num_pairs=20"], ["data.num_pairs = 20", "must be <= num_keys = 16"]),
     (["+trainer.max_steps=5"], ["trainer.max_steps: set by stablelab at run time"]),
-    (["optimizer._target_=null"],
-     ["optimizer: missing _target_", "adam, momentum, nadam, nesterov, rmsprop, sgd"]),
-    (["optimizer._target_=stablelab.optim.Adamm"], ["optimizer._target_ = 'stablelab.optim.Adamm'", "cannot be imported"]),
+    (
+        ["optimizer._target_=null"],
+        ["optimizer: missing _target_", "adam, momentum, nadam, nesterov, rmsprop, sgd"],
+    ),
+    (
+        ["optimizer._target_=stablelab.optim.Adamm"],
+        ["optimizer._target_ = 'stablelab.optim.Adamm'", "cannot be imported"],
+    ),
     (["+logger.wandb.projet=x"], ["logger.wandb.projet: unknown key", "did you mean 'project'"]),
     (["logger.wandb.project=5"], ["logger.wandb.project = 5", "expected a string"]),
-    (["+callbacks.model_checkpoint.monitr=x"], ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"]),
+    (
+        ["+callbacks.model_checkpoint.monitr=x"],
+        ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"],
+    ),
     (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
 ]
 

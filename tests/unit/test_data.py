@@ -37,14 +37,20 @@ def test_loader_order_is_a_function_of_seed_and_epoch():
     a.sampler.set_epoch(1)
     assert _ids(a) != first  # a new epoch reshuffles
     assert _ids(InMemoryLoader(ids, batch_size=8, shuffle=True, seed=6)) != first
-    assert _ids(InMemoryLoader(ids, batch_size=8)) == [list(range(i, i + 8)) for i in range(0, 64, 8)]
+    assert _ids(InMemoryLoader(ids, batch_size=8)) == [
+        list(range(i, i + 8)) for i in range(0, 64, 8)
+    ]
 
 
 def test_loader_ranks_split_the_global_batch():
     ids = torch.arange(100)
     single = _ids(InMemoryLoader(ids, batch_size=16, shuffle=True, drop_last=True, seed=2))
     ranks = [
-        _ids(InMemoryLoader(ids, batch_size=8, shuffle=True, drop_last=True, seed=2, rank=r, world_size=2))
+        _ids(
+            InMemoryLoader(
+                ids, batch_size=8, shuffle=True, drop_last=True, seed=2, rank=r, world_size=2
+            )
+        )
         for r in range(2)
     ]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == 6
@@ -110,8 +116,15 @@ def test_digits_splits_cover_the_dataset():
 
 
 def test_sequence_labels_by_brute_force(tmp_path):
-    dm = SequenceDataModule(data_dir=str(tmp_path), num_train=300, num_val=50, num_test=50,
-                            num_pairs=5, num_keys=9, num_values=4)
+    dm = SequenceDataModule(
+        data_dir=str(tmp_path),
+        num_train=300,
+        num_val=50,
+        num_test=50,
+        num_pairs=5,
+        num_keys=9,
+        num_values=4,
+    )
     dm.setup()
     x, y = dm._tensors["train"]
     assert dm.input_spec == {"kind": "tokens", "length": 6, "channels": 1, "vocab_size": 45}

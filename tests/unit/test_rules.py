@@ -76,8 +76,16 @@ def ref_adam(theta, grads, lrs, b1, b2, eps, wd=0.0, nesterov=False):
 # hyperparameters deliberately away from the defaults
 RULES = {
     "sgd": (SGD, {}, lambda th, gs, lrs, wd: ref_sgd(th, gs, lrs, wd)),
-    "momentum": (Momentum, {"momentum": 0.7}, lambda th, gs, lrs, wd: ref_momentum(th, gs, lrs, 0.7, wd)),
-    "nesterov": (Nesterov, {"momentum": 0.8}, lambda th, gs, lrs, wd: ref_nesterov(th, gs, lrs, 0.8, wd)),
+    "momentum": (
+        Momentum,
+        {"momentum": 0.7},
+        lambda th, gs, lrs, wd: ref_momentum(th, gs, lrs, 0.7, wd),
+    ),
+    "nesterov": (
+        Nesterov,
+        {"momentum": 0.8},
+        lambda th, gs, lrs, wd: ref_nesterov(th, gs, lrs, 0.8, wd),
+    ),
     "rmsprop": (
         RMSProp,
         {"rho": 0.8, "momentum": 0.6, "eps": 1e-6},
@@ -203,7 +211,10 @@ def test_state_dict_round_trip_continues_identically(name):
     [
         (lambda ps: SGD(ps, lr=0.05), {"lr": 0.05}),
         (lambda ps: Momentum(ps, lr=0.05, momentum=0.7), {"lr": 0.05, "momentum": 0.7}),
-        (lambda ps: Nesterov(ps, lr=0.05, momentum=0.7), {"lr": 0.05, "momentum": 0.7, "nesterov": True}),
+        (
+            lambda ps: Nesterov(ps, lr=0.05, momentum=0.7),
+            {"lr": 0.05, "momentum": 0.7, "nesterov": True},
+        ),
     ],
     ids=["sgd", "momentum", "nesterov"],
 )

@@ -73,7 +73,9 @@ def _items(items) -> dict[str, Any]:
 
 def history(path: str | Path) -> list[dict[str, Any]]:
     """Every logged history row (``wandb.log`` call) as a dict."""
-    return [_items(r.history.item) for r in records(path) if r.WhichOneof("record_type") == "history"]
+    return [
+        _items(r.history.item) for r in records(path) if r.WhichOneof("record_type") == "history"
+    ]
 
 
 def config(path: str | Path) -> dict[str, Any]:

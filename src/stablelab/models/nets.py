@@ -132,9 +132,7 @@ class ResNet1D(nn.Module):
         for w, d, s in zip(widths, depths, strides, strict=True):
             for j in range(d):
                 stride = s if j == 0 else 1
-                shortcut = (
-                    nn.Conv1d(c, w, 1, stride=stride) if (stride != 1 or c != w) else None
-                )
+                shortcut = nn.Conv1d(c, w, 1, stride=stride) if (stride != 1 or c != w) else None
                 branch = nn.Sequential(
                     nn.Conv1d(c, w, kernel_size, stride=stride, padding=pad),
                     _act(activation),
@@ -153,7 +151,9 @@ class ResNet1D(nn.Module):
     def config_problems(c: Mapping[str, Any]) -> list[str]:
         n = (len(c["widths"]), len(c["depths"]), len(c["strides"]))
         if len(set(n)) > 1:
-            return [f"widths/depths/strides: need one entry per stage each, got {n[0]}, {n[1]}, {n[2]}"]
+            return [
+                f"widths/depths/strides: need one entry per stage each, got {n[0]}, {n[1]}, {n[2]}"
+            ]
         return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

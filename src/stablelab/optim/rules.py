@@ -255,7 +255,9 @@ class Adam(_PlaybookOptimizer):
     def _single(self, group, p, g, state):
         m, v = self._moments(group, g, state)
         b = _bias_correction(group["beta1"], group["beta2"], state["step"])
-        p.addcdiv_(self._numerator(group, g, m), v.sqrt().add_(group["eps"]), value=-group["lr"] * b)
+        p.addcdiv_(
+            self._numerator(group, g, m), v.sqrt().add_(group["eps"]), value=-group["lr"] * b
+        )
 
     def _multi_numerator(self, group, grads: list[Tensor], ms: list[Tensor]) -> list[Tensor]:
         return ms
