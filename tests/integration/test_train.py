@@ -84,3 +84,21 @@ def test_checkpoint_rebuilds_the_module_from_plain_config(tmp_path):
     assert module.hparams["cfg"]["optimizer"]["_target_"] == "stablelab.optim.Adam"
     x = torch.randn(4, 40)
     assert module(x).shape == (4, 10)
+
+
+def test_tensorboard_logger_writes_events_and_csv(tmp_path):
+    out = tmp_path / "tb"
+    cfg = compose_cfg(
+        [
+            "logger=tensorboard",
+            "callbacks.progress_bar.refresh_rate=0",
+            "max_train_steps=10",
+            "trainer.val_check_interval=5",
+            "trainer.log_every_n_steps=2",
+        ],
+        out,
+    )
+    train(cfg)
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert "train/loss" in (out / "metrics.csv").read_text().splitlines()[0]

@@ -172,11 +172,12 @@ def test_decoupled_weight_decay(name):
 def test_multi_tensor_equals_per_tensor(name):
     cls, kw, _ = RULES[name]
     thetas, grads, lrs = _problem(3)
-    a = _run(cls, kw, thetas, grads, lrs, torch.float32, True)
-    b = _run(cls, kw, thetas, grads, lrs, torch.float32, False)
-    for k in range(STEPS):
-        for x, y in zip(a[k], b[k], strict=True):
-            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    for dtype, tol in [(torch.float64, 1e-12), (torch.float32, 1e-5)]:
+        a = _run(cls, kw, thetas, grads, lrs, dtype, True)
+        b = _run(cls, kw, thetas, grads, lrs, dtype, False)
+        for k in range(STEPS):
+            for x, y in zip(a[k], b[k], strict=True):
+                np.testing.assert_allclose(x, y, rtol=tol, atol=tol * np.abs(y).max())
 
 
 @pytest.mark.parametrize("name", list(RULES))

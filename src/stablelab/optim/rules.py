@@ -162,9 +162,9 @@ class Nesterov(_PlaybookOptimizer):
         vs = [s["v"] for s in states]
         torch._foreach_mul_(vs, gamma)
         torch._foreach_add_(vs, grads)
-        update = torch._foreach_mul(vs, gamma)
-        torch._foreach_add_(update, grads)
-        torch._foreach_add_(params, update, alpha=-lr)
+        # theta - eta (gamma v + g) as two in-place adds: no temporary the size of the model
+        torch._foreach_add_(params, vs, alpha=-lr * gamma)
+        torch._foreach_add_(params, grads, alpha=-lr)
 
 
 class RMSProp(_PlaybookOptimizer):
@@ -259,21 +259,21 @@ class Adam(_PlaybookOptimizer):
             self._numerator(group, g, m), v.sqrt().add_(group["eps"]), value=-group["lr"] * b
         )
 
-    def _multi_numerator(self, group, grads: list[Tensor], ms: list[Tensor]) -> list[Tensor]:
-        return ms
+    def _multi_update(self, group, params, grads, ms, denom, steps: list[float]) -> None:
+        # theta <- theta + step * m / (sqrt(v) + eps), step = -alpha * b_{t+1}
+        torch._foreach_addcdiv_(params, ms, denom, steps)
 
     def _multi(self, group, params, grads, states):
         b1, b2, lr, eps = group["beta1"], group["beta2"], group["lr"], group["eps"]
         ms = [s["m"] for s in states]
         vs = [s["v"] for s in states]
-        torch._foreach_mul_(ms, b1)
-        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_lerp_(ms, grads, 1 - b1)  # b1 m + (1 - b1) g in one pass
         torch._foreach_mul_(vs, b2)
         torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
         denom = torch._foreach_sqrt(vs)
         torch._foreach_add_(denom, eps)
         steps = [-lr * _bias_correction(b1, b2, s["step"]) for s in states]
-        torch._foreach_addcdiv_(params, self._multi_numerator(group, grads, ms), denom, steps)
+        self._multi_update(group, params, grads, ms, denom, steps)
 
 
 class NAdam(Adam):
@@ -288,8 +288,8 @@ class NAdam(Adam):
         b1 = group["beta1"]
         return m.mul(b1).add_(g, alpha=1 - b1)
 
-    def _multi_numerator(self, group, grads, ms):
+    def _multi_update(self, group, params, grads, ms, denom, steps):
+        # the numerator b1 m + (1 - b1) g split into two in-place updates (no temporary)
         b1 = group["beta1"]
-        num = torch._foreach_mul(ms, b1)
-        torch._foreach_add_(num, grads, alpha=1 - b1)
-        return num
+        torch._foreach_addcdiv_(params, ms, denom, [s * b1 for s in steps])
+        torch._foreach_addcdiv_(params, grads, denom, [s * (1 - b1) for s in steps])
