@@ -28,7 +28,7 @@ class StableModule(L.LightningModule):
         self.clipper = instantiate(cfg["clipping"])
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.last_grad_norm: torch.Tensor | None = None
+        self.grad_telemetry = None  # a GradTelemetry, attached by GradNormMonitor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -75,6 +75,17 @@ class StableModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        # Lightning calls this after unscaling (AMP) and after DDP's all-reduce; we own the
-        # norm and the clip so the unclipped norm is kept (Lightning's discards it).
-        self.last_grad_norm = self.clipper(self.parameters())
+        # Lightning calls this once per optimizer step, after DDP's all-reduce, AMP
+        # unscaling and gradient accumulation; we own the norm and the clip so the unclipped
+        # norm is kept (Lightning's discards it). Nothing here waits on the device.
+        stats = self.clipper(self.named_parameters())
+        if self.grad_telemetry is not None:
+            self.grad_telemetry.record(self.trainer.global_step, stats)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if hasattr(self.clipper, "state_dict"):  # adaptive clippers' running statistics
+            checkpoint["clipper"] = self.clipper.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "clipper" in checkpoint and hasattr(self.clipper, "load_state_dict"):
+            self.clipper.load_state_dict(checkpoint["clipper"])

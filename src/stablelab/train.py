@@ -145,6 +145,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
             }
         )
+        for cb in trainer.callbacks:  # callbacks that report (gradient telemetry, ...)
+            if callable(getattr(cb, "summary", None)):
+                summary.update(cb.summary())
         summary["feasible"] = bool(
             summary["status"] == "completed"
             and _finite(summary["val_loss"])

@@ -1,5 +1,6 @@
-"""Lightning callbacks: evaluation history (more stability callbacks follow)."""
+"""Lightning callbacks: evaluation history and gradient-norm telemetry."""
 
+from stablelab.callbacks.grad_norm import GradNormMonitor
 from stablelab.callbacks.history import EvalHistory
 
-__all__ = ["EvalHistory"]
+__all__ = ["EvalHistory", "GradNormMonitor"]

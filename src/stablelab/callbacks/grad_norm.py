@@ -1,0 +1,190 @@
+"""Unclipped gradient-norm telemetry, clip fraction, and the playbook's clipping plots.
+
+Every optimizer step the module's clipper measures the global L2 norm of the full gradient
+(after all-reduce, unscaling and accumulation, before clipping) and the
+:class:`~stablelab.telemetry.GradTelemetry` buffer keeps it on the device. Every
+``log_every_n_steps`` this callback reads the buffer back once and
+
+* appends every step to ``<run dir>/grad_norms.csv`` (step, grad_norm, grad_norm_clipped,
+  clipped, clip_threshold);
+* sends every step to W&B (``train/grad_norm``, ``train/grad_norm_clipped``,
+  ``train/clipped``, ``train/clip_threshold``, ``train/clip_fraction``) and the interval's
+  last step to the other loggers;
+* tracks the clip fraction over the run and over the last ``recent_window`` steps, and
+  warns once when either exceeds ``max_clip_fraction`` (the playbook: more than 50%
+  clipped is a strange way of lowering the learning rate; lower it instead).
+
+At the end (or when training fails) it writes ``grad_norm.png`` (norm vs step, log scale,
+threshold drawn) and ``grad_norm_hist.png`` (histogram with the 50th/90th/99th
+percentiles), sends both and a histogram to W&B, and provides the ``summary.json`` keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+
+from stablelab.config import OpenUnit, PosInt
+from stablelab.telemetry import FIELDS, GradTelemetry
+
+ADVICE = (
+    "more than {pct:.0%} of updates were clipped ({where}): the playbook calls extremely "
+    "aggressive clipping a strange way of lowering the learning rate; lower the learning "
+    "rate instead (or raise the clip threshold)."
+)
+
+
+class TooMuchClippingWarning(UserWarning):
+    pass
+
+
+class GradNormMonitor(L.Callback):
+    def __init__(
+        self,
+        log_every_n_steps: PosInt | None = None,
+        recent_window: PosInt = 100,
+        max_clip_fraction: OpenUnit = 0.5,
+        plots: bool = True,
+        filename: str = "grad_norms.csv",
+    ) -> None:
+        self.log_every_n_steps = log_every_n_steps
+        self.recent_window = recent_window
+        self.max_clip_fraction = max_clip_fraction
+        self.plots = plots
+        self.filename = filename
+        self.rows: list[dict[str, Any]] = []
+        self._recent: deque[float] = deque(maxlen=recent_window)
+        self._recent_max = 0.0
+        self.warned: str | None = None
+        self._finished = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.every = self.log_every_n_steps or trainer.log_every_n_steps
+        self.dir = Path(trainer.default_root_dir)
+        pl_module.grad_telemetry = GradTelemetry(capacity=self.every)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        tel = getattr(pl_module, "grad_telemetry", None)
+        if tel is not None and tel.pending >= self.every:
+            self._flush(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._finish(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._finish(trainer, pl_module)  # keep what was measured before the failure
+
+    # ------------------------------------------------------------------ work
+    def _flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rows = pl_module.grad_telemetry.flush()
+        if not rows:
+            return
+        for r in rows:
+            self.rows.append(r)
+            self._recent.append(r["clipped"])
+            r["clip_fraction"] = sum(x["clipped"] for x in self.rows) / len(self.rows)
+            if len(self._recent) == self.recent_window:
+                self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
+        if trainer.is_global_zero:
+            self._append_csv(rows)
+            self._log(trainer, rows)
+        self._check_clip_fraction()
+
+    def _append_csv(self, rows: list[dict[str, Any]]) -> None:
+        path = self.dir / self.filename
+        new = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["step", *FIELDS])
+            if new:
+                w.writeheader()
+            w.writerows({k: r[k] for k in ["step", *FIELDS]} for r in rows)
+
+    def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for lg in trainer.loggers:
+            # the full per-step series to W&B; the interval's last step to the others
+            for r in rows if isinstance(lg, WandbLogger) else rows[-1:]:
+                metrics = {f"train/{k}": v for k, v in r.items() if k != "step"}
+                if not math.isfinite(metrics["train/clip_threshold"]):
+                    metrics.pop("train/clip_threshold")
+                lg.log_metrics(metrics, step=r["step"])
+
+    def _check_clip_fraction(self) -> None:
+        if self.warned or not self.rows:
+            return
+        run = self.rows[-1]["clip_fraction"]
+        where = None
+        if run > self.max_clip_fraction:
+            where = f"{run:.0%} over the run so far"
+        elif self._recent_max > self.max_clip_fraction:
+            where = f"{self._recent_max:.0%} of the last {self.recent_window} steps"
+        if where:
+            self.warned = ADVICE.format(pct=self.max_clip_fraction, where=where)
+            warnings.warn(self.warned, TooMuchClippingWarning, stacklevel=2)
+
+    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._finished or getattr(pl_module, "grad_telemetry", None) is None:
+            return
+        self._finished = True
+        self._flush(trainer, pl_module)
+        if not (trainer.is_global_zero and self.plots and self.rows):
+            return
+        from stablelab.analysis.plots import plot_grad_norm_hist, plot_grad_norms
+
+        steps = [r["step"] for r in self.rows]
+        norms = [r["grad_norm"] for r in self.rows]
+        thresholds = [r["clip_threshold"] for r in self.rows]
+        line = plot_grad_norms(steps, norms, thresholds, self.dir / "grad_norm.png")
+        hist = plot_grad_norm_hist(norms, self.dir / "grad_norm_hist.png")
+        self._log_images(trainer, line, hist, norms)
+
+    def _log_images(self, trainer, line: Path, hist: Path, norms: list[float]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for lg in trainer.loggers:
+            if isinstance(lg, WandbLogger):
+                import wandb
+
+                finite = [n for n in norms if math.isfinite(n)]
+                lg.experiment.log(
+                    {
+                        "plots/grad_norm": wandb.Image(str(line)),
+                        "plots/grad_norm_hist": wandb.Image(str(hist)),
+                        "train/grad_norm_histogram": wandb.Histogram(finite or [0.0]),
+                    }
+                )
+
+    # ------------------------------------------------------------------ results
+    def summary(self) -> dict[str, Any]:
+        """The ``summary.json`` keys (percentiles over every step's unclipped norm)."""
+        finite = np.array([r["grad_norm"] for r in self.rows if math.isfinite(r["grad_norm"])])
+        if not self.rows:
+            return {}
+        pct = (
+            {p: float(np.percentile(finite, p)) for p in (50, 90, 99)}
+            if finite.size
+            else {50: None, 90: None, 99: None}
+        )
+        return {
+            "grad_norm_p50": pct[50],
+            "grad_norm_p90": pct[90],
+            "grad_norm_p99": pct[99],
+            "grad_norm_max": float(finite.max()) if finite.size else None,
+            "clip_fraction": self.rows[-1]["clip_fraction"],
+            "clip_fraction_recent_max": self._recent_max,
+            "recommended_clip_threshold": pct[90],
+            "too_much_clipping": self.warned is not None,
+            "too_much_clipping_advice": self.warned,
+        }
