@@ -14,3 +14,57 @@ class RaiseAtStep(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step >= self.step:
             raise RuntimeError(f"boom at step {trainer.global_step}")
+
+
+class GradNormReference(L.Callback):
+    """Independent reference: the float64 global L2 norm of every parameter's .grad, read
+    in on_before_optimizer_step (Lightning runs it after unscaling/accumulation and before
+    configure_gradient_clipping). Written to <run dir>/ref_norms.json at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        total = sum(float(p.grad.double().square().sum()) for p in pl_module.parameters() if p.grad is not None)
+        self.rows.append((trainer.global_step, total**0.5))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+        from pathlib import Path
+
+        Path(trainer.default_root_dir, "ref_norms.json").write_text(json.dumps(self.rows))
+
+
+SYNC_EVENTS: list[tuple[int, str]] = []
+_COUNTING = {"on": False, "step": -1}
+
+
+def install_sync_counter(monkeypatch) -> None:
+    """Count Tensor methods that wait on the host when a stablelab frame is on the stack,
+    while SyncCounter says a training batch is running."""
+    import sys
+
+    import torch
+
+    for name in ["item", "cpu", "tolist", "numpy", "__bool__", "__float__", "__int__", "nonzero"]:
+        orig = getattr(torch.Tensor, name)
+
+        def wrapped(self, *a, _orig=orig, _name=name, **k):
+            if _COUNTING["on"]:
+                f = sys._getframe(1)
+                while f is not None:
+                    if "/stablelab/" in f.f_code.co_filename.replace("\\", "/"):
+                        SYNC_EVENTS.append((_COUNTING["step"], f"{f.f_code.co_name}:{_name}"))
+                        break
+                    f = f.f_back
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapped)
+
+
+class SyncCounter(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _COUNTING.update(on=True, step=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _COUNTING["on"] = False

@@ -61,6 +61,36 @@ def schedule_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def clip_threshold(args: argparse.Namespace) -> int:
+    """Print the recommended clip threshold: a percentile of a run's unclipped norms."""
+    from stablelab.analysis.runs import read_grad_norms
+
+    try:
+        norms = read_grad_norms(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"stablelab clip-threshold: {e}", file=sys.stderr)
+        return 2
+    import numpy as np
+
+    finite = np.array([n for n in norms if np.isfinite(n)])
+    if not finite.size:
+        print("stablelab clip-threshold: no finite gradient norms in that run", file=sys.stderr)
+        return 2
+    value = float(np.percentile(finite, args.percentile))
+    if args.quiet:
+        print(f"{value:.6g}")
+        return 0
+    print(f"run: {args.run_dir}")
+    print(f"steps with a finite unclipped gradient norm: {finite.size} of {len(norms)}")
+    for p in sorted({50.0, 90.0, 99.0, args.percentile}):
+        print(f"  p{p:g}: {np.percentile(finite, p):.6g}")
+    print(f"recommended clip threshold (p{args.percentile:g}): {value:.6g}")
+    print(f"  use: stablelab-train clipping=fixed clipping.clip_threshold={value:.4g}")
+    print("  the playbook: a starting point; lower it if instability remains, and if more")
+    print("  than 50% of updates end up clipped, lower the learning rate instead.")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stablelab", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -82,6 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         help="PNG to write (default: schedule.png)",
     )
     sp.set_defaults(func=schedule_plot)
+    cp = sub.add_parser(
+        "clip-threshold",
+        help="recommend a clip threshold from a finished run's unclipped gradient norms",
+        description="Read RUN_DIR/grad_norms.csv (every step's unclipped global gradient "
+        "norm) and print its percentile: the playbook's starting point for clip_threshold.",
+    )
+    cp.add_argument("run_dir", type=Path, help="a run directory (holding grad_norms.csv)")
+    cp.add_argument("--percentile", type=float, default=90.0, help="default: 90 (the playbook's)")
+    cp.add_argument("-q", "--quiet", action="store_true", help="print only the threshold")
+    cp.set_defaults(func=clip_threshold)
     args = ap.parse_args(argv)
     return args.func(args)
 

@@ -121,13 +121,15 @@ class GradNormMonitor(L.Callback):
                     metrics.pop("train/clip_threshold")
                 lg.log_metrics(metrics, step=r["step"])
 
-    def _check_clip_fraction(self) -> None:
+    def _check_clip_fraction(self, final: bool = False) -> None:
+        """During training: the fraction over the last ``recent_window`` steps; at the end:
+        over the whole run too (early in a run, the running fraction is too noisy)."""
         if self.warned or not self.rows:
             return
         run = self.rows[-1]["clip_fraction"]
         where = None
-        if run > self.max_clip_fraction:
-            where = f"{run:.0%} over the run so far"
+        if final and run > self.max_clip_fraction:
+            where = f"{run:.0%} over the run"
         elif self._recent_max > self.max_clip_fraction:
             where = f"{self._recent_max:.0%} of the last {self.recent_window} steps"
         if where:
@@ -139,6 +141,7 @@ class GradNormMonitor(L.Callback):
             return
         self._finished = True
         self._flush(trainer, pl_module)
+        self._check_clip_fraction(final=True)
         if not (trainer.is_global_zero and self.plots and self.rows):
             return
         from stablelab.analysis.plots import plot_grad_norm_hist, plot_grad_norms

@@ -37,7 +37,7 @@ OpenUnit = Annotated[float, Range(gt=0, lt=1)]
 
 @dataclass
 class ClipStats:
-    """One step's telemetry, 0-dim float32 tensors on the gradients' device."""
+    """One step's telemetry: 0-dim tensors on the gradients' device (the norm's dtype)."""
 
     grad_norm: Tensor  # unclipped global L2 norm
     grad_norm_clipped: Tensor  # global L2 norm after clipping
@@ -46,9 +46,11 @@ class ClipStats:
 
 
 def global_grad_norm(grads: Sequence[Tensor]) -> Tensor:
-    """||g||_2 over all gradient tensors, accumulated in float32 on the device."""
+    """||g||_2 over all gradient tensors, on the device: per-tensor norms (one fused
+    ``_foreach_norm``), then the norm of those, in float32 (float64 for float64 grads)."""
     norms = torch._foreach_norm(list(grads), 2)
-    return torch.linalg.vector_norm(torch.stack([n.float() for n in norms]), 2)
+    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]), 2)
 
 
 def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor, Tensor]]:
@@ -76,7 +78,7 @@ class GlobalNormClipper:
         clipped = norm > lam
         if not isinstance(self, NoClip):
             torch._foreach_mul_(grads, coef.to(grads[0].dtype))
-        return ClipStats(norm, torch.minimum(norm, lam), clipped.float(), lam.float())
+        return ClipStats(norm, torch.minimum(norm, lam), clipped.to(norm.dtype), lam.to(norm.dtype))
 
 
 class NoClip(GlobalNormClipper):
@@ -109,8 +111,9 @@ class _History:
         self.count = 0
 
     def append(self, x: Tensor) -> None:
-        if self.buf is None:
-            self.buf = torch.zeros(self.size, dtype=torch.float32, device=x.device)
+        if self.buf is None:  # float32, or float64 for float64 gradients
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            self.buf = torch.zeros(self.size, dtype=dtype, device=x.device)
         self.buf[self.count % self.size] = x  # python int index: no sync
         self.count += 1
 
@@ -125,7 +128,8 @@ class PercentileClip(GlobalNormClipper):
     The current step's norm is included (as AutoClip does: Seetharaman et al. 2020, who
     favour a low percentile such as 10; the playbook's starting point is 90). No clipping
     during the first ``warmup_steps`` steps. The history is the last ``history_size`` norms,
-    kept on the device; ``torch.quantile`` with linear interpolation (numpy's default).
+    kept on the device (float32, float64 for float64 gradients); ``torch.quantile`` with
+    linear interpolation (numpy's default).
     """
 
     def __init__(
@@ -231,9 +235,10 @@ class AGC:
     @staticmethod
     def unit_norm(x: Tensor) -> Tensor:
         """Norm per output unit, broadcastable to x (whole-tensor norm for ndim <= 1)."""
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         if x.ndim <= 1:
-            return torch.linalg.vector_norm(x.float())
-        return torch.linalg.vector_norm(x.float(), dim=tuple(range(1, x.ndim)), keepdim=True)
+            return torch.linalg.vector_norm(x)
+        return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
 
     def __call__(self, named_params: Iterable[tuple[str, Tensor]]) -> ClipStats:
         items = _grads(named_params)
