@@ -25,7 +25,11 @@ class GradNormReference(L.Callback):
         self.rows: list[tuple[int, float]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        total = sum(float(p.grad.double().square().sum()) for p in pl_module.parameters() if p.grad is not None)
+        total = sum(
+            float(p.grad.double().square().sum())
+            for p in pl_module.parameters()
+            if p.grad is not None
+        )
         self.rows.append((trainer.global_step, total**0.5))
 
     def on_train_end(self, trainer, pl_module) -> None:

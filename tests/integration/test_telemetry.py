@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import compose_cfg
 
 import helpers
+from conftest import compose_cfg
 from stablelab.analysis import wandb_offline
 from stablelab.train import train
 
@@ -38,14 +38,24 @@ def _grad_rows(run):
 def test_logged_norm_is_the_unclipped_norm_of_the_full_gradient(tmp_path, extra):
     out = tmp_path / "run"
     cfg = compose_cfg(
-        [*BASE, "logger=csv", "max_train_steps=40", "+callbacks.ref._target_=helpers.GradNormReference", *extra],
+        [
+            *BASE,
+            "logger=csv",
+            "max_train_steps=40",
+            "+callbacks.ref._target_=helpers.GradNormReference",
+            *extra,
+        ],
         out,
     )
     summary = train(cfg)
     ref = json.loads((out / "ref_norms.json").read_text())
     rows = _grad_rows(out)
-    assert [int(r["step"]) for r in rows] == [s for s, _ in ref] == list(range(40))  # one per update
-    np.testing.assert_allclose([float(r["grad_norm"]) for r in rows], [n for _, n in ref], rtol=2e-6)
+    assert (
+        [int(r["step"]) for r in rows] == [s for s, _ in ref] == list(range(40))
+    )  # one per update
+    np.testing.assert_allclose(
+        [float(r["grad_norm"]) for r in rows], [n for _, n in ref], rtol=2e-6
+    )
     clipped = [float(r["grad_norm_clipped"]) for r in rows]
     thr = [float(r["clip_threshold"]) for r in rows]
     norms = [n for _, n in ref]
@@ -56,7 +66,9 @@ def test_logged_norm_is_the_unclipped_norm_of_the_full_gradient(tmp_path, extra)
         assert frac > 0.5 and summary["too_much_clipping"] is True
     assert summary["grad_norm_p90"] == pytest.approx(np.percentile(norms, 90), rel=2e-6)
     assert summary["grad_norm_max"] == pytest.approx(max(norms), rel=2e-6)
-    assert (out / "grad_norm.png").stat().st_size > 0 and (out / "grad_norm_hist.png").stat().st_size > 0
+    assert (out / "grad_norm.png").stat().st_size > 0 and (
+        out / "grad_norm_hist.png"
+    ).stat().st_size > 0
 
 
 def test_no_host_sync_inside_training_steps(tmp_path, monkeypatch):
@@ -64,9 +76,16 @@ def test_no_host_sync_inside_training_steps(tmp_path, monkeypatch):
     helpers.SYNC_EVENTS.clear()
     out = tmp_path / "run"
     cfg = compose_cfg(
-        [*BASE, "logger=csv", "max_train_steps=30", "trainer.val_check_interval=100", "clipping=percentile",
-         "clipping.warmup_steps=3", "callbacks.grad_norm.log_every_n_steps=10",
-         "+callbacks.sync._target_=helpers.SyncCounter"],
+        [
+            *BASE,
+            "logger=csv",
+            "max_train_steps=30",
+            "trainer.val_check_interval=100",
+            "clipping=percentile",
+            "clipping.warmup_steps=3",
+            "callbacks.grad_norm.log_every_n_steps=10",
+            "+callbacks.sync._target_=helpers.SyncCounter",
+        ],
         out,
     )
     train(cfg)
@@ -86,9 +105,15 @@ def test_wandb_gets_every_step_and_the_plots(tmp_path):
     steps = [h["trainer/global_step"] for h in hist if "train/grad_norm" in h]
     assert steps == list(range(25))  # the full per-step series, not every 10th
     csv_norms = [float(r["grad_norm"]) for r in _grad_rows(out)]
-    assert [h["train/grad_norm"] for h in hist if "train/grad_norm" in h] == pytest.approx(csv_norms)
+    assert [h["train/grad_norm"] for h in hist if "train/grad_norm" in h] == pytest.approx(
+        csv_norms
+    )
     keys = {k for h in hist for k in h}  # media are stored as nested keys (<key>/_type, ...)
-    for media in ["plots/grad_norm/_type", "plots/grad_norm_hist/_type", "train/grad_norm_histogram/_type"]:
+    for media in [
+        "plots/grad_norm/_type",
+        "plots/grad_norm_hist/_type",
+        "train/grad_norm_histogram/_type",
+    ]:
         assert media in keys, media
     assert wandb_offline.summary(f)["summary/recommended_clip_threshold"] == pytest.approx(
         summary["recommended_clip_threshold"]
@@ -101,10 +126,24 @@ def test_clip_threshold_command(tmp_path):
     norms = [float(r["grad_norm"]) for r in _grad_rows(out)]
     for pct in (90, 75):
         proc = subprocess.run(
-            [sys.executable, "-m", "stablelab.cli", "clip-threshold", str(out), "--percentile", str(pct), "-q"],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "stablelab.cli",
+                "clip-threshold",
+                str(out),
+                "--percentile",
+                str(pct),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
         )
         assert proc.returncode == 0, proc.stderr
         assert float(proc.stdout) == pytest.approx(np.percentile(norms, pct), rel=1e-5)
-    proc = subprocess.run([sys.executable, "-m", "stablelab.cli", "clip-threshold", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stablelab.cli", "clip-threshold", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert "recommended clip threshold (p90)" in proc.stdout and "clipping=fixed" in proc.stdout

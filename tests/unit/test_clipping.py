@@ -45,7 +45,10 @@ def _with_norm(target: float, rng) -> list[np.ndarray]:
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 def test_global_norm_matches_float64_reference(dtype, tol):
     rng = np.random.default_rng(0)
-    arrays = [rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 3) for s in [(7, 5), (11,), (2, 3, 4), (1,)]]
+    arrays = [
+        rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 3)
+        for s in [(7, 5), (11,), (2, 3, 4), (1,)]
+    ]
     ref = math.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in arrays))
     got = global_grad_norm([torch.tensor(a, dtype=dtype) for a in arrays])
     assert float(got) == pytest.approx(ref, rel=tol)
@@ -113,7 +116,9 @@ def _zclip_reference(norms, z_thr, alpha, warmup, mode, eps):
             continue
         s = math.sqrt(var)
         z = (g - mu) / (s + eps)
-        lam = (mu + z_thr * s / (z / z_thr) if mode == "adaptive" else mu) if z > z_thr else math.inf
+        lam = (
+            (mu + z_thr * s / (z / z_thr) if mode == "adaptive" else mu) if z > z_thr else math.inf
+        )
         gc = min(g, lam)
         mu = alpha * mu + (1 - alpha) * gc
         var = alpha * var + (1 - alpha) * (gc - mu) ** 2
@@ -154,7 +159,9 @@ def test_agc_clips_units_by_ratio_to_weight_norm():
     head = torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64))
     head.grad = torch.full((2, 2), 100.0, dtype=torch.float64)
     lam, eps = 0.02, 1e-3
-    stats = AGC(clipping=lam, eps=eps)([("model.body.weight", w), ("model.body.bias", b), ("model.head.weight", head)])
+    stats = AGC(clipping=lam, eps=eps)(
+        [("model.body.weight", w), ("model.body.bias", b), ("model.head.weight", head)]
+    )
     # reference, row by row: ratio ||G_i|| / max(||W_i||, eps) against lambda
     for i in range(3):
         wn, gn = max(float(W[i].norm()), eps), float(G[i].norm())
@@ -163,10 +170,14 @@ def test_agc_clips_units_by_ratio_to_weight_norm():
     # rows 0 (0.05/1) and 2 (0.5/5 = 0.1) exceed 0.02; row 1 (0.01/2) does not
     assert torch.equal(w.grad[1], G[1])
     # a vector is one unit: its weight norm is 0 -> eps
-    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4], dtype=torch.float64) * lam * eps / 0.5)
+    torch.testing.assert_close(
+        b.grad, torch.tensor([0.3, 0.4], dtype=torch.float64) * lam * eps / 0.5
+    )
     assert torch.equal(head.grad, torch.full((2, 2), 100.0, dtype=torch.float64))  # excluded
     assert float(stats.clipped) == 1.0 and math.isnan(float(stats.threshold))
-    after = math.sqrt(float(w.grad.square().sum() + b.grad.square().sum() + head.grad.square().sum()))
+    after = math.sqrt(
+        float(w.grad.square().sum() + b.grad.square().sum() + head.grad.square().sum())
+    )
     assert float(stats.grad_norm_clipped) == pytest.approx(after, rel=1e-12)
 
 
@@ -174,7 +185,9 @@ def test_agc_clips_units_by_ratio_to_weight_norm():
 def _monitor_run(flags, window, every=7, tmp=None):
     """Feed crafted clipped flags through GradTelemetry + GradNormMonitor (stub trainer)."""
     mon = GradNormMonitor(log_every_n_steps=every, recent_window=window, plots=False)
-    trainer = SimpleNamespace(is_global_zero=True, loggers=[], default_root_dir=str(tmp), log_every_n_steps=every)
+    trainer = SimpleNamespace(
+        is_global_zero=True, loggers=[], default_root_dir=str(tmp), log_every_n_steps=every
+    )
     module = SimpleNamespace()
     mon.setup(trainer, module, "fit")
     one = torch.ones(())
@@ -202,7 +215,9 @@ def test_clip_fraction_is_exact_and_every_step_is_kept(tmp_path):
     assert s["grad_norm_p90"] == pytest.approx(np.percentile(norms, 90))
     assert s["recommended_clip_threshold"] == s["grad_norm_p90"]
     lines = (tmp_path / "grad_norms.csv").read_text().splitlines()
-    assert lines[0] == "step,grad_norm,grad_norm_clipped,clipped,clip_threshold" and len(lines) == 104
+    assert (
+        lines[0] == "step,grad_norm,grad_norm_clipped,clipped,clip_threshold" and len(lines) == 104
+    )
 
 
 @pytest.mark.parametrize(

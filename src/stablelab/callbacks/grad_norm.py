@@ -60,6 +60,7 @@ class GradNormMonitor(L.Callback):
         self.plots = plots
         self.filename = filename
         self.rows: list[dict[str, Any]] = []
+        self._clipped_total = 0.0
         self._recent: deque[float] = deque(maxlen=recent_window)
         self._recent_max = 0.0
         self.warned: str | None = None
@@ -92,7 +93,8 @@ class GradNormMonitor(L.Callback):
         for r in rows:
             self.rows.append(r)
             self._recent.append(r["clipped"])
-            r["clip_fraction"] = sum(x["clipped"] for x in self.rows) / len(self.rows)
+            self._clipped_total += r["clipped"]
+            r["clip_fraction"] = self._clipped_total / len(self.rows)
             if len(self._recent) == self.recent_window:
                 self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
         if trainer.is_global_zero:

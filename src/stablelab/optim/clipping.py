@@ -49,7 +49,10 @@ def global_grad_norm(grads: Sequence[Tensor]) -> Tensor:
     """||g||_2 over all gradient tensors, on the device: per-tensor norms (one fused
     ``_foreach_norm``), then the norm of those, in float32 (float64 for float64 grads)."""
     norms = torch._foreach_norm(list(grads), 2)
-    dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+    dtypes = {n.dtype for n in norms}
+    dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+    if dtypes == {dtype}:  # the common case: one stack, no per-tensor casts
+        return torch.linalg.vector_norm(torch.stack(norms), 2)
     return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]), 2)
 
 
@@ -133,7 +136,10 @@ class PercentileClip(GlobalNormClipper):
     """
 
     def __init__(
-        self, percentile: Percent = 90.0, warmup_steps: NonNegInt = 25, history_size: PosInt = 10_000
+        self,
+        percentile: Percent = 90.0,
+        warmup_steps: NonNegInt = 25,
+        history_size: PosInt = 10_000,
     ) -> None:
         self.percentile = float(percentile)
         self.warmup_steps = int(warmup_steps)
