@@ -103,11 +103,12 @@ def test_wandb_gets_every_step_and_the_plots(tmp_path):
     (f,) = wandb_offline.run_files(out)
     hist = wandb_offline.history(f)
     steps = [h["trainer/global_step"] for h in hist if "train/grad_norm" in h]
-    assert steps == list(range(25))  # the full per-step series, not every 10th
+    # the full per-step series, not every 10th (the messages help diagnose a failure that
+    # was seen once in a full run and never reproduced)
+    assert steps == list(range(25)), (steps, [sorted(h) for h in hist])
     csv_norms = [float(r["grad_norm"]) for r in _grad_rows(out)]
-    assert [h["train/grad_norm"] for h in hist if "train/grad_norm" in h] == pytest.approx(
-        csv_norms
-    )
+    wandb_norms = [h["train/grad_norm"] for h in hist if "train/grad_norm" in h]
+    assert wandb_norms == pytest.approx(csv_norms), (wandb_norms, csv_norms)
     keys = {k for h in hist for k in h}  # media are stored as nested keys (<key>/_type, ...)
     for media in [
         "plots/grad_norm/_type",
@@ -115,9 +116,10 @@ def test_wandb_gets_every_step_and_the_plots(tmp_path):
         "train/grad_norm_histogram/_type",
     ]:
         assert media in keys, media
-    assert wandb_offline.summary(f)["summary/recommended_clip_threshold"] == pytest.approx(
+    wsum = wandb_offline.summary(f)
+    assert wsum.get("summary/recommended_clip_threshold") == pytest.approx(
         summary["recommended_clip_threshold"]
-    )
+    ), (wsum, summary)
 
 
 def test_clip_threshold_command(tmp_path):
