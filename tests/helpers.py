@@ -16,27 +16,37 @@ class RaiseAtStep(L.Callback):
             raise RuntimeError(f"boom at step {trainer.global_step}")
 
 
+def _f64_norm(pl_module) -> float:
+    grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+    return sum(float(g.double().square().sum()) for g in grads) ** 0.5
+
+
 class GradNormReference(L.Callback):
     """Independent reference: the float64 global L2 norm of every parameter's .grad, read
-    in on_before_optimizer_step (Lightning runs it after unscaling/accumulation and before
-    configure_gradient_clipping). Written to <run dir>/ref_norms.json at the end."""
+    in on_before_optimizer_step (Lightning runs it after unscaling/accumulation/all-reduce
+    and before configure_gradient_clipping), and again after the optimizer step (the
+    clipped gradient). Written to <run dir>/ref_norms.json (rank 0) and
+    ref_norms_rank<r>.json (every rank) at the end."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, float]] = []
+        self.after: list[float] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        total = sum(
-            float(p.grad.double().square().sum())
-            for p in pl_module.parameters()
-            if p.grad is not None
-        )
-        self.rows.append((trainer.global_step, total**0.5))
+        self.rows.append((trainer.global_step, _f64_norm(pl_module)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.after.append(_f64_norm(pl_module))  # grads stay until the next zero_grad
 
     def on_train_end(self, trainer, pl_module) -> None:
         import json
         from pathlib import Path
 
-        Path(trainer.default_root_dir, "ref_norms.json").write_text(json.dumps(self.rows))
+        rank = trainer.global_rank
+        data = json.dumps({"unclipped": self.rows, "clipped": self.after})
+        Path(trainer.default_root_dir, f"ref_norms_rank{rank}.json").write_text(data)
+        if rank == 0:
+            Path(trainer.default_root_dir, "ref_norms.json").write_text(json.dumps(self.rows))
 
 
 SYNC_EVENTS: list[tuple[int, str]] = []

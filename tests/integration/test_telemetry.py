@@ -149,3 +149,45 @@ def test_clip_threshold_command(tmp_path):
         text=True,
     )
     assert "recommended clip threshold (p90)" in proc.stdout and "clipping=fixed" in proc.stdout
+
+
+def test_ddp_ranks_see_the_same_norm_and_clip_by_the_same_factor(tmp_path, monkeypatch):
+    """A real 2-process DDP run (gloo, CPU): every rank measures the norm of the
+    all-reduced gradient and clips by the same factor; rank 0 alone writes the files."""
+    from pathlib import Path
+
+    from conftest import QUIET, assert_ok, run_cli
+
+    tests_dir = str(Path(helpers.__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", tests_dir)  # the DDP child imports helpers too
+    proc = run_cli(
+        [
+            "+trainer.strategy=ddp",
+            "trainer.devices=2",
+            "logger=csv",
+            "max_train_steps=20",
+            "trainer.val_check_interval=10",
+            "test=false",
+            "clipping=percentile",
+            "clipping.warmup_steps=5",
+            "+callbacks.ref._target_=helpers.GradNormReference",
+            *QUIET,
+        ],
+        tmp_path,
+    )
+    assert_ok(proc)
+    (run,) = list((tmp_path / "logs" / "train" / "runs").iterdir())  # one run directory
+    r0 = json.loads((run / "ref_norms_rank0.json").read_text())
+    r1 = json.loads((run / "ref_norms_rank1.json").read_text())
+    assert r0["unclipped"] == r1["unclipped"]  # identical all-reduced gradients
+    assert r0["clipped"] == r1["clipped"]  # identical after clipping: the same factor
+    rows = _grad_rows(run)
+    np.testing.assert_allclose(
+        [float(r["grad_norm"]) for r in rows], [n for _, n in r0["unclipped"]], rtol=2e-6
+    )
+    np.testing.assert_allclose(
+        [float(r["grad_norm_clipped"]) for r in rows], r0["clipped"], rtol=2e-6
+    )
+    assert sum(float(r["clipped"]) for r in rows) > 0  # the percentile rule did clip
+    assert len(list(run.glob("summary.json"))) == 1 and len(list(run.glob("grad_norms.csv"))) == 1
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
