@@ -59,23 +59,12 @@ class StepTimer(L.Callback):
 
 def run_once(overrides: list[str]) -> float:
     """Seconds per step of one training run."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from stablelab.config import register_resolvers, validate
+    from stablelab.config import compose, validate
     from stablelab.train import build
 
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    from stablelab.paths import config_dir
-
-    with (
-        tempfile.TemporaryDirectory() as out,
-        initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"),
-    ):
+    with tempfile.TemporaryDirectory() as out:
         cfg = compose(
-            "train",
-            overrides=[
+            [
                 f"paths.output_dir={out}",
                 "logger=none",
                 "test=false",
@@ -86,7 +75,7 @@ def run_once(overrides: list[str]) -> float:
                 "trainer.num_sanity_val_steps=0",
                 "+trainer.limit_val_batches=0",
                 *overrides,
-            ],
+            ]
         )
         plain = validate(cfg)
         L.seed_everything(0, verbose=False)

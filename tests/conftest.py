@@ -8,12 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from stablelab.config import register_resolvers
-from stablelab.paths import config_dir
+from stablelab.config import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
@@ -37,11 +34,8 @@ def _env(monkeypatch, data_dir):
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | str) -> DictConfig:
-    """Compose configs/train.yaml with Hydra's compose API (no run directory magic)."""
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides])
+    """Compose configs/train.yaml (Hydra's compose API) writing into ``output_dir``."""
+    return compose([f"paths.output_dir={output_dir}", *overrides])
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:

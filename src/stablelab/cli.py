@@ -11,28 +11,15 @@ import warnings
 from pathlib import Path
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from stablelab.config import register_resolvers
-    from stablelab.paths import config_dir
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 def schedule_plot(args: argparse.Namespace) -> int:
     """Plot the LR of every step for the composed config's optimizer.lr and schedule."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     from stablelab.analysis.plots import plot_schedule
-    from stablelab.config import ConfigError, validate
+    from stablelab.config import ConfigError, compose, validate
 
-    cfg = _compose(args.overrides + ["paths.output_dir=."])
+    cfg = compose([*args.overrides, "paths.output_dir=."])
     try:
         plain = validate(cfg)
     except ConfigError as e:

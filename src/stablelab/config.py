@@ -459,3 +459,21 @@ def run_id() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("stablelab.run_id"):
         OmegaConf.register_new_resolver("stablelab.run_id", run_id)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``train.yaml`` with Hydra's compose API (no run directory is created).
+
+    ``paths.output_dir`` interpolates Hydra's runtime output dir, which only exists in a
+    real ``stablelab-train`` run: set it in ``overrides`` before resolving the config.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stablelab.paths import config_dir
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose("train", overrides=list(overrides))

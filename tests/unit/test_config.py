@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import compose_cfg
+from conftest import ROOT, compose_cfg
 from stablelab.config import ConfigError, validate
 from stablelab.paths import config_dir, group_options
 
@@ -14,8 +14,22 @@ GROUPS = ["data", "model", "optimizer", "schedule", "clipping", "callbacks", "lo
 def test_config_dir_is_the_checkout_configs():
     # editable / source installs read the checkout's configs/ (the wheel case is an
     # integration test)
-    assert config_dir() == (config_dir().parents[0] / "configs").resolve()
-    assert (config_dir() / "train.yaml").is_file()
+    assert config_dir() == ROOT / "configs"
+    assert sorted(p.name for p in config_dir().iterdir() if p.is_dir()) == [
+        "callbacks",
+        "clipping",
+        "data",
+        "debug",
+        "experiment",
+        "hydra",
+        "logger",
+        "model",
+        "optimizer",
+        "paths",
+        "schedule",
+        "sweep",
+        "trainer",
+    ]
 
 
 def test_default_composes_and_validates(tmp_path):
