@@ -27,7 +27,6 @@ def test_config_dir_is_the_checkout_configs():
         "optimizer",
         "paths",
         "schedule",
-        "sweep",
         "trainer",
     ]
 
