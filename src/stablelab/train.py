@@ -156,7 +156,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if rank_zero:
             _write_json(run_dir / SUMMARY_FILE, summary)
             _finish_trackers(trainer, summary)
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():  # a multirun trains many runs in one process
+        torch.cuda.empty_cache()
     return summary
 
 

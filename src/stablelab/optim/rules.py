@@ -39,9 +39,6 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
 
     buffers: dict[str, float] = {}
 
-    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
