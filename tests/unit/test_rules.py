@@ -118,9 +118,11 @@ def _problem(seed=0):
     return thetas, grads, lrs
 
 
-def _run(cls, kw, thetas, grads, lrs, dtype, foreach, wd=0.0):
+def _run(cls, kw, thetas, grads, lrs, dtype, foreach, wd=0.0, decay_all=True):
     params = [torch.nn.Parameter(torch.tensor(t, dtype=dtype)) for t in thetas]
-    opt = cls(params, lr=lrs[0], weight_decay=wd, foreach=foreach, **kw)
+    opt = cls(
+        params, lr=lrs[0], weight_decay=wd, decay_norms_and_biases=decay_all, foreach=foreach, **kw
+    )
     traj = []
     for gs, lr in zip(grads, lrs, strict=True):
         for p, g in zip(params, gs, strict=True):
@@ -166,6 +168,20 @@ def test_decoupled_weight_decay(name):
     want = _reference(ref, thetas, grads, lrs, 0.1)[-1]
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per_tensor"])
+@pytest.mark.parametrize("name", list(RULES))
+def test_weight_decay_spares_biases_and_norm_gains_by_default(name, foreach):
+    """decay_norms_and_biases=False: 1-D tensors follow the rule without decay."""
+    cls, kw, ref = RULES[name]
+    thetas, grads, lrs = _problem(8)
+    got = _run(cls, kw, thetas, grads, lrs, torch.float64, foreach, wd=0.1, decay_all=False)[-1]
+    for i, (a, theta) in enumerate(zip(got, thetas, strict=True)):
+        wd = 0.1 if theta.ndim >= 2 else 0.0  # SHAPES[1] is the 1-D tensor
+        want = ref(theta, [g[i] for g in grads], lrs, wd)[-1]
+        np.testing.assert_allclose(a, want, rtol=1e-12, atol=1e-12)
+    assert thetas[1].ndim == 1 and thetas[0].ndim == 2
 
 
 @pytest.mark.parametrize("name", list(RULES))

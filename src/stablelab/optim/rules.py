@@ -11,7 +11,9 @@ that computes the same thing in a few fused kernels. Step counts are Python ints
 step needs a host synchronisation.
 
 Addition to the seed: optional decoupled weight decay ``weight_decay`` (default 0),
-theta <- theta - eta * weight_decay * theta before the rule's update (as in AdamW).
+theta <- theta - eta * weight_decay * theta before the rule's update (as in AdamW), applied
+to weights only - tensors of two or more dimensions, not biases, norm gains or ReZero
+scales - unless ``decay_norms_and_biases=True``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from torch import Tensor
 from stablelab.config import NonNegFloat, PosFloat, Prob
 
 __all__ = ["SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "NAdam"]
+
+
+def _common(decay_norms_and_biases: bool, foreach: bool) -> dict[str, bool]:
+    return {"decay_norms_and_biases": decay_norms_and_biases, "foreach": foreach}
 
 
 class _PlaybookOptimizer(torch.optim.Optimizer):
@@ -67,13 +73,15 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
                 params = [p for p, _, _ in items]
                 grads = [g for _, g, _ in items]
                 states = [s for _, _, s in items]
+                decay_all = group["decay_norms_and_biases"]
                 if group["foreach"]:
-                    if wd:
-                        torch._foreach_mul_(params, 1 - lr * wd)
+                    decayed = params if decay_all else [p for p in params if p.ndim >= 2]
+                    if wd and decayed:
+                        torch._foreach_mul_(decayed, 1 - lr * wd)
                     self._multi(group, params, grads, states)
                 else:
                     for p, g, s in items:
-                        if wd:
+                        if wd and (decay_all or p.ndim >= 2):
                             p.mul_(1 - lr * wd)
                         self._single(group, p, g, s)
         return loss
@@ -93,9 +101,11 @@ class SGD(_PlaybookOptimizer):
         params: Iterable[Any],
         lr: PosFloat,
         weight_decay: NonNegFloat = 0.0,
+        decay_norms_and_biases: bool = False,
         foreach: bool = True,
     ) -> None:
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "foreach": foreach})
+        defaults = {"lr": lr, "weight_decay": weight_decay}
+        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
 
     def _single(self, group, p, g, state):
         p.add_(g, alpha=-group["lr"])
@@ -115,10 +125,11 @@ class Momentum(_PlaybookOptimizer):
         lr: PosFloat,
         momentum: Prob = 0.9,
         weight_decay: NonNegFloat = 0.0,
+        decay_norms_and_biases: bool = False,
         foreach: bool = True,
     ) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(params, {**defaults, "foreach": foreach})
+        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
 
     def _single(self, group, p, g, state):
         v = state["v"]
@@ -143,10 +154,11 @@ class Nesterov(_PlaybookOptimizer):
         lr: PosFloat,
         momentum: Prob = 0.9,
         weight_decay: NonNegFloat = 0.0,
+        decay_norms_and_biases: bool = False,
         foreach: bool = True,
     ) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(params, {**defaults, "foreach": foreach})
+        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
 
     def _single(self, group, p, g, state):
         gamma, lr = group["momentum"], group["lr"]
@@ -183,10 +195,17 @@ class RMSProp(_PlaybookOptimizer):
         momentum: Prob = 0.0,
         eps: NonNegFloat = 1e-8,
         weight_decay: NonNegFloat = 0.0,
+        decay_norms_and_biases: bool = False,
         foreach: bool = True,
     ) -> None:
-        defaults = {"lr": lr, "rho": rho, "momentum": momentum, "eps": eps}
-        super().__init__(params, {**defaults, "weight_decay": weight_decay, "foreach": foreach})
+        defaults = {
+            "lr": lr,
+            "rho": rho,
+            "momentum": momentum,
+            "eps": eps,
+            "weight_decay": weight_decay,
+        }
+        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
 
     def _single(self, group, p, g, state):
         rho, gamma, lr, eps = group["rho"], group["momentum"], group["lr"], group["eps"]
@@ -234,10 +253,17 @@ class Adam(_PlaybookOptimizer):
         beta2: Prob = 0.999,
         eps: NonNegFloat = 1e-8,
         weight_decay: NonNegFloat = 0.0,
+        decay_norms_and_biases: bool = False,
         foreach: bool = True,
     ) -> None:
-        defaults = {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps}
-        super().__init__(params, {**defaults, "weight_decay": weight_decay, "foreach": foreach})
+        defaults = {
+            "lr": lr,
+            "beta1": beta1,
+            "beta2": beta2,
+            "eps": eps,
+            "weight_decay": weight_decay,
+        }
+        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
 
     def _moments(self, group, g, state) -> tuple[Tensor, Tensor]:
         b1, b2 = group["beta1"], group["beta2"]
