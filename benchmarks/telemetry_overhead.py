@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 WORKLOADS = {
     "default": [],  # MNIST-1D ResNet, ~0.1M parameters
-    "larger": ["model.widths=[128,256,512]", "model.depths=[2,2,2]", "model.stem_width=64"],  # ~3.8M
+    # ResNet, ~3.8M parameters
+    "larger": ["model.widths=[128,256,512]", "model.depths=[2,2,2]", "model.stem_width=64"],
 }
 
 
