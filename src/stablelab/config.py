@@ -349,17 +349,23 @@ def _import_target(path: str) -> Any:
         return getattr(parent, name)
 
 
+def _choose(group: str) -> str:
+    """Error-message hint listing the group's options (read only when there is an error)."""
+    name = group.split(".")[0]
+    return f" (choose an option of the '{name}' group: {', '.join(group_options(name))})"
+
+
 def _check_target_entry(
     key: str, entry: Any, provided: set[str], problems: list[str], group: str
 ) -> None:
-    options = group_options(group.split(".")[0])
-    choose = f" (choose an option of the '{group.split('.')[0]}' group: {', '.join(options)})"
     if not isinstance(entry, Mapping):
-        problems.append(f"{key} = {_fmt(entry)}: expected a mapping with a _target_{choose}")
+        problems.append(
+            f"{key} = {_fmt(entry)}: expected a mapping with a _target_{_choose(group)}"
+        )
         return
     target = entry.get("_target_")
     if not target:
-        problems.append(f"{key}: missing _target_{choose}")
+        problems.append(f"{key}: missing _target_{_choose(group)}")
         return
     try:
         fn = _import_target(str(target))

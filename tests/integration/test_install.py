@@ -22,25 +22,26 @@ def test_editable_install_reads_checkout_configs():
     assert Path(out.stdout.strip()) == ROOT / "configs"
 
 
+def _py(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run this interpreter with ``args``; assert it succeeded."""
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env)
+    assert_ok(proc)
+    return proc
+
+
 def test_wheel_ships_configs_and_cli_finds_them(tmp_path):
-    wheels = tmp_path / "wheels"
-    build = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheels),
-            str(ROOT),
-        ],
-        capture_output=True,
-        text=True,
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    _py(
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(wheels),
+        str(ROOT),
     )
-    assert_ok(build)
     (wheel,) = wheels.glob("stablelab-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for cfg in [
@@ -50,45 +51,16 @@ def test_wheel_ships_configs_and_cli_finds_them(tmp_path):
         "stablelab/configs/experiment/digits_mlp.yaml",
     ]:
         assert cfg in names
-    site = tmp_path / "site"
-    inst = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--target",
-            str(site),
-            str(wheel),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert_ok(inst)
+    _py("-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel))
     # the wheel's package shadows the editable one; run from a folder with no checkout
     env = {**os.environ, "PYTHONPATH": str(site)}
-    where = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import stablelab.paths as p; print(p.__file__); print(p.config_dir())",
-        ],
-        capture_output=True,
-        text=True,
+    where = _py(
+        "-c",
+        "import stablelab.paths as p; print(p.__file__); print(p.config_dir())",
         cwd=tmp_path,
         env=env,
     )
-    assert_ok(where)
     module_file, cfg_dir = where.stdout.split()
     assert module_file.startswith(str(site)) and cfg_dir == str(site / "stablelab" / "configs")
-    proc = subprocess.run(
-        [sys.executable, "-m", "stablelab.train", "--cfg", "job", "model=transformer"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert_ok(proc)
+    proc = _py("-m", "stablelab.train", "--cfg", "job", "model=transformer", cwd=tmp_path, env=env)
     assert "_target_: stablelab.models.Transformer" in proc.stdout
