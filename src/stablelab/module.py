@@ -30,7 +30,7 @@ class StableModule(L.LightningModule):
         self.clipper = instantiate(cfg["clipping"])
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.grad_telemetry = None  # a GradTelemetry, attached by GradNormMonitor
+        self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +43,8 @@ class StableModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
+        if self.telemetry is not None:  # every step's loss, kept on the device
+            self.telemetry.add_loss(loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         sched = self.lr_schedulers()
         if sched is not None:
@@ -57,6 +59,14 @@ class StableModule(L.LightningModule):
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
         self.log(f"{split}/acc", acc, on_epoch=True, batch_size=y.shape[0])
         return loss
+
+    def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[summed loss, correct predictions, examples]`` of one batch, on the device
+        (dense evaluation adds these up and divides once)."""
+        logits = self(x)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
+        correct = (logits.argmax(dim=-1) == y).sum()
+        return torch.stack([loss_sum, correct.float(), torch.full_like(loss_sum, float(y.numel()))])
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._eval_step(batch, "val", self.val_acc)
@@ -81,13 +91,13 @@ class StableModule(L.LightningModule):
         # Lightning calls this once per optimizer step, after DDP's all-reduce, AMP
         # unscaling and gradient accumulation; we own the norm and the clip so the unclipped
         # norm is kept (Lightning's discards it). Nothing here waits on the device.
-        if self.grad_telemetry is None and isinstance(self.clipper, NoClip):
+        if self.telemetry is None and isinstance(self.clipper, NoClip):
             return  # nothing to clip and nobody listening: skip even the norm
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
         stats = self.clipper(self._named_params)
-        if self.grad_telemetry is not None:
-            self.grad_telemetry.record(self.trainer.global_step, stats)
+        if self.telemetry is not None:
+            self.telemetry.record(self.trainer.global_step, stats)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if hasattr(self.clipper, "state_dict"):  # adaptive clippers' running statistics

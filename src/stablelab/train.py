@@ -69,7 +69,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Raises :class:`ConfigError` before anything is built if the config is invalid. A run
     that fails part-way still writes its summary (``status: failed``) next to the config,
-    metrics and checkpoints it already wrote, then re-raises.
+    metrics and checkpoints it already wrote, then re-raises. A run stopped by the
+    divergence guard ends cleanly (``status: diverged``, ``feasible: false``, no test) and
+    returns its summary, unless the guard was set to ``fail_on_divergence``: then
+    :class:`~stablelab.stability.TrainingDiverged` is raised after everything is written.
+    Every run with a run directory ends with its stability report (``report.md``).
     """
     if "hydra" in cfg:
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -80,6 +84,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from stablelab import runinfo
+    from stablelab.stability import TrainingDiverged
 
     _quiet_lightning_handlers()
     # the CSV logger writes into the fresh run dir that Hydra already populated (.hydra/)
@@ -111,25 +116,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
     fit_metrics: dict[str, float] = {}
+    fit_reports: dict[str, Any] | None = None
+    diverged: TrainingDiverged | None = None
     start = time.time()
     try:
         if plain["train"]:
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=plain["ckpt_path"])
-            finally:  # trainer.test resets callback_metrics: keep fit's
+            finally:  # trainer.test resets callback_metrics and reloads the callbacks'
+                # state from the best checkpoint: keep what fit measured
                 fit_metrics = _scalars(trainer.callback_metrics)
+                fit_reports = _callback_reports(trainer, history)
         ckpt_cb = trainer.checkpoint_callback
         best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
         if plain["test"]:
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
         summary["status"] = "completed"
+    except TrainingDiverged as e:  # the divergence guard stopped fit: a clean end
+        diverged = e
+        summary["status"] = "diverged"
+        summary["diverged_at_step"] = e.step
+        summary["divergence_reason"] = e.reason
+        log.warning("stablelab: %s; stopped, run recorded as infeasible", e)
     except BaseException as e:
         summary["status"] = "failed"
         summary["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
         metrics = {**fit_metrics, **_scalars(trainer.callback_metrics)}
-        best = history.best()
+        reports = fit_reports if fit_reports is not None else _callback_reports(trainer, history)
+        best = reports.pop("_best")
         train_loss = fit_metrics.get("train/loss")
         summary.update(
             {
@@ -141,24 +157,47 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "test_acc": metrics.get("test/acc"),
                 "test_loss": metrics.get("test/loss"),
                 "final_train_loss": train_loss,
-                "evaluations": len(history.records),
+                "evaluations": reports.pop("_evaluations"),
                 "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
             }
         )
-        for cb in trainer.callbacks:  # callbacks that report (gradient telemetry, ...)
-            if callable(getattr(cb, "summary", None)):
-                summary.update(cb.summary())
+        summary.update(reports)
         summary["feasible"] = bool(
             summary["status"] == "completed"
             and _finite(summary["val_loss"])
             and _finite(train_loss)
         )
+        report = None
         if rank_zero:
             _write_json(run_dir / SUMMARY_FILE, summary)
-            _finish_trackers(trainer, summary)
+            report = _write_report(run_dir)
+            _finish_trackers(trainer, summary, report)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
+    if diverged is not None and diverged.fail:
+        raise diverged
     return summary
+
+
+def _callback_reports(trainer, history) -> dict[str, Any]:
+    """The summary keys of the callbacks that report (telemetry, stability, ...) and the
+    evaluation history's best record and count (as ``_best``, ``_evaluations``)."""
+    out: dict[str, Any] = {}
+    for cb in trainer.callbacks:
+        if callable(getattr(cb, "summary", None)):
+            out.update(cb.summary())
+    return {**out, "_best": history.best(), "_evaluations": len(history.records)}
+
+
+def _write_report(run_dir: Path) -> Path | None:
+    """The stability report; a report that fails to draw never costs the run its summary."""
+    from stablelab.analysis.report import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - report it and keep everything else
+        log.warning("stablelab: could not write the stability report: %s: %s", type(e).__name__, e)
+        return None
 
 
 def _quiet_lightning_handlers() -> None:
@@ -169,15 +208,33 @@ def _quiet_lightning_handlers() -> None:
             logging.getLogger(name).handlers.clear()
 
 
-def _finish_trackers(trainer, summary: dict[str, Any]) -> None:
-    """Put the summary into W&B and close its run (a multirun starts many in one process)."""
+def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = None) -> None:
+    """Put the summary and the stability report into W&B and close its run (a multirun
+    starts many in one process)."""
     from lightning.pytorch.loggers import WandbLogger
 
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             exp = lg.experiment
             exp.summary.update({f"summary/{k}": v for k, v in summary.items() if _scalar(v)})
+            if report is not None:
+                _report_to_wandb(exp, report)
             exp.finish()
+
+
+def _report_to_wandb(exp, report: Path) -> None:
+    import wandb
+
+    from stablelab.analysis.report import FIGURES
+
+    images = {
+        f"report/{name.removesuffix('.png')}": wandb.Image(str(report.parent / name))
+        for name, _ in FIGURES
+        if (report.parent / name).is_file()
+    }
+    if images:
+        exp.log(images)
+    exp.save(str(report), base_path=str(report.parent), policy="now")
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -190,11 +247,16 @@ def _scalar(v: Any) -> bool:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from stablelab.stability import TrainingDiverged
+
     try:
         summary = train(cfg)
     except ConfigError as e:
         print(f"stablelab-train: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingDiverged as e:  # only with fail_on_divergence: true
+        print(f"stablelab-train: {e} (fail_on_divergence is set)", file=sys.stderr)
+        sys.exit(3)
     val = summary.get("val_loss")
     return val if _finite(val) else float("inf")  # the objective a sweeper minimises
 

@@ -21,7 +21,7 @@ from stablelab.optim.clipping import (
     ZScoreClip,
     global_grad_norm,
 )
-from stablelab.telemetry import GradTelemetry
+from stablelab.telemetry import StepTelemetry
 
 
 def _params(arrays, dtype=torch.float64):
@@ -183,20 +183,25 @@ def test_agc_clips_units_by_ratio_to_weight_norm():
 
 # ------------------------------------------------------------------ bookkeeping
 def _monitor_run(flags, window, every=7, tmp=None):
-    """Feed crafted clipped flags through GradTelemetry + GradNormMonitor (stub trainer)."""
+    """Feed crafted clipped flags through StepTelemetry + GradNormMonitor (stub trainer)."""
     mon = GradNormMonitor(log_every_n_steps=every, recent_window=window, plots=False)
     trainer = SimpleNamespace(
-        is_global_zero=True, loggers=[], default_root_dir=str(tmp), log_every_n_steps=every
+        is_global_zero=True,
+        loggers=[],
+        default_root_dir=str(tmp),
+        log_every_n_steps=every,
+        world_size=1,
+        callbacks=[mon],
     )
-    module = SimpleNamespace()
+    module = SimpleNamespace(telemetry=None)
     mon.setup(trainer, module, "fit")
     one = torch.ones(())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step, f in enumerate(flags):
-            module.grad_telemetry.record(step, ClipStats(one * (step + 1), one, one * f, one * 2))
+            module.telemetry.record(step, ClipStats(one * (step + 1), one, one * f, one * 2))
             mon.on_train_batch_end(trainer, module, None, None, step)
-        mon._finish(trainer, module)
+        mon.on_train_end(trainer, module)
     return mon, [w for w in caught if issubclass(w.category, TooMuchClippingWarning)]
 
 
@@ -266,7 +271,7 @@ def forbid_host_sync(monkeypatch):
 )
 def test_clipping_and_recording_do_not_sync(monkeypatch, clipper):
     rng = np.random.default_rng(4)
-    tel = GradTelemetry(capacity=50)
+    tel = StepTelemetry(every=50)
     named = _params(_with_norm(1.0, rng), dtype=torch.float32)
     with forbid_host_sync(monkeypatch):
         for step in range(12):  # through the warm-up of the adaptive strategies

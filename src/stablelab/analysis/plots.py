@@ -96,3 +96,101 @@ def plot_grad_norm_hist(norms, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_update_ratios(rows, names, path: str | Path) -> Path:
+    """||delta theta|| / ||theta|| per parameter tensor vs step (log scale): a thin line per
+    tensor, the median over tensors in bold."""
+    import numpy as np
+
+    plt = _pyplot()
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    for n in names:
+        pts = [(s, r[n]) for s, r in zip(steps, rows, strict=True) if _pos(r[n])]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), lw=0.6, alpha=0.45)
+    med = []
+    for s, r in zip(steps, rows, strict=True):
+        finite = [r[n] for n in names if _pos(r[n])]
+        if finite:
+            med.append((s, float(np.median(finite))))
+    if med:
+        ax.plot(*zip(*med, strict=True), lw=2, color="k", label="median over tensors")
+        ax.set_yscale("log")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("||delta theta|| / ||theta||")
+    ax.set_title(f"update-to-weight ratio ({len(names)} parameter tensors)")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pos(x) -> bool:
+    import math
+
+    return x is not None and math.isfinite(x) and x > 0
+
+
+def plot_loss_curves(
+    train: Sequence[tuple[int, float]],
+    path: str | Path,
+    ema: Sequence[tuple[int, float]] = (),
+    val: Sequence[tuple[int, float]] = (),
+    dense: Sequence[tuple[int, float]] = (),
+    events: Sequence[tuple[int, str]] = (),
+    diverged_at: int | None = None,
+    title: str = "loss",
+) -> Path:
+    """Training loss per step (with its EMA), validation loss at each evaluation, the dense
+    early evaluations, the detected events and the divergence step. Log-scale y when every
+    plotted value is positive; non-finite values are left out (the divergence line marks
+    where they start)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+
+    def finite(points):
+        return [(s, v) for s, v in points if v is not None and v == v and abs(v) != float("inf")]
+
+    series = [
+        (finite(train), dict(lw=0.6, color="C0", alpha=0.5, label="train loss (every step)")),
+        (finite(ema), dict(lw=1.4, color="C0", label="train loss, EMA")),
+        (finite(dense), dict(lw=1.0, color="C2", marker=".", ms=3, label="val loss (dense)")),
+        (finite(val), dict(lw=0, color="C3", marker="o", ms=5, label="val loss")),
+    ]
+    values = []
+    for pts, style in series:
+        if pts:
+            ax.plot(*zip(*pts, strict=True), **style)
+            values += [v for _, v in pts]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    colors = {"loss_rise": "C1", "loss_spike": "C4", "grad_norm_spike": "C5"}
+    seen = set()
+    for step, kind in events:
+        if kind == "diverged":
+            continue
+        ax.axvline(
+            step,
+            color=colors.get(kind, "C7"),
+            lw=0.8,
+            ls=":",
+            label=kind.replace("_", " ") if kind not in seen else None,
+        )
+        seen.add(kind)
+    if diverged_at is not None:
+        ax.axvline(diverged_at, color="r", lw=1.5, label=f"diverged (step {diverged_at})")
+    ax.set_xlabel("step (updates applied)")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

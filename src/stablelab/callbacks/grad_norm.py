@@ -2,8 +2,9 @@
 
 Every optimizer step the module's clipper measures the global L2 norm of the full gradient
 (after all-reduce, unscaling and accumulation, before clipping) and the
-:class:`~stablelab.telemetry.GradTelemetry` buffer keeps it on the device. Every
-``log_every_n_steps`` this callback reads the buffer back once and
+:class:`~stablelab.telemetry.StepTelemetry` buffer keeps it on the device. Every
+``log_every_n_steps`` the buffer is read back once (see :mod:`stablelab.callbacks.base`) and
+this callback
 
 * appends every step to ``<run dir>/grad_norms.csv`` (step, grad_norm, grad_norm_clipped,
   clipped, clip_threshold);
@@ -31,8 +32,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 
+from stablelab.callbacks.base import TelemetryCallback
 from stablelab.config import OpenUnit, PosInt
-from stablelab.telemetry import FIELDS, GradTelemetry
+from stablelab.telemetry import GRAD_FIELDS
 
 ADVICE = (
     "more than {pct:.0%} of updates were clipped ({where}): the playbook calls extremely "
@@ -45,7 +47,7 @@ class TooMuchClippingWarning(UserWarning):
     pass
 
 
-class GradNormMonitor(L.Callback):
+class GradNormMonitor(TelemetryCallback):
     def __init__(
         self,
         log_every_n_steps: PosInt | None = None,
@@ -54,7 +56,7 @@ class GradNormMonitor(L.Callback):
         plots: bool = True,
         filename: str = "grad_norms.csv",
     ) -> None:
-        self.log_every_n_steps = log_every_n_steps
+        self.flush_every = log_every_n_steps
         self.recent_window = recent_window
         self.max_clip_fraction = max_clip_fraction
         self.plots = plots
@@ -64,32 +66,12 @@ class GradNormMonitor(L.Callback):
         self._recent: deque[float] = deque(maxlen=recent_window)
         self._recent_max = 0.0
         self.warned: str | None = None
-        self._finished = False
-
-    # ------------------------------------------------------------------ lifecycle
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self.every = self.log_every_n_steps or trainer.log_every_n_steps
-        self.dir = Path(trainer.default_root_dir)
-        pl_module.grad_telemetry = GradTelemetry(capacity=self.every)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        tel = getattr(pl_module, "grad_telemetry", None)
-        if tel is not None and tel.pending >= self.every:
-            self._flush(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._finish(trainer, pl_module)
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._finish(trainer, pl_module)  # keep what was measured before the failure
 
     # ------------------------------------------------------------------ work
-    def _flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = pl_module.grad_telemetry.flush()
+    def consume(self, trainer: L.Trainer, pl_module: L.LightningModule, rows) -> None:
         if not rows:
             return
+        rows = [{k: r[k] for k in ("step", *GRAD_FIELDS)} for r in rows]
         for r in rows:
             self.rows.append(r)
             self._recent.append(r["clipped"])
@@ -107,10 +89,10 @@ class GradNormMonitor(L.Callback):
         new = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", *FIELDS])
+            w = csv.DictWriter(f, fieldnames=["step", *GRAD_FIELDS])
             if new:
                 w.writeheader()
-            w.writerows({k: r[k] for k in ["step", *FIELDS]} for r in rows)
+            w.writerows({k: r[k] for k in ["step", *GRAD_FIELDS]} for r in rows)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -138,11 +120,7 @@ class GradNormMonitor(L.Callback):
             self.warned = ADVICE.format(pct=self.max_clip_fraction, where=where)
             warnings.warn(self.warned, TooMuchClippingWarning, stacklevel=2)
 
-    def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._finished or getattr(pl_module, "grad_telemetry", None) is None:
-            return
-        self._finished = True
-        self._flush(trainer, pl_module)
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._check_clip_fraction(final=True)
         if not (trainer.is_global_zero and self.plots and self.rows):
             return

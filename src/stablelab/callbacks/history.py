@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -10,10 +12,12 @@ import lightning as L
 
 class EvalHistory(L.Callback):
     """Keeps ``records``: one ``{"step", "val_loss", "val_acc"}`` per validation run
-    (sanity checks excluded). Reading the values costs one host sync per evaluation."""
+    (sanity checks excluded; ``step`` = updates applied) and appends each to
+    ``<run dir>/evals.csv``. Reading the values costs one host sync per evaluation."""
 
-    def __init__(self) -> None:
+    def __init__(self, filename: str | None = "evals.csv") -> None:
         self.records: list[dict[str, Any]] = []
+        self.filename = filename
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -21,13 +25,20 @@ class EvalHistory(L.Callback):
         m = trainer.callback_metrics
         if "val/loss" not in m:
             return
-        self.records.append(
-            {
-                "step": int(trainer.global_step),
-                "val_loss": float(m["val/loss"]),
-                "val_acc": float(m["val/acc"]) if "val/acc" in m else None,
-            }
-        )
+        rec = {
+            "step": int(trainer.global_step),
+            "val_loss": float(m["val/loss"]),
+            "val_acc": float(m["val/acc"]) if "val/acc" in m else None,
+        }
+        self.records.append(rec)
+        if self.filename and trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.filename
+            fresh = not path.exists()
+            with path.open("a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rec))
+                if fresh:
+                    w.writeheader()
+                w.writerow(rec)
 
     def best(self) -> dict[str, Any] | None:
         """The evaluation with the lowest finite validation loss (None if none is finite)."""

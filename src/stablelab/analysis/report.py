@@ -1,0 +1,361 @@
+"""The per-run stability report: ``report.md`` plus PNGs, built from the run directory only.
+
+``write_report(run_dir)`` reads ``summary.json``, ``config.yaml`` and the per-step files the
+callbacks wrote (``stability.csv``, ``evals.csv``, ``dense_eval.csv``, ``grad_norms.csv``,
+``update_ratios.csv``), draws ``loss.png`` and ``lr.png`` (and the gradient-norm plots if
+they are missing), and writes ``report.md``: a verdict, the flags, and a short reading that
+maps what happened to the playbook's candidate fixes (:func:`reading`). ``train`` calls it
+at the end of every run, diverged or not; ``stablelab report RUN_DIR`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "report.md"
+EARLY_FRACTION = 0.1  # instability in the first 10% of the steps counts as early
+FIGURES = [
+    ("loss.png", "training loss (every step, EMA), validation loss, dense evaluations"),
+    ("lr.png", "learning-rate schedule"),
+    ("grad_norm.png", "unclipped gradient norm per step"),
+    ("grad_norm_hist.png", "gradient-norm histogram with p50/p90/p99"),
+    ("update_ratio.png", "update-to-weight ratio per parameter tensor"),
+]
+
+
+@dataclass
+class Finding:
+    key: str  # stable | infeasible | warmup | clipping | lower_lr | residual_layout | optimizer
+    text: str
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _f(x: str | None) -> float:
+    try:
+        return float(x) if x not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+# ---------------------------------------------------------------------- the reading
+def reading(
+    summary: dict[str, Any], cfg: dict[str, Any], events: list[tuple[int, str]] = ()
+) -> list[Finding]:
+    """What happened, mapped to the playbook's fixes (in the playbook's order of preference).
+
+    ``events`` are ``(step, kind)`` pairs from ``stability.csv``; "early" means within the
+    first ``EARLY_FRACTION`` of ``total_steps``.
+    """
+    if "unstable" not in summary:
+        return [
+            Finding(
+                "no_telemetry",
+                "No stability telemetry in this run (the `stability` callback was off), so "
+                "nothing can be said about its stability.",
+            )
+        ]
+    total = summary.get("total_steps") or summary.get("steps") or 1
+    early_end = max(1, int(EARLY_FRACTION * total))
+    first = summary.get("first_instability_step")
+    diverged = summary.get("diverged_at_step")
+    sched = cfg.get("schedule") or {}
+    clip = cfg.get("clipping") or {}
+    model = cfg.get("model") or {}
+    opt = cfg.get("optimizer") or {}
+    lr = opt.get("lr")
+    warmup = int(sched.get("warmup_steps") or 0)
+    clip_kind = str(clip.get("_target_", "")).rsplit(".", 1)[-1]
+    out: list[Finding] = []
+
+    if summary.get("diverged"):
+        out.append(
+            Finding(
+                "infeasible",
+                f"The run **diverged at step {diverged}** ({summary.get('divergence_reason')}) "
+                "and was stopped there; everything written before it is kept. In an LR "
+                "sweep this trial is *infeasible* (NaN or abnormally high loss): the "
+                "learning rate is past the edge of feasibility.",
+            )
+        )
+    if not summary.get("unstable"):
+        out.append(
+            Finding(
+                "stable",
+                "No divergence, no rise of the smoothed training loss above its margin and "
+                "no loss or gradient-norm spike: nothing to fix. Some models are unstable "
+                "only in the first steps and recover, which infrequent evaluation hides: the "
+                "playbook's check is a ~500-step run at 2x this learning rate with an "
+                "evaluation after every step (`callbacks.dense_eval.every_step_until=500`).",
+            )
+        )
+        return out
+
+    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise")
+    mid = sorted(s for s, k in events if k in mid_kinds and s >= early_end)
+    if first is not None and first < early_end:
+        now = (
+            f"the schedule has {warmup} warmup steps: try a longer warmup"
+            if warmup
+            else "the schedule has no warmup"
+        )
+        cap = max(1, int(0.1 * (sched.get("max_train_steps") or total)))
+        out.append(
+            Finding(
+                "warmup",
+                f"**Early instability** (first sign at step {first}, within the first "
+                f"{EARLY_FRACTION:.0%} of training): the playbook's best fix is "
+                f"learning-rate warmup; {now}. Sweep `schedule.warmup_steps` over orders of "
+                f"magnitude (10, 100, 1000, ... up to 10% of max_train_steps = {cap}) with "
+                "`schedule.post_warmup_steps` = 2 x warmup_steps, and keep the smallest "
+                "warmup that trains stably. Gradient clipping also helps early instability "
+                "and can fix bad initialisations that warmup cannot.",
+            )
+        )
+    if mid or (first is not None and first >= early_end and not summary.get("diverged")):
+        at = mid[0] if mid else first
+        p90 = summary.get("recommended_clip_threshold")
+        if clip_kind == "FixedNorm":
+            how = (
+                f"clipping is on at {_fmt(clip.get('clip_threshold'))}: lower the threshold "
+                f"(the 90th percentile of this run's unclipped norms is {_fmt(p90)})"
+            )
+        else:
+            how = (
+                "clip gradients, starting from the 90th percentile of the unclipped norms: "
+                f"`clipping=fixed clipping.clip_threshold={_fmt(p90)}`"
+                if p90
+                else "clip gradients at the 90th percentile of the unclipped norms"
+            )
+        out.append(
+            Finding(
+                "clipping",
+                f"**Sudden instability mid-training** (from step {at}: "
+                f"{summary.get('loss_spikes', 0)} loss spikes, "
+                f"{summary.get('grad_norm_spikes', 0)} gradient-norm spikes, "
+                f"{summary.get('loss_rises', 0)} loss rises): {how}. "
+                "Longer warmup can fix what clipping cannot.",
+            )
+        )
+    if summary.get("too_much_clipping"):
+        out.append(
+            Finding(
+                "lower_lr",
+                f"**More than half of the updates were clipped** (clip fraction "
+                f"{_fmt(summary.get('clip_fraction'), 2)}, at most "
+                f"{_fmt(summary.get('clip_fraction_recent_max'), 2)} over a recent window): "
+                "the playbook calls this a strange way of lowering the learning rate; lower "
+                "the learning rate instead (or raise the threshold).",
+            )
+        )
+    residual = model.get("residual") or {}
+    if residual.get("layout") == "post_norm":
+        out.append(
+            Finding(
+                "residual_layout",
+                "The model uses the **post-norm** residual layout `Norm(x + f(x))`, which the "
+                "playbook says is known to cause issues: try "
+                "`model.residual.layout=branch_norm` (`x + Norm(f(x))`, normalisation as the "
+                "last operation before the residual) or zero-initialised branches, "
+                "`model.residual.branch_init=rezero`.",
+            )
+        )
+    elif residual.get("branch_init") == "default" and residual.get("layout") != "none":
+        out.append(
+            Finding(
+                "residual_init",
+                "Initialising the residual branches to zero often stabilises training: try "
+                "`model.residual.branch_init=rezero` (or `zero`).",
+            )
+        )
+    rule = str(opt.get("_target_", "")).rsplit(".", 1)[-1]
+    if rule in ("SGD", "Momentum", "Nesterov"):
+        out.append(
+            Finding(
+                "optimizer",
+                f"The update rule is {rule}: sometimes Adam handles instabilities that "
+                "Momentum cannot (`optimizer=adam`, then re-tune its learning rate).",
+            )
+        )
+    if not any(f.key == "lower_lr" for f in out):
+        out.append(
+            Finding(
+                "last_resort",
+                "Last resort: a lower learning rate"
+                + (f" than {_fmt(lr)}" if lr is not None else "")
+                + " (the instability costs you if it forces you onto a learning rate that "
+                "is too small, so try the fixes above first).",
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------------- the report
+def _load_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+
+
+def _lr_plot(cfg: dict[str, Any], run_dir: Path) -> Path | None:
+    try:
+        from hydra.utils import instantiate
+
+        sched = instantiate(cfg["schedule"])
+        base = float(cfg["optimizer"]["lr"])
+    except Exception:  # a config this version cannot rebuild: no LR plot, still a report
+        return None
+    from stablelab.analysis.plots import plot_schedule
+
+    lrs = [base * sched(s) for s in range(sched.total_steps)]
+    return plot_schedule(
+        lrs,
+        run_dir / "lr.png",
+        sched.warmup_steps,
+        sched.post_warmup_steps,
+        title=f"{type(sched).__name__} schedule, base LR {base:g}",
+    )
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write ``report.md`` and its PNGs into ``run_dir``; return the report's path."""
+    import json
+
+    from stablelab.analysis import plots
+
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg = _load_config(run_dir)
+    stab = _csv(run_dir / "stability.csv")
+    events = [(int(r["step"]), k) for r in stab for k in r["events"].split(";") if k]
+    if summary.get("diverged_at_step") is not None:
+        events.append((int(summary["diverged_at_step"]), "diverged"))
+    train = [(int(r["step"]), _f(r["loss"])) for r in stab]
+    ema = [(int(r["step"]), _f(r["loss_ema"])) for r in stab]
+    val = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "evals.csv")]
+    dense = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "dense_eval.csv")]
+    if train or val or dense:
+        plots.plot_loss_curves(
+            train,
+            run_dir / "loss.png",
+            ema=ema,
+            val=val,
+            dense=dense,
+            events=events,
+            diverged_at=summary.get("diverged_at_step"),
+            title=f"loss: {run_dir.name}",
+        )
+    if cfg:
+        _lr_plot(cfg, run_dir)
+    grad = _csv(run_dir / "grad_norms.csv")
+    if grad and not (run_dir / "grad_norm.png").is_file():
+        norms = [_f(r["grad_norm"]) for r in grad]
+        plots.plot_grad_norms(
+            [int(r["step"]) for r in grad],
+            norms,
+            [_f(r["clip_threshold"]) for r in grad],
+            run_dir / "grad_norm.png",
+        )
+        plots.plot_grad_norm_hist(norms, run_dir / "grad_norm_hist.png")
+
+    findings = reading(summary, cfg, events)
+    path = run_dir / REPORT_FILE
+    path.write_text(render(summary, cfg, findings, run_dir))
+    return path
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    if summary.get("diverged"):
+        return f"DIVERGED at step {summary.get('diverged_at_step')}"
+    if summary.get("status") not in (None, "completed"):
+        return f"{str(summary['status']).upper()}"
+    if "unstable" not in summary:
+        return "NOT MEASURED"
+    return "UNSTABLE" if summary.get("unstable") else "STABLE"
+
+
+def render(
+    summary: dict[str, Any], cfg: dict[str, Any], findings: list[Finding], run_dir: Path
+) -> str:
+    opt, sched, clip, model = (
+        cfg.get(k) or {} for k in ("optimizer", "schedule", "clipping", "model")
+    )
+
+    def name(d: dict[str, Any]) -> str:
+        return str(d.get("_target_", "-")).rsplit(".", 1)[-1]
+
+    def several(*keys: str) -> str:
+        return " / ".join(_fmt(summary.get(k)) for k in keys)
+
+    rows = [
+        ("status", summary.get("status")),
+        ("steps (of total)", several("steps", "total_steps")),
+        ("feasible", summary.get("feasible")),
+        ("best val loss (at step)", several("val_loss", "best_step")),
+        ("test accuracy", summary.get("test_acc")),
+        ("initial training loss", summary.get("initial_loss")),
+        ("diverged at step", summary.get("diverged_at_step")),
+        ("first instability step", summary.get("first_instability_step")),
+        ("loss rises (first at step)", several("loss_rises", "loss_rise_step")),
+        ("max loss rise (EMA above its minimum)", summary.get("max_loss_rise")),
+        ("loss spikes", summary.get("loss_spikes")),
+        ("gradient-norm spikes", summary.get("grad_norm_spikes")),
+        ("grad norm p50 / p90 / max", several("grad_norm_p50", "grad_norm_p90", "grad_norm_max")),
+        ("clip fraction", summary.get("clip_fraction")),
+        ("dense evaluations", summary.get("dense_eval_points")),
+        ("update ratio median / max", several("update_ratio_median", "update_ratio_max")),
+    ]
+    lines = [
+        f"# Stability report: {run_dir.name}",
+        "",
+        f"**Verdict: {verdict(summary)}**",
+        "",
+        f"Optimizer {name(opt)} (lr {_fmt(opt.get('lr'))}), schedule {name(sched)} "
+        f"(warmup {_fmt(sched.get('warmup_steps'))}), clipping {name(clip)}, model "
+        f"{name(model)} (residual layout {_fmt((model.get('residual') or {}).get('layout'))}, "
+        f"branch init {_fmt((model.get('residual') or {}).get('branch_init'))}).",
+        "",
+        "## What happened and what to try",
+        "",
+        *[f"- {f.text}" for f in findings],
+        "",
+        "## Flags",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None and v != "- / -"],
+        "",
+        "## Figures",
+        "",
+    ]
+    for fname, caption in FIGURES:
+        if (run_dir / fname).is_file():
+            lines += [f"![{caption}]({fname})", f"*{caption}*", ""]
+    lines += [
+        "Files: `summary.json` (every number), `stability.csv` (per-step loss, EMA, events), "
+        "`grad_norms.csv`, `evals.csv`, `dense_eval.csv`, `config.yaml`, `checkpoints/`.",
+        "",
+    ]
+    return "\n".join(lines)

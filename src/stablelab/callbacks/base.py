@@ -1,0 +1,96 @@
+"""The shared base of the callbacks that read the per-step device telemetry.
+
+All of them share one :class:`~stablelab.telemetry.StepTelemetry` on the module. The first
+one to see ``every`` steps pending flushes it (one device-to-host copy) and hands the rows
+to every telemetry callback's :meth:`TelemetryCallback.consume`; callbacks with device
+buffers of their own (dense evaluation, update ratios) read them back in the same moment.
+Then each callback's :meth:`TelemetryCallback.after_flush` runs: that is where the
+divergence guard stops a run. A flush also happens before every validation (so a diverged
+model is never validated or checkpointed), at the end of training and on an exception.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from stablelab.telemetry import StepTelemetry
+
+
+def telemetry_callbacks(trainer: L.Trainer) -> list[TelemetryCallback]:
+    return [cb for cb in trainer.callbacks if isinstance(cb, TelemetryCallback)]
+
+
+def flush_telemetry(trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False):
+    """Read the shared buffer back and dispatch the rows (see the module docstring)."""
+    tel: StepTelemetry | None = getattr(pl_module, "telemetry", None)
+    rows = tel.flush() if tel is not None else []
+    consumers = telemetry_callbacks(trainer)
+    for cb in consumers:
+        cb.consume(trainer, pl_module, rows)
+    if not final:
+        for cb in consumers:
+            cb.after_flush(trainer, pl_module)
+
+
+class TelemetryCallback(L.Callback):
+    """Subclasses set ``flush_every`` (None: the trainer's ``log_every_n_steps``) and
+    implement :meth:`consume`; :meth:`finish` runs once at the end of fit, even a failed one.
+    """
+
+    flush_every: int | None = None
+    dir: Path | None = None  # the run directory, known from setup on
+    _finished = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._finished = False
+        self.dir = Path(trainer.default_root_dir)
+        every = self.flush_every or trainer.log_every_n_steps or 1
+        tel = getattr(pl_module, "telemetry", None)
+        if tel is None:
+            tel = pl_module.telemetry = StepTelemetry(every)
+            if trainer.world_size > 1:
+                tel.reduce_loss = lambda t: trainer.strategy.reduce(t, reduce_op="mean")
+        tel.every = min(tel.every, every)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        tel = getattr(pl_module, "telemetry", None)
+        if tel is not None and tel.pending >= tel.every:
+            flush_telemetry(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            flush_telemetry(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        flush_telemetry(trainer, pl_module, final=True)
+        self._finish_once(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self.dir is None:
+            return  # failed before setup
+        flush_telemetry(trainer, pl_module, final=True)  # keep what was measured
+        self._finish_once(trainer, pl_module)
+
+    def _finish_once(self, trainer, pl_module) -> None:
+        if not self._finished:
+            self._finished = True
+            self.finish(trainer, pl_module)
+
+    # ------------------------------------------------------------------ to implement
+    def consume(self, trainer, pl_module, rows: list[dict[str, Any]]) -> None:
+        """Rows of the steps since the last flush (possibly none)."""
+
+    def after_flush(self, trainer, pl_module) -> None:
+        """After every callback consumed a (non-final) flush."""
+
+    def finish(self, trainer, pl_module) -> None:
+        """Once, at the end of fit (also after a failure): plots, last words."""
+
+    def summary(self) -> dict[str, Any]:
+        return {}

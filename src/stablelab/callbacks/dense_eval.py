@@ -1,0 +1,131 @@
+"""Dense early evaluation: the validation loss after every one of the first N updates.
+
+The playbook's Figure 5: evaluating every 1,000 steps hides the early spikes that per-step
+evaluation over the first steps shows. This callback evaluates the model after updates
+``1..every_step_until`` and then after every ``then_every``-th update (if set), on the whole
+validation split or on a fixed subset of its first ``subset`` examples. It runs outside
+Lightning's validation loop (no checkpoint, no early stopping, no change to the training
+batches or random state), keeps the sums on the device and reads them back with the other
+telemetry, so it adds no host synchronisation per step. Each point goes to
+``<run dir>/dense_eval.csv`` (step, val_loss, val_acc, examples), to every logger as
+``val_dense/loss`` and ``val_dense/acc`` and into the stability report's loss plot. ``step``
+counts the updates applied before the evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from stablelab.callbacks.base import TelemetryCallback
+from stablelab.config import NonNegInt, PosInt
+
+CSV_FIELDS = ("step", "val_loss", "val_acc", "examples")
+
+
+class DenseEval(TelemetryCallback):
+    def __init__(
+        self,
+        every_step_until: NonNegInt = 25,
+        then_every: PosInt | None = None,
+        subset: PosInt | None = None,
+        filename: str = "dense_eval.csv",
+    ) -> None:
+        self.every_step_until = every_step_until
+        self.then_every = then_every
+        self.subset = subset
+        self.filename = filename
+        self.records: list[dict[str, Any]] = []
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._last_step = -1
+
+    def due(self, step: int) -> bool:
+        """Whether to evaluate after ``step`` updates."""
+        if step < 1:
+            return False
+        return step <= self.every_step_until or bool(
+            self.then_every and step % self.then_every == 0
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_step_until > 0 or self.then_every is not None
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step != self._last_step and self.due(step):  # (accumulation: once per update)
+            self._last_step = step
+            self._pending.append((step, self._evaluate(trainer, pl_module)))
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _eval_batches(self, trainer, pl_module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's validation batches (or its share of the subset), on the device once."""
+        if self._batches is None:
+            dm = trainer.datamodule
+            loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
+            need = math.ceil(self.subset / trainer.world_size) if self.subset else math.inf
+            self._batches, got = [], 0
+            for batch in loader:
+                x, y = batch[0], batch[1]
+                take = int(min(y.shape[0], need - got))
+                if take <= 0:
+                    break
+                dev = pl_module.device
+                self._batches.append((x[:take].to(dev), y[:take].to(dev)))
+                got += take
+        return self._batches
+
+    @torch.no_grad()
+    def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        """``[loss_sum, correct, count]`` over the evaluation batches, summed over ranks,
+        left on the device."""
+        was_training = pl_module.training
+        pl_module.eval()
+        total = torch.zeros(3, device=pl_module.device)
+        with trainer.strategy.precision_plugin.forward_context():
+            for x, y in self._eval_batches(trainer, pl_module):
+                total += pl_module.eval_sums(x, y)
+        pl_module.train(was_training)
+        if trainer.world_size > 1:
+            total = trainer.strategy.reduce(total, reduce_op="sum")
+        return total
+
+    def consume(self, trainer, pl_module, rows) -> None:
+        if not self._pending:
+            return
+        steps = [s for s, _ in self._pending]
+        values = torch.stack([t for _, t in self._pending]).cpu().tolist()
+        self._pending = []
+        new = [
+            {"step": s, "val_loss": ls / n, "val_acc": c / n, "examples": int(n)}
+            for s, (ls, c, n) in zip(steps, values, strict=True)
+        ]
+        self.records += new
+        if trainer.is_global_zero:
+            path = self.dir / self.filename
+            fresh = not path.exists()
+            with path.open("a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+                if fresh:
+                    w.writeheader()
+                w.writerows(new)
+            for lg in trainer.loggers:
+                for r in new:
+                    lg.log_metrics(
+                        {"val_dense/loss": r["val_loss"], "val_dense/acc": r["val_acc"]},
+                        step=r["step"],
+                    )
+
+    def summary(self) -> dict[str, Any]:
+        if not self.records:
+            return {}
+        return {
+            "dense_eval_points": len(self.records),
+            "dense_eval_examples": self.records[0]["examples"],
+        }
