@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -234,7 +235,9 @@ def _report_to_wandb(exp, report: Path) -> None:
     }
     if images:
         exp.log(images)
-    exp.save(str(report), base_path=str(report.parent), policy="now")
+    # files in the run's own directory are uploaded by `wandb sync` (a copy, not a link:
+    # wandb.save would only link it and warn)
+    shutil.copyfile(report, Path(exp.dir) / report.name)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

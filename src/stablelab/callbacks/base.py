@@ -38,9 +38,12 @@ def flush_telemetry(trainer: L.Trainer, pl_module: L.LightningModule, final: boo
 class TelemetryCallback(L.Callback):
     """Subclasses set ``flush_every`` (None: the trainer's ``log_every_n_steps``) and
     implement :meth:`consume`; :meth:`finish` runs once at the end of fit, even a failed one.
+    Callbacks that only ride along with the flushes (``sets_interval = False``) leave the
+    interval to the others.
     """
 
     flush_every: int | None = None
+    sets_interval = True
     dir: Path | None = None  # the run directory, known from setup on
     _finished = False
 
@@ -49,13 +52,18 @@ class TelemetryCallback(L.Callback):
             return
         self._finished = False
         self.dir = Path(trainer.default_root_dir)
-        every = self.flush_every or trainer.log_every_n_steps or 1
-        tel = getattr(pl_module, "telemetry", None)
-        if tel is None:
-            tel = pl_module.telemetry = StepTelemetry(every)
+        if getattr(pl_module, "telemetry", None) is None:  # the first of us sets it up
+            default = trainer.log_every_n_steps or 1
+            asks = [
+                cb.flush_every or default for cb in telemetry_callbacks(trainer) if cb.sets_interval
+            ]
+            tel = pl_module.telemetry = StepTelemetry(min(asks, default=default))
             if trainer.world_size > 1:
                 tel.reduce_loss = lambda t: trainer.strategy.reduce(t, reduce_op="mean")
-        tel.every = min(tel.every, every)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            pl_module.telemetry = None  # a later fit builds a fresh one
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -28,6 +28,8 @@ CSV_FIELDS = ("step", "val_loss", "val_acc", "examples")
 
 
 class DenseEval(TelemetryCallback):
+    sets_interval = False  # read back whenever the other telemetry is
+
     def __init__(
         self,
         every_step_until: NonNegInt = 25,

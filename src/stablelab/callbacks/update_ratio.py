@@ -26,6 +26,8 @@ from stablelab.config import PosInt
 
 
 class UpdateRatioMonitor(TelemetryCallback):
+    sets_interval = False  # read back whenever the other telemetry is
+
     def __init__(
         self,
         every_n_steps: PosInt | None = None,

@@ -1,0 +1,283 @@
+"""Divergence, loss-rise and spike detection against closed forms and a numpy reference,
+the dense-evaluation schedule, and the report's reading of crafted runs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stablelab.analysis.report import reading
+from stablelab.callbacks.dense_eval import DenseEval
+from stablelab.stability import InstabilityDetector
+
+
+def _feed(det: InstabilityDetector, losses, norms=None):
+    norms = [None] * len(losses) if norms is None else norms
+    for t, (lo, g) in enumerate(zip(losses, norms, strict=True)):
+        det.update(t, float(lo), None if g is None else float(g))
+    return det
+
+
+# ------------------------------------------------------------------ divergence
+@pytest.mark.parametrize(
+    "bad_loss,bad_norm,reason",
+    [
+        (math.nan, 1.0, "training loss is nan"),
+        (math.inf, 1.0, "training loss is inf"),
+        (2.0, math.nan, "gradient norm is nan"),
+        (2.0, math.inf, "gradient norm is inf"),
+        (30.01, 1.0, "x initial loss"),  # > 10 x the first loss (3.0)
+    ],
+)
+def test_divergence_at_the_first_bad_step_and_nothing_after(bad_loss, bad_norm, reason):
+    losses = [3.0, 2.5, 2.4, 2.3, bad_loss, 1.0, 1.0]
+    norms = [1.0, 1.0, 1.0, 1.0, bad_norm, 1.0, 1.0]
+    det = _feed(InstabilityDetector(max_loss_ratio=10.0), losses, norms)
+    s = det.summary()
+    assert s["diverged"] and s["diverged_at_step"] == 4 and s["first_instability_step"] == 4
+    assert reason in s["divergence_reason"]
+    assert det.steps_seen == 5  # steps after the divergence are not analysed
+    assert s["unstable"]
+
+
+def test_loss_at_exactly_the_ratio_is_not_divergence_and_ratio_can_be_off():
+    det = _feed(InstabilityDetector(max_loss_ratio=10.0), [3.0, 30.0])
+    assert not det.summary()["diverged"]
+    det = _feed(InstabilityDetector(max_loss_ratio=None), [3.0, 3e6, 1.0])
+    assert det.diverged is None
+
+
+# ------------------------------------------------------------------ loss rise
+@pytest.mark.parametrize("beta,margin", [(0.9, 0.1), (0.95, 0.05), (0.5, 0.3)])
+def test_rise_fires_at_the_step_the_closed_form_gives(beta, margin):
+    """Loss 1.0 for 50 steps, then 1.5: the EMA stays at its minimum 1.0 and afterwards
+    m_{49+k} = 1.5 - 0.5 beta^k, so the rise 0.5 (1 - beta^k) first exceeds margin * 1.0 at
+    k = floor(log(1 - 2 margin) / log(beta)) + 1."""
+    losses = [1.0] * 50 + [1.5] * 100
+    det = _feed(InstabilityDetector(ema_decay=beta, rise_margin=margin), losses)
+    k = math.floor(math.log(1 - 2 * margin) / math.log(beta)) + 1
+    s = det.summary()
+    assert s["loss_rise_step"] == 49 + k and s["loss_rises"] == 1
+    assert s["first_instability_step"] == 49 + k and s["unstable"]
+    assert s["max_loss_rise"] == pytest.approx(0.5 * (1 - beta**100), rel=1e-12)
+
+
+def _reference_rise_steps(losses, beta, margin):
+    """float64 numpy: the EMA as a weighted sum (no recursion), the running minimum, and
+    the episode starts (rise > margin * L0; re-armed once the rise is <= margin * L0 / 2)."""
+    L = np.asarray(losses, dtype=np.float64)
+    n = len(L)
+    t = np.arange(n)
+    w = np.where(t[:, None] >= t[None, :], beta ** (t[:, None] - t[None, :]), 0.0)
+    w[:, 1:] *= 1 - beta
+    w[:, 0] = beta ** t  # m_0 = L_0 carries weight beta^t
+    ema = w @ L
+    rise = ema - np.minimum.accumulate(ema)
+    thr = margin * L[0]
+    starts, armed = [], True
+    for i, r in enumerate(rise):
+        if armed and r > thr:
+            starts.append(i)
+            armed = False
+        elif not armed and r <= thr / 2:
+            armed = True
+    return starts, float(rise.max())
+
+
+def test_rise_episodes_match_a_numpy_reference_on_a_noisy_series():
+    rng = np.random.default_rng(0)
+    n = 600
+    base = 2.3 * np.exp(-np.arange(n) / 80) + 0.2
+    base[250:320] += np.linspace(0, 0.8, 70)  # a slow rise ...
+    base[320:400] += 0.8 * np.exp(-np.arange(80) / 15)  # ... and recovery
+    base[480:] += 0.6  # then a jump that stays
+    losses = base + rng.normal(0, 0.03, n)
+    det = _feed(InstabilityDetector(ema_decay=0.9, rise_margin=0.1, spike_zscore=1e9), losses)
+    starts, max_rise = _reference_rise_steps(losses, 0.9, 0.1)
+    assert len(starts) >= 2  # the series is crafted to rise twice: the test can fail
+    got = [e.step for e in det.events if e.kind == "loss_rise"]
+    assert got == starts
+    assert det.summary()["max_loss_rise"] == pytest.approx(max_rise, rel=1e-9)
+
+
+def test_a_new_rise_episode_needs_the_rise_to_fall_to_half_the_margin():
+    """L0 = 1, margin 0.1: down to 0.5, up to 0.8 (episode 1), back to 0.535 (rise 0.035:
+    below half the margin, re-armed), up again (episode 2); back to only 0.56 (rise 0.06:
+    still armed off) and up again: no third episode."""
+    losses = [1.0] * 50 + [0.5] * 100 + [0.8] * 60 + [0.535] * 100 + [0.8] * 60
+    losses += [0.56] * 100 + [0.8] * 60
+    det = _feed(InstabilityDetector(ema_decay=0.9, rise_margin=0.1, spike_zscore=1e9), losses)
+    starts, _ = _reference_rise_steps(losses, 0.9, 0.1)
+    assert len(starts) == 2
+    assert [e.step for e in det.events if e.kind == "loss_rise"] == starts
+
+
+# ------------------------------------------------------------------ spikes
+def _reference_spikes(x, window, min_hist, z, min_dev=0.0):
+    x = np.asarray(x, dtype=np.float64)
+    out = []
+    for t in range(len(x)):
+        prev = x[max(0, t - window) : t]
+        if len(prev) < min_hist:
+            continue
+        mu, sd = prev.mean(), prev.std()  # population std
+        if sd > 0 and x[t] - mu > z * sd and x[t] - mu > min_dev:
+            out.append(t)
+    return out
+
+
+def test_spikes_match_a_numpy_reference():
+    rng = np.random.default_rng(1)
+    n = 700
+    losses = 1.0 + rng.normal(0, 0.05, n)
+    norms = np.exp(rng.normal(0, 0.2, n))
+    for t in (100, 101, 350, 600):
+        losses[t] += 1.5  # lifts the loss by more than rise_margin * L0
+        norms[t] *= 8
+    losses[200] += 0.08  # many sigmas, but less than the margin: not a loss spike
+    det = _feed(
+        InstabilityDetector(spike_window=128, spike_min_history=64, spike_zscore=6.0),
+        losses,
+        norms,
+    )
+    margin = 0.1 * losses[0]
+    ref_loss = _reference_spikes(losses, 128, 64, 6.0, margin)
+    ref_norm = _reference_spikes(norms, 128, 64, 6.0)
+    assert 100 in ref_loss and 200 not in ref_loss and 600 in ref_norm  # crafted as intended
+    assert [e.step for e in det.events if e.kind == "loss_spike"] == ref_loss
+    assert [e.step for e in det.events if e.kind == "grad_norm_spike"] == ref_norm
+    s = det.summary()
+    assert (s["loss_spikes"], s["grad_norm_spikes"]) == (len(ref_loss), len(ref_norm))
+
+
+@pytest.mark.parametrize(
+    "x,spike",
+    [
+        (8.01, True),  # 6.01 population sd above the mean 2 of [1, 3, 1, 3, ...]
+        (8.0, False),  # exactly 6 sd: not more than
+        (8.04, True),  # but below 6 *sample* sd (6.047): the population sd is the rule
+    ],
+)
+def test_spike_threshold_is_strict_and_uses_the_population_std(x, spike):
+    norms = [1.0, 3.0] * 32 + [x]  # the window: mean 2, population sd 1
+    det = _feed(InstabilityDetector(spike_min_history=64), [1.0] * 65, norms)
+    assert det.summary()["grad_norm_spikes"] == (1 if spike else 0)
+
+
+def test_spike_window_holds_only_the_previous_values():
+    """An outlier 129 steps back has left a 128-step window (mean 2, sd 1: 8.01 spikes)
+    but not a 129-step one (mean 2.06, sd 1.22: z = 4.9)."""
+    norms = [10.0] + [1.0, 3.0] * 64 + [8.01]
+    losses = [1.0] * len(norms)
+    inside = _feed(InstabilityDetector(spike_window=128), losses, norms)
+    assert [e.step for e in inside.events] == [129]
+    assert _feed(InstabilityDetector(spike_window=129), losses, norms).events == []
+
+
+def test_grad_norm_spikes_alone_are_reported_but_only_count_as_instability_if_asked():
+    norms = [1.0, 1.1] * 40 + [50.0] + [1.0] * 10
+    losses = [2.0] * len(norms)
+    quiet = _feed(InstabilityDetector(), losses, norms).summary()
+    assert quiet["grad_norm_spikes"] == 1 and quiet["first_grad_norm_spike_step"] == 80
+    assert not quiet["unstable"] and quiet["first_instability_step"] is None
+    strict = _feed(InstabilityDetector(grad_norm_spikes_are_instability=True), losses, norms)
+    assert strict.summary()["unstable"] and strict.summary()["first_instability_step"] == 80
+
+
+def test_state_round_trip_continues_identically():
+    rng = np.random.default_rng(2)
+    losses = 2 + rng.normal(0, 0.3, 400)
+    norms = np.exp(rng.normal(0, 0.5, 400))
+    whole = _feed(InstabilityDetector(), losses, norms)
+    first = _feed(InstabilityDetector(), losses[:150], norms[:150])
+    second = InstabilityDetector()
+    second.load_state_dict(first.state_dict())
+    for t in range(150, 400):
+        second.update(t, float(losses[t]), float(norms[t]))
+    assert second.summary() == whole.summary()
+    assert second.events == whole.events
+
+
+# ------------------------------------------------------------------ dense evaluation
+def test_dense_schedule_is_every_step_then_every_k():
+    cb = DenseEval(every_step_until=7, then_every=5)
+    assert [s for s in range(0, 31) if cb.due(s)] == [1, 2, 3, 4, 5, 6, 7, 10, 15, 20, 25, 30]
+    only = DenseEval(every_step_until=4, then_every=None)
+    assert [s for s in range(0, 100) if only.due(s)] == [1, 2, 3, 4]
+    assert not DenseEval(every_step_until=0).due(1)
+
+
+# ------------------------------------------------------------------ the report's reading
+CFG = {
+    "optimizer": {"_target_": "stablelab.optim.Adam", "lr": 0.01},
+    "schedule": {"warmup_steps": 0, "max_train_steps": 1000},
+    "clipping": {"_target_": "stablelab.optim.clipping.NoClip"},
+    "model": {"residual": {"layout": "branch_norm", "branch_init": "rezero"}},
+}
+STABLE = {
+    "unstable": False,
+    "diverged": False,
+    "first_instability_step": None,
+    "total_steps": 1000,
+    "loss_spikes": 0,
+    "grad_norm_spikes": 0,
+    "loss_rises": 0,
+    "too_much_clipping": False,
+    "recommended_clip_threshold": 1.234,
+}
+
+
+def _keys(summary, cfg=CFG, events=()):
+    return [f.key for f in reading({**STABLE, **summary}, cfg, list(events))]
+
+
+def test_reading_stable_run():
+    assert _keys({}) == ["stable"]
+
+
+def test_reading_early_divergence_names_warmup_and_infeasible():
+    s = {"unstable": True, "diverged": True, "diverged_at_step": 3, "first_instability_step": 3}
+    keys = _keys(s, events=[(3, "diverged")])
+    assert keys[:2] == ["infeasible", "warmup"] and "clipping" not in keys
+    text = " ".join(f.text for f in reading({**STABLE, **s}, CFG, [(3, "diverged")]))
+    assert "no warmup" in text and "up to 10% of max_train_steps = 100" in text
+
+
+def test_reading_mid_run_spikes_name_clipping_with_the_p90_threshold():
+    s = {"unstable": True, "first_instability_step": 600, "loss_spikes": 2}
+    findings = reading({**STABLE, **s}, CFG, [(600, "loss_spike"), (610, "loss_spike")])
+    keys = [f.key for f in findings]
+    assert "clipping" in keys and "warmup" not in keys
+    assert "clipping=fixed clipping.clip_threshold=1.234" in findings[keys.index("clipping")].text
+
+
+def test_reading_early_and_mid_run_name_both():
+    s = {"unstable": True, "first_instability_step": 20, "loss_spikes": 1, "loss_rises": 1}
+    keys = _keys(s, events=[(20, "loss_rise"), (700, "loss_spike")])
+    assert keys.index("warmup") < keys.index("clipping")
+
+
+def test_reading_too_much_clipping_says_lower_the_lr():
+    s = {"unstable": True, "first_instability_step": 500, "too_much_clipping": True}
+    cfg = {**CFG, "clipping": {"_target_": "x.FixedNorm", "clip_threshold": 0.1}}
+    findings = reading({**STABLE, **s}, cfg, [(500, "loss_spike")])
+    keys = [f.key for f in findings]
+    assert "lower_lr" in keys and "last_resort" not in keys
+    assert "lower the threshold" in findings[keys.index("clipping")].text
+
+
+def test_reading_post_norm_suggests_branch_norm_or_rezero_only_when_unstable():
+    post = {**CFG, "model": {"residual": {"layout": "post_norm", "branch_init": "default"}}}
+    s = {"unstable": True, "first_instability_step": 5}
+    findings = reading({**STABLE, **s}, post, [(5, "loss_rise")])
+    text = {f.key: f.text for f in findings}
+    assert "layout=branch_norm" in text["residual_layout"] and "rezero" in text["residual_layout"]
+    assert _keys({}, cfg=post) == ["stable"]
+
+
+def test_reading_momentum_suggests_adam_and_no_telemetry_is_said():
+    mom = {**CFG, "optimizer": {"_target_": "stablelab.optim.Momentum", "lr": 0.1}}
+    assert "optimizer" in _keys({"unstable": True, "first_instability_step": 5}, cfg=mom)
+    assert [f.key for f in reading({"status": "completed"}, CFG)] == ["no_telemetry"]
