@@ -82,3 +82,47 @@ class SyncCounter(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         _COUNTING["on"] = False
+
+
+class NaNAtStep(L.Callback):
+    """Poison the first parameter with NaN just before update ``step`` is computed: the
+    loss of that step is NaN (a crafted divergence at a known step)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import torch
+
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+class UpdateRatioReference(L.Callback):
+    """Independent reference for the update-to-weight ratio: float64 copies of every
+    parameter at the start and the end of each batch (not at the optimizer hooks), their
+    difference's norm over the start's norm. Written to <run dir>/ref_update_ratios.json."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, object] = {}
+        self.rows: dict[int, dict[str, float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.step = trainer.global_step
+        self.before = {n: p.detach().double().clone() for n, p in pl_module.named_parameters()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        out = {}
+        for n, p in pl_module.named_parameters():
+            b = self.before[n]
+            den = float(b.norm())
+            num = float((p.detach().double() - b).norm())
+            out[n.removeprefix("model.")] = num / den if den else float("inf")
+        self.rows[self.step] = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+        from pathlib import Path
+
+        Path(trainer.default_root_dir, "ref_update_ratios.json").write_text(json.dumps(self.rows))

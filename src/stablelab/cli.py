@@ -1,6 +1,8 @@
 """``stablelab``: the workflow and report commands (training itself is ``stablelab-train``).
 
 stablelab schedule-plot [HYDRA OVERRIDES ...] [--out schedule.png]
+stablelab clip-threshold RUN_DIR [--percentile 90] [-q]
+stablelab report RUN_DIR
 """
 
 from __future__ import annotations
@@ -78,6 +80,26 @@ def clip_threshold(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    """(Re)build a run's stability report from its files and print its verdict."""
+    from stablelab.analysis.report import findings_for, verdict, write_report
+
+    if not (args.run_dir / "summary.json").is_file():
+        print(
+            f"stablelab report: {args.run_dir / 'summary.json'} not found: is {args.run_dir} "
+            "a stablelab run directory?",
+            file=sys.stderr,
+        )
+        return 2
+    path = write_report(args.run_dir)
+    summary, findings = findings_for(args.run_dir)
+    print(f"wrote {path}")
+    print(f"verdict: {verdict(summary)}")
+    for f in findings:
+        print(f"  - [{f.key}] {f.text.replace('**', '').replace('`', '')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stablelab", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -109,6 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     cp.add_argument("--percentile", type=float, default=90.0, help="default: 90 (the playbook's)")
     cp.add_argument("-q", "--quiet", action="store_true", help="print only the threshold")
     cp.set_defaults(func=clip_threshold)
+    rp = sub.add_parser(
+        "report",
+        help="rebuild a run's stability report (report.md + PNGs) and print its verdict",
+        description="Read RUN_DIR (summary.json, config.yaml, stability.csv, evals.csv, "
+        "dense_eval.csv, grad_norms.csv, update_ratios.csv) and write RUN_DIR/report.md with "
+        "loss.png and lr.png: the verdict, the flags and the playbook's fixes for what "
+        "happened. stablelab-train writes it at the end of every run already.",
+    )
+    rp.add_argument("run_dir", type=Path, help="a run directory (holding summary.json)")
+    rp.set_defaults(func=report)
     args = ap.parse_args(argv)
     return args.func(args)
 

@@ -72,7 +72,7 @@ def _reference_rise_steps(losses, beta, margin):
     t = np.arange(n)
     w = np.where(t[:, None] >= t[None, :], beta ** (t[:, None] - t[None, :]), 0.0)
     w[:, 1:] *= 1 - beta
-    w[:, 0] = beta ** t  # m_0 = L_0 carries weight beta^t
+    w[:, 0] = beta**t  # m_0 = L_0 carries weight beta^t
     ema = w @ L
     rise = ema - np.minimum.accumulate(ema)
     thr = margin * L[0]

@@ -210,8 +210,8 @@ def reading(
 
 
 # ---------------------------------------------------------------------- the report
-def _load_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
+def load_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return {}
     from omegaconf import OmegaConf
@@ -239,6 +239,23 @@ def _lr_plot(cfg: dict[str, Any], run_dir: Path) -> Path | None:
     )
 
 
+def _events(stab: list[dict[str, str]], summary: dict[str, Any]) -> list[tuple[int, str]]:
+    events = [(int(r["step"]), k) for r in stab for k in r["events"].split(";") if k]
+    if summary.get("diverged_at_step") is not None and "diverged" not in {k for _, k in events}:
+        events.append((int(summary["diverged_at_step"]), "diverged"))
+    return events
+
+
+def findings_for(run_dir: str | Path) -> tuple[dict[str, Any], list[Finding]]:
+    """A run directory's summary and the reading of it."""
+    import json
+
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    events = _events(_csv(run_dir / "stability.csv"), summary)
+    return summary, reading(summary, load_config(run_dir), events)
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.md`` and its PNGs into ``run_dir``; return the report's path."""
     import json
@@ -247,11 +264,9 @@ def write_report(run_dir: str | Path) -> Path:
 
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    cfg = _load_config(run_dir)
+    cfg = load_config(run_dir)
     stab = _csv(run_dir / "stability.csv")
-    events = [(int(r["step"]), k) for r in stab for k in r["events"].split(";") if k]
-    if summary.get("diverged_at_step") is not None:
-        events.append((int(summary["diverged_at_step"]), "diverged"))
+    events = _events(stab, summary)
     train = [(int(r["step"]), _f(r["loss"])) for r in stab]
     ema = [(int(r["step"]), _f(r["loss_ema"])) for r in stab]
     val = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "evals.csv")]
