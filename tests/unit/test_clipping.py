@@ -273,12 +273,19 @@ def test_clipping_and_recording_do_not_sync(monkeypatch, clipper):
     rng = np.random.default_rng(4)
     tel = StepTelemetry(every=50)
     named = _params(_with_norm(1.0, rng), dtype=torch.float32)
+    losses = torch.rand(12, 2) + 1
     with forbid_host_sync(monkeypatch):
         for step in range(12):  # through the warm-up of the adaptive strategies
             for _, p in named:
                 p.grad = torch.randn_like(p) * (10 if step == 9 else 1)
+            for micro in range(2):  # two micro-batches (gradient accumulation)
+                tel.add_loss(losses[step, micro])
             tel.record(step, clipper(named))
     # positive control: the detector does fire, on the one transfer per interval
     with forbid_host_sync(monkeypatch), pytest.raises(AssertionError, match="host synchronisation"):
         tel.flush()
-    assert len(tel.flush()) == 12
+    rows = tel.flush()
+    assert [r["step"] for r in rows] == list(range(12))
+    # each step's loss is the mean of its micro-batches (float64 reference)
+    ref = losses.double().mean(dim=1).tolist()
+    assert [r["loss"] for r in rows] == pytest.approx(ref, rel=1e-6)
