@@ -126,3 +126,20 @@ class UpdateRatioReference(L.Callback):
         from pathlib import Path
 
         Path(trainer.default_root_dir, "ref_update_ratios.json").write_text(json.dumps(self.rows))
+
+
+class ScaleWeightsAtStep(L.Callback):
+    """Multiply every weight matrix of the classifier head by ``factor`` just before update
+    ``step`` is computed: a one-off loss spike at a known step, mid-run."""
+
+    def __init__(self, step: int, factor: float) -> None:
+        self.step = step
+        self.factor = factor
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import torch
+
+            with torch.no_grad():
+                for p in pl_module.model.head.parameters():
+                    p.mul_(self.factor)

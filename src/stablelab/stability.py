@@ -22,7 +22,15 @@ For each step ``t`` with training loss ``L_t`` and unclipped gradient norm ``g_t
   at 0.1 is many sigmas out yet harmless). Defaults (6 sigma over the previous 128 steps,
   active after 64) are OLMo-core's skip-step rule (see STABILITY_NOTES).
 
-A run is **unstable** when it diverged, had a loss rise or had a loss spike (and, with
+* **validation-loss rise** (dense early evaluation only, :meth:`update_eval`): some models
+  are very unstable early and recover, and only per-step evaluation shows it (the
+  playbook's Figure 5). With ``V_0`` the first evaluated loss, an episode starts at the
+  first evaluation with ``V_t - min(V_0..V_t) > rise_margin * V_0`` (or a non-finite
+  ``V_t``) and ends once the rise is back to at most half that margin. No smoothing: each
+  point is already a mean over the validation examples.
+
+A run is **unstable** when it diverged, had a loss rise, a loss spike or a validation-loss
+rise during dense evaluation (and, with
 ``grad_norm_spikes_are_instability``, a gradient-norm spike); ``first_instability_step``
 is the earliest of those steps. Gradient-norm spikes are always counted and reported:
 outlier gradients are what clipping is for, but on their own (the loss unmoved) they are
@@ -36,18 +44,19 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE = (
+DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE, VAL_LOSS_RISE = (
     "diverged",
     "loss_rise",
     "loss_spike",
     "grad_norm_spike",
+    "val_loss_rise",
 )
 
 
 @dataclass
 class Event:
     step: int
-    kind: str  # one of DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE
+    kind: str  # one of DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE, VAL_LOSS_RISE
     value: float  # the loss, the rise, or the spiking value
     detail: str
 
@@ -94,6 +103,10 @@ class InstabilityDetector:
         self._grad_window = _Window(spike_window)
         self.events: list[Event] = []
         self.steps_seen = 0
+        self.eval_first: float | None = None
+        self.eval_min = math.inf
+        self.max_val_loss_rise = 0.0
+        self._eval_rising = False
 
     # ------------------------------------------------------------------ feeding
     @property
@@ -115,6 +128,33 @@ class InstabilityDetector:
         new += self._spike(step, loss, self._loss_window, LOSS_SPIKE, "loss", self._margin())
         if grad_norm is not None:
             new += self._spike(step, grad_norm, self._grad_window, GRAD_NORM_SPIKE, "grad norm")
+        self.events += new
+        return new
+
+    def update_eval(self, step: int, val_loss: float) -> list[Event]:
+        """Analyse one dense evaluation (after ``step`` updates)."""
+        if self.diverged is not None:
+            return []
+        if self.eval_first is None:
+            self.eval_first = val_loss
+        finite = math.isfinite(val_loss)
+        if finite:
+            self.eval_min = min(self.eval_min, val_loss)
+        rise = val_loss - self.eval_min if finite else math.inf
+        if finite:
+            self.max_val_loss_rise = max(self.max_val_loss_rise, rise)
+        v0 = self.eval_first
+        margin = self.rise_margin * v0 if math.isfinite(v0) and v0 > 0 else math.inf
+        new = []
+        if not self._eval_rising and rise > margin:
+            self._eval_rising = True
+            detail = (
+                f"validation loss {val_loss:.4g} rose {rise:.4g} above its minimum "
+                f"{self.eval_min:.4g} so far (margin {margin:.4g})"
+            )
+            new.append(Event(step, VAL_LOSS_RISE, val_loss, detail))
+        elif self._eval_rising and rise <= margin / 2:
+            self._eval_rising = False
         self.events += new
         return new
 
@@ -175,7 +215,7 @@ class InstabilityDetector:
 
     @property
     def instability_kinds(self) -> tuple[str, ...]:
-        kinds = (DIVERGED, LOSS_RISE, LOSS_SPIKE)
+        kinds = (DIVERGED, LOSS_RISE, LOSS_SPIKE, VAL_LOSS_RISE)
         return (*kinds, GRAD_NORM_SPIKE) if self.grad_norm_spikes_are_instability else kinds
 
     def summary(self) -> dict[str, Any]:
@@ -194,6 +234,9 @@ class InstabilityDetector:
             "grad_norm_spikes": self.count(GRAD_NORM_SPIKE),
             "first_loss_spike_step": self.first(LOSS_SPIKE),
             "first_grad_norm_spike_step": self.first(GRAD_NORM_SPIKE),
+            "val_loss_rises": self.count(VAL_LOSS_RISE),
+            "val_loss_rise_step": self.first(VAL_LOSS_RISE),
+            "max_val_loss_rise": self.max_val_loss_rise if self.eval_first is not None else None,
             "initial_loss": self.initial_loss,
         }
 
@@ -208,6 +251,7 @@ class InstabilityDetector:
             "grad_window": list(self._grad_window.values),
             "events": [asdict(e) for e in self.events],
             "steps_seen": self.steps_seen,
+            "eval": [self.eval_first, self.eval_min, self.max_val_loss_rise, self._eval_rising],
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -217,6 +261,8 @@ class InstabilityDetector:
         self._grad_window.values.extend(s["grad_window"])
         self.events = [Event(**e) for e in s["events"]]
         self.steps_seen = s["steps_seen"]
+        if "eval" in s:
+            self.eval_first, self.eval_min, self.max_val_loss_rise, self._eval_rising = s["eval"]
 
 
 class TrainingDiverged(RuntimeError):

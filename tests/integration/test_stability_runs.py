@@ -199,6 +199,53 @@ def test_dense_eval_on_a_fixed_subset_matches_a_float64_evaluation(tmp_path):
     assert s["steps"] == 20
 
 
+def test_dense_eval_reveals_early_instability_and_the_report_says_warmup(tmp_path):
+    """Adam at 10x the default LR: the training loss looks tame but the validation loss
+    after each of the first updates jumps (BatchNorm statistics blown up). Reference: the
+    dense_eval.csv values, the rise rule evaluated with numpy."""
+    import numpy as np
+
+    out = tmp_path / "run"
+    s = train(
+        compose_cfg(
+            [*BASE, "logger=csv", "optimizer.lr=0.03", "max_train_steps=40"],
+            out,
+        )
+    )
+    v = np.array([float(r["val_loss"]) for r in _csv(out / "dense_eval.csv")][:25])
+    rise = v - np.minimum.accumulate(v)
+    expected = int(np.argmax(rise > 0.1 * v[0])) + 1  # dense step = index + 1
+    assert rise.max() > 0.1 * v[0]  # the crafted run does rise: the test can fail
+    assert s["val_loss_rise_step"] == expected and s["first_instability_step"] == expected
+    assert s["unstable"] and s["loss_rises"] == 0 and not s["diverged"]
+    report = (out / "report.md").read_text()
+    assert "**Early instability**" in report and "learning-rate warmup" in report
+
+
+def test_mid_run_spike_is_found_at_its_step_and_the_report_says_clipping(tmp_path):
+    out = tmp_path / "run"
+    s = train(
+        compose_cfg(
+            [
+                *BASE,
+                "logger=csv",
+                "model=mlp",
+                "max_train_steps=400",
+                "+callbacks.boom._target_=helpers.ScaleWeightsAtStep",
+                "+callbacks.boom.step=300",
+                "+callbacks.boom.factor=30",
+            ],
+            out,
+        )
+    )
+    assert s["first_loss_spike_step"] == 300 and s["first_instability_step"] == 300
+    assert s["first_grad_norm_spike_step"] == 300 and s["feasible"]
+    report = (out / "report.md").read_text()
+    assert "**Sudden instability mid-training** (from step 300" in report
+    assert f"clipping.clip_threshold={s['recommended_clip_threshold']:.4g}" in report
+    assert "**Early instability**" not in report
+
+
 # ------------------------------------------------------------------ update ratios
 def test_update_ratios_match_a_float64_reference(tmp_path):
     out = tmp_path / "run"

@@ -114,6 +114,24 @@ def test_a_new_rise_episode_needs_the_rise_to_fall_to_half_the_margin():
     assert [e.step for e in det.events if e.kind == "loss_rise"] == starts
 
 
+def test_validation_rise_episodes_on_dense_evaluations():
+    """V0 = 2, margin 0.2: 1.3 is 0.3 above the minimum 1.0 (episode); 0.9 is a new minimum
+    (rise 0: re-armed); 1.15 is 0.25 above it (episode 2); NaN while in an episode is not a
+    new one, and the run's training-loss state is untouched."""
+    det = InstabilityDetector(rise_margin=0.1)
+    vals = [2.0, 1.5, 1.0, 1.05, 1.3, 0.9, 1.15, math.nan]
+    for step, v in enumerate(vals, start=1):
+        det.update_eval(step, v)
+    assert [(e.step, e.kind) for e in det.events] == [(5, "val_loss_rise"), (7, "val_loss_rise")]
+    s = det.summary()
+    assert s["val_loss_rises"] == 2 and s["val_loss_rise_step"] == 5
+    assert s["max_val_loss_rise"] == pytest.approx(0.3) and s["unstable"]
+    assert s["first_instability_step"] == 5 and s["loss_rises"] == 0
+    det2 = InstabilityDetector(rise_margin=0.1)
+    det2.update_eval(1, 2.0)
+    assert [e.kind for e in det2.update_eval(2, math.inf)] == ["val_loss_rise"]
+
+
 # ------------------------------------------------------------------ spikes
 def _reference_spikes(x, window, min_hist, z, min_dev=0.0):
     x = np.asarray(x, dtype=np.float64)
@@ -242,7 +260,7 @@ def test_reading_early_divergence_names_warmup_and_infeasible():
     keys = _keys(s, events=[(3, "diverged")])
     assert keys[:2] == ["infeasible", "warmup"] and "clipping" not in keys
     text = " ".join(f.text for f in reading({**STABLE, **s}, CFG, [(3, "diverged")]))
-    assert "no warmup" in text and "up to 10% of max_train_steps = 100" in text
+    assert "no warmup" in text and "max_train_steps (here 100)" in text
 
 
 def test_reading_mid_run_spikes_name_clipping_with_the_p90_threshold():

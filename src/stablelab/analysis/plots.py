@@ -169,7 +169,7 @@ def plot_loss_curves(
             values += [v for _, v in pts]
     if values and min(values) > 0:
         ax.set_yscale("log")
-    colors = {"loss_rise": "C1", "loss_spike": "C4", "grad_norm_spike": "C5"}
+    colors = {"loss_rise": "C1", "loss_spike": "C4", "grad_norm_spike": "C5", "val_loss_rise": "C2"}
     seen = set()
     for step, kind in events:
         if kind == "diverged":

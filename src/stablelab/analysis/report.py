@@ -58,6 +58,19 @@ def _fmt(x: Any, digits: int = 4) -> str:
 
 
 # ---------------------------------------------------------------------- the reading
+def _counts(summary: dict[str, Any]) -> str:
+    names = [
+        ("loss_spikes", "loss spike"),
+        ("grad_norm_spikes", "gradient-norm spike"),
+        ("loss_rises", "training-loss rise"),
+        ("val_loss_rises", "validation-loss rise"),
+    ]
+    parts = [
+        f"{n} {what}{'s' if n != 1 else ''}" for key, what in names if (n := summary.get(key) or 0)
+    ]
+    return ", ".join(parts) or "a rise of the loss"
+
+
 def reading(
     summary: dict[str, Any], cfg: dict[str, Any], events: list[tuple[int, str]] = ()
 ) -> list[Finding]:
@@ -110,7 +123,7 @@ def reading(
         )
         return out
 
-    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise")
+    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise", "val_loss_rise")
     mid = sorted(s for s, k in events if k in mid_kinds and s >= early_end)
     if first is not None and first < early_end:
         now = (
@@ -119,14 +132,21 @@ def reading(
             else "the schedule has no warmup"
         )
         cap = max(1, int(0.1 * (sched.get("max_train_steps") or total)))
+        vr = summary.get("val_loss_rise_step")
+        if vr is not None and vr < early_end:
+            now += (
+                f"; the dense evaluation shows the validation loss rising at step {vr}, "
+                "which evaluating every few hundred steps would hide"
+            )
         out.append(
             Finding(
                 "warmup",
                 f"**Early instability** (first sign at step {first}, within the first "
                 f"{EARLY_FRACTION:.0%} of training): the playbook's best fix is "
                 f"learning-rate warmup; {now}. Sweep `schedule.warmup_steps` over orders of "
-                f"magnitude (10, 100, 1000, ... up to 10% of max_train_steps = {cap}) with "
-                "`schedule.post_warmup_steps` = 2 x warmup_steps, and keep the smallest "
+                "magnitude (the playbook's grid: 10, 1000, 10000, 100000), at most 10% of "
+                f"max_train_steps (here {cap}), with `schedule.post_warmup_steps` = 2 x "
+                "warmup_steps, and keep the smallest "
                 "warmup that trains stably. Gradient clipping also helps early instability "
                 "and can fix bad initialisations that warmup cannot.",
             )
@@ -149,10 +169,8 @@ def reading(
         out.append(
             Finding(
                 "clipping",
-                f"**Sudden instability mid-training** (from step {at}: "
-                f"{summary.get('loss_spikes', 0)} loss spikes, "
-                f"{summary.get('grad_norm_spikes', 0)} gradient-norm spikes, "
-                f"{summary.get('loss_rises', 0)} loss rises): {how}. "
+                f"**Sudden instability mid-training** (from step {at}: {_counts(summary)}): "
+                f"{how}. "
                 "Longer warmup can fix what clipping cannot.",
             )
         )
@@ -239,8 +257,15 @@ def _lr_plot(cfg: dict[str, Any], run_dir: Path) -> Path | None:
     )
 
 
-def _events(stab: list[dict[str, str]], summary: dict[str, Any]) -> list[tuple[int, str]]:
-    events = [(int(r["step"]), k) for r in stab for k in r["events"].split(";") if k]
+def _events(*tables: list[dict[str, str]], summary: dict[str, Any]) -> list[tuple[int, str]]:
+    """``(step, kind)`` from the ``events`` columns of stability.csv and dense_eval.csv."""
+    events = sorted(
+        (int(r["step"]), k)
+        for t in tables
+        for r in t
+        for k in (r.get("events") or "").split(";")
+        if k
+    )
     if summary.get("diverged_at_step") is not None and "diverged" not in {k for _, k in events}:
         events.append((int(summary["diverged_at_step"]), "diverged"))
     return events
@@ -252,7 +277,8 @@ def findings_for(run_dir: str | Path) -> tuple[dict[str, Any], list[Finding]]:
 
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    events = _events(_csv(run_dir / "stability.csv"), summary)
+    tables = _csv(run_dir / "stability.csv"), _csv(run_dir / "dense_eval.csv")
+    events = _events(*tables, summary=summary)
     return summary, reading(summary, load_config(run_dir), events)
 
 
@@ -266,11 +292,12 @@ def write_report(run_dir: str | Path) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = load_config(run_dir)
     stab = _csv(run_dir / "stability.csv")
-    events = _events(stab, summary)
+    dense_rows = _csv(run_dir / "dense_eval.csv")
+    events = _events(stab, dense_rows, summary=summary)
     train = [(int(r["step"]), _f(r["loss"])) for r in stab]
     ema = [(int(r["step"]), _f(r["loss_ema"])) for r in stab]
     val = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "evals.csv")]
-    dense = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "dense_eval.csv")]
+    dense = [(int(r["step"]), _f(r["val_loss"])) for r in dense_rows]
     if train or val or dense:
         plots.plot_loss_curves(
             train,
@@ -336,6 +363,10 @@ def render(
         ("loss rises (first at step)", several("loss_rises", "loss_rise_step")),
         ("max loss rise (EMA above its minimum)", summary.get("max_loss_rise")),
         ("loss spikes", summary.get("loss_spikes")),
+        (
+            "dense validation-loss rises (first at step)",
+            several("val_loss_rises", "val_loss_rise_step"),
+        ),
         ("gradient-norm spikes", summary.get("grad_norm_spikes")),
         ("grad norm p50 / p90 / max", several("grad_norm_p50", "grad_norm_p90", "grad_norm_max")),
         ("clip fraction", summary.get("clip_fraction")),

@@ -9,7 +9,8 @@ batches or random state), keeps the sums on the device and reads them back with 
 telemetry, so it adds no host synchronisation per step. Each point goes to
 ``<run dir>/dense_eval.csv`` (step, val_loss, val_acc, examples), to every logger as
 ``val_dense/loss`` and ``val_dense/acc`` and into the stability report's loss plot. ``step``
-counts the updates applied before the evaluation.
+counts the updates applied before the evaluation. The points of the every-step phase also
+go to the stability monitor's validation-rise detector (``events`` column).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from stablelab.callbacks.base import TelemetryCallback
+from stablelab.callbacks.base import TelemetryCallback, telemetry_callbacks
 from stablelab.config import NonNegInt, PosInt
 
-CSV_FIELDS = ("step", "val_loss", "val_acc", "examples")
+CSV_FIELDS = ("step", "val_loss", "val_acc", "examples", "events")
 
 
 class DenseEval(TelemetryCallback):
@@ -108,6 +109,15 @@ class DenseEval(TelemetryCallback):
             {"step": s, "val_loss": ls / n, "val_acc": c / n, "examples": int(n)}
             for s, (ls, c, n) in zip(steps, values, strict=True)
         ]
+        # the every-step phase feeds the stability monitor's validation-rise detector (later
+        # points are sparse, and a late rise is overfitting, not instability)
+        watchers = [cb for cb in telemetry_callbacks(trainer) if hasattr(cb, "observe_eval")]
+        for r in new:
+            kinds = []
+            if r["step"] <= self.every_step_until:
+                for cb in watchers:
+                    kinds += cb.observe_eval(trainer, r["step"], r["val_loss"])
+            r["events"] = ";".join(kinds)
         self.records += new
         if trainer.is_global_zero:
             path = self.dir / self.filename

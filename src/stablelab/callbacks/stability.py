@@ -83,14 +83,24 @@ class StabilityMonitor(TelemetryCallback):
                     "events": ";".join(e.kind for e in events),
                 }
             )
-            for e in events:
-                if e.kind not in self._warned:
-                    self._warned.add(e.kind)
-                    if trainer.is_global_zero:
-                        log.warning("stability: %s at step %d: %s", e.kind, e.step, e.detail)
+            self._warn(trainer, events)
         if trainer.is_global_zero and out:
             self._append_csv(out)
             self._log(trainer, out)
+
+    def observe_eval(self, trainer: L.Trainer, step: int, val_loss: float) -> list[str]:
+        """A dense evaluation (from :class:`~stablelab.callbacks.DenseEval`); returns the
+        kinds of the events it raised."""
+        events = self.detector.update_eval(step, val_loss)
+        self._warn(trainer, events)
+        return [e.kind for e in events]
+
+    def _warn(self, trainer: L.Trainer, events) -> None:
+        for e in events:
+            if e.kind not in self._warned:
+                self._warned.add(e.kind)
+                if trainer.is_global_zero:
+                    log.warning("stability: %s at step %d: %s", e.kind, e.step, e.detail)
 
     def after_flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         d = self.detector.diverged
