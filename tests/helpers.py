@@ -86,13 +86,16 @@ class SyncCounter(L.Callback):
 
 class NaNAtStep(L.Callback):
     """Poison the first parameter with NaN just before update ``step`` is computed: the
-    loss of that step is NaN (a crafted divergence at a known step)."""
+    loss of that step is NaN (a crafted divergence at a known step). With ``rank``, only on
+    that DDP rank."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        mine = self.rank is None or trainer.global_rank == self.rank
+        if trainer.global_step == self.step and mine:
             import torch
 
             with torch.no_grad():

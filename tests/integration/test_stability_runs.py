@@ -124,6 +124,36 @@ def test_fail_on_divergence_exits_non_zero_after_writing_everything(tmp_path, mo
     assert (out / "report.md").is_file() and (out / "metrics.csv").is_file()
 
 
+def test_ddp_divergence_on_one_rank_stops_both_cleanly(tmp_path, monkeypatch):
+    """A real 2-process DDP run (gloo, CPU) with NaN weights on rank 1 only: the loss is
+    averaged over ranks on the device, so both ranks see the divergence at the same flush,
+    stop together (no hang) and rank 0 writes a diverged summary; the process exits 0."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(helpers.__file__).parent))
+    out = tmp_path / "run"
+    proc = run_cli(
+        [
+            *BASE,
+            "+trainer.strategy=ddp",
+            "trainer.devices=2",
+            "logger=csv",
+            "model.norm=layernorm",
+            "max_train_steps=60",
+            "trainer.val_check_interval=20",
+            "+callbacks.nan._target_=helpers.NaNAtStep",
+            "+callbacks.nan.step=12",
+            "+callbacks.nan.rank=1",
+            f"hydra.run.dir={out}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert_ok(proc)
+    s = _summary(out)
+    assert s["world_size"] == 2 and s["status"] == "diverged" and s["diverged_at_step"] == 12
+    assert s["steps"] == 20  # the flush after steps 10..19, before the validation at 20
+    assert not (out / "checkpoints" / "last.ckpt").exists()  # no validation ran before
+
+
 # ------------------------------------------------------------------ dense evaluation
 def test_dense_eval_points_match_lightning_validation_and_do_not_change_training(tmp_path):
     common = [*BASE, "logger=wandb", "max_train_steps=45", "trainer.val_check_interval=20"]
