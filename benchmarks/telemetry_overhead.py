@@ -1,10 +1,12 @@
-"""Training throughput with gradient telemetry + clipping on vs off.
+"""Training throughput with gradient telemetry, the stability guard and clipping on vs off.
 
     python benchmarks/telemetry_overhead.py [--steps 300] [--repeats 5] [--clipping fixed]
 
-"off": ``clipping=none`` and no GradNormMonitor (the module then skips even the norm).
-"on": the default GradNormMonitor (per-step unclipped norm on the device, flushed every
-``log_every_n_steps``, grad_norms.csv, plots at the end) and a clipping strategy.
+"off": ``clipping=none`` and no telemetry callback (the module then skips even the norm).
+"on": the default GradNormMonitor and StabilityMonitor (per-step loss and unclipped norm on
+the device, flushed every ``log_every_n_steps``, grad_norms.csv, stability.csv, divergence
+and spike checks on the host at each flush) and a clipping strategy. Dense evaluation is
+off in both (it is evaluation work, not telemetry).
 Each configuration trains ``--steps`` steps with no validation, checkpoints or loggers;
 the time from step 20 to the last step is measured (``StepTimer``), median over
 ``--repeats`` runs, on and off interleaved. Two workloads: the default experiment
@@ -108,12 +110,14 @@ def main() -> None:
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps, "
-        f"median of {args.repeats} runs, on = clipping={args.clipping} + GradNormMonitor\n"
+        f"median of {args.repeats} runs, on = clipping={args.clipping} + GradNormMonitor "
+        "+ StabilityMonitor\n"
     )
     print("| workload | off (ms/step) | on (ms/step) | overhead |")
     print("|---|---|---|---|")
-    off_cfg = ["clipping=none", "callbacks.grad_norm=null"]
-    on_cfg = [f"clipping={args.clipping}"]
+    quiet = ["callbacks.dense_eval=null", "callbacks.update_ratio=null"]
+    off_cfg = ["clipping=none", "callbacks.grad_norm=null", "callbacks.stability=null", *quiet]
+    on_cfg = [f"clipping={args.clipping}", *quiet]
     if args.clipping == "fixed":
         on_cfg.append("clipping.clip_threshold=1.0")
     for name in args.workloads:

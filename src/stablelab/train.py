@@ -192,13 +192,16 @@ def _callback_reports(trainer, history) -> dict[str, Any]:
 
 def _write_report(run_dir: Path) -> Path | None:
     """The stability report; a report that fails to draw never costs the run its summary."""
-    from stablelab.analysis.report import write_report
+    from stablelab.analysis.report import verdict, write_report
+    from stablelab.analysis.runs import read_summary
 
     try:
-        return write_report(run_dir)
+        path = write_report(run_dir)
     except Exception as e:  # noqa: BLE001 - report it and keep everything else
-        log.warning("stablelab: could not write the stability report: %s: %s", type(e).__name__, e)
+        log.warning("stablelab: no stability report: %s: %s", type(e).__name__, e)
         return None
+    log.info("stability: %s; report: %s", verdict(read_summary(run_dir)), path)
+    return path
 
 
 def _quiet_lightning_handlers() -> None:

@@ -271,6 +271,17 @@ def test_reading_mid_run_spikes_name_clipping_with_the_p90_threshold():
     assert "clipping=fixed clipping.clip_threshold=1.234" in findings[keys.index("clipping")].text
 
 
+def test_reading_mid_run_divergence_names_clipping_not_warmup():
+    s = {"unstable": True, "diverged": True, "diverged_at_step": 700, "first_instability_step": 700}
+    keys = _keys(s, events=[(700, "diverged")])
+    assert keys[0] == "infeasible" and "clipping" in keys and "warmup" not in keys
+
+
+def test_reading_stable_run_mentions_gradient_outliers():
+    (f,) = reading({**STABLE, "grad_norm_spikes": 3, "first_grad_norm_spike_step": 69}, CFG)
+    assert f.key == "stable" and "3 gradient-norm spikes (first at step 69)" in f.text
+
+
 def test_reading_early_and_mid_run_name_both():
     s = {"unstable": True, "first_instability_step": 20, "loss_spikes": 1, "loss_rises": 1}
     keys = _keys(s, events=[(20, "loss_rise"), (700, "loss_spike")])

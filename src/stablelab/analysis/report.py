@@ -111,11 +111,19 @@ def reading(
             )
         )
     if not summary.get("unstable"):
+        g = summary.get("grad_norm_spikes") or 0
+        outliers = (
+            f" The {g} gradient-norm spike{'s' if g != 1 else ''} (first at step "
+            f"{summary.get('first_grad_norm_spike_step')}) left the loss unmoved; if they "
+            "ever do not, clipping at the 90th percentile of the norms caps them."
+            if g
+            else ""
+        )
         out.append(
             Finding(
                 "stable",
                 "No divergence, no rise of the smoothed training loss above its margin and "
-                "no loss or gradient-norm spike: nothing to fix. Some models are unstable "
+                f"no loss spike: nothing to fix.{outliers} Some models are unstable "
                 "only in the first steps and recover, which infrequent evaluation hides: the "
                 "playbook's check is a ~500-step run at 2x this learning rate with an "
                 "evaluation after every step (`callbacks.dense_eval.every_step_until=500`).",
@@ -123,7 +131,7 @@ def reading(
         )
         return out
 
-    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise", "val_loss_rise")
+    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise", "val_loss_rise", "diverged")
     mid = sorted(s for s, k in events if k in mid_kinds and s >= early_end)
     if first is not None and first < early_end:
         now = (
@@ -151,7 +159,7 @@ def reading(
                 "and can fix bad initialisations that warmup cannot.",
             )
         )
-    if mid or (first is not None and first >= early_end and not summary.get("diverged")):
+    if mid or (first is not None and first >= early_end):
         at = mid[0] if mid else first
         p90 = summary.get("recommended_clip_threshold")
         if clip_kind == "FixedNorm":

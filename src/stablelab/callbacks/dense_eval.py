@@ -26,6 +26,7 @@ from stablelab.callbacks.base import TelemetryCallback, telemetry_callbacks
 from stablelab.config import NonNegInt, PosInt
 
 CSV_FIELDS = ("step", "val_loss", "val_acc", "examples", "events")
+CACHE_BYTES = 256 * 2**20  # evaluation data kept on the device between evaluations
 
 
 class DenseEval(TelemetryCallback):
@@ -68,21 +69,27 @@ class DenseEval(TelemetryCallback):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def _eval_batches(self, trainer, pl_module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's validation batches (or its share of the subset), on the device once."""
-        if self._batches is None:
-            dm = trainer.datamodule
-            loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
-            need = math.ceil(self.subset / trainer.world_size) if self.subset else math.inf
-            self._batches, got = [], 0
-            for batch in loader:
-                x, y = batch[0], batch[1]
-                take = int(min(y.shape[0], need - got))
-                if take <= 0:
-                    break
-                dev = pl_module.device
-                self._batches.append((x[:take].to(dev), y[:take].to(dev)))
-                got += take
-        return self._batches
+        """This rank's validation batches (or its share of the subset), moved to the device
+        once and kept there (up to ``CACHE_BYTES``; beyond that they are re-read from the
+        loader at each evaluation)."""
+        if self._batches is not None:
+            return self._batches
+        dm = trainer.datamodule
+        loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
+        need = math.ceil(self.subset / trainer.world_size) if self.subset else math.inf
+        batches, got, size = [], 0, 0
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            take = int(min(y.shape[0], need - got))
+            if take <= 0:
+                break
+            dev = pl_module.device
+            batches.append((x[:take].to(dev), y[:take].to(dev)))
+            got += take
+            size += x[:take].nbytes + y[:take].nbytes
+        if size <= CACHE_BYTES:
+            self._batches = batches
+        return batches
 
     @torch.no_grad()
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
