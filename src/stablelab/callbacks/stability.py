@@ -96,11 +96,18 @@ class StabilityMonitor(TelemetryCallback):
         return [e.kind for e in events]
 
     def _warn(self, trainer: L.Trainer, events) -> None:
+        """Log the first event of each kind: a warning for instability, a note for the rest
+        (gradient-norm spikes that are not counted as instability)."""
         for e in events:
             if e.kind not in self._warned:
                 self._warned.add(e.kind)
                 if trainer.is_global_zero:
-                    log.warning("stability: %s at step %d: %s", e.kind, e.step, e.detail)
+                    level = (
+                        logging.WARNING
+                        if e.kind in self.detector.instability_kinds
+                        else logging.INFO
+                    )
+                    log.log(level, "stability: %s at step %d: %s", e.kind, e.step, e.detail)
 
     def after_flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         d = self.detector.diverged
