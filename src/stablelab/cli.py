@@ -3,6 +3,11 @@
 stablelab schedule-plot [HYDRA OVERRIDES ...] [--out schedule.png]
 stablelab clip-threshold RUN_DIR [--percentile 90] [-q]
 stablelab report RUN_DIR
+stablelab sweep lr [OVERRIDES ...] [--lrs ...] [--out DIR] [--jobs N]
+stablelab sweep warmup --unstable-lr X [OVERRIDES ...] [--factor 10] [--grid ...]
+stablelab probe --lr X [OVERRIDES ...] [--steps 500]
+stablelab analyze SWEEP_DIR
+stablelab diagnose [OVERRIDES ...] [--lrs ...] [--jobs N] [--out DIR]
 """
 
 from __future__ import annotations
@@ -100,6 +105,144 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out(args: argparse.Namespace, what: str) -> Path:
+    """``--out`` or ``logs/<what>/<time>_<id>`` (under $STABLELAB_ROOT if set)."""
+    if args.out is not None:
+        return args.out
+    import os
+    import time
+
+    from stablelab.config import run_id
+
+    root = Path(os.environ.get("STABLELAB_ROOT", "."))
+    return root / "logs" / what / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
+
+
+def _check(overrides: list[str], prog: str) -> bool:
+    """Validate the overrides once before any trial starts (exit 2 on a bad config)."""
+    from stablelab.config import ConfigError, compose, validate
+
+    try:
+        validate(compose([*overrides, "paths.output_dir=."]))
+    except ConfigError as e:
+        print(f"stablelab {prog}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
+def sweep_cmd(args: argparse.Namespace) -> int:
+    from stablelab import workflows
+
+    if not _check(args.overrides, f"sweep {args.kind}"):
+        return 2
+    out = _out(args, f"{args.kind}_sweep")
+    if args.kind == "lr":
+        lrs = args.lrs
+        if not lrs:
+            from stablelab.config import compose
+
+            base = float(compose([*args.overrides, "paths.output_dir=."]).optimizer.lr)
+            lrs = workflows.default_lrs(base)
+        res = workflows.lr_sweep(lrs, out, args.overrides, args.jobs, args.threads)
+        print(res["verdict"])
+        print(f"wrote {out}/sweep_summary.csv, axis_plot.png, sweep_report.md")
+        return 0
+    if args.unstable_lr is None:
+        print(
+            "stablelab sweep warmup: --unstable-lr is required (the smallest LR that was "
+            "infeasible or unstable in an LR sweep: see `stablelab analyze`)",
+            file=sys.stderr,
+        )
+        return 2
+    from stablelab.config import compose
+
+    steps = int(compose([*args.overrides, "paths.output_dir=."]).max_train_steps)
+    res = workflows.warmup_sweep(
+        args.unstable_lr,
+        steps,
+        out,
+        args.overrides,
+        args.factor,
+        args.grid,
+        args.jobs,
+        args.threads,
+    )
+    print(f"warmup_steps tried: {res['grid']} at base_learning_rate {res['base_learning_rate']:g}")
+    print(f"result: {res['advice']}")
+    return 0
+
+
+def probe_cmd(args: argparse.Namespace) -> int:
+    from stablelab import workflows
+
+    if not _check(args.overrides, "probe"):
+        return 2
+    res = workflows.probe(args.lr, _out(args, "probe"), args.overrides, args.steps, args.threads)
+    verdict = (
+        "early instability"
+        if res.get("early_instability")
+        else ("unstable" if res.get("unstable") else "stable")
+    )
+    print(f"probe at lr {args.lr:g}: {verdict}; report: {res['run_dir']}/report.md")
+    for key, text in res.get("findings", []):
+        print(f"  - [{key}] {text.replace('**', '').replace('`', '')}")
+    return 0
+
+
+def analyze_cmd(args: argparse.Namespace) -> int:
+    from stablelab.analysis.sweep import analyze_lr_sweep
+
+    try:
+        res = analyze_lr_sweep(args.sweep_dir)
+    except FileNotFoundError as e:
+        print(f"stablelab analyze: {e}", file=sys.stderr)
+        return 2
+    print(res["verdict"])
+    print(f"unstable_base_learning_rate: {res['unstable_base_learning_rate']}")
+    print(f"wrote {args.sweep_dir}/sweep_summary.csv, axis_plot.png, sweep_report.md")
+    return 0
+
+
+def diagnose_cmd(args: argparse.Namespace) -> int:
+    from stablelab import workflows
+
+    if not _check(args.overrides, "diagnose"):
+        return 2
+    workflows.diagnose(
+        _out(args, "diagnose"),
+        args.overrides,
+        args.lrs,
+        args.probe_steps,
+        args.factor,
+        args.grid,
+        args.jobs,
+        args.threads,
+    )
+    return 0
+
+
+def _trial_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="Hydra overrides for every trial, e.g. experiment=digits_mlp max_train_steps=500",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: logs/<workflow>/<time>_<id>)",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="trials run at once (default 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per trial "
+        "(default: CPU count / jobs); results are identical for a fixed value",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="stablelab", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -141,6 +284,83 @@ def main(argv: list[str] | None = None) -> int:
     )
     rp.add_argument("run_dir", type=Path, help="a run directory (holding summary.json)")
     rp.set_defaults(func=report)
+    sw = sub.add_parser(
+        "sweep",
+        help="run an LR sweep or a warmup sweep (one stablelab-train trial per value)",
+        description="lr: one trial per base learning rate (default: the config's LR x "
+        "3^k, k = -2..3), then the analysis (sweep_summary.csv, the axis plot with "
+        "infeasible trials, lr*, the edge-of-feasibility verdict). warmup: at "
+        "base_learning_rate = FACTOR x --unstable-lr, one trial per warmup_steps of the grid "
+        "capped at 10%% of max_train_steps, post_warmup_steps = 2 x warmup_steps; prints the "
+        "smallest stable warmup.",
+    )
+    sw.add_argument("kind", choices=["lr", "warmup"])
+    _trial_args(sw)
+    sw.add_argument("--lrs", type=float, nargs="+", default=None, help="lr: the LRs to try")
+    sw.add_argument(
+        "--unstable-lr",
+        type=float,
+        default=None,
+        help="warmup: unstable_base_learning_rate (from an LR sweep)",
+    )
+    sw.add_argument(
+        "--factor",
+        type=float,
+        default=10.0,
+        help="warmup: base_learning_rate = factor x unstable LR (10; 100 may be tried)",
+    )
+    sw.add_argument(
+        "--grid",
+        type=int,
+        nargs="+",
+        default=[10, 1000, 10000, 100000],
+        help="warmup: warmup_steps to try before the 10%% cap",
+    )
+    sw.set_defaults(func=sweep_cmd)
+    pr = sub.add_parser(
+        "probe",
+        help="the early-instability probe: a short run evaluating after every step",
+        description="Train --steps steps at --lr (the playbook: 2 x lr*) with an evaluation "
+        "after every update, then print the stability verdict and the report's reading.",
+    )
+    pr.add_argument("--lr", type=float, required=True, help="the LR to probe (2 x lr*)")
+    pr.add_argument("--steps", type=int, default=500, help="steps (default 500)")
+    _trial_args(pr)
+    pr.set_defaults(func=probe_cmd)
+    an = sub.add_parser(
+        "analyze",
+        help="analyse an LR sweep directory (a Hydra multirun or `stablelab sweep lr`)",
+        description="Read every run directory under SWEEP_DIR and write sweep_summary.csv, "
+        "axis_plot.png (best val loss vs LR, infeasible trials marked), "
+        "curves_above_lr_star.png and sweep_report.md with lr* and the verdict.",
+    )
+    an.add_argument("sweep_dir", type=Path)
+    an.set_defaults(func=analyze_cmd)
+    dg = sub.add_parser(
+        "diagnose",
+        help="LR sweep -> probe at 2 x lr* -> warmup sweep -> clip threshold, one report",
+        description="Run the playbook's procedures in order on a config and write "
+        "diagnosis.md (plots, lr*, stable or not, the recommended warmup and clip threshold, "
+        "the first fix to try), also to W&B.",
+    )
+    _trial_args(dg)
+    dg.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the LR sweep (default: the config's LR x 3^k, k = -2..3)",
+    )
+    dg.add_argument("--probe-steps", type=int, default=500, help="probe length (500)")
+    dg.add_argument("--factor", type=float, default=10.0, help="warmup base LR factor (10)")
+    dg.add_argument(
+        "--grid",
+        type=int,
+        nargs="+",
+        default=[10, 1000, 10000, 100000],
+        help="warmup grid before the 10%% cap",
+    )
+    dg.set_defaults(func=diagnose_cmd)
     args = ap.parse_args(argv)
     return args.func(args)
 

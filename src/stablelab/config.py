@@ -465,6 +465,8 @@ def run_id() -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("stablelab.run_id"):
         OmegaConf.register_new_resolver("stablelab.run_id", run_id)
+    if not OmegaConf.has_resolver("stablelab.times"):  # e.g. post_warmup_steps = 2 x warmup
+        OmegaConf.register_new_resolver("stablelab.times", lambda a, b: a * b)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:

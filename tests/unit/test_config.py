@@ -27,6 +27,7 @@ def test_config_dir_is_the_checkout_configs():
         "optimizer",
         "paths",
         "schedule",
+        "sweep",
         "trainer",
     ]
 
@@ -44,10 +45,17 @@ def test_default_composes_and_validates(tmp_path):
     "group,option",
     [(g, o) for g in GROUPS for o in group_options(g)]
     + [("experiment", o) for o in group_options("experiment")]
-    + [("debug", o) for o in group_options("debug")],
+    + [("debug", o) for o in group_options("debug")]
+    + [("sweep", o) for o in group_options("sweep")],
 )
 def test_every_option_validates(tmp_path, group, option):
     validate(compose_cfg([f"{group}={option}"], tmp_path))
+
+
+def test_warmup_sweep_config_ties_post_warmup_to_twice_warmup(tmp_path):
+    for w in (10, 150):
+        plain = validate(compose_cfg(["sweep=warmup", f"schedule.warmup_steps={w}"], tmp_path))
+        assert plain["schedule"]["post_warmup_steps"] == 2 * w
 
 
 def test_overrides_reach_the_config(tmp_path):

@@ -1,0 +1,347 @@
+"""Sweep analysis from run directories: the playbook's LR sweep and warmup sweep verdicts.
+
+A sweep directory is any directory holding run directories (a Hydra multirun, or the
+directory a ``stablelab sweep`` / ``diagnose`` command wrote); every ``summary.json`` under
+it (W&B folders excluded) is one trial, its ``config.yaml`` says which hyperparameters it
+ran with.
+
+* :func:`select_lr_star`: lr* is the feasible trial with the lowest best validation loss.
+* :func:`edge_of_feasibility`: "lr* sits at the edge of feasibility" when the next larger
+  LR in the sweep is infeasible or unstable (the playbook's Figure 7a).
+* :func:`unstable_base_learning_rate`: the smallest LR that is infeasible or unstable.
+* :func:`warmup_grid`: the warmup sweep's grid capped at 10% of ``max_train_steps``.
+* :func:`smallest_stable_warmup`: the warmup sweep's answer, with the 5% advice.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+FIELDS = [
+    "run_dir",
+    "lr",
+    "warmup_steps",
+    "status",
+    "feasible",
+    "unstable",
+    "diverged_at_step",
+    "first_instability_step",
+    "val_loss",
+    "best_step",
+    "test_acc",
+    "steps",
+    "total_steps",
+    "loss_spikes",
+    "grad_norm_spikes",
+    "val_loss_rises",
+    "max_loss_rise",
+    "recommended_clip_threshold",
+]
+
+
+def find_runs(sweep_dir: str | Path) -> list[Path]:
+    """Run directories under ``sweep_dir`` (those holding a summary.json), sorted."""
+    root = Path(sweep_dir)
+    runs = {p.parent for p in root.rglob("summary.json") if "wandb" not in p.parts}
+    return sorted(runs)
+
+
+def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per trial (the FIELDS), sorted by LR then warmup."""
+    import json
+
+    from stablelab.analysis.report import load_config
+
+    rows = []
+    for run in find_runs(sweep_dir):
+        s = json.loads((run / "summary.json").read_text())
+        cfg = load_config(run)
+        row = {k: s.get(k) for k in FIELDS}
+        row["run_dir"] = str(run)
+        row["lr"] = float((cfg.get("optimizer") or {}).get("lr", math.nan))
+        row["warmup_steps"] = int((cfg.get("schedule") or {}).get("warmup_steps") or 0)
+        row["feasible"] = bool(s.get("feasible"))
+        row["unstable"] = bool(s.get("unstable"))
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["lr"], r["warmup_steps"]))
+
+
+def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def bad(row: dict[str, Any]) -> bool:
+    """Infeasible (diverged, failed, non-finite loss) or unstable."""
+    return not row["feasible"] or row["unstable"]
+
+
+def select_lr_star(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The feasible trial with the lowest best validation loss (ties: the smaller LR)."""
+    ok = [r for r in rows if r["feasible"] and r["val_loss"] is not None]
+    return min(ok, key=lambda r: (r["val_loss"], r["lr"])) if ok else None
+
+
+def next_larger(rows: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """The trials at the smallest LR above ``lr`` (several if seeds or warmups differ)."""
+    above = sorted({r["lr"] for r in rows if r["lr"] > lr})
+    return [r for r in rows if above and r["lr"] == above[0]]
+
+
+def edge_of_feasibility(rows: list[dict[str, Any]], star: dict[str, Any] | None) -> bool | None:
+    """True when the next larger LR is infeasible or unstable; None when lr* is the
+    largest LR tried (the sweep does not say: extend it upwards)."""
+    if star is None:
+        return None
+    nxt = next_larger(rows, star["lr"])
+    if not nxt:
+        return None
+    return any(bad(r) for r in nxt)
+
+
+def unstable_base_learning_rate(rows: list[dict[str, Any]]) -> float | None:
+    """The smallest LR with an infeasible or unstable trial."""
+    lrs = [r["lr"] for r in rows if bad(r)]
+    return min(lrs) if lrs else None
+
+
+def warmup_grid(
+    max_train_steps: int, grid: list[int] = (10, 1000, 10000, 100000), cap_fraction: float = 0.1
+) -> list[int]:
+    """The grid values allowed by the playbook's cap (10% of ``max_train_steps``); when the
+    cap cuts the grid, the cap itself is added as the largest value tried."""
+    cap = int(cap_fraction * max_train_steps)
+    kept = sorted({int(w) for w in grid if 0 < w <= cap})
+    if cap > 0 and any(w > cap for w in grid) and (not kept or kept[-1] < cap):
+        kept.append(cap)
+    return kept
+
+
+def smallest_stable_warmup(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The warmup trial with the smallest ``warmup_steps`` that is feasible and stable."""
+    ok = [r for r in rows if not bad(r)]
+    return min(ok, key=lambda r: r["warmup_steps"]) if ok else None
+
+
+def warmup_advice(warmup_steps: int, max_train_steps: int) -> str:
+    """The playbook's advice for a found warmup."""
+    frac = warmup_steps / max_train_steps
+    text = (
+        f"prepend {warmup_steps} warmup steps to the baseline schedule "
+        f"(`schedule.warmup_steps={warmup_steps} schedule.extend_max_train_steps=true`: "
+        f"{max_train_steps} + {warmup_steps} = {max_train_steps + warmup_steps} steps) and compare "
+        "with the baseline by the best checkpoint"
+    )
+    if frac > 0.05:
+        text += (
+            f"; it is {frac:.0%} of max_train_steps, more than the playbook's 5%: lengthen "
+            "training (increase max_train_steps) to account for it"
+        )
+    return text
+
+
+# ---------------------------------------------------------------------- plots
+def plot_axis(rows: list[dict[str, Any]], path: str | Path, star: dict | None = None) -> Path:
+    """The hyperparameter axis plot (playbook Figure 7a): best validation loss vs base LR
+    (log x); unstable-but-feasible trials hollow, infeasible trials as red crosses on the
+    top edge, lr* starred."""
+    from stablelab.analysis.plots import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    feas = [r for r in rows if r["feasible"] and r["val_loss"] is not None]
+    ax.plot([r["lr"] for r in feas], [r["val_loss"] for r in feas], color="C0", lw=1, alpha=0.5)
+    stable = [r for r in feas if not r["unstable"]]
+    shaky = [r for r in feas if r["unstable"]]
+    ax.scatter(
+        [r["lr"] for r in stable],
+        [r["val_loss"] for r in stable],
+        color="C0",
+        zorder=3,
+        label="feasible",
+    )
+    if shaky:
+        ax.scatter(
+            [r["lr"] for r in shaky],
+            [r["val_loss"] for r in shaky],
+            facecolors="none",
+            edgecolors="C1",
+            s=60,
+            lw=1.5,
+            zorder=3,
+            label="feasible, unstable",
+        )
+    infeasible = [r for r in rows if not r["feasible"]]
+    ax.set_xscale("log")
+    if feas:
+        lo = min(r["val_loss"] for r in feas)
+        hi = max(r["val_loss"] for r in feas)
+        top = hi + 0.15 * (hi - lo if hi > lo else max(hi, 1e-3))
+    else:
+        top = 1.0
+    if infeasible:
+        ax.scatter(
+            [r["lr"] for r in infeasible],
+            [top] * len(infeasible),
+            marker="x",
+            color="C3",
+            s=70,
+            zorder=3,
+            label="infeasible (diverged / NaN)",
+        )
+    if star is not None:
+        ax.scatter(
+            [star["lr"]],
+            [star["val_loss"]],
+            marker="*",
+            s=250,
+            color="gold",
+            edgecolors="k",
+            zorder=4,
+            label=f"lr* = {star['lr']:.3g}",
+        )
+    ax.set_xlabel("base learning rate")
+    ax.set_ylabel("best validation loss")
+    ax.set_title("hyperparameter axis plot")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr") -> Path:
+    """Training-loss curves (EMA from stability.csv, raw where absent) of the given trials
+    (playbook Figure 7b: LRs just above lr*); divergence marked with an x."""
+    from stablelab.analysis.plots import _pyplot
+    from stablelab.analysis.report import _csv, _f
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    positive = True
+    for i, r in enumerate(rows):
+        stab = _csv(Path(r["run_dir"]) / "stability.csv")
+        pts = [(int(x["step"]), _f(x["loss_ema"])) for x in stab]
+        pts = [(s, v) for s, v in pts if math.isfinite(v)]
+        value = r["lr"] if label == "lr" else r["warmup_steps"]
+        name = f"{label} {value:.3g}" if label == "lr" else f"warmup {value}"
+        if pts:
+            positive &= min(v for _, v in pts) > 0
+            ax.plot(*zip(*pts, strict=True), lw=1.3, color=f"C{i}", label=name)
+        if r["diverged_at_step"] is not None and pts:
+            ax.scatter([pts[-1][0]], [pts[-1][1]], marker="x", color=f"C{i}", s=80)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (EMA)")
+    ax.set_title(
+        "training loss"
+        + (" (x: diverged)" if any(r["diverged_at_step"] is not None for r in rows) else "")
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------- analyze
+def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
+    """Write sweep_summary.csv, axis_plot.png, curves_above_lr_star.png and
+    sweep_report.md into ``sweep_dir``; return the findings."""
+    sweep_dir = Path(sweep_dir)
+    rows = load_trials(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no run directories (summary.json) under {sweep_dir}")
+    write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
+    star = select_lr_star(rows)
+    edge = edge_of_feasibility(rows, star)
+    plot_axis(rows, sweep_dir / "axis_plot.png", star)
+    curves = None
+    if star is not None:
+        above = sorted({r["lr"] for r in rows if r["lr"] > star["lr"]})[:2]
+        shown = [star] + [r for r in rows if r["lr"] in above]
+        curves = plot_curves(shown, sweep_dir / "curves_above_lr_star.png")
+    result = {
+        "trials": len(rows),
+        "lr_star": star["lr"] if star else None,
+        "lr_star_val_loss": star["val_loss"] if star else None,
+        "lr_star_run": star["run_dir"] if star else None,
+        "edge_of_feasibility": edge,
+        "unstable_base_learning_rate": unstable_base_learning_rate(rows),
+        "infeasible": sum(not r["feasible"] for r in rows),
+        "unstable": sum(r["unstable"] for r in rows),
+        "rows": rows,
+        "curves": str(curves) if curves else None,
+    }
+    result["verdict"] = lr_verdict(result)
+    (sweep_dir / "sweep_report.md").write_text(render_lr_sweep(result))
+    return result
+
+
+def lr_verdict(result: dict[str, Any]) -> str:
+    star, edge = result["lr_star"], result["edge_of_feasibility"]
+    if star is None:
+        return "no feasible trial: every LR diverged or failed; sweep lower learning rates"
+    if edge is None:
+        return (
+            f"lr* = {star:.4g} is the largest LR tried: extend the sweep upwards to find "
+            "the edge of feasibility"
+        )
+    if edge:
+        return (
+            f"lr* = {star:.4g} sits at the edge of feasibility: the next larger LR is "
+            "infeasible or unstable, so instability may be what limits the learning rate; "
+            "fixing it (warmup, clipping) may allow a larger LR and a better result"
+        )
+    return (
+        f"lr* = {star:.4g} is not at the edge of feasibility: the next larger LR trains "
+        "stably but worse, so instability is not what limits the learning rate"
+    )
+
+
+def render_lr_sweep(result: dict[str, Any]) -> str:
+    def f(x):
+        if x is None:
+            return "-"
+        return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+    lines = [
+        "# LR sweep",
+        "",
+        f"**{result['verdict']}**",
+        "",
+        f"{result['trials']} trials, {result['infeasible']} infeasible, "
+        f"{result['unstable']} unstable; unstable_base_learning_rate (smallest infeasible "
+        f"or unstable LR) = {f(result['unstable_base_learning_rate'])}.",
+        "",
+        "| lr | status | feasible | unstable | best val loss | first instability | diverged at |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        star = (
+            " (lr*)"
+            if r["lr"] == result["lr_star"] and r["run_dir"] == result["lr_star_run"]
+            else ""
+        )
+        lines.append(
+            f"| {r['lr']:.4g}{star} | {r['status']} | {'yes' if r['feasible'] else 'no'} | "
+            f"{'yes' if r['unstable'] else 'no'} | {f(r['val_loss'])} | "
+            f"{f(r['first_instability_step'])} | {f(r['diverged_at_step'])} |"
+        )
+    lines += ["", "![hyperparameter axis plot](axis_plot.png)", ""]
+    if result["curves"]:
+        lines += ["![training loss at lr* and just above](curves_above_lr_star.png)", ""]
+    lines += ["Per-trial reports: `<trial>/report.md`. Table: `sweep_summary.csv`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,474 @@
+"""The playbook's procedures as commands that run real trials.
+
+Every trial is a normal ``stablelab-train`` run in its own process, writing its own run
+directory under the workflow's output directory (``<out>/<trial name>``); a trial that
+diverges ends cleanly (exit 0, ``feasible: false``) and the workflow goes on, a trial that
+crashes is recorded as failed (infeasible) and the workflow goes on too. ``jobs`` trials
+run at once, each with ``threads`` torch threads (default: the CPU count split between the
+jobs); the results do not depend on ``jobs`` for a fixed ``threads`` (tested). The
+analysis reads the run directories only (:mod:`stablelab.analysis.sweep`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Trial:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def run_trials(
+    trials: list[Trial],
+    out_dir: str | Path,
+    base: list[str] = (),
+    jobs: int = 1,
+    threads: int | None = None,
+    label: str = "trials",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run each trial as ``python -m stablelab.train <base> <overrides>`` writing to
+    ``out_dir/<name>``; return ``[{"name", "run_dir", "returncode", "seconds"}]`` in the
+    trials' order. Output of each goes to ``out_dir/<name>.log``."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = max(1, int(jobs))
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
+        "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true"),
+    }
+
+    def one(t: Trial) -> dict[str, Any]:
+        run_dir = out_dir / t.name
+        cmd = [
+            sys.executable,
+            "-m",
+            "stablelab.train",
+            *base,
+            *t.overrides,
+            "callbacks.progress_bar.refresh_rate=0",
+            f"hydra.run.dir={run_dir}",
+        ]
+        start = time.time()
+        with (out_dir / f"{t.name}.log").open("w") as log:
+            log.write(" ".join(cmd) + "\n")
+            log.flush()
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        return {
+            "name": t.name,
+            "run_dir": str(run_dir),
+            "returncode": rc,
+            "seconds": time.time() - start,
+        }
+
+    results: dict[str, dict[str, Any]] = {}
+    start = time.time()
+    interactive = progress and sys.stderr.isatty()  # a bar on a terminal, lines in logs
+    bar = tqdm(
+        total=len(trials),
+        desc=label,
+        unit="trial",
+        disable=not interactive,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(one, t): t for t in trials}
+        for k, fut in enumerate(as_completed(futures), start=1):
+            r = fut.result()
+            results[r["name"]] = r
+            elapsed = time.time() - start
+            eta = elapsed / k * (len(trials) - k)
+            bar.update(1)
+            bar.set_postfix_str(f"ETA {_fmt_time(eta)}")
+            if progress:
+                (bar.write if interactive else print)(
+                    f"[{label} {k}/{len(trials)}] {r['name']}: {_status(r)} "
+                    f"({_fmt_time(r['seconds'])}; elapsed {_fmt_time(elapsed)}, "
+                    f"ETA {_fmt_time(eta)})"
+                )
+    bar.close()
+    return [results[t.name] for t in trials]
+
+
+def _status(r: dict[str, Any]) -> str:
+    import json
+
+    path = Path(r["run_dir"]) / "summary.json"
+    if not path.is_file():
+        return f"failed before writing a summary (exit {r['returncode']}, see {r['name']}.log)"
+    s = json.loads(path.read_text())
+    if s.get("status") == "diverged":
+        return f"diverged at step {s.get('diverged_at_step')} (infeasible)"
+    if s.get("status") != "completed":
+        return f"{s.get('status')} (exit {r['returncode']})"
+    val = s.get("val_loss")
+    tag = "unstable" if s.get("unstable") else "stable"
+    return f"val loss {val:.4g}, {tag}" if val is not None else tag
+
+
+def lr_name(lr: float) -> str:
+    return f"lr_{lr:.4g}".replace("+", "")
+
+
+def default_lrs(base_lr: float, below: int = 2, above: int = 3, factor: float = 3.0) -> list[float]:
+    """Log-spaced LRs around ``base_lr``: ``base_lr * factor**k`` for k = -below..above."""
+    return [float(f"{base_lr * factor**k:.6g}") for k in range(-below, above + 1)]
+
+
+def lr_sweep(
+    lrs: list[float],
+    out_dir: str | Path,
+    overrides: list[str] = (),
+    jobs: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one trial per LR, then analyse the sweep (see analysis.sweep)."""
+    from stablelab.analysis.sweep import analyze_lr_sweep
+
+    trials = [Trial(lr_name(lr), [f"optimizer.lr={lr}"]) for lr in sorted(lrs)]
+    run_trials(trials, out_dir, list(overrides), jobs, threads, "LR sweep", progress)
+    return analyze_lr_sweep(out_dir)
+
+
+def probe(
+    lr: float,
+    out_dir: str | Path,
+    overrides: list[str] = (),
+    steps: int = 500,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The playbook's check for early instability: a short run at ``lr`` (2 x lr*) that
+    evaluates after every step. Returns the trial's summary plus its reading."""
+    from stablelab.analysis.report import findings_for
+
+    name = f"probe_{lr_name(lr)}"
+    args = [
+        f"optimizer.lr={lr}",
+        f"max_train_steps={steps}",
+        f"callbacks.dense_eval.every_step_until={steps}",
+        "test=false",
+    ]
+    (r,) = run_trials([Trial(name, args)], out_dir, list(overrides), 1, threads, "probe", progress)
+    if not (Path(r["run_dir"]) / "summary.json").is_file():
+        return {"run_dir": r["run_dir"], "status": "failed", "findings": []}
+    summary, findings = findings_for(r["run_dir"])
+    early = summary.get("first_instability_step")
+    end = max(1, int(0.1 * (summary.get("total_steps") or steps)))
+    return {
+        **summary,
+        "run_dir": r["run_dir"],
+        "lr": lr,
+        "early_instability": bool(early is not None and early < end),
+        "findings": [(f.key, f.text) for f in findings],
+    }
+
+
+def warmup_sweep(
+    unstable_lr: float,
+    max_train_steps: int,
+    out_dir: str | Path,
+    overrides: list[str] = (),
+    factor: float = 10.0,
+    grid: list[int] = (10, 1000, 10000, 100000),
+    jobs: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The playbook's warmup sweep at ``base_learning_rate = factor * unstable_lr``:
+    ``warmup_steps`` over ``grid`` capped at 10% of ``max_train_steps``,
+    ``post_warmup_steps = 2 * warmup_steps``; the answer is the smallest stable one."""
+    from stablelab.analysis.sweep import (
+        load_trials,
+        plot_curves,
+        smallest_stable_warmup,
+        warmup_advice,
+        warmup_grid,
+        write_summary_csv,
+    )
+
+    base_lr = float(f"{factor * unstable_lr:.6g}")
+    values = warmup_grid(max_train_steps, list(grid))
+    trials = [
+        Trial(
+            f"warmup_{w}",
+            [
+                f"optimizer.lr={base_lr}",
+                f"max_train_steps={max_train_steps}",
+                f"schedule.warmup_steps={w}",
+                f"schedule.post_warmup_steps={2 * w}",
+            ],
+        )
+        for w in values
+    ]
+    run_trials(trials, out_dir, list(overrides), jobs, threads, "warmup sweep", progress)
+    rows = load_trials(out_dir)
+    write_summary_csv(rows, Path(out_dir) / "sweep_summary.csv")
+    if rows:
+        plot_curves(rows, Path(out_dir) / "warmup_curves.png", label="warmup")
+    best = smallest_stable_warmup(rows)
+    return {
+        "unstable_base_learning_rate": unstable_lr,
+        "base_learning_rate": base_lr,
+        "grid": values,
+        "rows": rows,
+        "warmup_steps": best["warmup_steps"] if best else None,
+        "advice": warmup_advice(best["warmup_steps"], max_train_steps)
+        if best
+        else (
+            f"no warmup in {values} trains stably at {base_lr:g}: the cap (10% of "
+            "max_train_steps) is reached; try a smaller factor, clipping, or longer training"
+        ),
+    }
+
+
+def clip_threshold(run_dir: str | Path, percentile: float = 90.0) -> float | None:
+    """The playbook's starting clip threshold: a percentile of a run's unclipped norms."""
+    import numpy as np
+
+    from stablelab.analysis.runs import read_grad_norms
+
+    try:
+        norms = np.array(read_grad_norms(run_dir))
+    except FileNotFoundError:
+        return None
+    finite = norms[np.isfinite(norms)]
+    return float(np.percentile(finite, percentile)) if finite.size else None
+
+
+def diagnose(
+    out_dir: str | Path,
+    overrides: list[str] = (),
+    lrs: list[float] | None = None,
+    probe_steps: int = 500,
+    factor: float = 10.0,
+    grid: list[int] = (10, 1000, 10000, 100000),
+    jobs: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """LR sweep -> lr* and the axis plot; probe at 2 x lr*; warmup sweep at 10x the
+    unstable LR; clip threshold from lr*'s norms; one report (``diagnosis.md``)."""
+    from omegaconf import OmegaConf
+
+    from stablelab.config import compose, validate
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides)
+    plain = validate(compose([*overrides, f"paths.output_dir={out_dir}"]))  # fail early
+    base_lr = float(plain["optimizer"]["lr"])
+    max_steps = int(plain["max_train_steps"])
+    lrs = sorted(lrs or default_lrs(base_lr))
+    OmegaConf.save(OmegaConf.create(plain), out_dir / "base_config.yaml")
+    say = print if progress else (lambda *a, **k: None)
+    say(f"diagnose: {len(lrs)}-trial LR sweep, probe at 2 x lr*, warmup sweep -> {out_dir}")
+
+    sweep = lr_sweep(lrs, out_dir / "lr_sweep", overrides, jobs, threads, progress)
+    say(f"diagnose: {sweep['verdict']}")
+    result: dict[str, Any] = {"out_dir": str(out_dir), "lrs": lrs, "sweep": sweep}
+    star = sweep["lr_star"]
+    if star is not None:
+        result["probe"] = probe(
+            2 * star, out_dir / "probe", overrides, probe_steps, threads, progress
+        )
+        result["clip_threshold"] = clip_threshold(sweep["lr_star_run"])
+    unstable = sweep["unstable_base_learning_rate"]
+    pr = result.get("probe")
+    if pr and pr.get("unstable") and (unstable is None or pr["lr"] < unstable):
+        unstable = pr["lr"]  # the probe found instability below the sweep's first bad LR
+    if unstable is not None:
+        result["warmup"] = warmup_sweep(
+            unstable,
+            max_steps,
+            out_dir / "warmup",
+            overrides,
+            factor,
+            grid,
+            jobs,
+            threads,
+            progress,
+        )
+    result["first_fix"] = first_fix(result)
+    report = out_dir / "diagnosis.md"
+    report.write_text(render_diagnosis(result, out_dir))
+    _diagnosis_to_wandb(result, out_dir, report)
+    say(f"diagnose: first fix to try: {result['first_fix']}")
+    say(f"diagnose: wrote {report}")
+    return result
+
+
+def first_fix(result: dict[str, Any]) -> str:
+    """Which playbook fix to try first, from what the workflows found."""
+    sweep, pr, wu = result["sweep"], result.get("probe") or {}, result.get("warmup") or {}
+    if sweep["lr_star"] is None:
+        return "lower the learning rate: no trial of the sweep was feasible"
+    if pr.get("early_instability") or (sweep["edge_of_feasibility"] and wu.get("warmup_steps")):
+        if wu.get("warmup_steps"):
+            return f"learning-rate warmup: {wu['advice']}"
+        return (
+            "learning-rate warmup (the warmup sweep found no stable warmup under the cap: "
+            "try gradient clipping next)"
+        )
+    if pr.get("unstable") or sweep["edge_of_feasibility"]:
+        thr = result.get("clip_threshold")
+        return (
+            "gradient clipping at the 90th percentile of lr*'s unclipped norms: "
+            f"`clipping=fixed clipping.clip_threshold={thr:.4g}`"
+            if thr
+            else "gradient clipping"
+        )
+    return "none needed: lr* trains stably and instability does not limit the learning rate"
+
+
+def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
+    sweep, pr, wu = result["sweep"], result.get("probe"), result.get("warmup")
+
+    def rel(p: str | Path | None) -> str | None:
+        return os.path.relpath(p, out_dir) if p else None
+
+    lines = [
+        "# Diagnosis",
+        "",
+        f"**First fix to try: {result['first_fix']}**",
+        "",
+        "## 1. LR sweep",
+        "",
+        f"{sweep['verdict']}.",
+        "",
+        f"LRs tried: {', '.join(f'{x:.4g}' for x in result['lrs'])}; "
+        f"{sweep['infeasible']} infeasible, {sweep['unstable']} unstable. "
+        f"Details: [lr_sweep/sweep_report.md](lr_sweep/sweep_report.md).",
+        "",
+        "![axis plot](lr_sweep/axis_plot.png)",
+        "",
+    ]
+    if sweep.get("curves"):
+        lines += ["![curves above lr*](lr_sweep/curves_above_lr_star.png)", ""]
+    lines += ["## 2. Stability probe (2 x lr*, evaluation after every step)", ""]
+    if pr is None:
+        lines += ["Not run: no feasible lr*.", ""]
+    else:
+        verdict = (
+            "**early instability**"
+            if pr.get("early_instability")
+            else "unstable later in the run"
+            if pr.get("unstable")
+            else "stable"
+        )
+        lines += [
+            f"At lr = {pr['lr']:.4g} for {pr.get('total_steps')} steps: {verdict}"
+            + (f", diverged at step {pr['diverged_at_step']}" if pr.get("diverged") else "")
+            + f". Report: [{rel(pr['run_dir'])}/report.md]({rel(pr['run_dir'])}/report.md).",
+            "",
+            f"![probe loss]({rel(pr['run_dir'])}/loss.png)",
+            "",
+            *[f"- [{k}] {t}" for k, t in pr.get("findings", [])],
+            "",
+        ]
+    lines += ["## 3. Warmup sweep", ""]
+    if wu is None:
+        lines += [
+            "Not run: no LR in the sweep (or the probe) was infeasible or unstable, so there "
+            "is no `unstable_base_learning_rate` to warm up from.",
+            "",
+        ]
+    else:
+        lines += [
+            f"unstable_base_learning_rate = {wu['unstable_base_learning_rate']:.4g}; "
+            f"base_learning_rate = {wu['base_learning_rate']:.4g}; warmup_steps tried "
+            f"(capped at 10% of max_train_steps) {wu['grid']}, post_warmup_steps = 2 x "
+            "warmup_steps.",
+            "",
+            f"Result: {wu['advice']}.",
+            "",
+            "| warmup_steps | feasible | unstable | best val loss |",
+            "|---|---|---|---|",
+            *[
+                f"| {r['warmup_steps']} | {'yes' if r['feasible'] else 'no'} | "
+                f"{'yes' if r['unstable'] else 'no'} | "
+                + (f"{r['val_loss']:.4g}" if r["val_loss"] is not None else "-")
+                + " |"
+                for r in wu["rows"]
+            ],
+            "",
+            "![warmup curves](warmup/warmup_curves.png)",
+            "",
+        ]
+    thr = result.get("clip_threshold")
+    lines += [
+        "## 4. Clip threshold",
+        "",
+        (
+            f"The 90th percentile of lr*'s unclipped gradient norms: **{thr:.4g}** "
+            f"(`clipping=fixed clipping.clip_threshold={thr:.4g}`); lower it if instability "
+            "remains, and lower the LR instead if more than 50% of updates get clipped."
+            if thr is not None
+            else "No gradient norms recorded for lr*."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> None:
+    """One W&B run (offline unless WANDB_MODE says otherwise) with the plots and report."""
+    import shutil
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    images = {
+        "diagnose/axis_plot": out_dir / "lr_sweep" / "axis_plot.png",
+        "diagnose/curves_above_lr_star": out_dir / "lr_sweep" / "curves_above_lr_star.png",
+        "diagnose/warmup_curves": out_dir / "warmup" / "warmup_curves.png",
+    }
+    if result.get("probe"):
+        images["diagnose/probe_loss"] = Path(result["probe"]["run_dir"]) / "loss.png"
+    run = wandb.init(
+        dir=str(out_dir),
+        project="stablelab",
+        job_type="diagnose",
+        config={"lrs": result["lrs"]},
+        reinit="finish_previous",
+    )
+    try:
+        run.log({k: wandb.Image(str(p)) for k, p in images.items() if p.is_file()})
+        wu = result.get("warmup") or {}
+        run.summary.update(
+            {
+                "lr_star": result["sweep"]["lr_star"],
+                "edge_of_feasibility": result["sweep"]["edge_of_feasibility"],
+                "unstable_base_learning_rate": result["sweep"]["unstable_base_learning_rate"],
+                "probe_unstable": (result.get("probe") or {}).get("unstable"),
+                "warmup_steps": wu.get("warmup_steps"),
+                "clip_threshold": result.get("clip_threshold"),
+                "first_fix": result["first_fix"],
+            }
+        )
+        shutil.copyfile(report, Path(run.dir) / report.name)
+    finally:
+        run.finish()
