@@ -1,0 +1,147 @@
+"""The playbook's workflows with real trials: an LR sweep with a forced divergence (every
+artifact, lr* against the trials' own summaries), parallel == sequential, a Hydra multirun
+analysed by `stablelab analyze`, and diagnose end to end on a tiny config."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+TINY = ["model=mlp", "max_train_steps=40", "logger=csv", "trainer.val_check_interval=20"]
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stablelab.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def _summaries(sweep_dir):
+    return {
+        p.parent.name: json.loads(p.read_text())
+        for p in sweep_dir.rglob("summary.json")
+        if "wandb" not in p.parts
+    }
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in csv.DictReader((run_dir / "stability.csv").open())]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """The same 3-trial LR sweep, sequential and with 2 parallel jobs (1 thread each)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    out = {}
+    for name, jobs in [("seq", "1"), ("par", "2")]:
+        proc = cli(
+            "sweep", "lr", *TINY, "--lrs", "0.001", "0.01", "3",
+            "--jobs", jobs, "--threads", "1", "--out", str(root / name),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = (root / name, proc)
+    return out
+
+
+def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(sweeps):
+    sweep, proc = sweeps["seq"]
+    for name in ("sweep_summary.csv", "axis_plot.png", "curves_above_lr_star.png"):
+        assert (sweep / name).is_file(), name
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [float(r["lr"]) for r in rows] == [0.001, 0.01, 3.0]
+    summaries = _summaries(sweep)
+    assert summaries["lr_3"]["status"] == "diverged" and not summaries["lr_3"]["feasible"]
+    assert rows[2]["feasible"] == "False" and rows[2]["diverged_at_step"] != ""
+    # lr* from the trials' own summaries: the feasible one with the lowest val loss
+    feasible = {k: s["val_loss"] for k, s in summaries.items() if s["feasible"]}
+    best = min(feasible, key=feasible.get)
+    report = (sweep / "sweep_report.md").read_text()
+    assert f"| {float(best.removeprefix('lr_')):.4g} (lr*) |" in report
+    assert "diverged at step" in proc.stdout  # progress lines: trial k of n with the outcome
+    assert "[LR sweep 3/3]" in proc.stdout and "ETA" in proc.stdout
+
+
+def test_parallel_trials_give_the_same_results_as_sequential(sweeps):
+    seq, par = (sweeps[k][0] for k in ("seq", "par"))
+    s_seq, s_par = _summaries(seq), _summaries(par)
+    assert sorted(s_seq) == sorted(s_par) == ["lr_0.001", "lr_0.01", "lr_3"]
+    for name in s_seq:
+        for key in ("status", "steps", "val_loss", "best_step", "diverged_at_step", "unstable"):
+            assert s_seq[name][key] == s_par[name][key], (name, key)
+        assert _losses(seq / name) == _losses(par / name)  # every step, bit for bit
+
+
+def test_hydra_multirun_sweep_is_analysed_the_same_way(tmp_path):
+    sweep = tmp_path / "multirun"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "stablelab.train", "-m", "sweep=lr", *TINY,
+            "optimizer.lr=0.001,5", f"hydra.sweep.dir={sweep}",
+            "callbacks.progress_bar.refresh_rate=0", "test=false",
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = cli("analyze", str(sweep))
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert [(float(r["lr"]), r["feasible"]) for r in rows] == [(0.001, "True"), (5.0, "False")]
+    assert "lr* = 0.001 sits at the edge of feasibility" in res.stdout
+    assert cli("analyze", str(tmp_path / "nothing")).returncode == 2
+
+
+def test_bad_overrides_stop_before_any_trial(tmp_path):
+    proc = cli("sweep", "lr", "optimizer.lr=-1", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "optimizer.lr" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = cli("sweep", "warmup", "--out", str(tmp_path / "y"))
+    assert proc.returncode == 2 and "--unstable-lr" in proc.stderr
+
+
+def test_diagnose_end_to_end_on_a_tiny_config(tmp_path):
+    from stablelab.analysis import wandb_offline
+
+    out = tmp_path / "diag"
+    proc = cli(
+        "diagnose", *TINY, "--lrs", "0.001", "0.01", "3", "--probe-steps", "20",
+        "--jobs", "2", "--threads", "1", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "diagnosis.md").read_text()
+    for section in ("## 1. LR sweep", "## 2. Stability probe", "## 3. Warmup sweep",
+                    "## 4. Clip threshold", "**First fix to try:"):
+        assert section in text, section
+    # the probe: 2 x lr*, an evaluation after each of its 20 steps
+    summaries = _summaries(out / "lr_sweep")
+    feasible = {k: s["val_loss"] for k, s in summaries.items() if s["feasible"]}
+    lr_star = float(min(feasible, key=feasible.get).removeprefix("lr_"))
+    (probe,) = (out / "probe").glob("probe_*/")
+    assert probe.name == f"probe_lr_{2 * lr_star:.4g}"
+    dense = list(csv.DictReader((probe / "dense_eval.csv").open()))
+    assert [int(r["step"]) for r in dense] == list(range(1, 21))
+    # the warmup sweep: 10x the smallest bad LR, the grid capped at 10% of 40 steps
+    assert sorted(p.name for p in (out / "warmup").glob("warmup_*/")) == ["warmup_4"]
+    cfg = (out / "warmup" / "warmup_4" / "config.yaml").read_text()
+    assert "warmup_steps: 4" in cfg and "post_warmup_steps: 8" in cfg
+    # the clip threshold is lr*'s 90th percentile
+    import numpy as np
+
+    norms = [
+        float(r["grad_norm"])
+        for r in csv.DictReader((out / "lr_sweep" / f"lr_{lr_star:.4g}" / "grad_norms.csv").open())
+    ]
+    assert f"**{np.percentile(norms, 90):.4g}**" in text
+    # and W&B: one offline run with the plots and the report
+    (f,) = wandb_offline.run_files(out)
+    keys = {k for h in wandb_offline.history(f) for k in h}
+    assert "diagnose/axis_plot/_type" in keys
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert (run_dir / "files" / "diagnosis.md").read_text() == text

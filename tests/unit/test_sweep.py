@@ -1,0 +1,121 @@
+"""The sweep verdicts on crafted summaries: lr* selection, the edge of feasibility, the
+unstable LR, the warmup grid's 10% cap, the smallest stable warmup and the 5% advice, and
+which fix diagnose names first."""
+
+from __future__ import annotations
+
+import pytest
+
+from stablelab.analysis.sweep import (
+    edge_of_feasibility,
+    select_lr_star,
+    smallest_stable_warmup,
+    unstable_base_learning_rate,
+    warmup_advice,
+    warmup_grid,
+)
+from stablelab.workflows import default_lrs, first_fix
+
+
+def row(lr, val=None, feasible=True, unstable=False, warmup=0):
+    return {
+        "lr": lr,
+        "val_loss": val,
+        "feasible": feasible,
+        "unstable": unstable,
+        "warmup_steps": warmup,
+        "run_dir": f"run_{lr}_{warmup}",
+        "diverged_at_step": None if feasible else 3,
+    }
+
+
+FIG7A = [  # the playbook's Figure 7a shape: feasible at low LR, best at the edge
+    row(1e-4, 0.90),
+    row(3e-4, 0.70),
+    row(1e-3, 0.55),
+    row(3e-3, None, feasible=False),
+    row(1e-2, None, feasible=False),
+]
+
+
+def test_lr_star_is_the_best_feasible_trial_and_sits_at_the_edge():
+    star = select_lr_star(FIG7A)
+    assert star["lr"] == 1e-3
+    assert edge_of_feasibility(FIG7A, star) is True
+    assert unstable_base_learning_rate(FIG7A) == 3e-3
+
+
+def test_not_at_the_edge_when_the_next_lr_is_stable_but_worse():
+    rows = [row(1e-4, 0.9), row(1e-3, 0.5), row(1e-2, 0.6), row(1e-1, None, feasible=False)]
+    star = select_lr_star(rows)
+    assert star["lr"] == 1e-3 and edge_of_feasibility(rows, star) is False
+    assert unstable_base_learning_rate(rows) == 1e-1
+
+
+def test_an_unstable_but_feasible_neighbour_is_the_edge_too():
+    rows = [row(1e-3, 0.5), row(1e-2, 0.45, unstable=True), row(1e-1, 0.7)]
+    star = select_lr_star(rows)
+    assert star["lr"] == 1e-2  # unstable trials still compete on validation loss
+    assert edge_of_feasibility(rows, star) is False  # 1e-1 is stable
+    rows2 = [row(1e-3, 0.4), row(1e-2, 0.45, unstable=True)]
+    assert edge_of_feasibility(rows2, select_lr_star(rows2)) is True
+    assert unstable_base_learning_rate(rows2) == 1e-2
+
+
+def test_no_verdict_when_lr_star_is_the_largest_lr_and_none_without_feasible():
+    rows = [row(1e-3, 0.6), row(1e-2, 0.5)]
+    assert edge_of_feasibility(rows, select_lr_star(rows)) is None
+    bad = [row(1e-2, None, feasible=False)]
+    assert select_lr_star(bad) is None and edge_of_feasibility(bad, None) is None
+    assert unstable_base_learning_rate(rows) is None
+
+
+@pytest.mark.parametrize(
+    "max_steps,expected",
+    [
+        (1_000_000, [10, 1000, 10000, 100000]),  # cap 100,000: the whole grid
+        (200_000, [10, 1000, 10000, 20000]),  # cap 20,000 cuts 100,000: the cap is tried
+        (10_000, [10, 1000]),  # cap 1,000 is a grid value itself
+        (1500, [10, 150]),
+        (50, [5]),  # cap below the first value: only the cap
+        (5, []),  # cap 0: nothing to try
+    ],
+)
+def test_warmup_grid_is_capped_at_ten_percent(max_steps, expected):
+    grid = warmup_grid(max_steps)
+    assert grid == expected
+    assert all(w <= 0.1 * max_steps for w in grid)
+
+
+def test_smallest_stable_warmup_and_the_five_percent_rule():
+    rows = [
+        row(0.1, None, feasible=False, warmup=10),
+        row(0.1, 0.6, unstable=True, warmup=100),
+        row(0.1, 0.5, warmup=1000),
+        row(0.1, 0.4, warmup=10000),
+    ]
+    assert smallest_stable_warmup(rows)["warmup_steps"] == 1000
+    assert smallest_stable_warmup(rows[:2]) is None
+    short = warmup_advice(400, 10_000)  # 4%
+    assert "10000 + 400 = 10400" in short and "lengthen" not in short
+    long = warmup_advice(1000, 10_000)  # 10%: the playbook's 10,000 + 1,000 example
+    assert "10000 + 1000 = 11000" in long and "more than the playbook's 5%" in long
+
+
+def test_default_lrs_are_half_decades_around_the_config_lr():
+    assert default_lrs(3e-3) == pytest.approx([3.33333e-4, 1e-3, 3e-3, 9e-3, 2.7e-2, 8.1e-2])
+
+
+def test_first_fix_follows_what_the_workflows_found():
+    sweep = {"lr_star": 1e-3, "edge_of_feasibility": True}
+    warm = {"warmup_steps": 100, "advice": "prepend 100 warmup steps"}
+    early = {"early_instability": True, "unstable": True}
+    assert first_fix({"sweep": sweep, "probe": early, "warmup": warm}).startswith(
+        "learning-rate warmup: prepend 100"
+    )
+    mid = {"early_instability": False, "unstable": True}
+    got = first_fix({"sweep": sweep, "probe": mid, "warmup": {}, "clip_threshold": 2.5})
+    assert got.startswith("gradient clipping") and "clip_threshold=2.5" in got
+    calm = {"lr_star": 1e-3, "edge_of_feasibility": False}
+    assert first_fix({"sweep": calm, "probe": {"unstable": False}}).startswith("none needed")
+    assert "lower the learning rate" in first_fix({"sweep": {"lr_star": None}})
