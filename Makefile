@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.stablelab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-all lint format clean
+.PHONY: help install train diagnose test test-all lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,10 @@ install: $(STAMP)  ## create .venv and install stablelab (editable) with dev too
 
 train: $(STAMP)  ## train the default experiment on CPU (extra Hydra overrides: ARGS="...")
 	$(BIN)/stablelab-train $(ARGS)
+
+DIAGNOSE_ARGS ?= max_train_steps=500 logger=csv --jobs 2
+diagnose: $(STAMP)  ## LR sweep -> probe -> warmup sweep -> clip threshold on the default (a few minutes)
+	$(BIN)/stablelab diagnose $(DIAGNOSE_ARGS) $(ARGS)
 
 test: $(STAMP)  ## run the test suite (slow reproductions excluded)
 	$(BIN)/python -m pytest $(ARGS)

@@ -143,7 +143,9 @@ def sweep_cmd(args: argparse.Namespace) -> int:
 
             base = float(compose([*args.overrides, "paths.output_dir=."]).optimizer.lr)
             lrs = workflows.default_lrs(base)
-        res = workflows.lr_sweep(lrs, out, args.overrides, args.jobs, args.threads)
+        res = workflows.lr_sweep(
+            lrs, out, args.overrides, args.jobs, args.threads, devices=args.gpus
+        )
         print(res["verdict"])
         print(f"wrote {out}/sweep_summary.csv, axis_plot.png, sweep_report.md")
         return 0
@@ -166,6 +168,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         args.grid,
         args.jobs,
         args.threads,
+        devices=args.gpus,
     )
     print(f"warmup_steps tried: {res['grid']} at base_learning_rate {res['base_learning_rate']:g}")
     print(f"result: {res['advice']}")
@@ -177,7 +180,14 @@ def probe_cmd(args: argparse.Namespace) -> int:
 
     if not _check(args.overrides, "probe"):
         return 2
-    res = workflows.probe(args.lr, _out(args, "probe"), args.overrides, args.steps, args.threads)
+    res = workflows.probe(
+        args.lr,
+        _out(args, "probe"),
+        args.overrides,
+        args.steps,
+        args.threads,
+        devices=args.gpus,
+    )
     verdict = (
         "early instability"
         if res.get("early_instability")
@@ -217,6 +227,7 @@ def diagnose_cmd(args: argparse.Namespace) -> int:
         args.grid,
         args.jobs,
         args.threads,
+        devices=args.gpus,
     )
     return 0
 
@@ -240,6 +251,13 @@ def _trial_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads per trial "
         "(default: CPU count / jobs); results are identical for a fixed value",
+    )
+    p.add_argument(
+        "--gpus",
+        type=lambda v: [g for g in v.split(",") if g],
+        default=None,
+        help="one trial per GPU at a time, each seeing only its own (CUDA_VISIBLE_DEVICES); "
+        "e.g. --gpus 0,1,2,3 (sets --jobs); add trainer=gpu to the overrides",
     )
 
 

@@ -40,14 +40,26 @@ def run_trials(
     threads: int | None = None,
     label: str = "trials",
     progress: bool = True,
+    devices: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run each trial as ``python -m stablelab.train <base> <overrides>`` writing to
     ``out_dir/<name>``; return ``[{"name", "run_dir", "returncode", "seconds"}]`` in the
-    trials' order. Output of each goes to ``out_dir/<name>.log``."""
+    trials' order. Output of each goes to ``out_dir/<name>.log``.
+
+    ``devices`` (e.g. GPU ids ``["0", "1"]``): one trial per device at a time, each
+    process seeing only its own (``CUDA_VISIBLE_DEVICES``); ``jobs`` becomes their number.
+    """
+    import queue
+
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    free: queue.Queue[str | None] = queue.Queue()
+    if devices:
+        jobs = len(devices)
+        for d in devices:
+            free.put(str(d))
     jobs = max(1, int(jobs))
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     env = {
@@ -70,10 +82,20 @@ def run_trials(
             f"hydra.run.dir={run_dir}",
         ]
         start = time.time()
-        with (out_dir / f"{t.name}.log").open("w") as log:
-            log.write(" ".join(cmd) + "\n")
-            log.flush()
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        device = free.get() if devices else None
+        trial_env = env if device is None else {**env, "CUDA_VISIBLE_DEVICES": device}
+        try:
+            with (out_dir / f"{t.name}.log").open("w") as log:
+                if device is not None:
+                    log.write(f"CUDA_VISIBLE_DEVICES={device}\n")
+                log.write(" ".join(cmd) + "\n")
+                log.flush()
+                rc = subprocess.run(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=trial_env
+                ).returncode
+        finally:
+            if device is not None:
+                free.put(device)
         return {
             "name": t.name,
             "run_dir": str(run_dir),
@@ -143,12 +165,13 @@ def lr_sweep(
     jobs: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one trial per LR, then analyse the sweep (see analysis.sweep)."""
     from stablelab.analysis.sweep import analyze_lr_sweep
 
     trials = [Trial(lr_name(lr), [f"optimizer.lr={lr}"]) for lr in sorted(lrs)]
-    run_trials(trials, out_dir, list(overrides), jobs, threads, "LR sweep", progress)
+    run_trials(trials, out_dir, list(overrides), jobs, threads, "LR sweep", progress, devices)
     return analyze_lr_sweep(out_dir)
 
 
@@ -159,6 +182,7 @@ def probe(
     steps: int = 500,
     threads: int | None = None,
     progress: bool = True,
+    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """The playbook's check for early instability: a short run at ``lr`` (2 x lr*) that
     evaluates after every step. Returns the trial's summary plus its reading."""
@@ -171,7 +195,16 @@ def probe(
         f"callbacks.dense_eval.every_step_until={steps}",
         "test=false",
     ]
-    (r,) = run_trials([Trial(name, args)], out_dir, list(overrides), 1, threads, "probe", progress)
+    (r,) = run_trials(
+        [Trial(name, args)],
+        out_dir,
+        list(overrides),
+        1,
+        threads,
+        "probe",
+        progress,
+        devices[:1] if devices else None,
+    )
     if not (Path(r["run_dir"]) / "summary.json").is_file():
         return {"run_dir": r["run_dir"], "status": "failed", "findings": []}
     summary, findings = findings_for(r["run_dir"])
@@ -196,6 +229,7 @@ def warmup_sweep(
     jobs: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """The playbook's warmup sweep at ``base_learning_rate = factor * unstable_lr``:
     ``warmup_steps`` over ``grid`` capped at 10% of ``max_train_steps``,
@@ -223,7 +257,7 @@ def warmup_sweep(
         )
         for w in values
     ]
-    run_trials(trials, out_dir, list(overrides), jobs, threads, "warmup sweep", progress)
+    run_trials(trials, out_dir, list(overrides), jobs, threads, "warmup sweep", progress, devices)
     rows = load_trials(out_dir)
     write_summary_csv(rows, Path(out_dir) / "sweep_summary.csv")
     if rows:
@@ -268,6 +302,7 @@ def diagnose(
     jobs: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """LR sweep -> lr* and the axis plot; probe at 2 x lr*; warmup sweep at 10x the
     unstable LR; clip threshold from lr*'s norms; one report (``diagnosis.md``)."""
@@ -286,13 +321,13 @@ def diagnose(
     say = print if progress else (lambda *a, **k: None)
     say(f"diagnose: {len(lrs)}-trial LR sweep, probe at 2 x lr*, warmup sweep -> {out_dir}")
 
-    sweep = lr_sweep(lrs, out_dir / "lr_sweep", overrides, jobs, threads, progress)
+    sweep = lr_sweep(lrs, out_dir / "lr_sweep", overrides, jobs, threads, progress, devices)
     say(f"diagnose: {sweep['verdict']}")
     result: dict[str, Any] = {"out_dir": str(out_dir), "lrs": lrs, "sweep": sweep}
     star = sweep["lr_star"]
     if star is not None:
         result["probe"] = probe(
-            2 * star, out_dir / "probe", overrides, probe_steps, threads, progress
+            2 * star, out_dir / "probe", overrides, probe_steps, threads, progress, devices
         )
         result["clip_threshold"] = clip_threshold(sweep["lr_star_run"])
     unstable = sweep["unstable_base_learning_rate"]
@@ -310,6 +345,7 @@ def diagnose(
             jobs,
             threads,
             progress,
+            devices,
         )
     result["first_fix"] = first_fix(result)
     report = out_dir / "diagnosis.md"
@@ -321,25 +357,29 @@ def diagnose(
 
 
 def first_fix(result: dict[str, Any]) -> str:
-    """Which playbook fix to try first, from what the workflows found."""
+    """Which playbook fix to try first, from what the workflows found: warmup when there is
+    early instability (or lr* sits at the edge) and the warmup sweep found a stable warmup;
+    otherwise clipping when anything was unstable (it helps early and mid-training
+    instability and fixes some cases warmup cannot); otherwise nothing."""
     sweep, pr, wu = result["sweep"], result.get("probe") or {}, result.get("warmup") or {}
     if sweep["lr_star"] is None:
         return "lower the learning rate: no trial of the sweep was feasible"
-    if pr.get("early_instability") or (sweep["edge_of_feasibility"] and wu.get("warmup_steps")):
-        if wu.get("warmup_steps"):
-            return f"learning-rate warmup: {wu['advice']}"
-        return (
-            "learning-rate warmup (the warmup sweep found no stable warmup under the cap: "
-            "try gradient clipping next)"
+    early, edge = pr.get("early_instability"), sweep["edge_of_feasibility"]
+    if (early or edge) and wu.get("warmup_steps"):
+        return f"learning-rate warmup: {wu['advice']}"
+    if early or edge or pr.get("unstable"):
+        why = (
+            "early instability that no warmup under the 10% cap fixed"
+            if early and wu
+            else "early instability"
+            if early
+            else "lr* sits at the edge of feasibility"
+            if edge
+            else "instability at 2 x lr*"
         )
-    if pr.get("unstable") or sweep["edge_of_feasibility"]:
         thr = result.get("clip_threshold")
-        return (
-            "gradient clipping at the 90th percentile of lr*'s unclipped norms: "
-            f"`clipping=fixed clipping.clip_threshold={thr:.4g}`"
-            if thr
-            else "gradient clipping"
-        )
+        how = f": `clipping=fixed clipping.clip_threshold={thr:.4g}`" if thr else ""
+        return f"gradient clipping at the 90th percentile of lr*'s unclipped norms ({why}){how}"
     return "none needed: lr* trains stably and instability does not limit the learning rate"
 
 

@@ -116,8 +116,13 @@ def test_diagnose_end_to_end_on_a_tiny_config(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = (out / "diagnosis.md").read_text()
-    for section in ("## 1. LR sweep", "## 2. Stability probe", "## 3. Warmup sweep",
-                    "## 4. Clip threshold", "**First fix to try:"):
+    for section in (
+        "## 1. LR sweep",
+        "## 2. Stability probe",
+        "## 3. Warmup sweep",
+        "## 4. Clip threshold",
+        "**First fix to try:",
+    ):
         assert section in text, section
     # the probe: 2 x lr*, an evaluation after each of its 20 steps
     summaries = _summaries(out / "lr_sweep")

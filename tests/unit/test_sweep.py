@@ -116,6 +116,39 @@ def test_first_fix_follows_what_the_workflows_found():
     mid = {"early_instability": False, "unstable": True}
     got = first_fix({"sweep": sweep, "probe": mid, "warmup": {}, "clip_threshold": 2.5})
     assert got.startswith("gradient clipping") and "clip_threshold=2.5" in got
+    no_warmup = {"warmup_steps": None, "advice": "none stable"}
+    got = first_fix({"sweep": sweep, "probe": early, "warmup": no_warmup, "clip_threshold": 1.0})
+    assert got.startswith("gradient clipping") and "no warmup under the 10% cap" in got
     calm = {"lr_star": 1e-3, "edge_of_feasibility": False}
     assert first_fix({"sweep": calm, "probe": {"unstable": False}}).startswith("none needed")
     assert "lower the learning rate" in first_fix({"sweep": {"lr_star": None}})
+
+
+def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
+    """run_trials hands each process one device of the list and never two at once (the
+    trial processes are replaced by a recorder that holds its device for a moment)."""
+    import threading
+    import time
+
+    from stablelab import workflows
+
+    held, seen, lock = set(), [], threading.Lock()
+
+    def fake_run(cmd, stdout, stderr, env):
+        dev = env["CUDA_VISIBLE_DEVICES"]
+        with lock:
+            assert dev not in held, f"device {dev} given to two trials at once"
+            held.add(dev)
+            seen.append(dev)
+        time.sleep(0.05)
+        with lock:
+            held.discard(dev)
+        return type("P", (), {"returncode": 0})()
+
+    monkeypatch.setattr(workflows.subprocess, "run", fake_run)
+    trials = [workflows.Trial(f"t{i}") for i in range(6)]
+    out = workflows.run_trials(trials, tmp_path, devices=["0", "1"], progress=False)
+    assert [r["name"] for r in out] == [f"t{i}" for i in range(6)]
+    assert len(seen) == 6
+    assert set(seen) == {"0", "1"}  # both used: they ran side by side
+    assert (tmp_path / "t0.log").read_text().startswith("CUDA_VISIBLE_DEVICES=")

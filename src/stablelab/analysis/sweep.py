@@ -5,6 +5,10 @@ directory a ``stablelab sweep`` / ``diagnose`` command wrote); every ``summary.j
 it (W&B folders excluded) is one trial, its ``config.yaml`` says which hyperparameters it
 ran with.
 
+A trial is *infeasible* when it diverged or failed (``feasible: false`` in its summary) or
+made no progress: its best validation loss is not below its first training loss (the
+playbook's "abnormally high loss").
+
 * :func:`select_lr_star`: lr* is the feasible trial with the lowest best validation loss.
 * :func:`edge_of_feasibility`: "lr* sits at the edge of feasibility" when the next larger
   LR in the sweep is infeasible or unstable (the playbook's Figure 7a).
@@ -65,6 +69,10 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
         row["warmup_steps"] = int((cfg.get("schedule") or {}).get("warmup_steps") or 0)
         row["feasible"] = bool(s.get("feasible"))
         row["unstable"] = bool(s.get("unstable"))
+        l0, val = s.get("initial_loss"), s.get("val_loss")
+        if row["feasible"] and l0 is not None and val is not None and val >= l0:
+            # the playbook's "abnormally high loss": never got below where it started
+            row["feasible"], row["status"] = False, "no progress"
         rows.append(row)
     return sorted(rows, key=lambda r: (r["lr"], r["warmup_steps"]))
 
