@@ -440,10 +440,25 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
                 _check_target_entry(f"{group}.{name}", sub, set(), problems, group)
         else:
             _check_target_entry(group, entry, RUNTIME_ARGS[group], problems, group)
+    if not problems:
+        problems += _cross_group_problems(plain)
 
     if problems:
         raise ConfigError(problems)
     return plain
+
+
+def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
+    """Rules that span groups."""
+    strategy = str((plain.get("trainer") or {}).get("strategy", ""))
+    clip = str((plain.get("clipping") or {}).get("_target_", ""))
+    if strategy.startswith("fsdp") and clip.endswith(".AGC"):
+        return [
+            "clipping = agc: not available with trainer.strategy = "
+            f"{_fmt(strategy)} (per-unit norms need whole weight rows; FSDP shards them): "
+            "use clipping=none, fixed, percentile or zscore"
+        ]
+    return []
 
 
 # --------------------------------------------------------------------------- resolvers

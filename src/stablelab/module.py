@@ -95,6 +95,8 @@ class StableModule(L.LightningModule):
             return  # nothing to clip and nobody listening: skip even the norm
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
+            if "fsdp" in type(self.trainer.strategy).__name__.lower():  # sharded gradients
+                self.clipper.reduce_sq = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
         stats = self.clipper(self._named_params)
         if self.telemetry is not None:
             self.telemetry.record(self.trainer.global_step, stats)

@@ -22,7 +22,7 @@ Strategies (``configs/clipping/``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -45,15 +45,25 @@ class ClipStats:
     threshold: Tensor  # the global-norm threshold used (inf: none; nan: not global, AGC)
 
 
-def global_grad_norm(grads: Sequence[Tensor]) -> Tensor:
+def global_grad_norm(
+    grads: Sequence[Tensor], reduce_sq: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """||g||_2 over all gradient tensors, on the device: per-tensor norms (one fused
-    ``_foreach_norm``), then the norm of those, in float32 (float64 for float64 grads)."""
+    ``_foreach_norm``), then the norm of those, in float32 (float64 for float64 grads).
+
+    ``reduce_sq``: for gradients sharded across ranks (FSDP), the sum over ranks of the
+    local squared norm (an all-reduce, no host sync); the result is then the norm of the
+    full gradient on every rank."""
     norms = torch._foreach_norm(list(grads), 2)
     dtypes = {n.dtype for n in norms}
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     if dtypes == {dtype}:  # the common case: one stack, no per-tensor casts
-        return torch.linalg.vector_norm(torch.stack(norms), 2)
-    return torch.linalg.vector_norm(torch.stack([n.to(dtype) for n in norms]), 2)
+        stacked = torch.stack(norms)
+    else:
+        stacked = torch.stack([n.to(dtype) for n in norms])
+    if reduce_sq is None:
+        return torch.linalg.vector_norm(stacked, 2)
+    return torch.sqrt(reduce_sq(stacked.square().sum()))
 
 
 def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor, Tensor]]:
@@ -63,8 +73,11 @@ def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor
 class GlobalNormClipper:
     """Base for strategies that scale the whole gradient: g' = min(1, lambda / ||g||) g.
 
-    Subclasses choose lambda (``_threshold``) and may update state from the norm.
+    Subclasses choose lambda (``_threshold``) and may update state from the norm. The
+    module sets ``reduce_sq`` when gradients are sharded (see :func:`global_grad_norm`).
     """
+
+    reduce_sq: Callable[[Tensor], Tensor] | None = None
 
     def _threshold(self, norm: Tensor) -> Tensor:
         raise NotImplementedError
@@ -74,7 +87,7 @@ class GlobalNormClipper:
         if not grads:
             z = torch.zeros(())
             return ClipStats(z, z, z, torch.full((), float("inf")))
-        norm = global_grad_norm(grads)
+        norm = global_grad_norm(grads, self.reduce_sq)
         lam = self._threshold(norm)
         # lambda / ||g|| is inf for a zero gradient: clamped to 1 (unchanged)
         coef = torch.clamp(lam / norm, max=1.0)
