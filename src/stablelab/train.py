@@ -49,6 +49,7 @@ def build(plain: dict[str, Any]):
     from stablelab.callbacks.history import EvalHistory
     from stablelab.module import StableModule
 
+    _wandb_defaults(plain)
     datamodule = instantiate(plain["data"])
     module = StableModule(plain, datamodule.input_spec, datamodule.num_classes)
     schedule = module.build_schedule()
@@ -63,6 +64,45 @@ def build(plain: dict[str, Any]):
         max_steps=schedule.total_steps,
     )
     return datamodule, module, trainer, schedule, history
+
+
+def _short(entry: dict[str, Any] | None) -> str:
+    return str((entry or {}).get("_target_", "none")).rsplit(".", 1)[-1].lower()
+
+
+def sweep_group(task_name: str = "train") -> str | None:
+    """The name trials of one sweep share: ``$STABLELAB_SWEEP_GROUP`` (set by the
+    ``stablelab`` workflows), else ``<task_name>/<sweep directory name>`` in a Hydra
+    multirun, else None."""
+    if os.environ.get("STABLELAB_SWEEP_GROUP"):
+        return os.environ["STABLELAB_SWEEP_GROUP"]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return None
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{task_name}/{Path(HydraConfig.get().sweep.dir).name}"
+    return None
+
+
+def _wandb_defaults(plain: dict[str, Any]) -> None:
+    """W&B tags name the run's choices (optimizer, schedule, clipping, residual layout) and
+    trials of a sweep share a ``group`` unless the config sets one."""
+    wb = (plain.get("logger") or {}).get("wandb")
+    if not wb:
+        return
+    residual = (plain.get("model") or {}).get("residual") or {}
+    auto = [
+        f"optimizer:{_short(plain.get('optimizer'))}",
+        f"schedule:{_short(plain.get('schedule'))}",
+        f"clipping:{_short(plain.get('clipping'))}",
+        f"layout:{residual.get('layout', 'none')}",
+        f"branch_init:{residual.get('branch_init', 'default')}",
+    ]
+    wb["tags"] = list(dict.fromkeys([*(wb.get("tags") or []), *auto]))
+    if wb.get("group") is None:
+        wb["group"] = sweep_group(plain.get("task_name", "train"))
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -95,6 +135,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = Path(plain["paths"]["output_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
+    _ddp_children_run_this_trial_only()
     L.seed_everything(plain["seed"], workers=True, verbose=False)
     datamodule, module, trainer, schedule, history = build(plain)
     rank_zero = trainer.is_global_zero
@@ -175,9 +216,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             _finish_trackers(trainer, summary, report)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
+    _release_process_group(trainer)
     if diverged is not None and diverged.fail:
         raise diverged
     return summary
+
+
+def _release_process_group(trainer) -> None:
+    """Lightning leaves the process group up after fit; the next trial of a multirun in this
+    process would reuse it although its peers (this trial's child processes) are gone.
+    Tear it down, and remove the variables Lightning's launcher put into this process's
+    environment (with LOCAL_RANK set, the next trial's launcher would think an external
+    launcher started the processes and start no children)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    launcher = trainer.strategy.launcher
+    dist.destroy_process_group()
+    if type(launcher).__name__ == "_SubprocessScriptLauncher":
+        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            os.environ.pop(key, None)
+
+
+def _ddp_children_run_this_trial_only() -> None:
+    """Lightning's DDP launcher starts ranks 1..N-1 by re-running ``sys.argv`` with
+    ``hydra.run.dir=<HydraConfig run.dir>``. In a Hydra multirun that would re-run the whole
+    sweep in every child (each child its own multirun, trials joining the wrong process
+    groups) and point them at the unused run dir. So, in a multirun: the children get this
+    trial's overrides only, and this trial's output directory."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    from omegaconf import open_dict, read_write
+
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc), open_dict(hc):
+        hc.run.dir = hc.runtime.output_dir
 
 
 def _callback_reports(trainer, history) -> dict[str, Any]:

@@ -68,6 +68,8 @@ def run_trials(
         "MKL_NUM_THREADS": str(threads),
         "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true"),
+        # the W&B group of every trial of this workflow (unless logger.wandb.group is set)
+        "STABLELAB_SWEEP_GROUP": f"{out_dir.resolve().parent.name}/{out_dir.name}",
     }
 
     def one(t: Trial) -> dict[str, Any]:

@@ -95,3 +95,21 @@ def summary(path: str | Path) -> dict[str, Any]:
         if r.WhichOneof("record_type") == "summary":
             out.update(_items(r.summary.update))
     return out
+
+
+def run_info(path: str | Path) -> dict[str, Any]:
+    """The run record's identity: ``id``, ``project``, ``group``, ``job_type``, ``tags``,
+    ``display_name`` (the last run record wins)."""
+    out: dict[str, Any] = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "run":
+            run = r.run
+            out = {
+                "id": run.run_id,
+                "project": run.project,
+                "group": run.run_group,
+                "job_type": run.job_type,
+                "tags": list(run.tags),
+                "display_name": run.display_name,
+            }
+    return out
