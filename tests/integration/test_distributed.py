@@ -1,0 +1,124 @@
+"""Real multi-process runs on CPU (trainer=ddp_cpu: 2 processes, gloo): the same gradient
+norm as one process with the same global batch, one run directory / summary / W&B run,
+resume under DDP, and a Hydra multirun of DDP trials. LayerNorm models: BatchNorm's
+statistics are per rank, so a BatchNorm model legitimately differs from one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import QUIET, assert_ok, run_cli
+from stablelab.analysis import wandb_offline
+
+COMMON = [
+    *QUIET,
+    "model.norm=layernorm",
+    "trainer.val_check_interval=10",
+    "test=false",
+]
+
+
+def _col(run, name, file="grad_norms.csv"):
+    return np.array([float(r[name]) for r in csv.DictReader((run / file).open())])
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    steps = ["max_train_steps=30"]
+    assert_ok(
+        run_cli(
+            [*COMMON, *steps, "logger=csv", "data.batch_size=256", f"hydra.run.dir={one}"],
+            tmp_path,
+        )
+    )
+    assert_ok(
+        run_cli(
+            [
+                *COMMON, *steps, "logger=wandb", "trainer=ddp_cpu", "data.batch_size=128",
+                f"hydra.run.dir={two}",
+            ],
+            tmp_path,
+        )
+    )  # fmt: skip
+    # the logged norm of the all-reduced gradient equals the one-process norm
+    np.testing.assert_allclose(_col(two, "grad_norm"), _col(one, "grad_norm"), rtol=1e-6)
+    # the stability monitor's loss is the mean over ranks: the global-batch loss
+    np.testing.assert_allclose(
+        _col(two, "loss", "stability.csv"), _col(one, "loss", "stability.csv"), rtol=1e-6
+    )
+    s = json.loads((two / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["global_batch_size"] == 256
+    # one directory, written once: one summary, one W&B run, one set of checkpoints
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    assert len(list(two.rglob("summary.json"))) == 1
+    (f,) = wandb_offline.run_files(two)
+    info = wandb_offline.run_info(f)
+    assert {"optimizer:adam", "clipping:noclip", "layout:branch_norm"} <= set(info["tags"])
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
+        "best-step000030.ckpt",
+        "last.ckpt",
+    ]
+
+
+def test_resumed_two_process_run_continues_the_same_metrics(tmp_path):
+    args = [*COMMON, "logger=csv", "trainer=ddp_cpu", "data.batch_size=64"]
+    full, first, resumed = (tmp_path / n for n in ("full", "first", "resumed"))
+    assert_ok(run_cli([*args, "max_train_steps=40", f"hydra.run.dir={full}"], tmp_path))
+    assert_ok(run_cli([*args, "max_train_steps=20", f"hydra.run.dir={first}"], tmp_path))
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert_ok(
+        run_cli(
+            [*args, "max_train_steps=40", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}"],
+            tmp_path,
+        )
+    )
+    later = slice(20, None)  # steps 20..39
+    assert _col(resumed, "grad_norm")[0:20].tolist() == _col(full, "grad_norm")[later].tolist()
+    r_loss = _col(resumed, "loss", "stability.csv")
+    assert r_loss.tolist() == _col(full, "loss", "stability.csv")[later].tolist()
+    s_full = json.loads((full / "summary.json").read_text())
+    s_res = json.loads((resumed / "summary.json").read_text())
+    assert (s_res["steps"], s_res["val_loss"]) == (40, s_full["val_loss"])
+
+
+def test_multirun_of_ddp_trials_gives_one_directory_per_trial(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "stablelab.train", "-m", "optimizer.lr=0.001,0.002",
+            *COMMON, "logger=wandb", "trainer=ddp_cpu", "max_train_steps=10",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (proc.stdout + proc.stderr).count("Launching 2 jobs") == 1  # children do not sweep
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert not (tmp_path / "logs").exists()  # no stray run directories from the children
+    for trial, lr in (("0", 0.001), ("1", 0.002)):
+        run = sweep / trial
+        s = json.loads((run / "summary.json").read_text())
+        assert s["status"] == "completed" and s["world_size"] == 2 and s["steps"] == 10
+        assert f"lr: {lr}" in (run / "config.yaml").read_text()
+        assert len(_col(run, "grad_norm")) == 10
+        (f,) = wandb_offline.run_files(run)
+        assert wandb_offline.run_info(f)["group"] == f"train/{sweep.name}"
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_run(tmp_path):  # pragma: no cover - needs a GPU
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    out = tmp_path / "gpu"
+    assert_ok(
+        run_cli([*COMMON, "trainer=gpu", "max_train_steps=50", f"hydra.run.dir={out}"], tmp_path)
+    )
+    s = json.loads((out / "summary.json").read_text())
+    assert s["status"] == "completed" and s["feasible"]
