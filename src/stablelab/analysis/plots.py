@@ -15,6 +15,16 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_schedule(
     lrs: Sequence[float],
     path: str | Path,
@@ -37,12 +47,7 @@ def plot_schedule(
     ax.grid(alpha=0.3)
     if warmup_steps or post_warmup_steps:
         ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_grad_norms(steps, norms, thresholds, path: str | Path) -> Path:
@@ -61,11 +66,7 @@ def plot_grad_norms(steps, norms, thresholds, path: str | Path) -> Path:
     ax.set_title("gradient norm (before clipping)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_grad_norm_hist(norms, path: str | Path) -> Path:
@@ -91,11 +92,7 @@ def plot_grad_norm_hist(norms, path: str | Path) -> Path:
     ax.set_xlabel("gradient L2 norm (unclipped)")
     ax.set_ylabel("steps")
     ax.set_title(f"gradient norms over {x.size} steps")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_update_ratios(rows, names, path: str | Path) -> Path:
@@ -123,11 +120,7 @@ def plot_update_ratios(rows, names, path: str | Path) -> Path:
     ax.set_ylabel("||delta theta|| / ||theta||")
     ax.set_title(f"update-to-weight ratio ({len(names)} parameter tensors)")
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _pos(x) -> bool:
@@ -189,8 +182,4 @@ def plot_loss_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

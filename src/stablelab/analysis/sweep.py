@@ -160,7 +160,7 @@ def plot_axis(rows: list[dict[str, Any]], path: str | Path, star: dict | None = 
     """The hyperparameter axis plot (playbook Figure 7a): best validation loss vs base LR
     (log x); unstable-but-feasible trials hollow, infeasible trials as red crosses on the
     top edge, lr* starred."""
-    from stablelab.analysis.plots import _pyplot
+    from stablelab.analysis.plots import _pyplot, _save
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
@@ -220,17 +220,13 @@ def plot_axis(rows: list[dict[str, Any]], path: str | Path, star: dict | None = 
     ax.set_title("hyperparameter axis plot")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr") -> Path:
     """Training-loss curves (EMA from stability.csv, raw where absent) of the given trials
     (playbook Figure 7b: LRs just above lr*); divergence marked with an x."""
-    from stablelab.analysis.plots import _pyplot
+    from stablelab.analysis.plots import _pyplot, _save
     from stablelab.analysis.report import _csv, _f
 
     plt = _pyplot()
@@ -257,11 +253,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr")
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------- analyze

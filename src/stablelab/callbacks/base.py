@@ -11,12 +11,25 @@ model is never validated or checkpointed), at the end of training and on an exce
 
 from __future__ import annotations
 
+import csv
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 from stablelab.telemetry import StepTelemetry
+
+
+def append_csv(path: Path, fieldnames: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Append rows to a CSV file, writing the header when the file is new."""
+    fresh = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
+        if fresh:
+            w.writeheader()
+        w.writerows(rows)
 
 
 def telemetry_callbacks(trainer: L.Trainer) -> list[TelemetryCallback]:

@@ -15,14 +15,13 @@ go to the stability monitor's validation-rise detector (``events`` column).
 
 from __future__ import annotations
 
-import csv
 import math
 from typing import Any
 
 import lightning as L
 import torch
 
-from stablelab.callbacks.base import TelemetryCallback, telemetry_callbacks
+from stablelab.callbacks.base import TelemetryCallback, append_csv, telemetry_callbacks
 from stablelab.config import NonNegInt, PosInt
 
 CSV_FIELDS = ("step", "val_loss", "val_acc", "examples", "events")
@@ -127,13 +126,7 @@ class DenseEval(TelemetryCallback):
             r["events"] = ";".join(kinds)
         self.records += new
         if trainer.is_global_zero:
-            path = self.dir / self.filename
-            fresh = not path.exists()
-            with path.open("a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-                if fresh:
-                    w.writeheader()
-                w.writerows(new)
+            append_csv(self.dir / self.filename, CSV_FIELDS, new)
             for lg in trainer.loggers:
                 for r in new:
                     lg.log_metrics(

@@ -22,7 +22,6 @@ percentiles), sends both and a histogram to W&B, and provides the ``summary.json
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from collections import deque
@@ -32,7 +31,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from stablelab.callbacks.base import TelemetryCallback
+from stablelab.callbacks.base import TelemetryCallback, append_csv
 from stablelab.config import OpenUnit, PosInt
 from stablelab.telemetry import GRAD_FIELDS
 
@@ -80,19 +79,9 @@ class GradNormMonitor(TelemetryCallback):
             if len(self._recent) == self.recent_window:
                 self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
         if trainer.is_global_zero:
-            self._append_csv(rows)
+            append_csv(self.dir / self.filename, ["step", *GRAD_FIELDS], rows)
             self._log(trainer, rows)
         self._check_clip_fraction()
-
-    def _append_csv(self, rows: list[dict[str, Any]]) -> None:
-        path = self.dir / self.filename
-        new = not path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", *GRAD_FIELDS])
-            if new:
-                w.writeheader()
-            w.writerows({k: r[k] for k in ["step", *GRAD_FIELDS]} for r in rows)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
         from lightning.pytorch.loggers import WandbLogger

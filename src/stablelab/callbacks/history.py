@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+from stablelab.callbacks.base import append_csv
 
 
 class EvalHistory(L.Callback):
@@ -32,13 +33,7 @@ class EvalHistory(L.Callback):
         }
         self.records.append(rec)
         if self.filename and trainer.is_global_zero:
-            path = Path(trainer.default_root_dir) / self.filename
-            fresh = not path.exists()
-            with path.open("a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rec))
-                if fresh:
-                    w.writeheader()
-                w.writerow(rec)
+            append_csv(Path(trainer.default_root_dir) / self.filename, list(rec), [rec])
 
     def best(self) -> dict[str, Any] | None:
         """The evaluation with the lowest finite validation loss (None if none is finite)."""

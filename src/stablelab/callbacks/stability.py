@@ -13,13 +13,12 @@ and no validation or checkpoint ran in between. ``train`` turns that into a clea
 
 from __future__ import annotations
 
-import csv
 import logging
 from typing import Any
 
 import lightning as L
 
-from stablelab.callbacks.base import TelemetryCallback
+from stablelab.callbacks.base import TelemetryCallback, append_csv
 from stablelab.config import PosFloat, PosInt, Prob
 from stablelab.stability import InstabilityDetector, TrainingDiverged
 
@@ -85,7 +84,7 @@ class StabilityMonitor(TelemetryCallback):
             )
             self._warn(trainer, events)
         if trainer.is_global_zero and out:
-            self._append_csv(out)
+            append_csv(self.dir / self.filename, CSV_FIELDS, out)
             self._log(trainer, out)
 
     def observe_eval(self, trainer: L.Trainer, step: int, val_loss: float) -> list[str]:
@@ -114,15 +113,6 @@ class StabilityMonitor(TelemetryCallback):
         if d is not None and not self._raised:
             self._raised = True
             raise TrainingDiverged(d.step, d.detail, fail=self.fail_on_divergence)
-
-    def _append_csv(self, rows: list[dict[str, Any]]) -> None:
-        path = self.dir / self.filename
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
         from lightning.pytorch.loggers import WandbLogger

@@ -14,14 +14,13 @@ costs a copy of the parameters.
 
 from __future__ import annotations
 
-import csv
 import math
 from typing import Any
 
 import numpy as np
 import torch
 
-from stablelab.callbacks.base import TelemetryCallback
+from stablelab.callbacks.base import TelemetryCallback, append_csv
 from stablelab.config import PosInt
 
 
@@ -80,13 +79,7 @@ class UpdateRatioMonitor(TelemetryCallback):
         self.rows += new
         if not trainer.is_global_zero:
             return
-        path = self.dir / self.filename
-        fresh = not path.exists()
-        with path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["step", *self.names])
-            if fresh:
-                w.writeheader()
-            w.writerows(new)
+        append_csv(self.dir / self.filename, ["step", *self.names], new)
         from lightning.pytorch.loggers import WandbLogger
 
         for lg in trainer.loggers:
