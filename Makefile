@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.stablelab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train diagnose test test-all lint format clean
+.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval test test-all lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,27 @@ DIAGNOSE_ARGS ?= max_train_steps=500 logger=csv --jobs 2
 diagnose: $(STAMP)  ## LR sweep -> probe -> warmup sweep -> clip threshold on the default (a few minutes)
 	$(BIN)/stablelab diagnose $(DIAGNOSE_ARGS) $(ARGS)
 
+# experiments/: each study writes its runs under $(EXP_OUT) and copies the small results
+# (plots, CSV summaries, reports) into experiments/<study>/
+EXP_OUT ?= logs/experiments
+experiments: exp-axis-plot exp-early-eval  ## every study in experiments/ (see experiments/README.md)
+
+exp-axis-plot: $(STAMP)  ## Figure 7: LR sweep, axis plot with infeasible trials (~5 min)
+	rm -rf $(EXP_OUT)/axis_plot
+	$(BIN)/stablelab sweep lr max_train_steps=1000 logger=csv --jobs 2 \
+	  --lrs 0.0001 0.0003 0.001 0.003 0.01 0.03 0.1 0.3 1 --out $(EXP_OUT)/axis_plot
+	cd $(EXP_OUT)/axis_plot && cp sweep_summary.csv axis_plot.png curves_above_lr_star.png \
+	  sweep_report.md $(CURDIR)/experiments/axis_plot/
+
+exp-early-eval: $(STAMP)  ## Figure 5: what evaluating every 100 steps hides (~1 min)
+	rm -rf $(EXP_OUT)/early_eval
+	$(BIN)/stablelab-train optimizer.lr=0.03 max_train_steps=1000 logger=csv test=false \
+	  callbacks.dense_eval.every_step_until=100 callbacks.progress_bar.refresh_rate=0 \
+	  hydra.run.dir=$(EXP_OUT)/early_eval
+	$(BIN)/python experiments/early_eval/plot.py $(EXP_OUT)/early_eval experiments/early_eval/early_eval.png
+	cd $(EXP_OUT)/early_eval && cp evals.csv dense_eval.csv loss.png report.md summary.json \
+	  $(CURDIR)/experiments/early_eval/
+
 test: $(STAMP)  ## run the test suite (slow reproductions excluded)
 	$(BIN)/python -m pytest $(ARGS)
 
@@ -36,12 +57,12 @@ test-all: $(STAMP)  ## run every test, the slow reproductions included
 	$(BIN)/python -m pytest -m "" $(ARGS)
 
 lint: $(STAMP)  ## ruff check + format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff format --check src tests benchmarks experiments
 
 format: $(STAMP)  ## ruff fix + format
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks experiments
+	$(BIN)/ruff format src tests benchmarks experiments
 
 clean:  ## remove outputs, caches and the virtual environment
 	rm -rf $(VENV) logs outputs multirun data build dist .pytest_cache .ruff_cache

@@ -78,11 +78,14 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """The rows as CSV, ``run_dir`` relative to the CSV's folder (the sweep can move)."""
+    import os
+
     path = Path(path)
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({**r, "run_dir": os.path.relpath(r["run_dir"], path.parent)} for r in rows)
     return path
 
 
