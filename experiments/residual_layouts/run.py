@@ -1,0 +1,103 @@
+"""Residual layouts across learning rates and depths, without warmup.
+
+    python experiments/residual_layouts/run.py [--out logs/experiments/residual_layouts] [--jobs 2]
+
+Workload: MNIST-1D, the residual MLP (width 128, LayerNorm), the playbook's Adam at a
+constant LR with no warmup, 500 steps. Variants: post_norm Norm(x + f(x)), branch_norm
+x + Norm(f(x)), pre_norm x + f(Norm(x)), rezero x + a f(x) (a = 0 at init, no norm); depths
+4 and 32 blocks; LRs 1e-3, 1e-2, 1e-1. Writes residual_layouts.csv and residual_layouts.png
+into experiments/residual_layouts/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from stablelab.workflows import Trial, run_trials
+
+HERE = Path(__file__).resolve().parent
+BASE = ["model=mlp", "model.width=128", "max_train_steps=500", "logger=csv", "test=false"]
+VARIANTS = {
+    "post_norm": ["model.residual.layout=post_norm"],
+    "branch_norm": ["model.residual.layout=branch_norm"],
+    "pre_norm": ["model.residual.layout=pre_norm"],
+    "rezero": ["model.residual.layout=none", "model.residual.branch_init=rezero"],
+}
+DEPTHS = [4, 32]
+LRS = [0.001, 0.01, 0.1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("logs/experiments/residual_layouts"))
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    trials = [
+        Trial(f"{v}_d{d}_lr{lr:g}", [*extra, f"model.depth={d}", f"optimizer.lr={lr}"])
+        for v, extra in VARIANTS.items()
+        for d in DEPTHS
+        for lr in LRS
+    ]
+    run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="layouts")
+    rows = []
+    for v in VARIANTS:
+        for d in DEPTHS:
+            for lr in LRS:
+                s = json.loads((args.out / f"{v}_d{d}_lr{lr:g}" / "summary.json").read_text())
+                l0, val = s.get("initial_loss"), s.get("val_loss")
+                no_progress = val is not None and l0 is not None and val >= l0
+                rows.append({
+                    "variant": v, "depth": d, "lr": lr, "status": s["status"],
+                    "feasible": bool(s["feasible"]) and not no_progress,
+                    "unstable": s.get("unstable"), "first_instability_step":
+                    s.get("first_instability_step"), "val_loss": val, "val_acc": s.get("val_acc"),
+                })  # fmt: skip
+    with (HERE / "residual_layouts.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, HERE / "residual_layouts.png")
+    for r in rows:
+        print(r)
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(DEPTHS), figsize=(11, 4), dpi=110, sharey=True)
+    for ax, d in zip(axes, DEPTHS, strict=True):
+        for i, v in enumerate(VARIANTS):
+            pts = [r for r in rows if r["variant"] == v and r["depth"] == d]
+            ok = [(r["lr"], r["val_loss"]) for r in pts if r["feasible"]]
+            if ok:
+                ax.plot(*zip(*ok, strict=True), marker="o", color=f"C{i}", label=v)
+            shaky = [(r["lr"], r["val_loss"]) for r in pts if r["feasible"] and r["unstable"]]
+            if shaky:
+                ax.scatter(*zip(*shaky, strict=True), s=120, facecolors="none",
+                           edgecolors=f"C{i}", lw=1.5)  # fmt: skip
+            bad = [r["lr"] for r in pts if not r["feasible"]]
+            if bad:
+                ax.scatter(bad, [2.4] * len(bad), marker="x", color=f"C{i}", s=60)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"depth {d} (x at top: infeasible; ring: unstable)", fontsize=10)
+        ax.set_xlabel("base learning rate")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("best validation loss")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
