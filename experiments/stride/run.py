@@ -1,0 +1,105 @@
+"""Figure 4 of the playbook: one block's stride changed from 2 to 1, LR sweeps for both, then
+warmup at the high LR for the changed model.
+
+    python experiments/stride/run.py [--out logs/experiments/stride] [--jobs 2]
+
+Workload: MNIST-1D, the 1-D ResNet (three stages); `model.strides=[1,2,2]` (default) vs
+`[1,1,2]` (the second stage's first block at stride 1: longer feature maps after it), the
+playbook's Adam, constant LR, no warmup, 600 steps. Then the stride-1 model at the highest
+LR with warmup_steps over [10, 60] (60 = the 10% cap), post_warmup_steps = 2 x warmup.
+Writes stride.csv and stride.png into experiments/stride/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+from pathlib import Path
+
+from stablelab.analysis.sweep import load_trials
+from stablelab.workflows import Trial, run_trials
+
+HERE = Path(__file__).resolve().parent
+BASE = ["max_train_steps=600", "logger=csv", "test=false"]
+LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
+MODELS = {"stride2": "model.strides=[1,2,2]", "stride1": "model.strides=[1,1,2]"}
+WARMUP_LR = 0.1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("logs/experiments/stride"))
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    for name, override in MODELS.items():
+        trials = [Trial(f"lr_{lr:g}", [override, f"optimizer.lr={lr}"]) for lr in LRS]
+        run_trials(trials, args.out / name, BASE, jobs=args.jobs, threads=1, label=name)
+    warm = [
+        Trial(
+            f"warmup_{w}",
+            [
+                MODELS["stride1"],
+                f"optimizer.lr={WARMUP_LR}",
+                f"schedule.warmup_steps={w}",
+                f"schedule.post_warmup_steps={2 * w}",
+            ],
+        )  # fmt: skip
+        for w in (10, 60)
+    ]
+    run_trials(warm, args.out / "stride1_warmup", BASE, jobs=args.jobs, threads=1, label="warmup")
+    rows = []
+    for group in ("stride2", "stride1", "stride1_warmup"):
+        for r in load_trials(args.out / group):
+            rows.append({"group": group, **{k: r[k] for k in (
+                "lr", "warmup_steps", "status", "feasible", "unstable",
+                "first_instability_step", "val_loss")}})  # fmt: skip
+    with (HERE / "stride.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot(rows, HERE / "stride.png")
+    for r in rows:
+        print(r)
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    styles = {"stride2": ("C0", "o", "strides [1,2,2] (default)"),
+              "stride1": ("C3", "s", "strides [1,1,2]")}  # fmt: skip
+    for group, (color, marker, label) in styles.items():
+        mine = [r for r in rows if r["group"] == group]
+        ok = [(r["lr"], r["val_loss"]) for r in mine if r["feasible"]]
+        if ok:
+            ax.plot(*zip(*ok, strict=True), color=color, marker=marker, label=label)
+        shaky = [(r["lr"], r["val_loss"]) for r in mine if r["feasible"] and r["unstable"]]
+        if shaky:
+            ax.scatter(*zip(*shaky, strict=True), s=140, facecolors="none", edgecolors=color)
+        bad = [r["lr"] for r in mine if not r["feasible"]]
+        if bad:
+            ax.scatter(bad, [2.5] * len(bad), marker="x", color=color, s=60)
+    for r in rows:
+        if r["group"] == "stride1_warmup" and r["feasible"]:
+            ax.scatter([r["lr"]], [r["val_loss"]], marker="*", s=160, color="C2", zorder=4,
+                       label=f"[1,1,2] + warmup {r['warmup_steps']}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("base learning rate")
+    ax.set_ylabel("best validation loss")
+    ax.set_title("stride change (ring: unstable, x at top: infeasible)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
