@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.stablelab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride test test-all lint format clean
+.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer test test-all lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ diagnose: $(STAMP)  ## LR sweep -> probe -> warmup sweep -> clip threshold on th
 # experiments/: each study writes its runs under $(EXP_OUT) and copies the small results
 # (plots, CSV summaries, reports) into experiments/<study>/
 EXP_OUT ?= logs/experiments
-experiments: exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride  ## every study in experiments/ (see experiments/README.md)
+experiments: exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer  ## every study in experiments/ (see experiments/README.md)
 
 exp-axis-plot: $(STAMP)  ## Figure 7: LR sweep, axis plot with infeasible trials (~5 min)
 	rm -rf $(EXP_OUT)/axis_plot
@@ -61,6 +61,9 @@ exp-optimizers: $(STAMP)  ## the six update rules, each LR-swept (~5 min)
 
 exp-stride: $(STAMP)  ## Figure 4: strides [1,2,2] vs [1,1,2] across LRs, then warmup (~3 min)
 	$(BIN)/python experiments/stride/run.py --out $(EXP_OUT)/stride
+
+exp-warmup-transformer: $(STAMP)  ## Figures 6/8: post-norm Transformer, warmup x base LR (~2 min)
+	$(BIN)/python experiments/warmup_transformer/run.py --out $(EXP_OUT)/warmup_transformer
 
 test: $(STAMP)  ## run the test suite (slow reproductions excluded)
 	$(BIN)/python -m pytest $(ARGS)
