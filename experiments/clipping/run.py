@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from stablelab.analysis.sweep import write_rows
 from stablelab.workflows import Trial, clip_threshold, run_trials
 
 HERE = Path(__file__).resolve().parent
@@ -62,10 +63,7 @@ def main() -> None:
             "grad_norm_spikes": s.get("grad_norm_spikes"), "unstable": s.get("unstable"),
             "grad_norm_p90": s.get("grad_norm_p90"),
         })  # fmt: skip
-    with (HERE / "clipping_summary.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(HERE / "clipping_summary.csv", rows)
     plot(args.out, names, HERE / "clipping.png")
     print(f"p90 of the unclipped norms: {p90:.4g}")
     for r in rows:

@@ -11,11 +11,12 @@ and optimizers.png (best validation loss vs LR per rule) into experiments/optimi
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
 
+from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.sweep import draw_lr_series, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
@@ -55,10 +56,7 @@ def main() -> None:
                 "feasible": bool(s["feasible"]) and not (val is not None and l0 and val >= l0),
                 "unstable": s.get("unstable"), "val_loss": val, "val_acc": s.get("val_acc"),
             })  # fmt: skip
-    with (HERE / "optimizers.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(HERE / "optimizers.csv", rows)
     plot(rows, HERE / "optimizers.png")
     for rule in RULES:
         mine = [r for r in rows if r["rule"] == rule and r["feasible"]]
@@ -69,30 +67,14 @@ def main() -> None:
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for i, rule in enumerate(RULES):
-        mine = [r for r in rows if r["rule"] == rule]
-        ok = [(r["lr"], r["val_loss"]) for r in mine if r["feasible"]]
-        if ok:
-            ax.plot(*zip(*ok, strict=True), marker="o", color=f"C{i}", label=rule)
-        bad = [r["lr"] for r in mine if not r["feasible"]]
-        if bad:
-            ax.scatter(bad, [2.5] * len(bad), marker="x", color=f"C{i}", s=50)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("base learning rate")
+        draw_lr_series(ax, [r for r in rows if r["rule"] == rule], rule, f"C{i}")
+    style_lr_axis(ax, "six update rules, 500 steps (ring: unstable, x at top: infeasible)")
     ax.set_ylabel("best validation loss")
-    ax.set_title("six update rules, 500 steps (x at top: infeasible)")
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    print(f"wrote {path}")
+    print(f"wrote {_save(fig, path)}")
 
 
 if __name__ == "__main__":

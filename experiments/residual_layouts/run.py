@@ -12,11 +12,12 @@ into experiments/residual_layouts/.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
 
+from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.sweep import draw_lr_series, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
@@ -58,45 +59,23 @@ def main() -> None:
                     "unstable": s.get("unstable"), "first_instability_step":
                     s.get("first_instability_step"), "val_loss": val, "val_acc": s.get("val_acc"),
                 })  # fmt: skip
-    with (HERE / "residual_layouts.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(HERE / "residual_layouts.csv", rows)
     plot(rows, HERE / "residual_layouts.png")
     for r in rows:
         print(r)
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(DEPTHS), figsize=(11, 4), dpi=110, sharey=True)
     for ax, d in zip(axes, DEPTHS, strict=True):
         for i, v in enumerate(VARIANTS):
-            pts = [r for r in rows if r["variant"] == v and r["depth"] == d]
-            ok = [(r["lr"], r["val_loss"]) for r in pts if r["feasible"]]
-            if ok:
-                ax.plot(*zip(*ok, strict=True), marker="o", color=f"C{i}", label=v)
-            shaky = [(r["lr"], r["val_loss"]) for r in pts if r["feasible"] and r["unstable"]]
-            if shaky:
-                ax.scatter(*zip(*shaky, strict=True), s=120, facecolors="none",
-                           edgecolors=f"C{i}", lw=1.5)  # fmt: skip
-            bad = [r["lr"] for r in pts if not r["feasible"]]
-            if bad:
-                ax.scatter(bad, [2.4] * len(bad), marker="x", color=f"C{i}", s=60)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(f"depth {d} (x at top: infeasible; ring: unstable)", fontsize=10)
-        ax.set_xlabel("base learning rate")
-        ax.grid(alpha=0.3, which="both")
+            mine = [r for r in rows if r["variant"] == v and r["depth"] == d]
+            draw_lr_series(ax, mine, v, f"C{i}", bad_y=2.4)
+        style_lr_axis(ax, f"depth {d} (x at top: infeasible; ring: unstable)")
     axes[0].set_ylabel("best validation loss")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    print(f"wrote {path}")
+    print(f"wrote {_save(fig, path)}")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ Writes stride.csv and stride.png into experiments/stride/.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 from pathlib import Path
 
-from stablelab.analysis.sweep import load_trials
+from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
@@ -56,49 +56,27 @@ def main() -> None:
             rows.append({"group": group, **{k: r[k] for k in (
                 "lr", "warmup_steps", "status", "feasible", "unstable",
                 "first_instability_step", "val_loss")}})  # fmt: skip
-    with (HERE / "stride.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(HERE / "stride.csv", rows)
     plot(rows, HERE / "stride.png")
     for r in rows:
         print(r)
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     styles = {"stride2": ("C0", "o", "strides [1,2,2] (default)"),
               "stride1": ("C3", "s", "strides [1,1,2]")}  # fmt: skip
     for group, (color, marker, label) in styles.items():
-        mine = [r for r in rows if r["group"] == group]
-        ok = [(r["lr"], r["val_loss"]) for r in mine if r["feasible"]]
-        if ok:
-            ax.plot(*zip(*ok, strict=True), color=color, marker=marker, label=label)
-        shaky = [(r["lr"], r["val_loss"]) for r in mine if r["feasible"] and r["unstable"]]
-        if shaky:
-            ax.scatter(*zip(*shaky, strict=True), s=140, facecolors="none", edgecolors=color)
-        bad = [r["lr"] for r in mine if not r["feasible"]]
-        if bad:
-            ax.scatter(bad, [2.5] * len(bad), marker="x", color=color, s=60)
+        draw_lr_series(ax, [r for r in rows if r["group"] == group], label, color, marker)
     for r in rows:
         if r["group"] == "stride1_warmup" and r["feasible"]:
             ax.scatter([r["lr"]], [r["val_loss"]], marker="*", s=160, color="C2", zorder=4,
                        label=f"[1,1,2] + warmup {r['warmup_steps']}")  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("base learning rate")
+    style_lr_axis(ax, "stride change (ring: unstable, x at top: infeasible)")
     ax.set_ylabel("best validation loss")
-    ax.set_title("stride change (ring: unstable, x at top: infeasible)")
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    print(f"wrote {path}")
+    print(f"wrote {_save(fig, path)}")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ into experiments/warmup_transformer/.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 from pathlib import Path
 
-from stablelab.analysis.sweep import load_trials
+from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
@@ -66,40 +66,22 @@ def main() -> None:
         }  # fmt: skip
         for r in load_trials(args.out)
     ]
-    with (HERE / "warmup_transformer.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_rows(HERE / "warmup_transformer.csv", rows)
     plot(rows, HERE / "warmup_transformer.png")
     for r in rows:
         print(r)
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for i, w in enumerate(sorted({r["warmup_steps"] for r in rows})):
-        mine = sorted((r for r in rows if r["warmup_steps"] == w), key=lambda r: r["lr"])
-        ok = [(r["lr"], r["val_loss"]) for r in mine if r["feasible"]]
-        if ok:
-            ax.plot(*zip(*ok, strict=True), marker="o", color=f"C{i}", label=f"warmup {w}")
-        bad = [r["lr"] for r in mine if not r["feasible"]]
-        if bad:
-            ax.scatter(bad, [3.0] * len(bad), marker="x", color=f"C{i}", s=60)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("base learning rate")
+        mine = [r for r in rows if r["warmup_steps"] == w]
+        draw_lr_series(ax, mine, f"warmup {w}", f"C{i}", bad_y=3.0)
+    style_lr_axis(ax, "post-norm Transformer: warmup vs base LR (x at top: infeasible)")
     ax.set_ylabel("best validation loss")
-    ax.set_title("post-norm Transformer: warmup vs base LR (x at top: infeasible)")
-    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    print(f"wrote {path}")
+    print(f"wrote {_save(fig, path)}")
 
 
 if __name__ == "__main__":

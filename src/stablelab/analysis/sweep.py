@@ -348,3 +348,39 @@ def render_lr_sweep(result: dict[str, Any]) -> str:
         lines += ["![training loss at lr* and just above](curves_above_lr_star.png)", ""]
     lines += ["Per-trial reports: `<trial>/report.md`. Table: `sweep_summary.csv`.", ""]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- shared by studies
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows of dicts as CSV (columns from the first row)."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def draw_lr_series(
+    ax, rows: list[dict[str, Any]], label: str, color: str, marker: str = "o", bad_y: float = 2.5
+) -> None:
+    """One series of trials on a best-val-loss-vs-LR axis: feasible trials joined by a
+    line, unstable ones ringed, infeasible ones as crosses at ``bad_y``."""
+    rows = sorted(rows, key=lambda r: r["lr"])
+    ok = [(r["lr"], r["val_loss"]) for r in rows if r["feasible"]]
+    if ok:
+        ax.plot(*zip(*ok, strict=True), marker=marker, color=color, label=label)
+    shaky = [(r["lr"], r["val_loss"]) for r in rows if r["feasible"] and r["unstable"]]
+    if shaky:
+        ax.scatter(*zip(*shaky, strict=True), s=120, facecolors="none", edgecolors=color, lw=1.5)
+    bad = [r["lr"] for r in rows if not r["feasible"]]
+    if bad:
+        ax.scatter(bad, [bad_y] * len(bad), marker="x", color=color, s=60)
+
+
+def style_lr_axis(ax, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("base learning rate")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
