@@ -448,17 +448,43 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     return plain
 
 
+def sharded_strategy(strategy: Any) -> str | None:
+    """The name of a sharded (FSDP) strategy in ``trainer.strategy``, else None: the
+    strings Lightning registers for FSDP (``fsdp``, ``fsdp_cpu_offload``, ...) or a
+    ``_target_`` naming stablelab's ``FSDP2Strategy``, Lightning's ``ModelParallelStrategy``
+    (FSDP2) or ``FSDPStrategy`` (FSDP1)."""
+    if isinstance(strategy, dict):
+        target = str(strategy.get("_target_", ""))
+        if target.endswith(("FSDP2Strategy", "ModelParallelStrategy", "FSDPStrategy")):
+            return target.rsplit(".", 1)[-1]
+        return None
+    if isinstance(strategy, str) and strategy.startswith("fsdp"):
+        return strategy
+    return None
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
-    strategy = str((plain.get("trainer") or {}).get("strategy", ""))
+    strategy = (plain.get("trainer") or {}).get("strategy", "")
+    sharded = sharded_strategy(strategy)
+    if sharded is None:
+        return []
+    problems = []
     clip = str((plain.get("clipping") or {}).get("_target_", ""))
-    if strategy.startswith("fsdp") and clip.endswith(".AGC"):
-        return [
+    if clip.endswith(".AGC"):
+        problems.append(
             "clipping = agc: not available with trainer.strategy = "
-            f"{_fmt(strategy)} (per-unit norms need whole weight rows; FSDP shards them): "
+            f"{_fmt(sharded)} (per-unit norms need whole weight rows; FSDP shards them): "
             "use clipping=none, fixed, percentile or zscore"
-        ]
-    return []
+        )
+    ratio = ((plain.get("callbacks") or {}).get("update_ratio") or {}).get("every_n_steps")
+    if ratio is not None:
+        problems.append(
+            f"callbacks.update_ratio.every_n_steps = {_fmt(ratio)}: not available with "
+            f"trainer.strategy = {_fmt(sharded)} (per-tensor ratios need whole tensors; "
+            "FSDP shards them): use null (off)"
+        )
+    return problems
 
 
 # --------------------------------------------------------------------------- resolvers

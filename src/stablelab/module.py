@@ -20,6 +20,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from stablelab.optim.clipping import NoClip
 
 
+def _is_sharded(strategy) -> bool:
+    """FSDP2 (ModelParallelStrategy) or FSDP1 (FSDPStrategy): gradients are shards."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
 class StableModule(L.LightningModule):
     def __init__(self, cfg: dict[str, Any], input_spec: dict[str, Any], num_classes: int):
         super().__init__()
@@ -32,6 +39,7 @@ class StableModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
+        self._sharded = False  # configure_model has applied FSDP2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -95,11 +103,32 @@ class StableModule(L.LightningModule):
             return  # nothing to clip and nobody listening: skip even the norm
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
-            if "fsdp" in type(self.trainer.strategy).__name__.lower():  # sharded gradients
+            if _is_sharded(self.trainer.strategy):  # each rank holds a shard of g
                 self.clipper.reduce_sq = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
         stats = self.clipper(self._named_params)
         if self.telemetry is not None:
             self.telemetry.record(self.trainer.global_step, stats)
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (``trainer=fsdp`` / ``fsdp_cpu``: Lightning's ModelParallelStrategy)
+        shard every residual block, then the rest, over the data-parallel mesh: parameters,
+        gradients and optimizer state become DTensors sharded along dim 0. Other
+        strategies: nothing to do. Lightning may call this more than once."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, ModelParallelStrategy) or self._sharded:
+            return
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:  # pragma: no cover - torch < 2.6
+            from torch.distributed._composable.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for block in getattr(self.model, "blocks", ()):
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.model, mesh=mesh)
+        self._sharded = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if hasattr(self.clipper, "state_dict"):  # adaptive clippers' running statistics

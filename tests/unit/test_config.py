@@ -146,6 +146,12 @@ BAD = [
         ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"],
     ),
     (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
+    (["trainer=fsdp", "clipping=agc"], ["clipping = agc", "FSDP2Strategy", "zscore"]),
+    (["+trainer.strategy=fsdp", "clipping=agc"], ["clipping = agc", "'fsdp'"]),
+    (
+        ["trainer=fsdp_cpu", "callbacks.update_ratio.every_n_steps=5"],
+        ["callbacks.update_ratio.every_n_steps = 5", "FSDP2Strategy", "use null"],
+    ),
 ]
 
 

@@ -82,10 +82,11 @@ class DenseEval(TelemetryCallback):
             take = int(min(y.shape[0], need - got))
             if take <= 0:
                 break
-            dev = pl_module.device
-            batches.append((x[:take].to(dev), y[:take].to(dev)))
+            dev = pl_module.device  # as Lightning's loops: float64 inputs under 64-true
+            x, y = trainer.precision_plugin.convert_input((x[:take].to(dev), y[:take].to(dev)))
+            batches.append((x, y))
             got += take
-            size += x[:take].nbytes + y[:take].nbytes
+            size += x.nbytes + y.nbytes
         if size <= CACHE_BYTES:
             self._batches = batches
         return batches

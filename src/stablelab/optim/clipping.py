@@ -29,6 +29,14 @@ from typing import Annotated, Literal
 import torch
 from torch import Tensor
 
+try:  # FSDP2 gradients (torch.distributed._tensor before torch 2.5)
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover
+    try:
+        from torch.distributed._tensor import DTensor
+    except ImportError:  # torch built without torch.distributed
+        DTensor = ()  # type: ignore[assignment,misc]
+
 from stablelab.config import NonNegInt, PosFloat, PosInt, Range
 
 Percent = Annotated[float, Range(gt=0, lt=100)]
@@ -66,6 +74,11 @@ def global_grad_norm(
     return torch.sqrt(reduce_sq(stacked.square().sum()))
 
 
+def _local(t: Tensor) -> Tensor:
+    """A DTensor's local shard (FSDP2), which in-place ops on it change; else ``t``."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor, Tensor]]:
     return [(n, p, p.grad) for n, p in named_params if p.grad is not None]
 
@@ -83,7 +96,7 @@ class GlobalNormClipper:
         raise NotImplementedError
 
     def __call__(self, named_params: Iterable[tuple[str, Tensor]]) -> ClipStats:
-        grads = [g for _, _, g in _grads(named_params)]
+        grads = [_local(g) for _, _, g in _grads(named_params)]
         if not grads:
             z = torch.zeros(())
             return ClipStats(z, z, z, torch.full((), float("inf")))
