@@ -105,3 +105,14 @@ def test_tensorboard_logger_writes_events_and_csv(tmp_path):
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert "train/loss" in (out / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_float64_run_evaluates_densely_in_float64(tmp_path):
+    """precision=64-true: Lightning converts the loops' batches; dense evaluation (outside
+    the loops) must too, or the first evaluation fails on a float32 input."""
+    s, run = _train(tmp_path, "f64", ["trainer.precision=64-true", "max_train_steps=30"])
+    assert s["status"] == "completed"
+    rows = list(csv.DictReader((run / "dense_eval.csv").open()))
+    assert [int(r["step"]) for r in rows][:3] == [1, 2, 3] and len(rows) >= 25
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float64}
