@@ -36,15 +36,14 @@ experiments: exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-
 
 exp-axis-plot: $(STAMP)  ## Figure 7: LR sweep, axis plot with infeasible trials (~5 min)
 	rm -rf $(EXP_OUT)/axis_plot
-	$(BIN)/stablelab sweep lr max_train_steps=1000 logger=csv --jobs 2 \
+	$(BIN)/stablelab sweep lr experiment=study_axis_plot --jobs 2 \
 	  --lrs 0.0001 0.0003 0.001 0.003 0.01 0.03 0.1 0.3 1 --out $(EXP_OUT)/axis_plot
 	cd $(EXP_OUT)/axis_plot && cp sweep_summary.csv axis_plot.png curves_above_lr_star.png \
 	  sweep_report.md $(CURDIR)/experiments/axis_plot/
 
 exp-early-eval: $(STAMP)  ## Figure 5: what evaluating every 100 steps hides (~1 min)
 	rm -rf $(EXP_OUT)/early_eval
-	$(BIN)/stablelab-train optimizer.lr=0.03 max_train_steps=1000 logger=csv test=false \
-	  callbacks.dense_eval.every_step_until=100 callbacks.progress_bar.refresh_rate=0 \
+	$(BIN)/stablelab-train experiment=study_early_eval callbacks.progress_bar.refresh_rate=0 \
 	  hydra.run.dir=$(EXP_OUT)/early_eval
 	$(BIN)/python experiments/early_eval/plot.py $(EXP_OUT)/early_eval experiments/early_eval/early_eval.png
 	cd $(EXP_OUT)/early_eval && cp evals.csv dense_eval.csv loss.png report.md summary.json \

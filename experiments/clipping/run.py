@@ -21,7 +21,7 @@ from stablelab.analysis.sweep import write_rows
 from stablelab.workflows import Trial, clip_threshold, run_trials
 
 HERE = Path(__file__).resolve().parent
-BASE = ["optimizer.lr=0.03", "max_train_steps=1000", "logger=csv", "test=false"]
+BASE = ["experiment=study_clipping"]  # configs/experiment/study_clipping.yaml
 
 
 def main() -> None:

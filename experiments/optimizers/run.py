@@ -20,7 +20,7 @@ from stablelab.analysis.sweep import draw_lr_series, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
-BASE = ["max_train_steps=500", "logger=csv", "test=false"]
+BASE = ["experiment=study_optimizers"]  # configs/experiment/study_optimizers.yaml
 SGD_LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 ADAPTIVE_LRS = [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1]
 RULES = {

@@ -21,7 +21,7 @@ from stablelab.analysis.sweep import draw_lr_series, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
-BASE = ["model=mlp", "model.width=128", "max_train_steps=500", "logger=csv", "test=false"]
+BASE = ["experiment=study_residual_layouts"]  # configs/experiment/study_residual_layouts.yaml
 VARIANTS = {
     "post_norm": ["model.residual.layout=post_norm"],
     "branch_norm": ["model.residual.layout=branch_norm"],

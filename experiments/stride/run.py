@@ -21,7 +21,7 @@ from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis,
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
-BASE = ["max_train_steps=600", "logger=csv", "test=false"]
+BASE = ["experiment=study_stride"]  # configs/experiment/study_stride.yaml
 LRS = [0.001, 0.003, 0.01, 0.03, 0.1]
 MODELS = {"stride2": "model.strides=[1,2,2]", "stride1": "model.strides=[1,1,2]"}
 WARMUP_LR = 0.1

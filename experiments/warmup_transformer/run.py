@@ -21,12 +21,7 @@ from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis,
 from stablelab.workflows import Trial, run_trials
 
 HERE = Path(__file__).resolve().parent
-BASE = [
-    "experiment=recall_transformer",
-    "model.residual.layout=post_norm",
-    "logger=csv",
-    "test=false",
-]
+BASE = ["experiment=study_warmup_transformer"]  # configs/experiment/study_warmup_transformer.yaml
 LRS = [0.001, 0.003, 0.01, 0.03]
 
 
