@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 
 from conftest import QUIET, assert_ok, run_cli
+from stablelab.analysis.sweep import load_trials, select_lr_star
+from stablelab.workflows import Trial, clip_threshold, run_trials
 
 pytestmark = pytest.mark.slow
 
@@ -25,3 +28,117 @@ def test_early_eval_dense_evaluation_shows_what_sparse_evaluation_hides(tmp_path
     s = json.loads((out / "summary.json").read_text())
     assert s["val_loss_rise_step"] is not None and s["val_loss_rise_step"] <= 10
     assert "**Early instability**" in (out / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# The other studies: each claim in experiments/README.md rerun on the study's own config
+# (configs/experiment/study_<study>.yaml) with the trials that carry it, one torch thread
+# per trial as the studies run them. Thresholds are the claims, with margin: the runs at
+# unstable LRs are chaotic, and another CPU may round differently.
+
+
+def _study(tmp_path, study: str, trials: list[Trial], jobs: int = 2) -> dict[str, dict]:
+    out = tmp_path / study
+    done = run_trials(
+        trials, out, [f"experiment=study_{study}", *QUIET], jobs=jobs, threads=1,
+        progress=False,
+    )  # fmt: skip
+    for d in done:
+        assert d["returncode"] == 0, (out / f"{d['name']}.log").read_text()[-4000:]
+    return {t.name: json.loads((out / t.name / "summary.json").read_text()) for t in trials}
+
+
+def _rows(path):
+    return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(path.open())]
+
+
+def test_axis_plot_feasible_low_infeasible_high(tmp_path):
+    s = _study(
+        tmp_path,
+        "axis_plot",
+        [Trial(f"lr_{lr:g}", [f"optimizer.lr={lr}"]) for lr in (0.001, 0.1, 0.3)],
+    )
+    assert s["lr_0.001"]["feasible"] and s["lr_0.001"]["val_loss"] < 0.1
+    assert not s["lr_0.1"]["feasible"]  # trains, but makes no progress (chance level)
+    assert s["lr_0.3"]["status"] == "diverged" and not s["lr_0.3"]["feasible"]
+    trials = load_trials(tmp_path / "axis_plot")
+    assert select_lr_star(trials)["lr"] == 0.001
+
+
+def test_clipping_far_above_is_a_no_op_and_p90_stabilises(tmp_path):
+    (none,) = _study(tmp_path / "a", "clipping", [Trial("none", ["clipping=none"])]).values()
+    p90 = clip_threshold(tmp_path / "a" / "clipping" / "none")
+    s = _study(
+        tmp_path / "b", "clipping",
+        [
+            Trial("far_above", ["clipping=fixed", f"clipping.clip_threshold={100 * p90:.4g}"]),
+            Trial("p90", ["clipping=fixed", f"clipping.clip_threshold={p90:.4g}"]),
+        ],
+    )  # fmt: skip
+    runs = tmp_path / "a" / "clipping" / "none", tmp_path / "b" / "clipping" / "far_above"
+    # a threshold far above every norm changes nothing, bit for bit
+    assert [(r["step"], r["grad_norm"]) for r in _rows(runs[1] / "grad_norms.csv")] == [
+        (r["step"], r["grad_norm"]) for r in _rows(runs[0] / "grad_norms.csv")
+    ]
+    assert s["far_above"]["clip_fraction"] == 0 and s["far_above"]["val_loss"] == none["val_loss"]
+    # the p90 threshold clips a minority of updates and ends with a lower validation loss
+    assert 0.01 < s["p90"]["clip_fraction"] < 0.5
+    assert s["p90"]["val_loss"] < 0.75 * none["val_loss"]
+    assert s["p90"]["loss_spikes"] <= none["loss_spikes"]
+
+
+def test_stride_both_strides_fail_at_the_same_lr_and_warmup_trains_there(tmp_path):
+    trials = [
+        Trial(f"{name}_lr{lr:g}", [f"model.strides={strides}", f"optimizer.lr={lr}"])
+        for name, strides in (("stride2", "[1,2,2]"), ("stride1", "[1,1,2]"))
+        for lr in (0.003, 0.1)
+    ]
+    warm = ["model.strides=[1,1,2]", "optimizer.lr=0.1", "schedule.warmup_steps=60"]
+    trials.append(Trial("stride1_warmup60", [*warm, "schedule.post_warmup_steps=120"]))
+    s = _study(tmp_path, "stride", trials)
+    for name in ("stride2", "stride1"):  # the measured outcome: no difference between them
+        assert s[f"{name}_lr0.003"]["feasible"] and s[f"{name}_lr0.003"]["val_loss"] < 0.15
+        assert not s[f"{name}_lr0.1"]["feasible"]
+    # with warmup the stride-1 model trains at 0.1 (its best val loss is far below chance)
+    assert s["stride1_warmup60"]["val_loss"] < 0.5
+
+
+def test_warmup_transformer_warmup_halves_the_loss_at_high_lr(tmp_path):
+    s = _study(
+        tmp_path, "warmup_transformer",
+        [
+            Trial(f"w{w}", ["optimizer.lr=0.03", f"schedule.warmup_steps={w}",
+                            f"schedule.post_warmup_steps={2 * w}"])
+            for w in (0, 100)
+        ],
+    )  # fmt: skip
+    assert s["w100"]["val_loss"] < 0.6 * s["w0"]["val_loss"]
+
+
+def test_residual_layouts_post_norm_breaks_first_and_rezero_trains_deep(tmp_path):
+    deep = ["model.depth=32", "optimizer.lr=0.01"]  # 32 blocks, 10x the LR where all train
+    rezero = ["model.residual.branch_init=rezero"]
+    s = _study(
+        tmp_path, "residual_layouts",
+        [
+            Trial("post_norm", [*deep, "model.residual.layout=post_norm"]),
+            Trial("rezero", [*deep, "model.residual.layout=none", *rezero]),
+        ],
+    )  # fmt: skip
+    chance = math.log(10)
+    assert s["post_norm"]["val_loss"] > 0.95 * chance  # no better than guessing
+    assert s["rezero"]["val_loss"] < 0.5 * chance
+
+
+# each rule at the LR that was best for it in the study (optimizers.csv)
+BEST_LR = {"sgd": 0.3, "momentum": 0.03, "nesterov": 0.03, "rmsprop": 0.01, "adam": 0.001,
+           "nadam": 0.01}  # fmt: skip
+
+
+def test_optimizers_all_six_rules_train_once_tuned(tmp_path):
+    s = _study(
+        tmp_path, "optimizers",
+        [Trial(r, [f"optimizer={r}", f"optimizer.lr={lr}"]) for r, lr in BEST_LR.items()],
+    )  # fmt: skip
+    for rule in BEST_LR:  # measured: 0.054-0.091; chance is ln 10 = 2.3
+        assert s[rule]["feasible"] and s[rule]["val_loss"] < 0.12, (rule, s[rule]["val_loss"])
