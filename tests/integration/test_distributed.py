@@ -178,13 +178,14 @@ def test_sharded_strategies_refuse_whole_tensor_features(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_bf16_run(tmp_path):  # pragma: no cover - needs a GPU
+@pytest.mark.parametrize("trainer", ["gpu", "ddp", "fsdp"])
+def test_gpu_bf16_run(tmp_path, trainer):  # pragma: no cover - needs a GPU
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no GPU")
-    out = tmp_path / "gpu"
-    assert_ok(
-        run_cli([*COMMON, "trainer=gpu", "max_train_steps=50", f"hydra.run.dir={out}"], tmp_path)
-    )
+    out = tmp_path / trainer
+    args = [*COMMON, f"trainer={trainer}", "max_train_steps=50", f"hydra.run.dir={out}"]
+    assert_ok(run_cli([*args, "trainer.devices=1"], tmp_path))
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "completed" and s["feasible"]
+    assert np.isfinite(_col(out, "grad_norm")).all()

@@ -53,16 +53,13 @@ def _rows(path):
 
 
 def test_axis_plot_feasible_low_infeasible_high(tmp_path):
-    s = _study(
-        tmp_path,
-        "axis_plot",
-        [Trial(f"lr_{lr:g}", [f"optimizer.lr={lr}"]) for lr in (0.001, 0.1, 0.3)],
-    )
-    assert s["lr_0.001"]["feasible"] and s["lr_0.001"]["val_loss"] < 0.1
-    assert not s["lr_0.1"]["feasible"]  # trains, but makes no progress (chance level)
-    assert s["lr_0.3"]["status"] == "diverged" and not s["lr_0.3"]["feasible"]
-    trials = load_trials(tmp_path / "axis_plot")
-    assert select_lr_star(trials)["lr"] == 0.001
+    lrs = (0.001, 0.1, 0.3)
+    _study(tmp_path, "axis_plot", [Trial(f"lr_{lr:g}", [f"optimizer.lr={lr}"]) for lr in lrs])
+    rows = {r["lr"]: r for r in load_trials(tmp_path / "axis_plot")}  # the sweep's reading
+    assert rows[0.001]["feasible"] and rows[0.001]["val_loss"] < 0.1
+    assert rows[0.1]["status"] == "no progress" and not rows[0.1]["feasible"]  # chance level
+    assert rows[0.3]["status"] == "diverged" and not rows[0.3]["feasible"]
+    assert select_lr_star(list(rows.values()))["lr"] == 0.001
 
 
 def test_clipping_far_above_is_a_no_op_and_p90_stabilises(tmp_path):
