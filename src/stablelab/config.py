@@ -477,6 +477,14 @@ def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
             f"{_fmt(sharded)} (per-unit norms need whole weight rows; FSDP shards them): "
             "use clipping=none, fixed, percentile or zscore"
         )
+    if sharded == "ModelParallelStrategy":  # Lightning's default "auto" is one TP group/node
+        tp = strategy.get("tensor_parallel_size", "auto")
+        if tp != 1:
+            problems.append(
+                f"trainer.strategy.tensor_parallel_size = {_fmt(tp)}: stablelab shards "
+                "data-parallel only (trainer=fsdp uses stablelab.strategies.FSDP2Strategy); "
+                "allowed: 1"
+            )
     ratio = ((plain.get("callbacks") or {}).get("update_ratio") or {}).get("every_n_steps")
     if ratio is not None:
         problems.append(

@@ -124,9 +124,11 @@ class StableModule(L.LightningModule):
         except ImportError:  # pragma: no cover - torch < 2.6
             from torch.distributed._composable.fsdp import fully_shard
 
+        from stablelab.models.blocks import ResidualBlock
+
         mesh = self.device_mesh["data_parallel"]
-        for block in getattr(self.model, "blocks", ()):
-            fully_shard(block, mesh=mesh)
+        for block in [m for m in self.model.modules() if isinstance(m, ResidualBlock)]:
+            fully_shard(block, mesh=mesh)  # one all-gather / reduce-scatter unit each
         fully_shard(self.model, mesh=mesh)
         self._sharded = True
 

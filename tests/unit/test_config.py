@@ -149,6 +149,10 @@ BAD = [
     (["trainer=fsdp", "clipping=agc"], ["clipping = agc", "FSDP2Strategy", "zscore"]),
     (["+trainer.strategy=fsdp", "clipping=agc"], ["clipping = agc", "'fsdp'"]),
     (
+        ["+trainer.strategy._target_=lightning.pytorch.strategies.ModelParallelStrategy"],
+        ["trainer.strategy.tensor_parallel_size = 'auto'", "allowed: 1"],
+    ),
+    (
         ["trainer=fsdp_cpu", "callbacks.update_ratio.every_n_steps=5"],
         ["callbacks.update_ratio.every_n_steps = 5", "FSDP2Strategy", "use null"],
     ),
