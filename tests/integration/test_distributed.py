@@ -183,9 +183,7 @@ def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
     )
     assert_ok(run_cli([*args, "data.batch_size=256", f"hydra.run.dir={one}"], tmp_path))
     np.testing.assert_allclose(_col(fsdp, "grad_norm"), _col(one, "grad_norm"), rtol=1e-5)
-    a, b = (
-        torch.load(r / "checkpoints" / "last.ckpt", weights_only=False) for r in (fsdp, one)
-    )
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False) for r in (fsdp, one))
     sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert len(sa) == len(sb) == len(list(b["state_dict"]))  # every parameter, whole
     for i in sb:
