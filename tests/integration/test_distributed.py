@@ -165,6 +165,53 @@ def test_fsdp_on_cpu_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp
     )
 
 
+def test_two_node_torchrun_as_the_readme_launches_it(tmp_path):
+    """The README's multi-node torchrun command, with two "nodes" on this machine (one
+    torchrun agent per node rank, c10d rendezvous on localhost, one gloo process each):
+    Lightning takes the ranks from torchelastic, every process writes into the one run
+    directory with its own Hydra log, and the run equals one process with the global batch."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    run, one = tmp_path / "run", tmp_path / "one"
+    steps = ["max_train_steps=20", "logger=csv"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+        "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+        f"localhost:{port}", "-m", "stablelab.train", *COMMON, *steps, "trainer=ddp_cpu",
+        "trainer.num_nodes=2", "trainer.devices=1", "data.batch_size=128",
+        f"hydra.run.dir={run}", "hydra.job.name=train_rank${oc.env:RANK}",
+    ]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            [*cmd[:3], "--node-rank", str(r), *cmd[3:]],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},  # as Lightning gives ddp_cpu's ranks
+        )
+        for r in (0, 1)
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in nodes]
+    for p, out in zip(nodes, outs):
+        assert p.returncode == 0, out[-4000:]
+    assert_ok(run_cli([*COMMON, *steps, "data.batch_size=256", f"hydra.run.dir={one}"], tmp_path))
+    assert sorted(p.name for p in run.glob("train_rank*.log")) == [
+        "train_rank0.log",
+        "train_rank1.log",
+    ]
+    assert len(list(tmp_path.rglob("summary.json"))) == 2  # run's and one's: written once
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "completed" and s["world_size"] == 2 and s["global_batch_size"] == 256
+    np.testing.assert_allclose(_col(run, "grad_norm"), _col(one, "grad_norm"), rtol=1e-6)
+
+
 def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
     """Adam under fsdp_cpu keeps m and v as DTensor shards; the gathered checkpoint after
     two updates must hold the moments of the full gradient, as one process with the same
