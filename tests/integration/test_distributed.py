@@ -199,7 +199,7 @@ def test_two_node_torchrun_as_the_readme_launches_it(tmp_path):
         for r in (0, 1)
     ]
     outs = [p.communicate(timeout=600)[0] for p in nodes]
-    for p, out in zip(nodes, outs):
+    for p, out in zip(nodes, outs, strict=True):
         assert p.returncode == 0, out[-4000:]
     assert_ok(run_cli([*COMMON, *steps, "data.batch_size=256", f"hydra.run.dir={one}"], tmp_path))
     assert sorted(p.name for p in run.glob("train_rank*.log")) == [
