@@ -59,7 +59,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert len(list(two.rglob("summary.json"))) == 1
     (f,) = wandb_offline.run_files(two)
     info = wandb_offline.run_info(f)
-    assert {"optimizer:adam", "clipping:noclip", "layout:branch_norm"} <= set(info["tags"])
+    assert {
+        "optimizer:adam", "schedule:constant", "clipping:noclip", "layout:branch_norm",
+        "branch_init:default",
+    } <= set(info["tags"])  # fmt: skip
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
         "best-step000030.ckpt",
         "last.ckpt",
