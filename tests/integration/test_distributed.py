@@ -1,12 +1,15 @@
 """Real multi-process runs on CPU (trainer=ddp_cpu: 2 processes, gloo): the same gradient
 norm as one process with the same global batch, one run directory / summary / W&B run,
 resume under DDP, and a Hydra multirun of DDP trials. LayerNorm models: BatchNorm's
-statistics are per rank, so a BatchNorm model legitimately differs from one process."""
+statistics are per rank, so a BatchNorm model legitimately differs from one process.
+Also: FSDP2 on CPU (trainer=fsdp_cpu) and a two-"node" torchrun launch."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -173,11 +176,6 @@ def test_two_node_torchrun_as_the_readme_launches_it(tmp_path):
     torchrun agent per node rank, c10d rendezvous on localhost, one gloo process each):
     Lightning takes the ranks from torchelastic, every process writes into the one run
     directory with its own Hydra log, and the run equals one process with the global batch."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
