@@ -15,6 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from stablelab.optim.clipping import NoClip
@@ -35,6 +36,9 @@ class StableModule(L.LightningModule):
         self.cfg = cfg
         self.model = instantiate(cfg["model"], input_spec=input_spec, num_classes=num_classes)
         self.clipper = instantiate(cfg["clipping"])
+        # evaluation metrics hold sums, reduced over ranks once per evaluation: the loss
+        # and accuracy of every example of the split, however the ranks' shares differ
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
@@ -59,14 +63,16 @@ class StableModule(L.LightningModule):
             self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
         return loss
 
-    def _eval_step(self, batch, split: str, acc: MulticlassAccuracy) -> torch.Tensor:
+    def _eval_step(self, batch, split: str, mean_loss: MeanMetric, acc: MulticlassAccuracy):
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        acc.update(logits, y)
-        self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=True, batch_size=y.shape[0])
-        self.log(f"{split}/acc", acc, on_epoch=True, batch_size=y.shape[0])
-        return loss
+        logits = self(x)  # also on an empty slice: sharded models gather in every forward
+        losses = F.cross_entropy(logits, y, reduction="none")
+        mean_loss.update(losses)
+        if y.numel():
+            acc.update(logits, y)
+        self.log(f"{split}/loss", mean_loss, on_epoch=True)
+        self.log(f"{split}/acc", acc, on_epoch=True)
+        return losses.mean()
 
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[summed loss, correct predictions, examples]`` of one batch, on the device
@@ -77,10 +83,10 @@ class StableModule(L.LightningModule):
         return torch.stack([loss_sum, correct.float(), torch.full_like(loss_sum, float(y.numel()))])
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, "val", self.val_acc)
+        return self._eval_step(batch, "val", self.val_loss, self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, "test", self.test_acc)
+        return self._eval_step(batch, "test", self.test_loss, self.test_acc)
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):

@@ -93,6 +93,61 @@ def test_resumed_two_process_run_continues_the_same_metrics(tmp_path):
     assert (s_res["steps"], s_res["val_loss"]) == (40, s_full["val_loss"])
 
 
+@pytest.mark.parametrize(("trainer", "subset"), [("ddp_cpu", 301), ("fsdp_cpu", None)])
+def test_evaluation_across_ranks_covers_every_example_once(tmp_path, trainer, subset):
+    """401 validation examples, evaluated in global batches of 400 by 2 ranks: the last
+    global batch is one example, so rank 1's slice is empty. val/loss and val/acc must be
+    the means over all 401 examples (not a mean of the ranks' means, which weights rank 1's
+    200 examples like rank 0's 201), and likewise the test metrics. The dense evaluation
+    after step 5 covers the whole split (FSDP: rank 1 still joins the forward of the empty
+    slice, or rank 0 waits forever in its parameter all-gather) or exactly its first
+    ``subset`` examples. Reference: the saved step-5 weights evaluated in float64 in one
+    process."""
+    import torch
+    from hydra.utils import instantiate
+
+    from stablelab.module import StableModule
+
+    run = tmp_path / "run"
+    assert_ok(
+        run_cli(
+            [
+                *QUIET, "model.norm=layernorm", "logger=csv", f"trainer={trainer}",
+                "max_train_steps=5", "trainer.val_check_interval=5",
+                "data.val_fraction=0.10025", "data.eval_batch_size=200",
+                f"callbacks.dense_eval.subset={subset or 'null'}",
+                f"hydra.run.dir={run}",
+            ],
+            tmp_path,
+        )
+    )  # fmt: skip
+    (row,) = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val/loss"]]
+    dense = list(csv.DictReader((run / "dense_eval.csv").open()))
+    assert [int(r["step"]) for r in dense] == [1, 2, 3, 4, 5]
+    s = json.loads((run / "summary.json").read_text())
+    module = StableModule.load_from_checkpoint(
+        run / "checkpoints" / "last.ckpt", weights_only=True
+    ).double()
+    module.eval()
+    dm = instantiate(module.cfg["data"])
+    dm.setup()
+    for name, loss, acc, n in (
+        ("val", float(row["val/loss"]), float(row["val/acc"]), None),
+        ("test", s["test_loss"], s["test_acc"], None),
+        ("val", float(dense[-1]["val_loss"]), float(dense[-1]["val_acc"]), subset),
+    ):
+        x, y = dm._tensors[name]
+        assert len(y) == {"val": 401, "test": 1000}[name]
+        x, y = x[:n], y[:n]
+        with torch.no_grad():
+            logits = module(x.double())
+        ref_loss = torch.nn.functional.cross_entropy(logits, y).item()
+        ref_acc = (logits.argmax(-1) == y).double().mean().item()
+        assert loss == pytest.approx(ref_loss, rel=1e-5), (name, n)
+        assert acc == pytest.approx(ref_acc, abs=1e-6), (name, n)
+    assert int(dense[-1]["examples"]) == (subset or 401)
+
+
 def test_multirun_of_ddp_trials_gives_one_directory_per_trial(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(

@@ -58,6 +58,24 @@ def test_loader_ranks_split_the_global_batch():
         assert ranks[0][k] + ranks[1][k] == batch
 
 
+@pytest.mark.parametrize(("n", "world"), [(401, 2), (400, 3), (10, 4), (5, 4), (2, 3)])
+def test_eval_loader_ranks_cover_the_split_once_in_near_equal_slices(n, world):
+    """Evaluation (no drop_last): every rank runs the same number of batches (sharded
+    models gather in every forward), together the ranks see every example once, in the
+    one-process order, and the slices of a global batch differ in size by at most one."""
+    ids = torch.arange(n)
+    single = _ids(InMemoryLoader(ids, batch_size=3 * world))
+    ranks = [
+        _ids(InMemoryLoader(ids, batch_size=3, rank=r, world_size=world)) for r in range(world)
+    ]
+    assert {len(r) for r in ranks} == {len(single)} == {-(-n // (3 * world))}
+    for k, batch in enumerate(single):
+        slices = [r[k] for r in ranks]
+        assert sum(slices, []) == batch
+        sizes = [len(s) for s in slices]
+        assert max(sizes) - min(sizes) <= 1 and sorted(sizes, reverse=True) == sizes
+
+
 def test_loader_resumes_mid_epoch():
     ids = torch.arange(40)
     a = InMemoryLoader(ids, batch_size=4, shuffle=True, seed=9)

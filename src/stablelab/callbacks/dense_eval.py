@@ -23,6 +23,7 @@ import torch
 
 from stablelab.callbacks.base import TelemetryCallback, append_csv, telemetry_callbacks
 from stablelab.config import NonNegInt, PosInt
+from stablelab.data.loader import InMemoryLoader
 
 CSV_FIELDS = ("step", "val_loss", "val_acc", "examples", "events")
 CACHE_BYTES = 256 * 2**20  # evaluation data kept on the device between evaluations
@@ -70,23 +71,44 @@ class DenseEval(TelemetryCallback):
     def _eval_batches(self, trainer, pl_module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's validation batches (or its share of the subset), moved to the device
         once and kept there (up to ``CACHE_BYTES``; beyond that they are re-read from the
-        loader at each evaluation)."""
+        loader at each evaluation).
+
+        Every rank gets the same number of batches, some possibly empty: a sharded model
+        (FSDP) gathers its parameters in every forward, so a rank with one forward fewer
+        would leave the others waiting forever. With the in-memory loader the subset is
+        exactly the first ``subset`` examples of the split, whatever the number of ranks.
+        """
         if self._batches is not None:
             return self._batches
         dm = trainer.datamodule
         loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
-        need = math.ceil(self.subset / trainer.world_size) if self.subset else math.inf
+        if self.subset and isinstance(loader, InMemoryLoader):
+            loader = InMemoryLoader(
+                *(t[: self.subset] for t in loader.tensors),
+                batch_size=loader.batch_size,
+                rank=loader.rank,
+                world_size=loader.world_size,
+            )
+            need = math.inf
+        else:  # another loader: each rank takes its share of the subset from its batches
+            need = math.ceil(self.subset / trainer.world_size) if self.subset else math.inf
         batches, got, size = [], 0, 0
+        dev = pl_module.device  # as Lightning's loops: float64 inputs under 64-true
         for batch in loader:
+            if got >= need:
+                break
             x, y = batch[0], batch[1]
             take = int(min(y.shape[0], need - got))
-            if take <= 0:
-                break
-            dev = pl_module.device  # as Lightning's loops: float64 inputs under 64-true
             x, y = trainer.precision_plugin.convert_input((x[:take].to(dev), y[:take].to(dev)))
             batches.append((x, y))
             got += take
             size += x.nbytes + y.nbytes
+        if trainer.world_size > 1 and not isinstance(loader, InMemoryLoader):
+            # (the in-memory loader gives every rank the same number of batches already)
+            most = int(trainer.strategy.reduce(torch.tensor(len(batches), device=dev), "max"))
+            if batches:
+                x, y = batches[-1]
+                batches += [(x[:0], y[:0])] * (most - len(batches))
         if size <= CACHE_BYTES:
             self._batches = batches
         return batches

@@ -100,7 +100,10 @@ class InMemoryLoader:
         for b in range(start, len(self)):
             self._yielded += 1
             chunk = order[b * gbs : (b + 1) * gbs]
-            # an incomplete last global batch is split as evenly as possible
-            per = -(-chunk.numel() // self.world_size)
-            idx = chunk[self.rank * per : (self.rank + 1) * per]
+            # contiguous per-rank slices; an incomplete last global batch is split so that
+            # slice sizes differ by at most one (a rank's slice is empty only when the
+            # chunk has fewer examples than there are ranks)
+            base, extra = divmod(chunk.numel(), self.world_size)
+            start = self.rank * base + min(self.rank, extra)
+            idx = chunk[start : start + base + (self.rank < extra)]
             yield tuple(t[idx] for t in self.tensors)
