@@ -132,6 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
     )
+    # lightning's pytree helper on torch >= 2.10: a deprecation only Lightning can act on
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
 
     run_dir = Path(plain["paths"]["output_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
