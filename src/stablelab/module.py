@@ -37,8 +37,11 @@ class StableModule(L.LightningModule):
         self.model = instantiate(cfg["model"], input_spec=input_spec, num_classes=num_classes)
         self.clipper = instantiate(cfg["clipping"])
         # evaluation metrics hold sums, reduced over ranks once per evaluation: the loss
-        # and accuracy of every example of the split, however the ranks' shares differ
-        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        # and accuracy of every example of the split, however the ranks' shares differ.
+        # A NaN loss stays NaN (torchmetrics' default drops NaNs, hiding a broken model,
+        # and checks for them with a host sync per batch)
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
