@@ -146,3 +146,27 @@ class ScaleWeightsAtStep(L.Callback):
             with torch.no_grad():
                 for p in pl_module.model.head.parameters():
                     p.mul_(self.factor)
+
+
+def float64_reference(run_dir, split: str, n: int | None = None) -> tuple[float, float, int]:
+    """Independent evaluation of a run's ``last.ckpt``: loss and accuracy of its weights in
+    float64, in one process, on the first ``n`` examples of ``split`` (all when None), and
+    the size of the whole split."""
+    import torch
+    from hydra.utils import instantiate
+
+    from stablelab.module import StableModule
+
+    module = StableModule.load_from_checkpoint(
+        f"{run_dir}/checkpoints/last.ckpt", weights_only=True
+    ).double()
+    module.eval()
+    dm = instantiate(module.cfg["data"])
+    dm.setup()
+    x, y = dm._tensors[split]
+    size = len(y)
+    x, y = x[:n], y[:n]
+    with torch.no_grad():
+        logits = module(x.double())
+    loss = torch.nn.functional.cross_entropy(logits, y).item()
+    return loss, (logits.argmax(-1) == y).double().mean().item(), size

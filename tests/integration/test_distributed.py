@@ -103,10 +103,7 @@ def test_evaluation_across_ranks_covers_every_example_once(tmp_path, trainer, su
     slice, or rank 0 waits forever in its parameter all-gather) or exactly its first
     ``subset`` examples. Reference: the saved step-5 weights evaluated in float64 in one
     process."""
-    import torch
-    from hydra.utils import instantiate
-
-    from stablelab.module import StableModule
+    from helpers import float64_reference
 
     run = tmp_path / "run"
     assert_ok(
@@ -125,24 +122,13 @@ def test_evaluation_across_ranks_covers_every_example_once(tmp_path, trainer, su
     dense = list(csv.DictReader((run / "dense_eval.csv").open()))
     assert [int(r["step"]) for r in dense] == [1, 2, 3, 4, 5]
     s = json.loads((run / "summary.json").read_text())
-    module = StableModule.load_from_checkpoint(
-        run / "checkpoints" / "last.ckpt", weights_only=True
-    ).double()
-    module.eval()
-    dm = instantiate(module.cfg["data"])
-    dm.setup()
     for name, loss, acc, n in (
         ("val", float(row["val/loss"]), float(row["val/acc"]), None),
         ("test", s["test_loss"], s["test_acc"], None),
         ("val", float(dense[-1]["val_loss"]), float(dense[-1]["val_acc"]), subset),
     ):
-        x, y = dm._tensors[name]
-        assert len(y) == {"val": 401, "test": 1000}[name]
-        x, y = x[:n], y[:n]
-        with torch.no_grad():
-            logits = module(x.double())
-        ref_loss = torch.nn.functional.cross_entropy(logits, y).item()
-        ref_acc = (logits.argmax(-1) == y).double().mean().item()
+        ref_loss, ref_acc, size = float64_reference(run, name, n)
+        assert size == {"val": 401, "test": 1000}[name]
         assert loss == pytest.approx(ref_loss, rel=1e-5), (name, n)
         assert acc == pytest.approx(ref_acc, abs=1e-6), (name, n)
     assert int(dense[-1]["examples"]) == (subset or 401)

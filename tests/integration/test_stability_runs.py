@@ -193,10 +193,6 @@ def test_dense_eval_points_match_lightning_validation_and_do_not_change_training
 
 
 def test_dense_eval_on_a_fixed_subset_matches_a_float64_evaluation(tmp_path):
-    from hydra.utils import instantiate
-
-    from stablelab.module import StableModule
-
     out = tmp_path / "run"
     s = train(
         compose_cfg(
@@ -215,16 +211,7 @@ def test_dense_eval_on_a_fixed_subset_matches_a_float64_evaluation(tmp_path):
     rows = _csv(out / "dense_eval.csv")
     assert len(rows) == 20 and {r["examples"] for r in rows} == {"100"}
     # reference: the step-20 weights (last.ckpt), the first 100 validation examples, float64
-    module = StableModule.load_from_checkpoint(
-        out / "checkpoints" / "last.ckpt", weights_only=True
-    ).double()
-    module.eval()
-    dm = instantiate(module.cfg["data"])
-    dm.setup()
-    x, y = dm.val_dataloader().tensors  # the whole validation split, in its order
-    x, y = x[:100], y[:100]
-    with torch.no_grad():
-        ref = torch.nn.functional.cross_entropy(module(x.double()), y).item()
+    ref, _, _ = helpers.float64_reference(out, "val", 100)
     assert float(rows[-1]["val_loss"]) == pytest.approx(ref, rel=1e-5)
     assert s["steps"] == 20
 

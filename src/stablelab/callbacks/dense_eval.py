@@ -73,10 +73,12 @@ class DenseEval(TelemetryCallback):
         once and kept there (up to ``CACHE_BYTES``; beyond that they are re-read from the
         loader at each evaluation).
 
-        Every rank gets the same number of batches, some possibly empty: a sharded model
+        Every rank keeps every batch its loader gives, empty ones included: a sharded model
         (FSDP) gathers its parameters in every forward, so a rank with one forward fewer
-        would leave the others waiting forever. With the in-memory loader the subset is
-        exactly the first ``subset`` examples of the split, whatever the number of ranks.
+        would leave the others waiting forever (the in-memory loader, like Lightning's
+        distributed sampler, gives every rank the same number of batches). With the
+        in-memory loader the subset is exactly the first ``subset`` examples of the split,
+        whatever the number of ranks.
         """
         if self._batches is not None:
             return self._batches
@@ -103,12 +105,6 @@ class DenseEval(TelemetryCallback):
             batches.append((x, y))
             got += take
             size += x.nbytes + y.nbytes
-        if trainer.world_size > 1 and not isinstance(loader, InMemoryLoader):
-            # (the in-memory loader gives every rank the same number of batches already)
-            most = int(trainer.strategy.reduce(torch.tensor(len(batches), device=dev), "max"))
-            if batches:
-                x, y = batches[-1]
-                batches += [(x[:0], y[:0])] * (most - len(batches))
         if size <= CACHE_BYTES:
             self._batches = batches
         return batches
