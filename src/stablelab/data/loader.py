@@ -104,6 +104,6 @@ class InMemoryLoader:
             # slice sizes differ by at most one (a rank's slice is empty only when the
             # chunk has fewer examples than there are ranks)
             base, extra = divmod(chunk.numel(), self.world_size)
-            start = self.rank * base + min(self.rank, extra)
-            idx = chunk[start : start + base + (self.rank < extra)]
+            lo = self.rank * base + min(self.rank, extra)
+            idx = chunk[lo : lo + base + (self.rank < extra)]
             yield tuple(t[idx] for t in self.tensors)
