@@ -24,13 +24,25 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data-cache")
 
 
+def set_test_env(mp: pytest.MonkeyPatch, data_dir: Path) -> None:
+    mp.setenv("STABLELAB_DATA_DIR", str(data_dir))
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("PYTHONUNBUFFERED", "1")
+    mp.delenv("STABLELAB_RUN_ID", raising=False)
+
+
 @pytest.fixture(autouse=True)
 def _env(monkeypatch, data_dir):
-    monkeypatch.setenv("STABLELAB_DATA_DIR", str(data_dir))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
-    monkeypatch.delenv("STABLELAB_RUN_ID", raising=False)
+    set_test_env(monkeypatch, data_dir)
+
+
+@pytest.fixture(scope="module")
+def module_env(data_dir):
+    """The same environment for module-scoped fixtures (they run before ``_env``)."""
+    with pytest.MonkeyPatch.context() as mp:
+        set_test_env(mp, data_dir)
+        yield
 
 
 def compose_cfg(overrides: list[str], output_dir: Path | str) -> DictConfig:

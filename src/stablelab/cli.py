@@ -131,6 +131,13 @@ def _check(overrides: list[str], prog: str) -> bool:
 
 
 def sweep_cmd(args: argparse.Namespace) -> int:
+    if args.kind == "warmup" and args.unstable_lr is None:  # before the (slow) config check
+        print(
+            "stablelab sweep warmup: --unstable-lr is required (the smallest LR that was "
+            "infeasible or unstable in an LR sweep: see `stablelab analyze`)",
+            file=sys.stderr,
+        )
+        return 2
     from stablelab import workflows
 
     if not _check(args.overrides, f"sweep {args.kind}"):
@@ -149,13 +156,6 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         print(res["verdict"])
         print(f"wrote {out}/sweep_summary.csv, axis_plot.png, sweep_report.md")
         return 0
-    if args.unstable_lr is None:
-        print(
-            "stablelab sweep warmup: --unstable-lr is required (the smallest LR that was "
-            "infeasible or unstable in an LR sweep: see `stablelab analyze`)",
-            file=sys.stderr,
-        )
-        return 2
     from stablelab.config import compose
 
     steps = int(compose([*args.overrides, "paths.output_dir=."]).max_train_steps)

@@ -83,12 +83,13 @@ class RootConfig:
 
     task_name: str = "train"
     seed: NonNegInt = 42
-    max_train_steps: PosInt = 2000
+    max_train_steps: PosInt = 1500
     train: bool = True
     test: bool = True
     ckpt_path: str | None = None
     tags: list[str] = field(default_factory=list)
     run_name: str | None = None
+    plots: bool = True
 
 
 @dataclass

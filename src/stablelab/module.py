@@ -66,6 +66,17 @@ class StableModule(L.LightningModule):
             self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Validate (and checkpoint) after the last step too. Lightning validates at the
+        multiples of ``val_check_interval`` only: a run whose last step is not one (say 1550
+        steps, or a warmup-extended length) would end without evaluating its final weights,
+        and its ``last.ckpt`` would be the previous validation's, so a resume would redo the
+        steps since. Asking the loop to stop at the last step makes it validate there (at a
+        multiple it validates once, as before)."""
+        trainer = self.trainer
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
     def _eval_step(self, batch, split: str, mean_loss: MeanMetric, acc: MulticlassAccuracy):
         x, y = batch
         logits = self(x)  # also on an empty slice: sharded models gather in every forward

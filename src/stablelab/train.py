@@ -214,7 +214,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         report = None
         if rank_zero:
             _write_json(run_dir / SUMMARY_FILE, summary)
-            report = _write_report(run_dir)
+            report = _write_report(run_dir, figures=plain["plots"])
             _finish_trackers(trainer, summary, report)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
@@ -274,13 +274,13 @@ def _callback_reports(trainer, history) -> dict[str, Any]:
     return {**out, "_best": history.best(), "_evaluations": len(history.records)}
 
 
-def _write_report(run_dir: Path) -> Path | None:
+def _write_report(run_dir: Path, figures: bool = True) -> Path | None:
     """The stability report; a report that fails to draw never costs the run its summary."""
     from stablelab.analysis.report import verdict, write_report
     from stablelab.analysis.runs import read_summary
 
     try:
-        path = write_report(run_dir)
+        path = write_report(run_dir, figures=figures)
     except Exception as e:  # noqa: BLE001 - report it and keep everything else
         log.warning("stablelab: no stability report: %s: %s", type(e).__name__, e)
         return None
@@ -301,13 +301,15 @@ def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = Non
     starts many in one process)."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from stablelab.analysis.wandb_offline import finish_and_wait
+
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             exp = lg.experiment
             exp.summary.update({f"summary/{k}": v for k, v in summary.items() if _scalar(v)})
             if report is not None:
                 _report_to_wandb(exp, report)
-            exp.finish()
+            finish_and_wait(exp)
 
 
 def _report_to_wandb(exp, report: Path) -> None:

@@ -513,4 +513,6 @@ def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> 
         )
         shutil.copyfile(report, Path(run.dir) / report.name)
     finally:
-        run.finish()
+        from stablelab.analysis.wandb_offline import finish_and_wait
+
+        finish_and_wait(run)

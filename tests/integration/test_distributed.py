@@ -24,6 +24,7 @@ COMMON = [
     "model.norm=layernorm",
     "trainer.val_check_interval=10",
     "test=false",
+    "plots=false",  # the runs' PNGs are drawn (once, by rank 0) in `runs` only
 ]
 
 
@@ -31,24 +32,34 @@ def _col(run, name, file="grad_norms.csv"):
     return np.array([float(r[name]) for r in csv.DictReader((run / file).open())])
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, module_env):
+    """30 steps of one process with a global batch of 256 (``one``) and of ddp_cpu, 2 x 128
+    (``two``, with W&B and plots), run from (and into) one fresh directory. Shared: the
+    two-node test compares with ``one`` and the resume test continues ``two``."""
+    root = tmp_path_factory.mktemp("runs")
+    one, two = root / "one", root / "two"
     steps = ["max_train_steps=30"]
     assert_ok(
         run_cli(
             [*COMMON, *steps, "logger=csv", "data.batch_size=256", f"hydra.run.dir={one}"],
-            tmp_path,
+            root,
         )
     )
     assert_ok(
         run_cli(
             [
                 *COMMON, *steps, "logger=wandb", "trainer=ddp_cpu", "data.batch_size=128",
-                f"hydra.run.dir={two}",
+                "plots=true", f"hydra.run.dir={two}",
             ],
-            tmp_path,
+            root,
         )
     )  # fmt: skip
+    return root
+
+
+def test_two_processes_match_one_with_the_same_global_batch(runs):
+    one, two = runs / "one", runs / "two"
     # the logged norm of the all-reduced gradient equals the one-process norm
     np.testing.assert_allclose(_col(two, "grad_norm"), _col(one, "grad_norm"), rtol=1e-6)
     # the stability monitor's loss is the mean over ranks: the global-batch loss
@@ -57,9 +68,14 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     )
     s = json.loads((two / "summary.json").read_text())
     assert s["world_size"] == 2 and s["global_batch_size"] == 256
-    # one directory, written once: one summary, one W&B run, one set of checkpoints
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+    # one directory, written once: one summary, one W&B run, one set of checkpoints, the
+    # plots and report (rank 0) in it
+    assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]
     assert len(list(two.rglob("summary.json"))) == 1
+    assert sorted(p.name for p in runs.rglob("*.png") if "wandb" not in p.parts) == [
+        "grad_norm.png", "grad_norm_hist.png", "loss.png", "lr.png",
+    ]  # fmt: skip
+    assert (two / "report.md").is_file()
     (f,) = wandb_offline.run_files(two)
     info = wandb_offline.run_info(f)
     assert {
@@ -72,25 +88,30 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     ]
 
 
-def test_resumed_two_process_run_continues_the_same_metrics(tmp_path):
-    args = [*COMMON, "logger=csv", "trainer=ddp_cpu", "data.batch_size=64"]
-    full, first, resumed = (tmp_path / n for n in ("full", "first", "resumed"))
-    assert_ok(run_cli([*args, "max_train_steps=40", f"hydra.run.dir={full}"], tmp_path))
-    assert_ok(run_cli([*args, "max_train_steps=20", f"hydra.run.dir={first}"], tmp_path))
+def test_resumed_two_process_run_continues_the_same_metrics(tmp_path, runs):
+    """15 steps under ddp_cpu, resumed from its last.ckpt to 30 steps: bit for bit the
+    uninterrupted 2-process run ``runs/two``."""
+    args = [*COMMON, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128"]
+    full, first, resumed = runs / "two", tmp_path / "first", tmp_path / "resumed"
+    assert_ok(run_cli([*args, "max_train_steps=15", f"hydra.run.dir={first}"], tmp_path))
     ckpt = first / "checkpoints" / "last.ckpt"
     assert_ok(
         run_cli(
-            [*args, "max_train_steps=40", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}"],
+            [*args, "max_train_steps=30", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}"],
             tmp_path,
         )
     )
-    later = slice(20, None)  # steps 20..39
-    assert _col(resumed, "grad_norm")[0:20].tolist() == _col(full, "grad_norm")[later].tolist()
+    # step 15 is no multiple of val_check_interval=10: the run still validates and
+    # checkpoints its final weights there, so the resume starts from step 15
+    assert [r["step"] for r in csv.DictReader((first / "evals.csv").open())] == ["10", "15"]
+    later = slice(15, None)  # steps 15..29
+    assert _col(first, "grad_norm").tolist() == _col(full, "grad_norm")[:15].tolist()
+    assert _col(resumed, "grad_norm").tolist() == _col(full, "grad_norm")[later].tolist()
     r_loss = _col(resumed, "loss", "stability.csv")
     assert r_loss.tolist() == _col(full, "loss", "stability.csv")[later].tolist()
     s_full = json.loads((full / "summary.json").read_text())
     s_res = json.loads((resumed / "summary.json").read_text())
-    assert (s_res["steps"], s_res["val_loss"]) == (40, s_full["val_loss"])
+    assert (s_res["steps"], s_res["val_loss"]) == (30, s_full["val_loss"])
 
 
 @pytest.mark.parametrize(("trainer", "subset"), [("ddp_cpu", 301), ("fsdp_cpu", None)])
@@ -212,7 +233,7 @@ def test_fsdp_on_cpu_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp
     )
 
 
-def test_two_node_torchrun_as_the_readme_launches_it(tmp_path):
+def test_two_node_torchrun_as_the_readme_launches_it(tmp_path, runs):
     """The README's multi-node torchrun command, with two "nodes" on this machine (one
     torchrun agent per node rank, c10d rendezvous on localhost, one gloo process each):
     Lightning takes the ranks from torchelastic, every process writes into the one run
@@ -220,7 +241,7 @@ def test_two_node_torchrun_as_the_readme_launches_it(tmp_path):
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    run, one = tmp_path / "run", tmp_path / "one"
+    run, one = tmp_path / "run", runs / "one"  # one process, global batch 256, 30 steps
     steps = ["max_train_steps=20", "logger=csv"]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
@@ -243,15 +264,14 @@ def test_two_node_torchrun_as_the_readme_launches_it(tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in nodes]
     for p, out in zip(nodes, outs, strict=True):
         assert p.returncode == 0, out[-4000:]
-    assert_ok(run_cli([*COMMON, *steps, "data.batch_size=256", f"hydra.run.dir={one}"], tmp_path))
     assert sorted(p.name for p in run.glob("train_rank*.log")) == [
         "train_rank0.log",
         "train_rank1.log",
     ]
-    assert len(list(tmp_path.rglob("summary.json"))) == 2  # run's and one's: written once
+    assert len(list(tmp_path.rglob("summary.json"))) == 1  # written once
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed" and s["world_size"] == 2 and s["global_batch_size"] == 256
-    np.testing.assert_allclose(_col(run, "grad_norm"), _col(one, "grad_norm"), rtol=1e-6)
+    np.testing.assert_allclose(_col(run, "grad_norm"), _col(one, "grad_norm")[:20], rtol=1e-6)
 
 
 def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
@@ -284,15 +304,22 @@ def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
 
 
 def test_sharded_strategies_refuse_whole_tensor_features(tmp_path):
+    """Refused by train() before anything starts (the CLI prints the same ConfigError: see
+    test_cli's bad-input test); the same overrides without FSDP are valid."""
+    from conftest import compose_cfg
+    from stablelab.config import ConfigError, validate
+    from stablelab.train import train
+
     for bad, key in (
         ("clipping=agc", "clipping = agc"),
         ("callbacks.update_ratio.every_n_steps=10", "callbacks.update_ratio.every_n_steps"),
     ):
-        proc = run_cli([*COMMON, "trainer=fsdp_cpu", bad, "logger=csv"], tmp_path)
-        assert proc.returncode != 0
-        out = proc.stdout + proc.stderr
-        assert key in out and "FSDP2Strategy" in out, out[-3000:]
-        assert not list(tmp_path.rglob("metrics.csv"))  # refused before training
+        out = tmp_path / bad.split("=")[0]
+        with pytest.raises(ConfigError) as e:
+            train(compose_cfg([*COMMON, "trainer=fsdp_cpu", bad, "logger=csv"], out))
+        assert key in str(e.value) and "FSDP2Strategy" in str(e.value), str(e.value)
+        assert not out.exists()  # refused before the run directory was made
+        validate(compose_cfg([*COMMON, "trainer=ddp_cpu", bad, "logger=csv"], out))
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ TRIALS = [
     "trainer.val_check_interval=10",
     "test=false",
     "logger=csv",
+    "plots=false",
 ]
 
 

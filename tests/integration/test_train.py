@@ -52,6 +52,20 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     assert resumed["val_loss"] == full["val_loss"] and resumed["best_step"] == full["best_step"]
 
 
+def test_the_last_step_is_validated_and_checkpointed(tmp_path):
+    """13 steps, validation every 5: Lightning alone would validate after steps 5 and 10
+    only, leaving the final weights unevaluated and last.ckpt at step 10."""
+    s, run = _train(
+        tmp_path, "run", ["max_train_steps=13", "trainer.val_check_interval=5", "plots=false"]
+    )
+    evals = list(csv.DictReader((run / "evals.csv").open()))
+    assert [int(r["step"]) for r in evals] == [5, 10, 13]
+    assert s["evaluations"] == 3 and s["steps"] == 13
+    assert s["val_loss"] == min(float(r["val_loss"]) for r in evals)
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 13
+
+
 def test_failed_run_keeps_what_it_wrote(tmp_path):
     out = tmp_path / "crash"
     cfg = compose_cfg(

@@ -36,23 +36,35 @@ def _losses(run_dir):
     return [r["loss"] for r in csv.DictReader((run_dir / "stability.csv").open())]
 
 
+LRS = ["--lrs", "0.001", "0.01", "3"]
+
+
 @pytest.fixture(scope="module")
-def sweeps(tmp_path_factory):
-    """The same 3-trial LR sweep, sequential and with 2 parallel jobs (1 thread each)."""
-    root = tmp_path_factory.mktemp("sweeps")
-    out = {}
-    for name, jobs in [("seq", "1"), ("par", "2")]:
-        proc = cli(
-            "sweep", "lr", *TINY, "--lrs", "0.001", "0.01", "3",
-            "--jobs", jobs, "--threads", "1", "--out", str(root / name),
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[name] = (root / name, proc)
+def seq_sweep(tmp_path_factory, module_env):
+    """A 3-trial LR sweep, sequential, 1 thread a trial (per-run PNGs off)."""
+    out = tmp_path_factory.mktemp("sweep") / "seq"
+    proc = cli(
+        "sweep", "lr", *TINY, "plots=false", *LRS, "--jobs", "1", "--threads", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def diagnosis(tmp_path_factory, module_env):
+    """diagnose on the same config: its LR sweep is the same 3 trials, 2 in parallel."""
+    out = tmp_path_factory.mktemp("diagnose") / "diag"
+    proc = cli(
+        "diagnose", *TINY, *LRS, "--probe-steps", "20", "--jobs", "2", "--threads", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
-def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(sweeps):
-    sweep, proc = sweeps["seq"]
+def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(seq_sweep):
+    sweep, proc = seq_sweep
     for name in ("sweep_summary.csv", "axis_plot.png", "curves_above_lr_star.png"):
         assert (sweep / name).is_file(), name
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
@@ -69,8 +81,8 @@ def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(swe
     assert "[LR sweep 3/3]" in proc.stdout and "ETA" in proc.stdout
 
 
-def test_parallel_trials_give_the_same_results_as_sequential(sweeps):
-    seq, par = (sweeps[k][0] for k in ("seq", "par"))
+def test_parallel_trials_give_the_same_results_as_sequential(seq_sweep, diagnosis):
+    seq, par = seq_sweep[0], diagnosis / "lr_sweep"
     s_seq, s_par = _summaries(seq), _summaries(par)
     assert sorted(s_seq) == sorted(s_par) == ["lr_0.001", "lr_0.01", "lr_3"]
     for name in s_seq:
@@ -83,7 +95,7 @@ def test_hydra_multirun_sweep_is_analysed_the_same_way(tmp_path):
     sweep = tmp_path / "multirun"
     proc = subprocess.run(
         [
-            sys.executable, "-m", "stablelab.train", "-m", "sweep=lr", *TINY,
+            sys.executable, "-m", "stablelab.train", "-m", "sweep=lr", *TINY, "plots=false",
             "optimizer.lr=0.001,5", f"hydra.sweep.dir={sweep}",
             "callbacks.progress_bar.refresh_rate=0", "test=false",
         ],
@@ -106,15 +118,10 @@ def test_bad_overrides_stop_before_any_trial(tmp_path):
     assert proc.returncode == 2 and "--unstable-lr" in proc.stderr
 
 
-def test_diagnose_end_to_end_on_a_tiny_config(tmp_path):
+def test_diagnose_end_to_end_on_a_tiny_config(diagnosis):
     from stablelab.analysis import wandb_offline
 
-    out = tmp_path / "diag"
-    proc = cli(
-        "diagnose", *TINY, "--lrs", "0.001", "0.01", "3", "--probe-steps", "20",
-        "--jobs", "2", "--threads", "1", "--out", str(out),
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = diagnosis
     text = (out / "diagnosis.md").read_text()
     for section in (
         "## 1. LR sweep",

@@ -290,8 +290,9 @@ def findings_for(run_dir: str | Path) -> tuple[dict[str, Any], list[Finding]]:
     return summary, reading(summary, load_config(run_dir), events)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write ``report.md`` and its PNGs into ``run_dir``; return the report's path."""
+def write_report(run_dir: str | Path, figures: bool = True) -> Path:
+    """Write ``report.md`` and (unless ``figures`` is false: the run's ``plots=false``) its
+    PNGs into ``run_dir``; return the report's path."""
     import json
 
     from stablelab.analysis import plots
@@ -306,7 +307,7 @@ def write_report(run_dir: str | Path) -> Path:
     ema = [(int(r["step"]), _f(r["loss_ema"])) for r in stab]
     val = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "evals.csv")]
     dense = [(int(r["step"]), _f(r["val_loss"])) for r in dense_rows]
-    if train or val or dense:
+    if figures and (train or val or dense):
         plots.plot_loss_curves(
             train,
             run_dir / "loss.png",
@@ -317,10 +318,10 @@ def write_report(run_dir: str | Path) -> Path:
             diverged_at=summary.get("diverged_at_step"),
             title=f"loss: {run_dir.name}",
         )
-    if cfg:
+    if figures and cfg:
         _lr_plot(cfg, run_dir)
     grad = _csv(run_dir / "grad_norms.csv")
-    if grad and not (run_dir / "grad_norm.png").is_file():
+    if figures and grad and not (run_dir / "grad_norm.png").is_file():
         norms = [_f(r["grad_norm"]) for r in grad]
         plots.plot_grad_norms(
             [int(r["step"]) for r in grad],

@@ -6,12 +6,20 @@ header, then 32 KiB blocks of chunks, each chunk ``crc32 (4) | length (2) | type
 payload``, a record split over FIRST/MIDDLE/LAST chunks when it crosses a block). ``wandb
 sync <dir>`` uploads the same file later. These helpers let tests and users check what a
 run logged before syncing it.
+
+W&B's service writes the file in whole 32 KiB blocks and writes the last, partial block
+only when it closes the run's stream, which happens *after* ``run.finish()`` has returned
+(``finish`` only informs the service; the stream closes asynchronously). Until then the
+file ends at a block boundary and the run's last records are missing from it: read it
+after :func:`wait_closed` (``stablelab.train`` waits before it returns).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +44,8 @@ def _payloads(data: bytes) -> Iterator[bytes]:
             pos += left_in_block
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if pos + 7 + length > len(data):
+            return  # a chunk still being written: the file ends before it
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == _FULL:
@@ -61,6 +71,53 @@ def records(path: str | Path) -> Iterator[Any]:
         rec = wandb_internal_pb2.Record()
         rec.ParseFromString(payload)
         yield rec
+
+
+def is_closed(path: str | Path) -> bool:
+    """Whether the run's log is complete: its last record is the ``exit`` record that
+    ``run.finish()`` sends (a run killed before finishing has none)."""
+    kinds = [r.WhichOneof("record_type") for r in records(path)]
+    return bool(kinds) and kinds[-1] == "exit"
+
+
+def wait_closed(path: str | Path, timeout: float = 60.0, poll: float = 0.02) -> bool:
+    """Wait until W&B's service has written the whole log of a finished run (see the module
+    docstring); False if it did not within ``timeout`` seconds. The file is parsed again
+    only when its size changed."""
+    path = Path(path)
+    deadline = time.monotonic() + timeout
+    size = -1
+    while True:
+        now = path.stat().st_size if path.exists() else -1
+        if now != size:
+            size = now
+            if now > 0 and is_closed(path):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
+def finish_and_wait(run, timeout: float = 30.0) -> bool:
+    """``run.finish()``, then wait until the run's log is complete on disk (see the module
+    docstring), so that what the run logged is there when this returns: for a reader, for
+    ``wandb sync`` started right away, for a job killed just after. A warning names the file
+    if W&B takes longer than ``timeout`` seconds. False if it did (or if there is no log)."""
+    try:
+        path = Path(run.settings.sync_file)
+    except Exception:  # noqa: BLE001 - a disabled run has no log
+        path = None
+    run.finish()
+    if path is None or not path.is_file():
+        return False
+    if wait_closed(path, timeout):
+        return True
+    warnings.warn(
+        f"W&B had not finished writing {path} after {timeout:.0f} s: its last records may "
+        "appear later, or be missing if this process is killed now",
+        stacklevel=2,
+    )
+    return False
 
 
 def _items(items) -> dict[str, Any]:
