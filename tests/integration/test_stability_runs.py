@@ -142,6 +142,7 @@ def test_ddp_divergence_on_one_rank_stops_both_cleanly(tmp_path, monkeypatch):
             "+callbacks.nan._target_=helpers.NaNAtStep",
             "+callbacks.nan.step=12",
             "+callbacks.nan.rank=1",
+            "plots=false",
             f"hydra.run.dir={out}",
         ],
         tmp_path,

@@ -203,6 +203,7 @@ def test_ddp_ranks_see_the_same_norm_and_clip_by_the_same_factor(tmp_path, monke
             "clipping=percentile",
             "clipping.warmup_steps=5",
             "+callbacks.ref._target_=helpers.GradNormReference",
+            "plots=false",
             *QUIET,
         ],
         tmp_path,
