@@ -11,7 +11,8 @@ W&B's service writes the file in whole 32 KiB blocks and writes the last, partia
 only when it closes the run's stream, which happens *after* ``run.finish()`` has returned
 (``finish`` only informs the service; the stream closes asynchronously). Until then the
 file ends at a block boundary and the run's last records are missing from it: read it
-after :func:`wait_closed` (``stablelab.train`` waits before it returns).
+after :func:`wait_closed`, or finish runs with :func:`finish_and_wait` (``stablelab.train``
+and ``stablelab diagnose`` do: their logs are complete when they return).
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def wait_closed(path: str | Path, timeout: float = 60.0, poll: float = 0.02) -> 
 def finish_and_wait(run, timeout: float = 30.0) -> bool:
     """``run.finish()``, then wait until the run's log is complete on disk (see the module
     docstring), so that what the run logged is there when this returns: for a reader, for
-    ``wandb sync`` started right away, for a job killed just after. A warning names the file
-    if W&B takes longer than ``timeout`` seconds. False if it did (or if there is no log)."""
+    ``wandb sync`` started right away, for a job killed just after. Returns whether the log
+    is complete: False (with a warning naming the file) if W&B took longer than ``timeout``
+    seconds, False without one for a run that writes no log (``mode="disabled"``)."""
     try:
         path = Path(run.settings.sync_file)
     except Exception:  # noqa: BLE001 - a disabled run has no log
