@@ -425,8 +425,11 @@ def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
             + (f", diverged at step {pr['diverged_at_step']}" if pr.get("diverged") else "")
             + f". Report: [{rel(pr['run_dir'])}/report.md]({rel(pr['run_dir'])}/report.md).",
             "",
-            f"![probe loss]({rel(pr['run_dir'])}/loss.png)",
-            "",
+            *(  # no figure when the trials ran with plots=false
+                [f"![probe loss]({rel(pr['run_dir'])}/loss.png)", ""]
+                if (Path(pr["run_dir"]) / "loss.png").is_file()
+                else []
+            ),
             *[f"- [{k}] {t}" for k, t in pr.get("findings", [])],
             "",
         ]
@@ -479,6 +482,8 @@ def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> 
     """One W&B run (offline unless WANDB_MODE says otherwise) with the plots and report."""
     import shutil
 
+    from stablelab.analysis.wandb_offline import finish_and_wait
+
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
@@ -513,6 +518,4 @@ def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> 
         )
         shutil.copyfile(report, Path(run.dir) / report.name)
     finally:
-        from stablelab.analysis.wandb_offline import finish_and_wait
-
         finish_and_wait(run)

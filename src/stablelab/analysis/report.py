@@ -295,19 +295,29 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     PNGs into ``run_dir``; return the report's path."""
     import json
 
-    from stablelab.analysis import plots
-
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg = load_config(run_dir)
     stab = _csv(run_dir / "stability.csv")
     dense_rows = _csv(run_dir / "dense_eval.csv")
     events = _events(stab, dense_rows, summary=summary)
+    if figures:
+        _draw_figures(run_dir, summary, cfg, stab, dense_rows, events)
+    findings = reading(summary, cfg, events)
+    path = run_dir / REPORT_FILE
+    path.write_text(render(summary, cfg, findings, run_dir))
+    return path
+
+
+def _draw_figures(run_dir: Path, summary, cfg, stab, dense_rows, events) -> None:
+    """loss.png, lr.png, and the gradient-norm plots if the run did not draw them."""
+    from stablelab.analysis import plots
+
     train = [(int(r["step"]), _f(r["loss"])) for r in stab]
     ema = [(int(r["step"]), _f(r["loss_ema"])) for r in stab]
     val = [(int(r["step"]), _f(r["val_loss"])) for r in _csv(run_dir / "evals.csv")]
     dense = [(int(r["step"]), _f(r["val_loss"])) for r in dense_rows]
-    if figures and (train or val or dense):
+    if train or val or dense:
         plots.plot_loss_curves(
             train,
             run_dir / "loss.png",
@@ -318,10 +328,10 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
             diverged_at=summary.get("diverged_at_step"),
             title=f"loss: {run_dir.name}",
         )
-    if figures and cfg:
+    if cfg:
         _lr_plot(cfg, run_dir)
     grad = _csv(run_dir / "grad_norms.csv")
-    if figures and grad and not (run_dir / "grad_norm.png").is_file():
+    if grad and not (run_dir / "grad_norm.png").is_file():
         norms = [_f(r["grad_norm"]) for r in grad]
         plots.plot_grad_norms(
             [int(r["step"]) for r in grad],
@@ -330,11 +340,6 @@ def write_report(run_dir: str | Path, figures: bool = True) -> Path:
             run_dir / "grad_norm.png",
         )
         plots.plot_grad_norm_hist(norms, run_dir / "grad_norm_hist.png")
-
-    findings = reading(summary, cfg, events)
-    path = run_dir / REPORT_FILE
-    path.write_text(render(summary, cfg, findings, run_dir))
-    return path
 
 
 def verdict(summary: dict[str, Any]) -> str:
