@@ -15,8 +15,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from stablelab.optim.clipping import NoClip
 
@@ -36,14 +34,12 @@ class StableModule(L.LightningModule):
         self.cfg = cfg
         self.model = instantiate(cfg["model"], input_spec=input_spec, num_classes=num_classes)
         self.clipper = instantiate(cfg["clipping"])
-        # evaluation metrics hold sums, reduced over ranks once per evaluation: the loss
-        # and accuracy of every example of the split, however the ranks' shares differ.
-        # A NaN loss stays NaN (torchmetrics' default drops NaNs, hiding a broken model,
-        # and checks for them with a host sync per batch)
-        self.val_loss = MeanMetric(nan_strategy="disable")
-        self.test_loss = MeanMetric(nan_strategy="disable")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # evaluation: per split, [summed loss, correct predictions, examples] in float64 on
+        # the device, reduced over ranks once per evaluation and divided then: the mean over
+        # every example of the split, however unevenly the ranks' shares split. Float32
+        # per-example losses add up exactly in float64, in any order (ranks, batch sizes),
+        # so a resumed or re-evaluated run reports the same bits. A NaN loss stays NaN.
+        self._eval_totals: dict[str, torch.Tensor] = {}
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
         self._sharded = False  # configure_model has applied FSDP2
@@ -77,30 +73,56 @@ class StableModule(L.LightningModule):
         if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
             trainer.should_stop = True
 
-    def _eval_step(self, batch, split: str, mean_loss: MeanMetric, acc: MulticlassAccuracy):
+    def _eval_step(self, batch, split: str) -> None:
         x, y = batch
-        logits = self(x)  # also on an empty slice: sharded models gather in every forward
-        losses = F.cross_entropy(logits, y, reduction="none")
-        mean_loss.update(losses)
-        if y.numel():
-            acc.update(logits, y)
-        self.log(f"{split}/loss", mean_loss, on_epoch=True)
-        self.log(f"{split}/acc", acc, on_epoch=True)
-        return losses.mean()
+        # also on an empty slice: sharded models gather their parameters in every forward
+        sums = self.eval_sums(x, y)
+        prev = self._eval_totals.get(split)
+        self._eval_totals[split] = sums if prev is None else prev + sums
 
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``[summed loss, correct predictions, examples]`` of one batch, on the device
-        (dense evaluation adds these up and divides once)."""
+        """``[summed loss, correct predictions, examples]`` of one batch in float64, on the
+        device (evaluations add these up and divide once)."""
         logits = self(x)
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")
-        correct = (logits.argmax(dim=-1) == y).sum()
-        return torch.stack([loss_sum, correct.float(), torch.full_like(loss_sum, float(y.numel()))])
+        if logits.dtype not in (torch.float32, torch.float64):  # bf16 / fp16 autocast
+            logits = logits.float()
+        losses = F.cross_entropy(logits, y, reduction="none").double()
+        correct = (logits.argmax(dim=-1) == y).sum().double()
+        return torch.stack([losses.sum(), correct, losses.new_tensor(float(y.numel()))])
 
-    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, "val", self.val_loss, self.val_acc)
+    def eval_result(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean loss and accuracy of the evaluation just run, over every rank's
+        examples (one all-reduce); clears the sums."""
+        total = self._eval_totals.pop(split, None)
+        if total is None:
+            total = torch.zeros(3, dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        return total[0] / total[2], total[1] / total[2]
 
-    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._eval_step(batch, "test", self.test_loss, self.test_acc)
+    def _log_eval(self, split: str) -> None:
+        loss, acc = self.eval_result(split)
+        # one value per evaluation, already reduced (batch_size=1: logged as is)
+        self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=False, batch_size=1)
+        self.log(f"{split}/acc", acc, on_epoch=True, sync_dist=False, batch_size=1)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_totals.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_totals.pop("test", None)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
@@ -132,11 +154,17 @@ class StableModule(L.LightningModule):
     def configure_model(self) -> None:
         """Under FSDP2 (``trainer=fsdp`` / ``fsdp_cpu``: Lightning's ModelParallelStrategy)
         shard every residual block, then the rest, over the data-parallel mesh: parameters,
-        gradients and optimizer state become DTensors sharded along dim 0. Other
-        strategies: nothing to do. Lightning may call this more than once."""
+        gradients and optimizer state become DTensors sharded along dim 0. Under
+        ``precision=64-true`` the module becomes float64 here, before a checkpoint is
+        restored into it. Lightning may call this more than once."""
+        from lightning.pytorch.plugins.precision import DoublePrecision
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         strategy = self._trainer.strategy if self._trainer is not None else None
+        if strategy is not None and isinstance(strategy.precision_plugin, DoublePrecision):
+            # Lightning restores a checkpoint before it converts the module (strategy
+            # setup): a float32 module would round the float64 weights being resumed
+            self.double()
         if not isinstance(strategy, ModelParallelStrategy) or self._sharded:
             return
         try:

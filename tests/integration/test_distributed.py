@@ -19,6 +19,12 @@ import pytest
 from conftest import QUIET, assert_ok, run_cli
 from stablelab.analysis import wandb_offline
 
+# Equivalence across process counts is checked in float64: float32 runs agree at step 0
+# but their reduction orders differ (one process vs an all-reduce of two halves), and
+# training amplifies that rounding by CPU-dependent amounts (seen: 2e-4 after 5 steps on
+# one CPU, 1e-7 on another). In float64 the trajectories agree far below the telemetry's
+# float32 storage, so 1e-6 holds on any CPU.
+F64 = ["trainer.precision=64-true"]
 COMMON = [
     *QUIET,
     "model.norm=layernorm",
@@ -43,12 +49,12 @@ def _col(run, name, file="grad_norms.csv"):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, module_env):
-    """30 steps of one process with a global batch of 256 (``one``) and of ddp_cpu, 2 x 128
-    (``two``, with W&B and plots), run from (and into) one fresh directory. Shared: the
-    two-node test compares with ``one`` and the resume test continues ``two``."""
+    """30 steps (float64) of one process with a global batch of 256 (``one``) and of
+    ddp_cpu, 2 x 128 (``two``, with W&B and plots), run from (and into) one fresh directory.
+    Shared: the two-node test compares with ``one`` and the resume test continues ``two``."""
     root = tmp_path_factory.mktemp("runs")
     one, two = root / "one", root / "two"
-    steps = ["max_train_steps=30"]
+    steps = ["max_train_steps=30", *F64]
     _one_process([*COMMON, *steps, "logger=csv", "data.batch_size=256"], one)
     assert_ok(
         run_cli(
@@ -95,7 +101,7 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
 def test_resumed_two_process_run_continues_the_same_metrics(tmp_path, runs):
     """15 steps under ddp_cpu, resumed from its last.ckpt to 30 steps: bit for bit the
     uninterrupted 2-process run ``runs/two``."""
-    args = [*COMMON, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128"]
+    args = [*COMMON, *F64, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128"]
     full, first, resumed = runs / "two", tmp_path / "first", tmp_path / "resumed"
     assert_ok(run_cli([*args, "max_train_steps=15", f"hydra.run.dir={first}"], tmp_path))
     ckpt = first / "checkpoints" / "last.ckpt"
@@ -113,9 +119,11 @@ def test_resumed_two_process_run_continues_the_same_metrics(tmp_path, runs):
     assert _col(resumed, "grad_norm").tolist() == _col(full, "grad_norm")[later].tolist()
     r_loss = _col(resumed, "loss", "stability.csv")
     assert r_loss.tolist() == _col(full, "loss", "stability.csv")[later].tolist()
-    s_full = json.loads((full / "summary.json").read_text())
-    s_res = json.loads((resumed / "summary.json").read_text())
-    assert (s_res["steps"], s_res["val_loss"]) == (30, s_full["val_loss"])
+    # the validations after the resume (the best may differ: the 15-step run validated
+    # at 15 too, the uninterrupted one did not)
+    evals = lambda run: [r for r in csv.DictReader((run / "evals.csv").open()) if int(r["step"]) > 15]  # noqa: E731
+    assert [r["step"] for r in evals(resumed)] == ["20", "30"] and evals(resumed) == evals(full)
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 30
 
 
 @pytest.mark.parametrize(("trainer", "subset"), [("ddp_cpu", 301), ("fsdp_cpu", None)])
@@ -188,8 +196,12 @@ def test_fsdp_on_cpu_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp
     """trainer=fsdp_cpu: FSDP2 in 2 gloo processes. Each rank holds half of every
     gradient (DTensor shards); the logged norm must be that of the full gradient and the
     fixed clip (active at every step) must scale every shard by the same factor, or the
-    trajectory leaves the one-process run's at once. Momentum SGD: float32 rounding
-    differences grow slowly enough to compare 20 steps closely."""
+    trajectory leaves the one-process run's at once (an O(1) difference). Lightning refuses
+    float64 under FSDP, so: step 0 (same weights, same batch) and step 1 tightly, then the
+    series with tolerances float32 meets on any CPU. Float32 reduction orders differ (a
+    reduce-scatter of shards vs one sum) and training amplifies that by CPU-dependent
+    amounts: measured on an AMD EPYC, up to 3.4e-3 in the norm and 2.5e-5 in the loss over
+    20 steps (on another CPU, 1e-6)."""
     fsdp, one, resumed = (tmp_path / n for n in ("fsdp", "one", "resumed"))
     args = [
         *COMMON, "logger=csv", "optimizer=momentum", "clipping=fixed",
@@ -206,11 +218,10 @@ def test_fsdp_on_cpu_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp
     norm, ref = _col(fsdp, "grad_norm"), _col(one, "grad_norm")[:20]
     assert (_col(fsdp, "clipped") == 1).all() and (_col(fsdp, "grad_norm_clipped") == 0.5).all()
     np.testing.assert_allclose(norm[0], ref[0], rtol=1e-6)  # same weights, same batch
-    # 15 steps: from step 20 on, ddp_cpu drifts from one process by 1e-4 on this config
-    # too (float32 rounding amplified), while fsdp_cpu stays within 1e-6 of ddp_cpu
-    np.testing.assert_allclose(norm[:15], ref[:15], rtol=1e-5)
+    np.testing.assert_allclose(norm[1], ref[1], rtol=1e-5)  # after one clipped update
+    np.testing.assert_allclose(norm, ref, rtol=3e-2)
     np.testing.assert_allclose(
-        _col(fsdp, "loss", "stability.csv"), _col(one, "loss", "stability.csv")[:20], rtol=1e-5
+        _col(fsdp, "loss", "stability.csv"), _col(one, "loss", "stability.csv")[:20], rtol=1e-3
     )
     s = json.loads((fsdp / "summary.json").read_text())
     assert s["status"] == "completed" and s["world_size"] == 2
@@ -223,7 +234,7 @@ def test_fsdp_on_cpu_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp
     np.testing.assert_allclose(
         _col(resumed, "loss", "stability.csv"),
         _col(one, "loss", "stability.csv")[20:],
-        rtol=1e-4,
+        rtol=1e-3,  # from the FSDP run's weights: its float32 drift carries over
     )
 
 
@@ -240,7 +251,7 @@ def test_two_node_torchrun_as_the_readme_launches_it(tmp_path, runs):
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
         "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
-        f"localhost:{port}", "-m", "stablelab.train", *COMMON, *steps, "trainer=ddp_cpu",
+        f"localhost:{port}", "-m", "stablelab.train", *COMMON, *F64, *steps, "trainer=ddp_cpu",
         "trainer.num_nodes=2", "trainer.devices=1", "data.batch_size=128",
         f"hydra.run.dir={run}", "hydra.job.name=train_rank${oc.env:RANK}",
     ]  # fmt: skip

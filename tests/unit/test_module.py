@@ -1,13 +1,13 @@
-"""StableModule's evaluation metrics, outside a Trainer: the validation loss is the mean
-of the per-example cross-entropies over every batch (a float64 reference), a NaN loss is
-not dropped, and an empty batch (a rank's empty last slice) changes nothing."""
+"""StableModule's evaluation, outside a Trainer: the validation loss is the mean of the
+per-example cross-entropies over every batch (a float64 reference), independent of how the
+examples are split into batches (bit for bit), a NaN loss is not dropped, and an empty batch
+(a rank's empty last slice) changes nothing."""
 
 from __future__ import annotations
 
 import math
-import warnings
+from types import SimpleNamespace
 
-import pytest
 import torch
 
 from conftest import compose_cfg
@@ -20,30 +20,52 @@ SPEC = {"kind": "real", "length": 40, "channels": 1, "vocab_size": 0}
 def _module(tmp_path) -> StableModule:
     cfg = validate(compose_cfg(["model=mlp", "model.norm=layernorm"], tmp_path))
     torch.manual_seed(0)
-    return StableModule(cfg, SPEC, num_classes=10).eval()
+    module = StableModule(cfg, SPEC, num_classes=10).eval()
+    module._trainer = SimpleNamespace(world_size=1)  # eval_result reads the world size
+    return module
 
 
-def _validate(module, batches) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # self.log without a Trainer: a no-op, with a warning
+def _validate(module, batches) -> tuple[float, float]:
+    with torch.no_grad():
         for i, b in enumerate(batches):
             module.validation_step(b, i)
+    loss, acc = module.eval_result("val")
+    assert loss.dtype == torch.float64
+    return loss.item(), acc.item()
+
+
+def _data(n: int, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 40, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
 def test_val_loss_is_the_mean_over_all_examples_of_uneven_batches(tmp_path):
     module = _module(tmp_path)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(13, 1, 40, generator=g), torch.randint(0, 10, (13,), generator=g)
-    _validate(module, [(x[:8], y[:8]), (x[8:8], y[8:8]), (x[8:], y[8:])])
+    x, y = _data(13)
+    loss, acc = _validate(module, [(x[:8], y[:8]), (x[8:8], y[8:8]), (x[8:], y[8:])])
     with torch.no_grad():
-        ref = torch.nn.functional.cross_entropy(module.double()(x.double()), y).item()
-    assert module.val_loss.compute().item() == pytest.approx(ref, rel=1e-6)
-    assert module.val_acc.update_count == 2  # the empty batch was not counted
+        logits = module.double()(x.double())
+    module.float()
+    ref = torch.nn.functional.cross_entropy(logits, y).item()
+    assert math.isclose(loss, ref, rel_tol=1e-6)
+    assert acc == (logits.argmax(-1) == y).sum().item() / 13
+
+
+def test_the_mean_does_not_depend_on_the_batching(tmp_path):
+    """Float32 per-example losses summed in float64 are exact: any split into batches (as
+    ranks and batch sizes make them) gives the same bits."""
+    module = _module(tmp_path)
+    x, y = _data(400)
+    whole = _validate(module, [(x, y)])
+    for cuts in ([0, 200, 400], [0, 7, 150, 151, 399, 400], list(range(0, 401, 16)) + [400]):
+        batches = [(x[a:b], y[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+        assert _validate(module, batches) == whole
+        assert _validate(module, batches[::-1]) == whole  # another order too
 
 
 def test_a_nan_validation_loss_is_reported_not_dropped(tmp_path):
     module = _module(tmp_path)
     x, y = torch.randn(6, 1, 40), torch.arange(6)
     x[2] = float("nan")  # one example's logits (and loss) are NaN
-    _validate(module, [(x, y)])
-    assert math.isnan(module.val_loss.compute().item())
+    loss, _ = _validate(module, [(x, y)])
+    assert math.isnan(loss)

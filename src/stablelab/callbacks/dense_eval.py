@@ -115,7 +115,7 @@ class DenseEval(TelemetryCallback):
         left on the device."""
         was_training = pl_module.training
         pl_module.eval()
-        total = torch.zeros(3, device=pl_module.device)
+        total = torch.zeros(3, dtype=torch.float64, device=pl_module.device)
         with trainer.strategy.precision_plugin.forward_context():
             for x, y in self._eval_batches(trainer, pl_module):
                 total += pl_module.eval_sums(x, y)
