@@ -119,9 +119,12 @@ def test_resumed_two_process_run_continues_the_same_metrics(tmp_path, runs):
     assert _col(resumed, "grad_norm").tolist() == _col(full, "grad_norm")[later].tolist()
     r_loss = _col(resumed, "loss", "stability.csv")
     assert r_loss.tolist() == _col(full, "loss", "stability.csv")[later].tolist()
+
     # the validations after the resume (the best may differ: the 15-step run validated
     # at 15 too, the uninterrupted one did not)
-    evals = lambda run: [r for r in csv.DictReader((run / "evals.csv").open()) if int(r["step"]) > 15]  # noqa: E731
+    def evals(run):
+        return [r for r in csv.DictReader((run / "evals.csv").open()) if int(r["step"]) > 15]
+
     assert [r["step"] for r in evals(resumed)] == ["20", "30"] and evals(resumed) == evals(full)
     assert json.loads((resumed / "summary.json").read_text())["steps"] == 30
 
