@@ -170,3 +170,35 @@ def float64_reference(run_dir, split: str, n: int | None = None) -> tuple[float,
         logits = module(x.double())
     loss = torch.nn.functional.cross_entropy(logits, y).item()
     return loss, (logits.argmax(-1) == y).double().mean().item(), size
+
+
+class KillAtStep(L.Callback):
+    """Send ``signal`` (default SIGKILL: no handler, no cleanup, as a crash or an OOM
+    kill) to this process when training reaches ``step``: at the start of that step's
+    batch, or, with ``during_validation``, in the middle of the validation run at that
+    step. With ``rank``, only that DDP rank."""
+
+    def __init__(
+        self, step: int, signal: int = 9, during_validation: bool = False, rank: int | None = None
+    ) -> None:
+        self.step, self.signal, self.during_validation, self.rank = (
+            step, signal, during_validation, rank,
+        )  # fmt: skip
+        self.sent = False
+
+    def _fire(self, trainer) -> None:
+        import os
+
+        if self.sent or (self.rank is not None and trainer.global_rank != self.rank):
+            return
+        if trainer.global_step >= self.step:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.during_validation:
+            self._fire(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
+        if self.during_validation and not trainer.sanity_checking:
+            self._fire(trainer)

@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import math
 import os
 import types
 import typing
@@ -82,7 +83,7 @@ class RootConfig:
     """The keys of ``train.yaml`` that are not config groups."""
 
     task_name: str = "train"
-    seed: NonNegInt = 42
+    seed: Annotated[int, Range(ge=0, le=2**32 - 1)] = 42  # numpy's and Lightning's range
     max_train_steps: PosInt = 1500
     train: bool = True
     test: bool = True
@@ -127,6 +128,12 @@ class ConfigError(ValueError):
         super().__init__(
             "Invalid config (nothing was started):\n" + "\n".join(f"  - {p}" for p in problems)
         )
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: the first line of the message`` (for one-line error reports)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- type checks
@@ -221,6 +228,8 @@ def _check_value(key: str, value: Any, tp: Any, problems: list[str]) -> None:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{key} = {_fmt(value)}: expected a number")
+        elif not math.isfinite(value):  # inf, 1e309, nan: never a meaningful setting
+            problems.append(f"{key} = {_fmt(value)}: must be a finite number")
         return
     if tp is str:
         if not isinstance(value, str):
@@ -464,13 +473,53 @@ def sharded_strategy(strategy: Any) -> str | None:
     return None
 
 
+def _trainer_problems(t: dict[str, Any]) -> list[str]:
+    """Trainer arguments whose types Lightning's signature allows but whose values make no
+    sense here (or fail only after training started)."""
+    out = []
+    for key in ("gradient_clip_val", "gradient_clip_algorithm"):
+        if t.get(key) is not None:
+            out.append(
+                f"trainer.{key} = {_fmt(t[key])}: stablelab clips in its own `clipping` group "
+                "(which logs the unclipped norm): use clipping=fixed "
+                "clipping.clip_threshold=<value> (or percentile / zscore / agc), and leave "
+                f"trainer.{key} null"
+            )
+    vci = t.get("val_check_interval")
+    if isinstance(vci, bool) or (
+        isinstance(vci, int | float)
+        and not ((isinstance(vci, int) and vci >= 1) or (isinstance(vci, float) and 0 < vci <= 1))
+    ):
+        out.append(
+            f"trainer.val_check_interval = {_fmt(vci)}: must be a number of steps >= 1 "
+            "(or a fraction of an epoch in (0, 1])"
+        )
+    devices = t.get("devices")
+    if devices in (0, [], "0") or (isinstance(devices, int) and devices < -1):
+        out.append(
+            f"trainer.devices = {_fmt(devices)}: must be a count >= 1, -1 (all), 'auto' "
+            "or a list of device indices"
+        )
+    for key, low in (
+        ("num_nodes", 1),
+        ("log_every_n_steps", 1),
+        ("accumulate_grad_batches", 1),
+        ("num_sanity_val_steps", -1),
+    ):
+        v = t.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v < low:
+            out.append(f"trainer.{key} = {v}: must be >= {low}")
+    return out
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
+    trainer_problems = _trainer_problems(plain.get("trainer") or {})
     strategy = (plain.get("trainer") or {}).get("strategy", "")
     sharded = sharded_strategy(strategy)
     if sharded is None:
-        return []
-    problems = []
+        return trainer_problems
+    problems = trainer_problems
     clip = str((plain.get("clipping") or {}).get("_target_", ""))
     if clip.endswith(".AGC"):
         problems.append(

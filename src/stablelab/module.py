@@ -9,6 +9,7 @@ class count), and it rebuilds the model, optimizer, schedule and clipper from th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -43,6 +44,27 @@ class StableModule(L.LightningModule):
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
         self._sharded = False  # configure_model has applied FSDP2
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict=None, **kwargs):
+        """Rebuild the module from a checkpoint anywhere, without trusting it: it is loaded
+        with ``weights_only=True`` only, and every ``_target_`` of its stored config must be
+        a stablelab class (see :mod:`stablelab.checkpoints`) before anything is built.
+        Keyword arguments override stored hyperparameters, as in Lightning."""
+        from stablelab import checkpoints
+
+        if kwargs.pop("weights_only", True) is not True or kwargs.get("hparams_file"):
+            raise ValueError(
+                "StableModule checkpoints load with weights_only=True only (no hparams_file)"
+            )
+        path = checkpoints.resolve_path(str(checkpoint_path), Path("."), key="checkpoint_path")
+        ckpt = checkpoints.load(path, key="checkpoint_path")
+        cfg = kwargs.get("cfg", ckpt.cfg)
+        groups = {k: cfg.get(k) for k in ("model", "optimizer", "schedule", "clipping")}
+        checkpoints.check_targets(groups, f"checkpoint {path}")
+        return super().load_from_checkpoint(
+            path, map_location=map_location, strict=strict, weights_only=True, **kwargs
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -129,7 +151,10 @@ class StableModule(L.LightningModule):
         factory = instantiate(self.cfg["optimizer"])  # a partial (_partial_: true)
         optimizer = factory(params=self.parameters())
         schedule = self.build_schedule()
-        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        # a plain function, so LambdaLR checkpoints no state of it: the schedule is a pure
+        # function of the step and this run's config (LambdaLR would otherwise restore the
+        # attributes of the checkpoint's schedule object over this config's)
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "frequency": 1},
@@ -183,7 +208,11 @@ class StableModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if hasattr(self.clipper, "state_dict"):  # adaptive clippers' running statistics
             checkpoint["clipper"] = self.clipper.state_dict()
+        if self.telemetry is not None:  # steps recorded, not yet read back
+            checkpoint["telemetry"] = self.telemetry.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "clipper" in checkpoint and hasattr(self.clipper, "load_state_dict"):
             self.clipper.load_state_dict(checkpoint["clipper"])
+        if "telemetry" in checkpoint and self.telemetry is not None:
+            self.telemetry.load_state_dict(checkpoint["telemetry"])

@@ -22,26 +22,32 @@ PACKAGES = (
 )
 
 
+def _git(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+
+
 def git_state(where: str | Path | None = None) -> dict[str, object]:
-    """``{"git_sha": ..., "git_dirty": ...}`` of the repository around ``where`` (None
-    outside a git checkout)."""
-    cwd = str(where or Path.cwd())
+    """``{"git_sha": ..., "git_dirty": ...}`` of the checkout stablelab runs from: the git
+    repository that tracks this package's own source (an editable install or
+    ``PYTHONPATH=src``), wherever the run was launched from. None for both when stablelab is
+    an installed package (a wheel, even one inside some other repository's virtual
+    environment): then ``versions["stablelab"]`` says which release ran. ``where``: look
+    at the repository around that file or directory instead."""
+    here = Path(where) if where is not None else Path(__file__).resolve()
+    cwd = here if here.is_dir() else here.parent
+    none = {"git_sha": None, "git_dirty": None}
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
+        if where is None:  # is this very file part of the repository's tracked source?
+            tracked = _git(["ls-files", "--error-unmatch", here.name], cwd)
+            if tracked.returncode != 0:
+                return none
+        sha = _git(["rev-parse", "HEAD"], cwd)
         if sha.returncode != 0:
-            return {"git_sha": None, "git_dirty": None}
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
+            return none
+        dirty = _git(["status", "--porcelain", "--untracked-files=no"], cwd)
         return {"git_sha": sha.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"git_sha": None, "git_dirty": None}
+        return none
 
 
 def versions() -> dict[str, str | None]:

@@ -39,6 +39,8 @@ class StepTelemetry:
         self.overflow: list[dict[str, Any]] = []  # rows flushed early because the buffer filled
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
+        self._reduced = 0  # leading buffer rows whose loss is already reduced (restored)
+        self._restored: torch.Tensor | None = None  # those rows, until the buffer exists
         # applied to the loss column on the device before it is read (e.g. the mean over
         # DDP ranks, so every rank reads the same global-batch loss)
         self.reduce_loss: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -56,8 +58,7 @@ class StepTelemetry:
     def record(self, step: int, stats: ClipStats) -> None:
         """Close step ``step``: its gradient statistics and the mean of the losses added
         since the previous record (NaN if none was added)."""
-        if self.buf is None:
-            self.buf = torch.empty(self.every, len(FIELDS), device=stats.grad_norm.device)
+        self._allocate(stats.grad_norm.device)
         if self.pending == self.every:  # never lose a step: flush early (one sync)
             self.overflow += self.flush()
         if self._loss_sum is None:
@@ -77,14 +78,55 @@ class StepTelemetry:
         rows, self.overflow = self.overflow, []
         if self.pending:
             assert self.buf is not None
-            block = self.buf[: self.pending]
-            if self.reduce_loss is not None:
-                block = block.clone()
-                block[:, 0] = self.reduce_loss(block[:, 0].contiguous())
+            block = self._reduced_block()
             values = block.cpu().tolist()
             rows += [
                 {"step": s, **dict(zip(FIELDS, v, strict=True))}
                 for s, v in zip(self.steps, values, strict=True)
             ]
             self.steps = []
+            self._reduced = 0
         return rows
+
+    def _allocate(self, device: torch.device) -> None:
+        """The buffer, on the device of the first step recorded (rows restored from a
+        checkpoint wait on the host until then)."""
+        if self.buf is None:
+            self.buf = torch.empty(self.every, len(FIELDS), device=device)
+            if self._restored is not None:
+                self.buf[: len(self._restored)].copy_(self._restored)
+                self._restored = None
+
+    def _reduced_block(self) -> torch.Tensor:
+        """The pending rows with the loss column reduced (a collective under DDP: every
+        rank calls it at the same moment)."""
+        self._allocate(torch.device("cpu"))  # (only restored rows so far)
+        assert self.buf is not None
+        block = self.buf[: self.pending]
+        if self.reduce_loss is not None and self.pending > self._reduced:
+            block = block.clone()
+            block[self._reduced :, 0] = self.reduce_loss(block[self._reduced :, 0].contiguous())
+        return block
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The steps recorded but not yet read back (a checkpoint between two flushes),
+        their losses already reduced over ranks, so that a resumed run reads them back at
+        the same step as an uninterrupted one. Called on every rank."""
+        if self._loss_count:
+            raise RuntimeError("a checkpoint in the middle of an optimizer step")
+        rows = self._reduced_block().cpu() if self.pending else torch.empty(0, len(FIELDS))
+        return {"steps": list(self.steps), "rows": rows, "overflow": list(self.overflow)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        steps = list(state["steps"])
+        if len(steps) > self.every:
+            raise ValueError(
+                f"the checkpoint holds {len(steps)} telemetry rows not yet read back; this "
+                f"run reads them back every {self.every} steps: resume with the same "
+                "trainer.log_every_n_steps"
+            )
+        self.overflow = list(state["overflow"])
+        self.steps = steps
+        self._reduced = len(steps)
+        self._restored = state["rows"].float() if steps else None

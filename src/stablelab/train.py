@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from stablelab.config import ConfigError, register_resolvers, validate
+from stablelab.config import ConfigError, first_line, register_resolvers, validate
 from stablelab.paths import config_dir
 
 log = logging.getLogger("stablelab")
@@ -35,18 +35,12 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def build(plain: dict[str, Any]):
     """Instantiate datamodule, module, callbacks, loggers and trainer from a validated
     config (plain data). Returns ``(datamodule, module, trainer, schedule, history)``."""
     from hydra.utils import instantiate
 
-    from stablelab.callbacks.history import EvalHistory
+    from stablelab.callbacks import EvalHistory, Interruption, MetricsFile
     from stablelab.module import StableModule
 
     _wandb_defaults(plain)
@@ -55,7 +49,11 @@ def build(plain: dict[str, Any]):
     schedule = module.build_schedule()
     schedule.warn_if_long_warmup()
     history = EvalHistory()
-    callbacks = [instantiate(c) for c in (plain["callbacks"] or {}).values() if c] + [history]
+    callbacks = [instantiate(c) for c in (plain["callbacks"] or {}).values() if c]
+    # an interruption is checkpointed before the other callbacks react to it (telemetry
+    # still on the device goes into the checkpoint, not just into the files)
+    callbacks.sort(key=lambda cb: not isinstance(cb, Interruption))
+    callbacks += [history, MetricsFile()]
     loggers = [instantiate(lg) for lg in (plain["logger"] or {}).values() if lg]
     trainer = instantiate(
         plain["trainer"],
@@ -108,13 +106,19 @@ def _wandb_defaults(plain: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; return its summary (also written to ``summary.json``).
 
-    Raises :class:`ConfigError` before anything is built if the config is invalid. A run
-    that fails part-way still writes its summary (``status: failed``) next to the config,
-    metrics and checkpoints it already wrote, then re-raises. A run stopped by the
+    Raises :class:`ConfigError` before anything trains if the config is invalid, the
+    machine cannot run it, the data cannot fill one batch or ``ckpt_path`` is unusable. A
+    run writes ``config.yaml`` and ``summary.json`` (``status: running``) before anything
+    else can fail; a run that fails part-way then records ``status: failed`` next to the
+    config, metrics and checkpoints it already wrote, and re-raises. A run stopped by the
     divergence guard ends cleanly (``status: diverged``, ``feasible: false``, no test) and
     returns its summary, unless the guard was set to ``fail_on_divergence``: then
     :class:`~stablelab.stability.TrainingDiverged` is raised after everything is written.
-    Every run with a run directory ends with its stability report (``report.md``).
+    An interrupted run (SIGTERM, SIGUSR1, Ctrl-C) records ``status: interrupted`` with the
+    command that resumes it and raises ``SystemExit(128 + signal)``. Every run with a run
+    directory ends with its stability report (``report.md``).
+
+    ``train=false``: evaluate ``ckpt_path`` (validation and test splits) without training.
     """
     if "hydra" in cfg:
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -124,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from stablelab import runinfo
+    from stablelab import checkpoints, preflight, runinfo
     from stablelab.stability import TrainingDiverged
 
     _quiet_lightning_handlers()
@@ -136,12 +140,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
 
     run_dir = Path(plain["paths"]["output_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # ---- everything that can refuse the run, before anything is written or trained
+    ckpt_file = checkpoints.resolve_path(plain["ckpt_path"], run_dir)
+    ckpt = checkpoints.load(ckpt_file) if ckpt_file else None
+    problems = preflight.environment_problems(plain)
+    if ckpt is not None and plain["train"]:
+        problems += checkpoints.resume_problems(ckpt, plain)
+    if problems:
+        raise ConfigError(problems)
     _ddp_children_run_this_trial_only()
     L.seed_everything(plain["seed"], workers=True, verbose=False)
     datamodule, module, trainer, schedule, history = build(plain)
-    rank_zero = trainer.is_global_zero
+    problems = preflight.data_problems(plain, datamodule, trainer.world_size)
+    if ckpt is not None:
+        problems += checkpoints.model_problems(ckpt, module)
+    if problems:
+        raise ConfigError(problems)
 
+    rank_zero = trainer.is_global_zero
     world = trainer.world_size
     run = {
         "run_dir": str(run_dir.resolve()),
@@ -153,28 +169,44 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "machine": runinfo.machine(),
         "argv": sys.argv,
     }
-    if rank_zero:
+    summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
+    if ckpt is not None:
+        key = "resumed_from" if plain["train"] else "evaluated_checkpoint"
+        summary[key] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.global_step}
+    if rank_zero:  # the run exists from here on: its config and a summary first
+        run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
+        write_summary(run_dir / SUMMARY_FILE, summary)
+        _connect_trackers(trainer)
         for lg in trainer.loggers:
             lg.log_hyperparams({**plain, "run": run})
 
-    summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
     fit_metrics: dict[str, float] = {}
     fit_reports: dict[str, Any] | None = None
     diverged: TrainingDiverged | None = None
+    interrupted: dict[str, Any] | None = None
+    ckpt_arg = str(ckpt.path) if ckpt is not None else None
     start = time.time()
     try:
         if plain["train"]:
             try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=plain["ckpt_path"])
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
             finally:  # trainer.test resets callback_metrics and reloads the callbacks'
                 # state from the best checkpoint: keep what fit measured
                 fit_metrics = _scalars(trainer.callback_metrics)
                 fit_reports = _callback_reports(trainer, history)
-        ckpt_cb = trainer.checkpoint_callback
-        best_path = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else ""
+            ckpt_cb = trainer.checkpoint_callback
+            test_ckpt = (getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else "") or None
+        else:  # evaluate a checkpoint (or, without one, the initial weights)
+            if ckpt is None:
+                log.warning(
+                    "stablelab: train=false without ckpt_path: evaluating the initial weights"
+                )
+            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
+            fit_metrics = _scalars(trainer.callback_metrics)
+            test_ckpt = ckpt_arg
         if plain["test"]:
-            trainer.test(module, datamodule=datamodule, ckpt_path=best_path or None)
+            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
         summary["status"] = "completed"
     except TrainingDiverged as e:  # the divergence guard stopped fit: a clean end
         diverged = e
@@ -183,9 +215,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["divergence_reason"] = e.reason
         log.warning("stablelab: %s; stopped, run recorded as infeasible", e)
     except BaseException as e:
-        summary["status"] = "failed"
-        summary["error"] = f"{type(e).__name__}: {e}"
-        raise
+        interrupted = _interruption(trainer)
+        if interrupted is None:
+            summary["status"] = "failed"
+            summary["error"] = f"{type(e).__name__}: {e}"
+            raise
+        summary["status"] = "interrupted"
+        summary["resume_command"] = resume_command(run_dir)
     finally:
         metrics = {**fit_metrics, **_scalars(trainer.callback_metrics)}
         reports = fit_reports if fit_reports is not None else _callback_reports(trainer, history)
@@ -205,23 +241,90 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
             }
         )
+        if not plain["train"]:  # an evaluation: the checkpoint's step, and no training
+            summary["steps"] = ckpt.global_step if ckpt is not None else 0
+            summary["best_step"] = summary["steps"] if best else None
+            summary["best_checkpoint"] = ckpt_arg
         summary.update(reports)
         summary["feasible"] = bool(
             summary["status"] == "completed"
             and _finite(summary["val_loss"])
-            and _finite(train_loss)
+            and (_finite(train_loss) or not plain["train"])
         )
         report = None
         if rank_zero:
-            _write_json(run_dir / SUMMARY_FILE, summary)
+            write_summary(run_dir / SUMMARY_FILE, summary)
             report = _write_report(run_dir, figures=plain["plots"])
             _finish_trackers(trainer, summary, report)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
     _release_process_group(trainer)
+    if interrupted is not None:
+        if rank_zero:
+            log.warning("stablelab: to resume: %s", summary["resume_command"])
+        raise SystemExit(interrupted["exit_code"])
     if diverged is not None and diverged.fail:
         raise diverged
     return summary
+
+
+def _interruption(trainer) -> dict[str, Any] | None:
+    """What the Interruption callback recorded, if the run was interrupted."""
+    from stablelab.callbacks import Interruption
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, Interruption) and cb.info is not None:
+            return cb.info
+    return None
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run in place: this run's own overrides, then
+    ``ckpt_path=auto`` (its ``checkpoints/last.ckpt`` if there is one) and its directory."""
+    import shlex
+
+    overrides = list(sys.argv[1:])
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            overrides = list(HydraConfig.get().overrides.task)
+    except ImportError:  # pragma: no cover
+        pass
+    keep = [o for o in overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=", "-"))]
+    return shlex.join(
+        ["stablelab-train", *keep, "ckpt_path=auto", f"hydra.run.dir={run_dir.resolve()}"]
+    )
+
+
+def json_safe(value: Any, where: str = "", nonfinite: dict[str, str] | None = None) -> Any:
+    """``value`` with every NaN / inf float replaced by None (strict JSON has neither);
+    the replaced keys and their values go into ``nonfinite``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if nonfinite is not None:
+            nonfinite[where] = str(value)
+        return None
+    if isinstance(value, dict):
+        return {
+            k: json_safe(v, f"{where}.{k}" if where else str(k), nonfinite)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [json_safe(v, f"{where}[{i}]", nonfinite) for i, v in enumerate(value)]
+    return value
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """``summary.json``, atomically, as strict JSON: a NaN or infinite number (the final
+    loss of a diverged run, say) is written as null and named, with its value, under
+    ``nonfinite`` (e.g. ``{"final_train_loss": "nan"}``)."""
+    nonfinite: dict[str, str] = {}
+    data = json_safe({k: v for k, v in summary.items() if k != "nonfinite"}, "", nonfinite)
+    if nonfinite:
+        data["nonfinite"] = nonfinite
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
 
 
 def _release_process_group(trainer) -> None:
@@ -296,9 +399,53 @@ def _quiet_lightning_handlers() -> None:
             logging.getLogger(name).handlers.clear()
 
 
+def _connect_trackers(trainer) -> None:
+    """Start the W&B run now (rank 0), so a W&B problem shows before training. W&B set to
+    log online without a reachable server (no network, a firewall, a wrong
+    ``WANDB_BASE_URL``) or without credentials falls back to offline with one warning,
+    instead of failing after minutes of retries: ``wandb sync`` uploads the run later."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if not isinstance(lg, WandbLogger) or lg._experiment is not None:
+            continue
+        mode = str(lg._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online")
+        why = _wandb_unreachable() if mode in ("online", "run", "shared") else None
+        if why is None:
+            try:
+                _ = lg.experiment
+                continue
+            except Exception as e:  # noqa: BLE001 - any failure to start: go offline
+                why = first_line(e)
+                lg._experiment = None
+        log.warning(
+            "stablelab: W&B could not log online (%s); logging offline to %s/wandb instead: "
+            "upload it later with `wandb sync`",
+            why,
+            lg.save_dir,
+        )
+        lg._wandb_init["mode"] = "offline"
+        _ = lg.experiment
+
+
+def _wandb_unreachable(timeout: float = 5.0) -> str | None:
+    """Why W&B's server cannot be reached (a TCP connection to it), or None."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host = url.hostname or "api.wandb.ai"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port} unreachable: {e}"
+
+
 def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = None) -> None:
     """Put the summary and the stability report into W&B and close its run (a multirun
-    starts many in one process)."""
+    starts many in one process). A disabled run (``WANDB_MODE=disabled``) is just closed."""
     from lightning.pytorch.loggers import WandbLogger
 
     from stablelab.analysis.wandb_offline import finish_and_wait
@@ -306,7 +453,11 @@ def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = Non
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             exp = lg.experiment
-            exp.summary.update({f"summary/{k}": v for k, v in summary.items() if _scalar(v)})
+            if getattr(exp, "disabled", False):
+                exp.finish()
+                continue
+            safe = json_safe(summary)
+            exp.summary.update({f"summary/{k}": v for k, v in safe.items() if _scalar(v)})
             if report is not None:
                 _report_to_wandb(exp, report)
             finish_and_wait(exp)
@@ -341,10 +492,13 @@ def _scalar(v: Any) -> bool:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from stablelab.stability import TrainingDiverged
 
+    _TASK_STARTED.append(True)
     try:
         summary = train(cfg)
     except ConfigError as e:
         print(f"stablelab-train: {e}", file=sys.stderr)
+        if _remove_if_untouched(Path(cfg.paths.output_dir)):
+            print("  (its run directory held nothing else and was removed)", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as e:  # only with fail_on_divergence: true
         print(f"stablelab-train: {e} (fail_on_divergence is set)", file=sys.stderr)
@@ -353,8 +507,36 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return val if _finite(val) else float("inf")  # the objective a sweeper minimises
 
 
+_TASK_STARTED: list[bool] = []
+
+
+def _remove_if_untouched(run_dir: Path) -> bool:
+    """Remove a refused run's directory when it holds only what Hydra put there (its
+    ``.hydra/`` and an empty log): a refused config leaves nothing behind."""
+    try:
+        run_dir = run_dir.resolve()
+        entries = list(run_dir.iterdir())
+    except (OSError, ValueError, AttributeError):
+        return False
+    for p in entries:
+        if p.name == ".hydra" or (p.suffix == ".log" and p.is_file() and p.stat().st_size == 0):
+            continue
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return not run_dir.exists()
+
+
 def main() -> None:
-    _hydra_main()
+    """The ``stablelab-train`` console script. Exit codes: 0 done (diverged runs too), 2 a
+    refused config or command line (nothing trained), 3 diverged with
+    ``fail_on_divergence``, 128 + N ended by signal N (130 Ctrl-C, 143 SIGTERM, 138
+    SIGUSR1; resumable, see README), 1 any other failure."""
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        if e.code == 1 and not _TASK_STARTED:  # Hydra refused the command line
+            raise SystemExit(2) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -32,6 +32,50 @@ def append_csv(path: Path, fieldnames: Sequence[str], rows: Iterable[dict[str, A
         w.writerows(rows)
 
 
+class CsvRows:
+    """The rows of one CSV file of the run directory, kept in memory and in checkpoints.
+
+    Rows are appended to the file as they come (nothing is lost if the process dies). At
+    the start of fit the file is rewritten from the rows in memory: none in a fresh run (a
+    stale file from an earlier run in the same directory goes), exactly those the
+    checkpoint holds in a resumed one, whether it resumes in place (rows written after the
+    checkpoint go) or into a new directory (rows before it come along). The rewrite is
+    byte for byte what the appends wrote, so a resumed run ends with the same file as an
+    uninterrupted one.
+    """
+
+    def __init__(self, filename: str, fields: Sequence[str] = ()) -> None:
+        self.filename = filename
+        self.fields = list(fields)
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, run_dir: Path | None, rows: list[dict[str, Any]], write: bool) -> None:
+        self.rows += rows
+        if write and run_dir is not None and rows:
+            append_csv(run_dir / self.filename, self.fields, rows)
+
+    def rewrite(self, run_dir: Path) -> None:
+        path = run_dir / self.filename
+        if not self.rows:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        append_csv(tmp, self.fields, self.rows)
+        tmp.replace(path)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain lists (loads with ``weights_only=True``): the header, then one list per row."""
+        return {
+            "fields": list(self.fields),
+            "rows": [[r.get(k) for k in self.fields] for r in self.rows],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fields = list(state["fields"])
+        self.rows = [dict(zip(self.fields, v, strict=True)) for v in state["rows"]]
+
+
 def telemetry_callbacks(trainer: L.Trainer) -> list[TelemetryCallback]:
     return [cb for cb in trainer.callbacks if isinstance(cb, TelemetryCallback)]
 
@@ -58,6 +102,7 @@ class TelemetryCallback(L.Callback):
     flush_every: int | None = None
     sets_interval = True
     dir: Path | None = None  # the run directory, known from setup on
+    csv: CsvRows | None = None  # the CSV file this callback writes, if any
     _finished = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -77,6 +122,11 @@ class TelemetryCallback(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             pl_module.telemetry = None  # a later fit builds a fresh one
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After a checkpoint was restored (or not): the file holds exactly the restored rows."""
+        if self.csv is not None and trainer.is_global_zero:
+            self.csv.rewrite(self.dir)
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

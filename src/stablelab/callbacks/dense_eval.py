@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from stablelab.callbacks.base import TelemetryCallback, append_csv, telemetry_callbacks
+from stablelab.callbacks.base import CsvRows, TelemetryCallback, telemetry_callbacks
 from stablelab.config import NonNegInt, PosInt
 from stablelab.data.loader import InMemoryLoader
 
@@ -42,8 +42,7 @@ class DenseEval(TelemetryCallback):
         self.every_step_until = every_step_until
         self.then_every = then_every
         self.subset = subset
-        self.filename = filename
-        self.records: list[dict[str, Any]] = []
+        self.csv = CsvRows(filename, CSV_FIELDS)
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._last_step = -1
@@ -128,7 +127,8 @@ class DenseEval(TelemetryCallback):
         if not self._pending:
             return
         steps = [s for s, _ in self._pending]
-        values = torch.stack([t for _, t in self._pending]).cpu().tolist()
+        dev = self._pending[-1][1].device  # (pending sums restored from a checkpoint: CPU)
+        values = torch.stack([t.to(dev) for _, t in self._pending]).cpu().tolist()
         self._pending = []
         new = [
             {"step": s, "val_loss": ls / n, "val_acc": c / n, "examples": int(n)}
@@ -143,15 +143,31 @@ class DenseEval(TelemetryCallback):
                 for cb in watchers:
                     kinds += cb.observe_eval(trainer, r["step"], r["val_loss"])
             r["events"] = ";".join(kinds)
-        self.records += new
+        self.csv.add(self.dir, new, write=trainer.is_global_zero)
         if trainer.is_global_zero:
-            append_csv(self.dir / self.filename, CSV_FIELDS, new)
             for lg in trainer.loggers:
                 for r in new:
                     lg.log_metrics(
                         {"val_dense/loss": r["val_loss"], "val_dense/acc": r["val_acc"]},
                         step=r["step"],
                     )
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.csv.rows
+
+    def state_dict(self) -> dict[str, Any]:
+        """The points so far, and those evaluated but not yet read back (a checkpoint
+        between two flushes: their sums, copied to the host)."""
+        pending = [(s, t.cpu().tolist()) for s, t in self._pending]
+        return {"csv": self.csv.state_dict(), "pending": pending, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.csv.load_state_dict(state_dict["csv"])
+        self._pending = [
+            (s, torch.tensor(v, dtype=torch.float64)) for s, v in state_dict["pending"]
+        ]
+        self._last_step = state_dict["last_step"]
 
     def summary(self) -> dict[str, Any]:
         if not self.records:

@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from stablelab.callbacks.base import TelemetryCallback, append_csv
+from stablelab.callbacks.base import CsvRows, TelemetryCallback
 from stablelab.config import OpenUnit, PosInt
 from stablelab.telemetry import GRAD_FIELDS
 
@@ -59,29 +59,38 @@ class GradNormMonitor(TelemetryCallback):
         self.recent_window = recent_window
         self.max_clip_fraction = max_clip_fraction
         self.plots = plots
-        self.filename = filename
-        self.rows: list[dict[str, Any]] = []
+        self.csv = CsvRows(filename, ["step", *GRAD_FIELDS])
         self._clipped_total = 0.0
         self._recent: deque[float] = deque(maxlen=recent_window)
         self._recent_max = 0.0
         self.warned: str | None = None
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Every step so far: ``step``, the gradient fields and the running clip fraction."""
+        return self.csv.rows
 
     # ------------------------------------------------------------------ work
     def consume(self, trainer: L.Trainer, pl_module: L.LightningModule, rows) -> None:
         if not rows:
             return
         rows = [{k: r[k] for k in ("step", *GRAD_FIELDS)} for r in rows]
-        for r in rows:
-            self.rows.append(r)
-            self._recent.append(r["clipped"])
-            self._clipped_total += r["clipped"]
-            r["clip_fraction"] = self._clipped_total / len(self.rows)
-            if len(self._recent) == self.recent_window:
-                self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
+        self._count(rows)
+        self.csv.add(self.dir, rows, write=trainer.is_global_zero)
         if trainer.is_global_zero:
-            append_csv(self.dir / self.filename, ["step", *GRAD_FIELDS], rows)
             self._log(trainer, rows)
         self._check_clip_fraction()
+
+    def _count(self, rows: list[dict[str, Any]]) -> None:
+        """The running and recent clip fractions over ``rows`` (new steps, in order)."""
+        n = len(self.csv.rows)
+        for r in rows:
+            n += 1
+            self._recent.append(r["clipped"])
+            self._clipped_total += r["clipped"]
+            r["clip_fraction"] = self._clipped_total / n
+            if len(self._recent) == self.recent_window:
+                self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -137,6 +146,19 @@ class GradNormMonitor(TelemetryCallback):
                         "train/grad_norm_histogram": wandb.Histogram(finite or [0.0]),
                     }
                 )
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"csv": self.csv.state_dict(), "warned": self.warned}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        restored = CsvRows(self.csv.filename)
+        restored.load_state_dict(state_dict["csv"])
+        self.csv.rows, self._clipped_total, self._recent_max = [], 0.0, 0.0
+        self._recent.clear()
+        self._count(restored.rows)  # the counters are a function of the rows
+        self.csv.rows = restored.rows
+        self.warned = state_dict["warned"]
 
     # ------------------------------------------------------------------ results
     def summary(self) -> dict[str, Any]:

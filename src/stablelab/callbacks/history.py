@@ -8,17 +8,29 @@ from typing import Any
 
 import lightning as L
 
-from stablelab.callbacks.base import append_csv
+from stablelab.callbacks.base import CsvRows
+
+FIELDS = ("step", "val_loss", "val_acc")
 
 
 class EvalHistory(L.Callback):
     """Keeps ``records``: one ``{"step", "val_loss", "val_acc"}`` per validation run
     (sanity checks excluded; ``step`` = updates applied) and appends each to
-    ``<run dir>/evals.csv``. Reading the values costs one host sync per evaluation."""
+    ``<run dir>/evals.csv``. Reading the values costs one host sync per evaluation. The
+    records are checkpointed, and the file rewritten from them at the start of fit (see
+    :class:`~stablelab.callbacks.base.CsvRows`)."""
 
     def __init__(self, filename: str | None = "evals.csv") -> None:
-        self.records: list[dict[str, Any]] = []
-        self.filename = filename
+        self.csv = CsvRows(filename or "", FIELDS)
+        self.write = bool(filename)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.csv.rows
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.write and trainer.is_global_zero:
+            self.csv.rewrite(Path(trainer.default_root_dir))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -31,9 +43,8 @@ class EvalHistory(L.Callback):
             "val_loss": float(m["val/loss"]),
             "val_acc": float(m["val/acc"]) if "val/acc" in m else None,
         }
-        self.records.append(rec)
-        if self.filename and trainer.is_global_zero:
-            append_csv(Path(trainer.default_root_dir) / self.filename, list(rec), [rec])
+        write = self.write and trainer.is_global_zero
+        self.csv.add(Path(trainer.default_root_dir), [rec], write=write)
 
     def best(self) -> dict[str, Any] | None:
         """The evaluation with the lowest finite validation loss (None if none is finite)."""
@@ -41,7 +52,7 @@ class EvalHistory(L.Callback):
         return min(finite, key=lambda r: r["val_loss"]) if finite else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"records": list(self.records)}
+        return {"csv": self.csv.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.records = list(state_dict.get("records", []))
+        self.csv.load_state_dict(state_dict["csv"])

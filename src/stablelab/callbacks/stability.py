@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning as L
 
-from stablelab.callbacks.base import TelemetryCallback, append_csv
+from stablelab.callbacks.base import CsvRows, TelemetryCallback
 from stablelab.config import PosFloat, PosInt, Prob
 from stablelab.stability import InstabilityDetector, TrainingDiverged
 
@@ -43,7 +43,7 @@ class StabilityMonitor(TelemetryCallback):
     ) -> None:
         self.flush_every = check_every_n_steps
         self.fail_on_divergence = fail_on_divergence
-        self.filename = filename
+        self.csv = CsvRows(filename, CSV_FIELDS)
         self.detector = InstabilityDetector(
             max_loss_ratio=max_loss_ratio,
             ema_decay=ema_decay,
@@ -83,8 +83,8 @@ class StabilityMonitor(TelemetryCallback):
                 }
             )
             self._warn(trainer, events)
+        self.csv.add(self.dir, out, write=trainer.is_global_zero)
         if trainer.is_global_zero and out:
-            append_csv(self.dir / self.filename, CSV_FIELDS, out)
             self._log(trainer, out)
 
     def observe_eval(self, trainer: L.Trainer, step: int, val_loss: float) -> list[str]:
@@ -139,8 +139,13 @@ class StabilityMonitor(TelemetryCallback):
         return self.detector.summary()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"detector": self.detector.state_dict(), "warned": sorted(self._warned)}
+        return {
+            "detector": self.detector.state_dict(),
+            "warned": sorted(self._warned),
+            "csv": self.csv.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.detector.load_state_dict(state_dict["detector"])
         self._warned = set(state_dict.get("warned", []))
+        self.csv.load_state_dict(state_dict["csv"])

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stablelab.callbacks.base import TelemetryCallback, append_csv
+from stablelab.callbacks.base import CsvRows, TelemetryCallback
 from stablelab.config import PosInt
 
 
@@ -35,9 +35,8 @@ class UpdateRatioMonitor(TelemetryCallback):
     ) -> None:
         self.every_n_steps = every_n_steps
         self.plots = plots
-        self.filename = filename
+        self.csv = CsvRows(filename)
         self.names: list[str] = []
-        self.rows: list[dict[str, Any]] = []
         self._params: list[torch.Tensor] = []
         self._before: list[torch.Tensor] | None = None
         self._step = -1
@@ -49,6 +48,7 @@ class UpdateRatioMonitor(TelemetryCallback):
             named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
             self.names = [n.removeprefix("model.") for n, _ in named]
             self._params = [p for _, p in named]
+            self.csv.fields = ["step", *self.names]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
@@ -70,16 +70,16 @@ class UpdateRatioMonitor(TelemetryCallback):
         if not self._pending:
             return
         steps = [s for s, _ in self._pending]
-        values = torch.stack([r for _, r in self._pending]).cpu().tolist()
+        dev = self._pending[-1][1].device  # (pending ratios restored from a checkpoint: CPU)
+        values = torch.stack([r.to(dev) for _, r in self._pending]).cpu().tolist()
         self._pending = []
         new = [
             {"step": s, **dict(zip(self.names, v, strict=True))}
             for s, v in zip(steps, values, strict=True)
         ]
-        self.rows += new
+        self.csv.add(self.dir, new, write=trainer.is_global_zero)
         if not trainer.is_global_zero:
             return
-        append_csv(self.dir / self.filename, ["step", *self.names], new)
         from lightning.pytorch.loggers import WandbLogger
 
         for lg in trainer.loggers:
@@ -92,6 +92,18 @@ class UpdateRatioMonitor(TelemetryCallback):
                 if isinstance(lg, WandbLogger):
                     m.update({f"update_ratio/{n}": r[n] for n in self.names})
                 lg.log_metrics(m, step=r["step"])
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.csv.rows
+
+    def state_dict(self) -> dict[str, Any]:
+        pending = [(s, t.cpu().tolist()) for s, t in self._pending]
+        return {"csv": self.csv.state_dict(), "pending": pending}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.csv.load_state_dict(state_dict["csv"])
+        self._pending = [(s, torch.tensor(v)) for s, v in state_dict["pending"]]
 
     def finish(self, trainer, pl_module) -> None:
         if self.plots and self.rows and trainer.is_global_zero:

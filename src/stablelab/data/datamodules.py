@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,43 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _cached(data_dir: str, name: str, args: dict[str, Any], make) -> dict[str, np.ndarray]:
-    """Load ``make()``'s arrays from ``data_dir`` or build and save them atomically."""
+    """Load ``make()``'s arrays from ``data_dir`` or build and save them atomically.
+
+    The file name holds a hash of the generation arguments; beside it, ``<file>.sha256``
+    holds the file's own checksum. A cache file that is truncated, corrupt, edited or left
+    without its checksum (a crash between the two writes) is not used: a warning names it
+    and the data are generated again. Loading never unpickles (``allow_pickle=False``).
+    """
     key = hashlib.sha1(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(data_dir).expanduser() / f"{name}-{key}.npz"
+    check = path.with_name(path.name + ".sha256")
     if path.is_file():
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+        why = None
+        try:
+            if not check.is_file():
+                why = "no checksum beside it"
+            elif check.read_text().split()[0] != _sha256(path):
+                why = "its checksum does not match (truncated or changed)"
+            else:
+                with np.load(path, allow_pickle=False) as f:
+                    return {k: f[k] for k in f.files}
+        except Exception as e:  # noqa: BLE001 - unreadable: regenerate
+            why = f"{type(e).__name__}: {e}"
+        warnings.warn(f"data cache {path} is not usable ({why}): generating it again", stacklevel=2)
     arrays = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
+    digest = _sha256(tmp)
     os.replace(tmp, path)
+    tmp_check = check.with_name(check.name + f".{os.getpid()}.tmp")
+    tmp_check.write_text(f"{digest}  {path.name}\n")
+    os.replace(tmp_check, check)
     return arrays
 
 

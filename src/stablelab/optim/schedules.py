@@ -11,8 +11,9 @@ P = ``post_warmup_steps``::
 ``decay(t, T)`` starts at 1 when t = 0. The run trains ``total_steps`` updates:
 ``max_train_steps``, or ``max_train_steps + warmup_steps`` with
 ``extend_max_train_steps`` (the playbook: a 10,000-step baseline plus 1,000 warmup steps
-trains 11,000 steps). Each schedule is a small picklable object of plain numbers, so it
-lives in ``LambdaLR``'s state dict and a checkpoint loads with ``weights_only=True``.
+trains 11,000 steps). Each schedule is a small object of plain numbers, rebuilt from the
+config: the module hands ``LambdaLR`` a function of it, so a checkpoint holds no schedule
+state and a resumed run follows its own config.
 """
 
 from __future__ import annotations

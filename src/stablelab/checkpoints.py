@@ -1,0 +1,247 @@
+"""Reading checkpoints without trusting them.
+
+Nothing read from a checkpoint runs code:
+
+* a checkpoint is loaded with ``torch.load(weights_only=True)`` only (tensors and plain
+  Python data; a pickled object is refused by torch before anything in it runs);
+* URLs are refused (Lightning would load them with ``weights_only=False``);
+* a config stored in a checkpoint names classes by ``_target_``: before anything is built
+  from it, every ``_target_`` must be a class defined in stablelab (or in a package the
+  user trusts explicitly: ``$STABLELAB_TRUSTED_TARGETS``, comma-separated prefixes such
+  as ``mypkg.``), and, for the trainer and its callbacks and loggers, a class of
+  Lightning's own modules. ``builtins.open``, ``os.system``, ``stablelab.train.os.system``
+  and the like are refused with an error naming the key.
+
+The checks here run before a run starts; each problem is a :class:`ConfigError` line that
+names the key (``ckpt_path``) and the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stablelab.config import ConfigError, first_line
+
+AUTO = "auto"  # ckpt_path=auto: <run dir>/checkpoints/last.ckpt if it exists, else start fresh
+
+# Where the classes a checkpoint's config may name live, per top-level key: the module
+# prefix a _target_ must start with and the object's __module__ must start with too.
+STABLELAB = ("stablelab.",)
+ALLOWED_TARGETS: dict[str, tuple[str, ...]] = {
+    "data": STABLELAB,
+    "model": STABLELAB,
+    "optimizer": STABLELAB,
+    "schedule": STABLELAB,
+    "clipping": STABLELAB,
+    "trainer": ("lightning.pytorch.", "stablelab."),
+    "callbacks": ("lightning.pytorch.callbacks.", "stablelab."),
+    "logger": ("lightning.pytorch.loggers.",),
+}
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used: the message names the key and the file."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    global_step: int
+    cfg: dict[str, Any]  # the resolved config it was trained with (untrusted data)
+    state_dict: dict[str, Any]
+    optimizer_states: list[dict[str, Any]]
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_path(ckpt_path: str | None, run_dir: Path, key: str = "ckpt_path") -> Path | None:
+    """The checkpoint file to use, or None for a fresh run. ``auto``: the run directory's
+    own ``checkpoints/last.ckpt`` if there is one (a requeued or re-launched job resumes
+    in place), else None. A URL or a missing file is refused."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == AUTO:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    if is_url(ckpt_path):
+        raise CheckpointError(
+            [
+                f"{key} = {ckpt_path!r}: URLs are refused (Lightning would unpickle them "
+                "with weights_only=False, which can run code); download the file and "
+                "pass its path"
+            ]
+        )
+    path = Path(ckpt_path).expanduser()
+    if not path.exists():
+        raise CheckpointError([f"{key} = {ckpt_path!r}: no such file"])
+    if not path.is_file():
+        raise CheckpointError([f"{key} = {ckpt_path!r}: not a file (a directory?)"])
+    return path
+
+
+def load(path: Path, key: str = "ckpt_path") -> Checkpoint:
+    """Load a stablelab checkpoint as plain data (``weights_only=True``; memory-mapped)."""
+    import pickle
+
+    import torch
+
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            [
+                f"{key} = '{path}': holds pickled Python objects, not plain data; refused "
+                f"without running them (stablelab checkpoints hold tensors and plain data "
+                f"only). torch: {first_line(e)}"
+            ]
+        ) from None
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, not a torch file
+        raise CheckpointError(
+            [
+                f"{key} = '{path}': not a readable PyTorch checkpoint (truncated or "
+                f"corrupt?): {first_line(e)}"
+            ]
+        ) from None
+    if not isinstance(raw, Mapping) or "state_dict" not in raw:
+        raise CheckpointError(
+            [f"{key} = '{path}': not a Lightning checkpoint (no state_dict in it)"]
+        )
+    hp = raw.get("hyper_parameters") or {}
+    cfg = hp.get("cfg") if isinstance(hp, Mapping) else None
+    if not isinstance(cfg, Mapping):
+        raise CheckpointError(
+            [f"{key} = '{path}': not a stablelab checkpoint (no config in its hyperparameters)"]
+        )
+    return Checkpoint(
+        path=path,
+        global_step=int(raw.get("global_step", 0)),
+        cfg=dict(cfg),
+        state_dict=dict(raw["state_dict"]),
+        optimizer_states=list(raw.get("optimizer_states") or []),
+    )
+
+
+def resume_problems(ckpt: Checkpoint, plain: dict[str, Any], key: str = "ckpt_path") -> list[str]:
+    """Why this config cannot resume training from ``ckpt`` (the optimizer state must be
+    the same update rule's)."""
+    old = (ckpt.cfg.get("optimizer") or {}).get("_target_")
+    new = (plain.get("optimizer") or {}).get("_target_")
+    if ckpt.optimizer_states and old != new:
+        return [
+            f"{key} = '{ckpt.path}': the checkpoint's optimizer is {old}, this config's "
+            f"is {new}; resuming needs the same update rule (optimizer=... as when it was "
+            "trained), or evaluate it with train=false"
+        ]
+    return []
+
+
+def model_problems(ckpt: Checkpoint, module, key: str = "ckpt_path") -> list[str]:
+    """Why the checkpoint's weights do not fit ``module`` (names and shapes)."""
+    mine = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in ckpt.state_dict.items()}
+    missing = sorted(set(mine) - set(theirs))
+    extra = sorted(set(theirs) - set(mine))
+    shapes = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+    if not (missing or extra or shapes):
+        return []
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensors differ in shape (e.g. {k}: {theirs[k]} vs {mine[k]})")
+    if missing:
+        parts.append(f"{len(missing)} of this model's tensors are not in it (e.g. {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} of its tensors are not in this model (e.g. {extra[0]})")
+    return [
+        f"{key} = '{ckpt.path}': a checkpoint of another model: "
+        + "; ".join(parts)
+        + ". Use the model and data config it was trained with (stablelab eval CKPT does)"
+    ]
+
+
+# ---------------------------------------------------------------------- _target_ checks
+def _trusted_prefixes() -> tuple[str, ...]:
+    extra = os.environ.get("STABLELAB_TRUSTED_TARGETS", "")
+    return tuple(p.strip() for p in extra.split(",") if p.strip())
+
+
+def _targets(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if k == "_target_":
+                yield where, v
+            else:
+                yield from _targets(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(node, list | tuple):
+        for i, v in enumerate(node):
+            yield from _targets(v, f"{where}[{i}]")
+
+
+def target_problems(cfg: Mapping[str, Any], source: str) -> list[str]:
+    """Every ``_target_`` in a config read from a file (``source`` names it) that may not
+    be instantiated: see the module docstring. Imports a module only when its name is
+    allowed, so a crafted name imports nothing."""
+    problems = []
+    trusted = _trusted_prefixes()
+    for where, target in _targets(cfg, ""):
+        group = where.split(".", 1)[0].split("[", 1)[0]
+        allowed = ALLOWED_TARGETS.get(group, STABLELAB) + trusted
+        why = _refusal(target, allowed)
+        if why:
+            problems.append(
+                f"{where}._target_ = {target!r} in {source}: {why}; refused, nothing was "
+                f"built (allowed: classes of {', '.join(allowed)}; trust more with "
+                "$STABLELAB_TRUSTED_TARGETS)"
+            )
+    return problems
+
+
+def _refusal(target: Any, allowed: tuple[str, ...]) -> str | None:
+    if not isinstance(target, str) or not target.replace(".", "").replace("_", "").isalnum():
+        return "not a dotted class name"
+    prefix = next((p for p in allowed if target.startswith(p)), None)
+    if prefix is None:
+        return "outside the allowed packages"
+    module_name, _, attr = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError):
+        # pkg.mod.Class.attr or pkg.mod.os.system: walk attributes from the longest module
+        obj = _walk(target)
+        if obj is None:
+            return "cannot be imported"
+    if not inspect.isclass(obj):
+        return "not a class"
+    home, package = str(getattr(obj, "__module__", "")), prefix.rstrip(".")
+    if not (home == package or home.startswith(package + ".")):
+        return f"defined in {home}, not in {package}"
+    return None
+
+
+def _walk(target: str) -> Any:
+    parts = target.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name, None)
+            if obj is None:
+                return None
+        return obj
+    return None
+
+
+def check_targets(cfg: Mapping[str, Any], source: str) -> None:
+    problems = target_problems(cfg, source)
+    if problems:
+        raise CheckpointError(problems)

@@ -1,0 +1,86 @@
+"""Checks that need the machine or the data, run after the config is validated and before
+anything trains: each problem is one :class:`~stablelab.config.ConfigError` line naming
+the key, its value and what is allowed.
+
+* the machine: the accelerator exists, there are as many devices as asked for, the
+  directories the run writes to are writable;
+* the data: one training step needs a full global batch from the training split (a batch
+  as large as the split trains zero steps and would report an untrained model).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def writable_problem(key: str, path: str | Path) -> str | None:
+    """None if ``path`` (a directory, existing or to be created) can be written to."""
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{key} = '{path}': {probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{key} = '{path}': not writable ({probe} does not allow writing)"
+    return None
+
+
+def environment_problems(plain: dict[str, Any]) -> list[str]:
+    problems = []
+    paths = plain.get("paths") or {}
+    for key in ("data_dir", "log_dir"):
+        if paths.get(key) is not None and (p := writable_problem(f"paths.{key}", paths[key])):
+            problems.append(p)
+    trainer = plain.get("trainer") or {}
+    accel = str(trainer.get("accelerator", "auto")).lower()
+    if accel in ("gpu", "cuda", "mps", "tpu"):
+        import torch
+
+        if accel in ("gpu", "cuda"):
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            what = "no CUDA device" if count == 0 else f"{count} CUDA device(s)"
+        elif accel == "mps":
+            count = 1 if torch.backends.mps.is_available() else 0
+            what = "no Apple MPS device"
+        else:
+            count, what = 0, "no TPU support in this install"
+        if count == 0:
+            problems.append(
+                f"trainer.accelerator = {accel!r}: not available on this machine ({what}); "
+                "use trainer=cpu (or trainer.accelerator=cpu)"
+            )
+        else:
+            devices = trainer.get("devices")
+            if isinstance(devices, int) and devices > count:
+                problems.append(
+                    f"trainer.devices = {devices}: this machine has {what}; "
+                    f"use at most {count} (or -1 for all)"
+                )
+            elif isinstance(devices, list) and any(
+                not isinstance(d, int) or d >= count or d < 0 for d in devices
+            ):
+                problems.append(
+                    f"trainer.devices = {devices}: device indices must be in 0..{count - 1}"
+                )
+    return problems
+
+
+def data_problems(plain: dict[str, Any], datamodule, world_size: int) -> list[str]:
+    """A training split smaller than one global batch trains nothing."""
+    if not plain.get("train") or not hasattr(datamodule, "split_sizes"):
+        return []
+    n = datamodule.split_sizes().get("train", 0)
+    batch = getattr(datamodule, "batch_size", None)
+    if not isinstance(batch, int) or batch * world_size <= n:
+        return []
+    per = f" x {world_size} processes = {batch * world_size}" if world_size > 1 else ""
+    return [
+        f"data.batch_size = {batch}{per}: larger than the training split ({n} examples), "
+        "so not one training step would run; use a batch size of at most "
+        f"{n // world_size} per process (or more data)"
+    ]
