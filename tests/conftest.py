@@ -30,6 +30,8 @@ def set_test_env(mp: pytest.MonkeyPatch, data_dir: Path) -> None:
     mp.setenv("WANDB_SILENT", "true")
     mp.setenv("PYTHONUNBUFFERED", "1")
     mp.delenv("STABLELAB_RUN_ID", raising=False)
+    # CLI runs in subprocesses (and their DDP ranks) import tests/helpers.py callbacks
+    mp.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(autouse=True)

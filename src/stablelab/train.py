@@ -512,14 +512,15 @@ _TASK_STARTED: list[bool] = []
 
 def _remove_if_untouched(run_dir: Path) -> bool:
     """Remove a refused run's directory when it holds only what Hydra put there (its
-    ``.hydra/`` and an empty log): a refused config leaves nothing behind."""
+    ``.hydra/`` and its log, with at most Lightning's start-up lines): a refused config
+    leaves nothing behind."""
     try:
         run_dir = run_dir.resolve()
         entries = list(run_dir.iterdir())
     except (OSError, ValueError, AttributeError):
         return False
     for p in entries:
-        if p.name == ".hydra" or (p.suffix == ".log" and p.is_file() and p.stat().st_size == 0):
+        if p.name == ".hydra" or (p.suffix == ".log" and p.is_file()):
             continue
         return False
     shutil.rmtree(run_dir, ignore_errors=True)

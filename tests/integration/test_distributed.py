@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import QUIET, assert_ok, run_cli
 from stablelab.analysis import wandb_offline
@@ -98,35 +99,51 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     ]
 
 
-def test_resumed_two_process_run_continues_the_same_metrics(tmp_path, runs):
-    """15 steps under ddp_cpu, resumed from its last.ckpt to 30 steps: bit for bit the
-    uninterrupted 2-process run ``runs/two``."""
-    args = [*COMMON, *F64, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128"]
-    full, first, resumed = runs / "two", tmp_path / "first", tmp_path / "resumed"
-    assert_ok(run_cli([*args, "max_train_steps=15", f"hydra.run.dir={first}"], tmp_path))
-    ckpt = first / "checkpoints" / "last.ckpt"
-    assert_ok(
-        run_cli(
-            [*args, "max_train_steps=30", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}"],
-            tmp_path,
-        )
-    )
-    # step 15 is no multiple of val_check_interval=10: the run still validates and
-    # checkpoints its final weights there, so the resume starts from step 15
-    assert [r["step"] for r in csv.DictReader((first / "evals.csv").open())] == ["10", "15"]
-    later = slice(15, None)  # steps 15..29
-    assert _col(first, "grad_norm").tolist() == _col(full, "grad_norm")[:15].tolist()
-    assert _col(resumed, "grad_norm").tolist() == _col(full, "grad_norm")[later].tolist()
-    r_loss = _col(resumed, "loss", "stability.csv")
-    assert r_loss.tolist() == _col(full, "loss", "stability.csv")[later].tolist()
+RESUMED_FILES = ("grad_norms.csv", "stability.csv", "evals.csv", "dense_eval.csv", "metrics.csv")
 
-    # the validations after the resume (the best may differ: the 15-step run validated
-    # at 15 too, the uninterrupted one did not)
-    def evals(run):
-        return [r for r in csv.DictReader((run / "evals.csv").open()) if int(r["step"]) > 15]
 
-    assert [r["step"] for r in evals(resumed)] == ["20", "30"] and evals(resumed) == evals(full)
-    assert json.loads((resumed / "summary.json").read_text())["steps"] == 30
+def _same_files(run, ref) -> None:
+    for name in RESUMED_FILES:
+        assert (run / name).read_bytes() == (ref / name).read_bytes(), name
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (run, ref))
+    for key in ("steps", "val_loss", "best_step", "grad_norm_p90", "dense_eval_points"):
+        assert a[key] == b[key], key
+
+
+def test_ddp_run_killed_mid_run_resumes_into_a_new_directory_exactly(tmp_path, runs):
+    """ddp_cpu, both ranks SIGKILLed at step 17 (no handler runs), resumed from the
+    checkpoint of step 10 into a new directory: the uninterrupted 2-process run's files,
+    byte for byte."""
+    args = [*COMMON, *F64, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128",
+            "max_train_steps=30"]  # fmt: skip
+    full, killed, resumed = runs / "two", tmp_path / "killed", tmp_path / "resumed"
+    kill = ["+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=17"]
+    proc = run_cli([*args, *kill, f"hydra.run.dir={killed}"], tmp_path)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    ckpt = killed / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 10
+    assert_ok(run_cli([*args, f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}"], tmp_path))
+    _same_files(resumed, full)
+
+
+def test_ddp_sigterm_stops_every_rank_exits_143_and_resumes_in_place(tmp_path, runs):
+    """SIGTERM to rank 0 at step 23 (a real signal): Lightning forwards it to rank 1, both
+    stop after the same step, the step is checkpointed, the run exits 143; resumed in
+    place with ckpt_path=auto it ends as the uninterrupted run."""
+    args = [*COMMON, *F64, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128",
+            "max_train_steps=30"]  # fmt: skip
+    full, run = runs / "two", tmp_path / "run"
+    kill = ["+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=23",
+            "+callbacks.kill.signal=15", "+callbacks.kill.rank=0"]  # fmt: skip
+    proc = run_cli([*args, *kill, f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["interrupted"]["signal"] == "SIGTERM"
+    step = s["interrupted"]["checkpoint_step"]
+    assert step == s["steps"] and step in (24, 25)  # after the step (rank 1 may see it later)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    assert_ok(run_cli([*args, "ckpt_path=auto", f"hydra.run.dir={run}"], tmp_path))
+    _same_files(run, full)
 
 
 @pytest.mark.parametrize(("trainer", "subset"), [("ddp_cpu", 301), ("fsdp_cpu", None)])

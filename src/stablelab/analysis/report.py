@@ -29,7 +29,9 @@ FIGURES = [
 
 @dataclass
 class Finding:
-    key: str  # stable | infeasible | warmup | clipping | lower_lr | residual_layout | optimizer
+    # interrupted | failed | stable | infeasible | warmup | clipping | lower_lr |
+    # residual_layout | residual_init | optimizer | last_resort | no_telemetry
+    key: str
     text: str
 
 
@@ -71,6 +73,40 @@ def _counts(summary: dict[str, Any]) -> str:
     return ", ".join(parts) or "a rise of the loss"
 
 
+def _how_it_ended(summary: dict[str, Any]) -> list[Finding]:
+    """An interrupted or failed run: what stopped it, how to go on; the rest of the
+    reading covers the steps it trained."""
+    status = summary.get("status")
+    if status == "interrupted":
+        info = summary.get("interrupted") or {}
+        ckpt = info.get("checkpoint")
+        at = (
+            f"checkpointed at step {info.get('checkpoint_step')} (`{ckpt}`)"
+            if ckpt
+            else "no checkpoint was saved yet, so it starts again"
+        )
+        return [
+            Finding(
+                "interrupted",
+                f"**Interrupted** by {info.get('signal', 'a signal')} at step "
+                f"{info.get('step', summary.get('steps'))} of {summary.get('total_steps')}; "
+                f"{at}. Resume it exactly where it stopped (same files, same numbers as an "
+                f"uninterrupted run) with:\n\n  `{summary.get('resume_command')}`\n\n"
+                "  The reading below covers the steps trained so far.",
+            )
+        ]
+    if status == "failed":
+        return [
+            Finding(
+                "failed",
+                f"**The run failed** after {summary.get('steps')} steps: "
+                f"`{summary.get('error')}`. Everything written before is kept (config, "
+                "metrics, checkpoints); the reading below covers the steps trained so far.",
+            )
+        ]
+    return []
+
+
 def reading(
     summary: dict[str, Any], cfg: dict[str, Any], events: list[tuple[int, str]] = ()
 ) -> list[Finding]:
@@ -81,11 +117,12 @@ def reading(
     """
     if "unstable" not in summary:
         return [
+            *_how_it_ended(summary),
             Finding(
                 "no_telemetry",
                 "No stability telemetry in this run (the `stability` callback was off), so "
                 "nothing can be said about its stability.",
-            )
+            ),
         ]
     total = summary.get("total_steps") or summary.get("steps") or 1
     early_end = max(1, int(EARLY_FRACTION * total))
@@ -98,7 +135,7 @@ def reading(
     lr = opt.get("lr")
     warmup = int(sched.get("warmup_steps") or 0)
     clip_kind = str(clip.get("_target_", "")).rsplit(".", 1)[-1]
-    out: list[Finding] = []
+    out: list[Finding] = _how_it_ended(summary)
 
     if summary.get("diverged"):
         out.append(

@@ -91,6 +91,11 @@ def _same(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+def _read_exact(path: Path) -> str:
+    with path.open(newline="") as f:  # no newline translation
+        return f.read()
+
+
 def _csv_loggers(trainer: L.Trainer) -> list[CSVLogger]:
     return [lg for lg in trainer.loggers if isinstance(lg, CSVLogger)]
 
@@ -110,7 +115,7 @@ class MetricsFile(L.Callback):
         lg = loggers[0]
         lg.save()  # flush what is buffered: the file then holds every row logged so far
         path = Path(lg.experiment.metrics_file_path)
-        checkpoint[self.KEY] = path.read_text() if path.is_file() else ""
+        checkpoint[self.KEY] = _read_exact(path) if path.is_file() else ""
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         self._restored = checkpoint.get(self.KEY)
@@ -123,7 +128,8 @@ class MetricsFile(L.Callback):
         writer = loggers[0].experiment
         path = Path(writer.metrics_file_path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
+        with tmp.open("w", newline="") as f:  # the csv module's \r\n line ends, as they were
+            f.write(text)
         tmp.replace(path)
         # the logger appends to the file and rewrites its header when new columns come:
         # it must know the columns already there

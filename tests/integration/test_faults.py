@@ -1,0 +1,127 @@
+"""Fault injection: runs killed (SIGKILL: no handler runs, as a crash or an OOM kill) or
+interrupted (SIGTERM, real signals) at several steps and resumed, in place or into a new
+directory, end with the run directory of an uninterrupted run: the same CSVs byte for
+byte (one row per step, no gaps, no duplicates), metrics.csv, summary numbers, report and
+best checkpoint. The reference is an uninterrupted run of the same config.
+
+The kill steps are drawn once from a seeded generator (printed with each case): before
+the first checkpoint, just after one, and during a validation are always among them.
+Quick cases run in ``make test``; the adaptive-clipping and DDP cases are ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUIET, assert_ok, compose_cfg, run_cli
+from stablelab.train import train
+
+BASE = [
+    *QUIET,
+    "logger=csv",
+    "max_train_steps=40",
+    "trainer.val_check_interval=10",
+    "trainer.log_every_n_steps=5",
+    "plots=false",
+]
+FILES = ("grad_norms.csv", "stability.csv", "evals.csv", "dense_eval.csv", "metrics.csv")
+# summary keys that name the run rather than measure it
+RUN_KEYS = {"argv", "run_dir", "wall_seconds", "best_checkpoint", "resumed_from", "machine"}
+RNG = random.Random(16)
+STEPS = sorted(RNG.sample(range(11, 40), 2))  # two more kill steps, anywhere after one ckpt
+
+
+def _kill(step: int, sig: int = signal.SIGKILL, during_validation: bool = False) -> list[str]:
+    return [
+        "+callbacks.kill._target_=helpers.KillAtStep",
+        f"+callbacks.kill.step={step}",
+        f"+callbacks.kill.signal={int(sig)}",
+        f"+callbacks.kill.during_validation={str(during_validation).lower()}",
+    ]
+
+
+def assert_same_run(run: Path, ref: Path) -> None:
+    for name in FILES:
+        assert (run / name).read_bytes() == (ref / name).read_bytes(), name
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (run, ref))
+    assert {k: v for k, v in a.items() if k not in RUN_KEYS} == {
+        k: v for k, v in b.items() if k not in RUN_KEYS
+    }
+    assert Path(a["best_checkpoint"]).name == Path(b["best_checkpoint"]).name
+    assert Path(a["best_checkpoint"]).parent == run / "checkpoints"
+    ca, cb = (torch.load(s["best_checkpoint"], weights_only=True) for s in (a, b))
+    assert ca["global_step"] == cb["global_step"]
+    for k, v in cb["state_dict"].items():
+        assert torch.equal(ca["state_dict"][k], v), k
+    # the report, but for its title (the run directory's name)
+    ra, rb = ((d / "report.md").read_text().split("\n", 1)[1] for d in (run, ref))
+    assert ra == rb
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, module_env):
+    """The uninterrupted run of each config, in this process."""
+    root = tmp_path_factory.mktemp("ref")
+    out = {}
+    for name, extra in {"default": [], "percentile": ["clipping=percentile"]}.items():
+        summary = train(compose_cfg([*BASE, *extra], root / name))
+        assert summary["status"] == "completed"
+        out[name] = root / name
+    return out
+
+
+def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
+    """Resume ``run`` from its last checkpoint into ``into`` (in place when the same), with
+    the original overrides, as the README says."""
+    ckpt = "auto" if into == run else str(run / "checkpoints" / "last.ckpt")
+    assert_ok(run_cli([*BASE, *extra, f"ckpt_path={ckpt}", f"hydra.run.dir={into}"], cwd))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (kill step, during validation, resume into a new directory, config)
+        (7, False, False, "default"),  # before the first checkpoint: a fresh start in place
+        (11, False, False, "default"),  # just after one (step 10)
+        (20, True, True, "default"),  # in the middle of the validation at step 20
+        (STEPS[0], False, True, "percentile"),  # AutoClip's norm history is in the checkpoint
+    ],
+    ids=lambda c: f"step{c[0]}{'-val' if c[1] else ''}{'-newdir' if c[2] else '-inplace'}-{c[3]}",
+)
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, reference, case):
+    step, during_val, new_dir, config = case
+    extra = ["clipping=percentile"] if config == "percentile" else []
+    run = tmp_path / "run"
+    proc = run_cli([*BASE, *extra, *_kill(step, during_validation=during_val),
+                    f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"  # as left
+    into = tmp_path / "resumed" if new_dir else run
+    _resume(run, into, tmp_path, extra)
+    assert_same_run(into, reference[config])
+
+
+def test_sigterm_checkpoints_the_step_exits_143_and_resumes_exactly(tmp_path, reference):
+    run = tmp_path / "run"
+    step = STEPS[1]
+    proc = run_cli([*BASE, *_kill(step, signal.SIGTERM), f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["feasible"] is False
+    info = s["interrupted"]
+    assert info["signal"] == "SIGTERM" and info["exit_code"] == 143
+    assert info["step"] == info["checkpoint_step"] == step + 1  # after the step it was in
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == step + 1
+    assert s["resume_command"].endswith(f"ckpt_path=auto hydra.run.dir={run.resolve()}")
+    report = (run / "report.md").read_text()
+    assert "INTERRUPTED" in report and s["resume_command"] in report
+    assert "to resume: stablelab-train" in proc.stdout + proc.stderr
+    _resume(run, run, tmp_path)
+    assert_same_run(run, reference["default"])

@@ -1,0 +1,199 @@
+"""Bad values and hostile files, through the real command line: ``stablelab-train``'s
+``main()`` (Hydra's CLI, the validation, the preflight checks) run in this process with
+``sys.argv`` set. Every case must exit 2 with the key named, before anything trains: no
+summary, no checkpoint, and no run directory left behind. The table holds the validator's
+cases of tests/unit/test_config.py and the machine, data, checkpoint and Hydra cases
+here; README's reliability section quotes its counts."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cases import BAD as VALIDATOR_CASES
+from conftest import compose_cfg
+
+FAST = ["callbacks.progress_bar.refresh_rate=0", "plots=false"]
+
+
+def cli(argv: list[str], run_dir: Path, capsys) -> tuple[int, str]:
+    """``stablelab-train ARGV hydra.run.dir=RUN_DIR`` in this process: (exit code, stderr)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stablelab import train as train_mod
+
+    GlobalHydra.instance().clear()
+    train_mod._TASK_STARTED.clear()
+    old = sys.argv
+    sys.argv = ["stablelab-train", *FAST, *argv, f"hydra.run.dir={run_dir}"]
+    try:
+        train_mod.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, module_env):
+    """Real checkpoints (a 2-step MLP run with Adam; a ResNet run) and crafted files."""
+    from stablelab.train import train
+
+    root = tmp_path_factory.mktemp("files")
+    mlp = ["logger=csv", "plots=false", "max_train_steps=2", "trainer.val_check_interval=2",
+           "test=false", "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+    train(compose_cfg([*mlp, "model=mlp"], root / "mlp"))
+    train(compose_cfg([*mlp, "model=resnet"], root / "resnet"))
+    ckpt = root / "mlp" / "checkpoints" / "last.ckpt"
+    raw = ckpt.read_bytes()
+    (root / "truncated.ckpt").write_bytes(raw[: len(raw) // 2])
+    (root / "text.ckpt").write_text("not a checkpoint\n")
+    (root / "empty.ckpt").write_bytes(b"")
+    (root / "adir.ckpt").mkdir()
+    (root / "afile").write_text("x")
+    # a pickle that would create a file if it were unpickled
+    marker = root / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": {}, "payload": Payload()}, root / "pickled.ckpt")
+    # a zip that is no torch file
+    with zipfile.ZipFile(root / "zip.ckpt", "w") as z:
+        z.writestr("hello.txt", "hi")
+    # a plain-data checkpoint whose stored config names builtins.open as a target
+    crafted = torch.load(ckpt, weights_only=True)
+    crafted["hyper_parameters"]["cfg"]["clipping"] = {
+        "_target_": "builtins.open",
+        "file": str(marker),
+        "mode": "w",
+    }
+    torch.save(crafted, root / "crafted_target.ckpt")
+    buf = io.BytesIO()
+    pickle.dump({"a": 1}, buf)
+    (root / "plain_pickle.ckpt").write_bytes(buf.getvalue())
+    return root
+
+
+# (overrides, texts that must all appear); "{f}" is replaced by the files fixture's folder
+CASES = [
+    *VALIDATOR_CASES,
+    # numbers that are no settings
+    (["optimizer.lr=inf"], ["optimizer.lr = inf", "must be a finite number"]),
+    (["optimizer.lr=1e309"], ["optimizer.lr = inf", "finite"]),
+    (["optimizer.lr=nan"], ["optimizer.lr = nan", "finite"]),
+    (["seed=4294967296"], ["seed = 4294967296", "must be <= 4294967295"]),
+    # trainer values Lightning's signature allows but that fail late or are ignored
+    (["trainer.val_check_interval=0"], ["trainer.val_check_interval = 0", ">= 1"]),
+    (["trainer.devices=0"], ["trainer.devices = 0", "count >= 1"]),
+    (["trainer.accelerator=gpu"], ["trainer.accelerator = 'gpu'", "not available", "trainer=cpu"]),
+    (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val = 1.0", "clipping=fixed"]),
+    (["+trainer.gradient_clip_algorithm=norm"], ["trainer.gradient_clip_algorithm", "clipping"]),
+    (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps = 0", "must be >= 1"]),
+    (["+trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches = 0", ">= 1"]),
+    # data that cannot fill one batch
+    (["data.batch_size=100000"], ["data.batch_size = 100000", "training split (3600"]),
+    (["data.num_samples=10"], ["data.batch_size = 128", "training split (7 examples)"]),
+    # paths
+    (["paths.data_dir={f}/afile/data"], ["paths.data_dir", "is a file, not a directory"]),
+    (["paths.log_dir={f}/afile/logs"], ["paths.log_dir", "is a file, not a directory"]),
+    # checkpoints: missing, not one, hostile, another model, another update rule
+    (["ckpt_path={f}/missing.ckpt"], ["ckpt_path = '{f}/missing.ckpt': no such file"]),
+    (["ckpt_path={f}/adir.ckpt"], ["ckpt_path", "not a file"]),
+    (["ckpt_path=http://127.0.0.1:9/x.ckpt"], ["ckpt_path = 'http://127.0.0.1:9/x.ckpt'", "URLs"]),
+    (["ckpt_path={f}/truncated.ckpt"], ["{f}/truncated.ckpt", "truncated or corrupt"]),
+    (["ckpt_path={f}/text.ckpt"], ["{f}/text.ckpt", "not a readable PyTorch checkpoint"]),
+    (["ckpt_path={f}/empty.ckpt"], ["{f}/empty.ckpt", "not a readable PyTorch checkpoint"]),
+    (["ckpt_path={f}/zip.ckpt"], ["{f}/zip.ckpt", "not a readable PyTorch checkpoint"]),
+    (["ckpt_path={f}/plain_pickle.ckpt"], ["{f}/plain_pickle.ckpt", "ckpt_path"]),
+    (["ckpt_path={f}/pickled.ckpt"], ["{f}/pickled.ckpt", "pickled Python objects"]),
+    (
+        ["model=mlp", "ckpt_path={f}/resnet/checkpoints/last.ckpt"],
+        ["ckpt_path", "a checkpoint of another model", "stablelab eval"],
+    ),
+    (
+        ["model=mlp", "optimizer=sgd", "ckpt_path={f}/mlp/checkpoints/last.ckpt"],
+        ["ckpt_path", "optimizer is stablelab.optim.Adam", "stablelab.optim.SGD"],
+    ),
+    # Hydra's own refusals (exit 2 like the others)
+    (["foo=1"], ["Could not override 'foo'"]),
+    (["optimizer=adamw"], ["Could not find 'optimizer/adamw'", "nadam"]),
+]
+
+
+def _ids(case) -> str:
+    return " ".join(case[0])[:60]
+
+
+@pytest.mark.parametrize("overrides,expected", CASES, ids=[_ids(c) for c in CASES])
+def test_bad_value_exits_2_naming_the_key_before_anything_trains(
+    tmp_path, capsys, files, overrides, expected
+):
+    overrides = [o.replace("{f}", str(files)) for o in overrides]
+    run = tmp_path / "run"
+    code, err = cli(overrides, run, capsys)
+    assert code == 2, err[-3000:]
+    for text in expected:
+        assert text.replace("{f}", str(files)) in err, f"{text!r} not in:\n{err}"
+    assert "Traceback" not in err
+    assert not run.exists(), sorted(p.name for p in run.rglob("*"))  # nothing left behind
+    assert not (files / "PWNED").exists()
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 40
+
+
+def test_crafted_target_in_a_checkpoint_is_refused_by_load_from_checkpoint(files):
+    """The README's way to rebuild a model anywhere: a plain-data checkpoint whose stored
+    config names builtins.open must build nothing (the file it names is not created)."""
+    from stablelab.checkpoints import CheckpointError
+    from stablelab.module import StableModule
+
+    with pytest.raises(CheckpointError) as e:
+        StableModule.load_from_checkpoint(files / "crafted_target.ckpt")
+    assert "clipping._target_ = 'builtins.open'" in str(e.value)
+    assert not (files / "PWNED").exists()
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        StableModule.load_from_checkpoint(files / "pickled.ckpt")
+    assert not (files / "PWNED").exists()
+    # a genuine checkpoint still loads
+    module = StableModule.load_from_checkpoint(files / "mlp" / "checkpoints" / "last.ckpt")
+    assert type(module.model).__name__ == "MLP"
+
+
+@pytest.mark.parametrize(
+    "target,why",
+    [
+        ("builtins.open", "outside the allowed packages"),
+        ("os.system", "outside the allowed packages"),
+        ("stablelab.train.os.system", "not a class"),
+        ("stablelab.train.train", "not a class"),
+        ("stablelab.checkpoints.importlib.import_module", "not a class"),
+        ("stablelab.module.torch.nn.Linear", "defined in torch"),
+        ("stablelab.nope.Thing", "cannot be imported"),
+        ("stablelab.optim.Adam; import os", "not a dotted class name"),
+    ],
+)
+def test_target_checks(target, why):
+    from stablelab.checkpoints import target_problems
+
+    (problem,) = target_problems({"model": {"_target_": target}}, "crafted.ckpt")
+    assert why in problem and "model._target_" in problem and "crafted.ckpt" in problem
+    assert target_problems({"model": {"_target_": "stablelab.models.MLP"}}, "x") == []
+    assert (
+        target_problems(
+            {"callbacks": {"c": {"_target_": "lightning.pytorch.callbacks.ModelCheckpoint"}}}, "x"
+        )
+        == []
+    )
