@@ -3,6 +3,7 @@
 stablelab schedule-plot [HYDRA OVERRIDES ...] [--out schedule.png]
 stablelab clip-threshold RUN_DIR [--percentile 90] [-q]
 stablelab report RUN_DIR
+stablelab eval CHECKPOINT [OVERRIDES ...] [--out DIR]
 stablelab sweep lr [OVERRIDES ...] [--lrs ...] [--out DIR] [--jobs N]
 stablelab sweep warmup --unstable-lr X [OVERRIDES ...] [--factor 10] [--grid ...]
 stablelab probe --lr X [OVERRIDES ...] [--steps 500]
@@ -103,6 +104,25 @@ def report(args: argparse.Namespace) -> int:
     for f in findings:
         print(f"  - [{f.key}] {f.text.replace('**', '').replace('`', '')}")
     return 0
+
+
+def eval_cmd(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint on the validation and test splits (its own data and model)."""
+    from stablelab.config import ConfigError
+    from stablelab.evaluate import evaluate
+
+    try:
+        s = evaluate(str(args.checkpoint), args.overrides, str(args.out) if args.out else None)
+    except ConfigError as e:
+        print(f"stablelab eval: {e}", file=sys.stderr)
+        return 2
+    print(f"checkpoint: {args.checkpoint} (step {s.get('steps')})")
+    for split in ("val", "test"):
+        loss, acc = s.get(f"{split}_loss"), s.get(f"{split}_acc")
+        if loss is not None:
+            print(f"  {split}: loss {loss:.6g}, accuracy {acc:.4f}")
+    print(f"run directory: {s['run_dir']}")
+    return 0 if s.get("status") == "completed" else 1
 
 
 def _out(args: argparse.Namespace, what: str) -> Path:
@@ -302,6 +322,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     rp.add_argument("run_dir", type=Path, help="a run directory (holding summary.json)")
     rp.set_defaults(func=report)
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on the validation and test splits",
+        description="Rebuild the module from CHECKPOINT's own stored config (data, model, "
+        "optimizer, schedule, clipping: every _target_ checked, nothing in the file runs), "
+        "load its weights (weights_only) and evaluate them on the validation and test "
+        "splits. Writes a run directory (config.yaml, summary.json, report.md): "
+        "logs/eval/runs/<time>_<id>/ or --out. Overrides change the trainer, the logger or "
+        "the stored groups (e.g. data.eval_batch_size=500 logger=csv).",
+    )
+    ev.add_argument("checkpoint", type=Path, help="a stablelab checkpoint (.ckpt)")
+    ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. logger=csv")
+    ev.add_argument("--out", type=Path, default=None, help="the run directory to write")
+    ev.set_defaults(func=eval_cmd)
     sw = sub.add_parser(
         "sweep",
         help="run an LR sweep or a warmup sweep (one stablelab-train trial per value)",

@@ -241,11 +241,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
             }
         )
-        if not plain["train"]:  # an evaluation: the checkpoint's step, and no training
+        if plain["train"]:
+            summary.update(reports)
+        else:  # an evaluation: the checkpoint's step; no training to report on (the
+            # callbacks' state is the checkpoint's, restored for the test)
             summary["steps"] = ckpt.global_step if ckpt is not None else 0
             summary["best_step"] = summary["steps"] if best else None
             summary["best_checkpoint"] = ckpt_arg
-        summary.update(reports)
         summary["feasible"] = bool(
             summary["status"] == "completed"
             and _finite(summary["val_loss"])
@@ -254,7 +256,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         report = None
         if rank_zero:
             write_summary(run_dir / SUMMARY_FILE, summary)
-            report = _write_report(run_dir, figures=plain["plots"])
+            report = _write_report(run_dir, figures=plain["plots"] and plain["train"])
             _finish_trackers(trainer, summary, report)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()

@@ -77,6 +77,18 @@ def _how_it_ended(summary: dict[str, Any]) -> list[Finding]:
     """An interrupted or failed run: what stopped it, how to go on; the rest of the
     reading covers the steps it trained."""
     status = summary.get("status")
+    if "evaluated_checkpoint" in summary:
+        ev = summary["evaluated_checkpoint"]
+        return [
+            Finding(
+                "evaluation",
+                f"An evaluation of `{ev.get('checkpoint')}` (trained for {ev.get('step')} "
+                f"steps): validation loss {_fmt(summary.get('val_loss'))}, accuracy "
+                f"{_fmt(summary.get('val_acc'))}; test loss {_fmt(summary.get('test_loss'))}, "
+                f"accuracy {_fmt(summary.get('test_acc'))}. The stability reading is in the "
+                "report of the run that trained it.",
+            )
+        ]
     if status == "interrupted":
         info = summary.get("interrupted") or {}
         ckpt = info.get("checkpoint")
@@ -115,6 +127,8 @@ def reading(
     ``events`` are ``(step, kind)`` pairs from ``stability.csv``; "early" means within the
     first ``EARLY_FRACTION`` of ``total_steps``.
     """
+    if "evaluated_checkpoint" in summary:
+        return _how_it_ended(summary)
     if "unstable" not in summary:
         return [
             *_how_it_ended(summary),
@@ -380,6 +394,8 @@ def _draw_figures(run_dir: Path, summary, cfg, stab, dense_rows, events) -> None
 
 
 def verdict(summary: dict[str, Any]) -> str:
+    if "evaluated_checkpoint" in summary:
+        return "EVALUATION (no training)"
     if summary.get("diverged"):
         return f"DIVERGED at step {summary.get('diverged_at_step')}"
     if summary.get("status") not in (None, "completed"):
