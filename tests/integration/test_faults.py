@@ -33,6 +33,7 @@ BASE = [
 FILES = ("grad_norms.csv", "stability.csv", "evals.csv", "dense_eval.csv", "metrics.csv")
 # summary keys that name the run rather than measure it
 RUN_KEYS = {"argv", "run_dir", "wall_seconds", "best_checkpoint", "resumed_from", "machine"}
+CONFIGS = {"default": [], "percentile": ["clipping=percentile"], "zscore": ["clipping=zscore"]}
 RNG = random.Random(16)
 STEPS = sorted(RNG.sample(range(11, 40), 2))  # two more kill steps, anywhere after one ckpt
 
@@ -64,16 +65,23 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert ra == rb
 
 
+class _References(dict):
+    """The uninterrupted run of each config, trained in this process when first asked for."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Path:
+        summary = train(compose_cfg([*BASE, *CONFIGS[name]], self.root / name))
+        assert summary["status"] == "completed"
+        self[name] = self.root / name
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, module_env):
-    """The uninterrupted run of each config, in this process."""
-    root = tmp_path_factory.mktemp("ref")
-    out = {}
-    for name, extra in {"default": [], "percentile": ["clipping=percentile"]}.items():
-        summary = train(compose_cfg([*BASE, *extra], root / name))
-        assert summary["status"] == "completed"
-        out[name] = root / name
-    return out
+    return _References(tmp_path_factory.mktemp("ref"))
 
 
 def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
@@ -87,16 +95,17 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
     "case",
     [
         # (kill step, during validation, resume into a new directory, config)
-        (7, False, False, "default"),  # before the first checkpoint: a fresh start in place
-        (11, False, False, "default"),  # just after one (step 10)
+        pytest.param((7, False, False, "default"), marks=pytest.mark.slow),  # before any ckpt
+        (11, False, False, "default"),  # just after one (step 10): fresh start in place
         (20, True, True, "default"),  # in the middle of the validation at step 20
         (STEPS[0], False, True, "percentile"),  # AutoClip's norm history is in the checkpoint
+        pytest.param((STEPS[1], False, False, "zscore"), marks=pytest.mark.slow),  # ZClip's EMAs
     ],
     ids=lambda c: f"step{c[0]}{'-val' if c[1] else ''}{'-newdir' if c[2] else '-inplace'}-{c[3]}",
 )
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, reference, case):
     step, during_val, new_dir, config = case
-    extra = ["clipping=percentile"] if config == "percentile" else []
+    extra = CONFIGS[config]
     run = tmp_path / "run"
     proc = run_cli([*BASE, *extra, *_kill(step, during_validation=during_val),
                     f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
@@ -125,3 +134,36 @@ def test_sigterm_checkpoints_the_step_exits_143_and_resumes_exactly(tmp_path, re
     assert "to resume: stablelab-train" in proc.stdout + proc.stderr
     _resume(run, run, tmp_path)
     assert_same_run(run, reference["default"])
+
+
+def test_ctrl_c_stops_after_the_step_and_exits_130(tmp_path):
+    """A first Ctrl-C (SIGINT) stops like SIGTERM: after the step, checkpointed, 130."""
+    run = tmp_path / "run"
+    proc = run_cli([*BASE, *_kill(13, signal.SIGINT), f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["interrupted"]["signal"] == "SIGINT"
+    assert s["interrupted"]["checkpoint_step"] == 14 == s["steps"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 14
+
+
+def test_slurm_preemption_signal_checkpoints_and_requeues(tmp_path, monkeypatch):
+    """SIGUSR1 (sbatch --signal=USR1@...) under SLURM: checkpoint, `scontrol requeue
+    <job>` (a stand-in scontrol on PATH records the call), exit 138."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls"
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    run = tmp_path / "run"
+    proc = run_cli([*BASE, *_kill(16, signal.SIGUSR1), f"hydra.run.dir={run}"], tmp_path)
+    assert proc.returncode == 128 + signal.SIGUSR1, proc.stderr[-3000:]
+    assert calls.read_text().split() == ["requeue", "4242"]
+    s = json.loads((run / "summary.json").read_text())
+    assert s["interrupted"]["signal"] == "SIGUSR1" and s["interrupted"]["requeued"] is True
+    assert s["interrupted"]["checkpoint_step"] == 17

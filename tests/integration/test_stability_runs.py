@@ -58,6 +58,10 @@ def test_huge_lr_diverges_is_infeasible_at_the_right_step_and_exits_zero(tmp_pat
     s = _summary(out)
     assert s["status"] == "diverged" and s["feasible"] is False
     assert s["diverged_at_step"] == expected
+    # strict JSON (no bare NaN / Infinity): a non-finite number is null, and named
+    json.loads((out / "summary.json").read_text(), parse_constant=pytest.fail)
+    for key, value in s.get("nonfinite", {}).items():
+        assert s[key] is None and value in ("nan", "inf", "-inf"), (key, value)
     assert s["steps"] == 10 * (expected // 10 + 1)  # stopped at the next flush, not later
     assert s["first_instability_step"] == expected and s["unstable"]
     assert "diverged at step" in proc.stdout + proc.stderr  # Hydra logs to stdout

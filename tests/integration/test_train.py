@@ -130,3 +130,110 @@ def test_float64_run_evaluates_densely_in_float64(tmp_path):
     assert [int(r["step"]) for r in rows][:3] == [1, 2, 3] and len(rows) >= 25
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float64}
+
+
+def test_summary_is_strict_json_with_non_finite_numbers_named(tmp_path):
+    from stablelab.train import write_summary
+
+    path = tmp_path / "summary.json"
+    write_summary(path, {"final_train_loss": float("nan"), "x": {"y": [1.0, float("-inf")]}})
+    s = json.loads(path.read_text(), parse_constant=pytest.fail)  # no bare NaN / Infinity
+    assert s == {
+        "final_train_loss": None,
+        "x": {"y": [1.0, None]},
+        "nonfinite": {"final_train_loss": "nan", "x.y[1]": "-inf"},
+    }
+
+
+def test_git_sha_is_the_checkouts_wherever_the_run_starts(tmp_path, monkeypatch):
+    """Launched outside the checkout, or inside another repository, a run records the
+    commit of the checkout stablelab runs from (an editable install here)."""
+    import subprocess
+
+    from conftest import ROOT
+    from stablelab import runinfo
+
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=other, check=True)
+    subprocess.run(
+        ["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty",
+         "-m", "x"], cwd=other, check=True,
+    )  # fmt: skip
+    for where in (tmp_path, other):
+        monkeypatch.chdir(where)
+        assert runinfo.git_state()["git_sha"] == head
+    # the repository around a given place, when asked for that
+    assert runinfo.git_state(other)["git_sha"] != head
+
+
+def test_train_false_evaluates_the_checkpoint_and_eval_command_agrees(tmp_path):
+    """train=false ckpt_path=<best>: the checkpoint's own weights are evaluated (the
+    training run's best validation loss and its test numbers, bit for bit), and
+    `stablelab eval` (the checkpoint's stored config) gives the same."""
+    from stablelab.cli import main as cli_main
+
+    args = ["max_train_steps=30", "trainer.val_check_interval=10", "plots=false"]
+    trained, run = _train(tmp_path, "trained", args)
+    best = trained["best_checkpoint"]
+    ev, ev_dir = _train(tmp_path, "eval", [*args, "train=false", f"ckpt_path={best}"])
+    assert ev["status"] == "completed" and ev["feasible"]
+    assert (ev["val_loss"], ev["val_acc"]) == (trained["val_loss"], trained["val_acc"])
+    assert (ev["test_loss"], ev["test_acc"]) == (trained["test_loss"], trained["test_acc"])
+    assert ev["evaluated_checkpoint"]["step"] == trained["best_step"] == ev["steps"]
+    assert not (ev_dir / "checkpoints" / "last.ckpt").exists()  # nothing was trained
+    untrained, _ = _train(tmp_path, "untrained", [*args, "train=false"])
+    assert untrained["test_acc"] < trained["test_acc"] - 0.2  # the check can fail
+    out = tmp_path / "cli"
+    assert cli_main(["eval", best, "logger=csv", *FAST[1:], "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["val_loss"], s["test_acc"]) == (trained["val_loss"], trained["test_acc"])
+    assert "EVALUATION" in (out / "report.md").read_text()
+
+
+def test_wandb_disabled_run_succeeds(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    s = train(
+        compose_cfg(
+            ["logger=wandb", "max_train_steps=5", "trainer.val_check_interval=5",
+             "plots=false", "callbacks.progress_bar.refresh_rate=0"],
+            tmp_path / "run",
+        )
+    )  # fmt: skip
+    assert s["status"] == "completed"
+    assert not (tmp_path / "run" / "wandb").exists() or not any(
+        (tmp_path / "run" / "wandb").glob("offline-run-*")
+    )
+
+
+def test_wandb_online_without_a_server_falls_back_to_offline(tmp_path, monkeypatch, caplog):
+    """W&B set online with no reachable server: one warning, the run logs offline (to sync
+    later) and completes; its summary exists from the start."""
+    import socket
+
+    from stablelab.analysis import wandb_offline
+
+    with socket.socket() as sock:  # a local port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="stablelab"):
+        s = train(
+            compose_cfg(
+                ["logger=wandb", "max_train_steps=5", "trainer.val_check_interval=5",
+                 "plots=false", "callbacks.progress_bar.refresh_rate=0"],
+                out,
+            )
+        )  # fmt: skip
+    assert s["status"] == "completed"
+    warned = [
+        r.getMessage() for r in caplog.records if "W&B could not log online" in r.getMessage()
+    ]
+    assert len(warned) == 1 and f"127.0.0.1:{port}" in warned[0] and "wandb sync" in warned[0]
+    (f,) = wandb_offline.run_files(out)
+    assert wandb_offline.summary(f)["summary/status"] == "completed"

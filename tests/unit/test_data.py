@@ -155,3 +155,46 @@ def test_sequence_labels_by_brute_force(tmp_path):
         assert matches == [label]
     # labels are spread over all values
     assert set(y.tolist()) == {0, 1, 2, 3}
+
+
+def _make_counter():
+    calls = []
+
+    def make():
+        calls.append(1)
+        return {"x": np.arange(12, dtype=np.float32).reshape(3, 4), "y": np.arange(3)}
+
+    return make, calls
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "edit", "no_checksum", "pickle"])
+def test_a_damaged_data_cache_is_named_and_regenerated(tmp_path, damage):
+    """A cache file that is truncated, not a zip, changed after it was written (its
+    checksum no longer matches), left without its checksum, or holding a pickle is never
+    used: a warning names the file and the data are generated again (and then used)."""
+    from stablelab.data.datamodules import _cached, _sha256
+
+    make, calls = _make_counter()
+    first = _cached(str(tmp_path), "toy", {"a": 1}, make)
+    (path,) = tmp_path.glob("toy-*.npz")
+    check = path.with_name(path.name + ".sha256")
+    assert check.is_file() and len(calls) == 1
+    assert _cached(str(tmp_path), "toy", {"a": 1}, make)["x"].tolist() == first["x"].tolist()
+    assert len(calls) == 1  # a sound cache is used
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip at all")
+    elif damage == "edit":  # a valid npz with other numbers: the checksum catches it
+        np.savez(path.with_suffix(""), x=np.zeros((3, 4), np.float32), y=np.arange(3))
+    elif damage == "no_checksum":
+        check.unlink()
+    else:  # an object array needs pickle: even with a matching checksum it is not loaded
+        np.savez(path.with_suffix(""), x=np.array([object()], dtype=object), y=np.arange(3))
+        check.write_text(_sha256(path))
+    with pytest.warns(UserWarning, match=f"data cache {path} is not usable"):
+        again = _cached(str(tmp_path), "toy", {"a": 1}, make)
+    assert len(calls) == 2 and again["x"].tolist() == first["x"].tolist()
+    assert _cached(str(tmp_path), "toy", {"a": 1}, make)["x"].tolist() == first["x"].tolist()
+    assert len(calls) == 2  # the regenerated cache is sound again
