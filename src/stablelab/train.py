@@ -138,6 +138,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     # lightning's pytree helper on torch >= 2.10: a deprecation only Lightning can act on
     warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+    # evaluating a checkpoint needs none of the callbacks that wrote it
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
 
     run_dir = Path(plain["paths"]["output_dir"])
     # ---- everything that can refuse the run, before anything is written or trained

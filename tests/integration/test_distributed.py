@@ -110,6 +110,7 @@ def _same_files(run, ref) -> None:
         assert a[key] == b[key], key
 
 
+@pytest.mark.slow  # (SIGTERM under DDP, below, resumes exactly too, in make test)
 def test_ddp_run_killed_mid_run_resumes_into_a_new_directory_exactly(tmp_path, runs):
     """ddp_cpu, both ranks SIGKILLed at step 17 (no handler runs), resumed from the
     checkpoint of step 10 into a new directory: the uninterrupted 2-process run's files,

@@ -95,8 +95,8 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
     "case",
     [
         # (kill step, during validation, resume into a new directory, config)
-        pytest.param((7, False, False, "default"), marks=pytest.mark.slow),  # before any ckpt
-        (11, False, False, "default"),  # just after one (step 10): fresh start in place
+        (7, False, False, "default"),  # before the first checkpoint: a fresh start in place
+        pytest.param((11, False, False, "default"), marks=pytest.mark.slow),  # just after one
         (20, True, True, "default"),  # in the middle of the validation at step 20
         (STEPS[0], False, True, "percentile"),  # AutoClip's norm history is in the checkpoint
         pytest.param((STEPS[1], False, False, "zscore"), marks=pytest.mark.slow),  # ZClip's EMAs

@@ -195,18 +195,20 @@ def test_train_false_evaluates_the_checkpoint_and_eval_command_agrees(tmp_path):
 
 
 def test_wandb_disabled_run_succeeds(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    s = train(
-        compose_cfg(
+    """WANDB_MODE=disabled (a W&B run that writes nothing): the run completes, exit 0."""
+    from conftest import assert_ok, run_cli
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # (a fresh process: W&B reads it once)
+    run = tmp_path / "run"
+    assert_ok(
+        run_cli(
             ["logger=wandb", "max_train_steps=5", "trainer.val_check_interval=5",
-             "plots=false", "callbacks.progress_bar.refresh_rate=0"],
-            tmp_path / "run",
+             "plots=false", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={run}"],
+            tmp_path,
         )
     )  # fmt: skip
-    assert s["status"] == "completed"
-    assert not (tmp_path / "run" / "wandb").exists() or not any(
-        (tmp_path / "run" / "wandb").glob("offline-run-*")
-    )
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert not list(run.glob("wandb/offline-run-*"))
 
 
 def test_wandb_online_without_a_server_falls_back_to_offline(tmp_path, monkeypatch, caplog):
