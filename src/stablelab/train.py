@@ -217,12 +217,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["divergence_reason"] = e.reason
         log.warning("stablelab: %s; stopped, run recorded as infeasible", e)
     except BaseException as e:
-        interrupted = _interruption(trainer)
+        interrupted = _interruption(trainer, e)
         if interrupted is None:
             summary["status"] = "failed"
             summary["error"] = f"{type(e).__name__}: {e}"
             raise
         summary["status"] = "interrupted"
+        summary["interrupted"] = interrupted
         summary["resume_command"] = resume_command(run_dir)
     finally:
         metrics = {**fit_metrics, **_scalars(trainer.callback_metrics)}
@@ -272,14 +273,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _interruption(trainer) -> dict[str, Any] | None:
-    """What the Interruption callback recorded, if the run was interrupted."""
+def _interruption(trainer, error: BaseException) -> dict[str, Any] | None:
+    """What the Interruption callback recorded, if the run was interrupted; without that
+    callback (``callbacks=none``), what Lightning's own SIGTERM stop tells."""
     from stablelab.callbacks import Interruption
+    from stablelab.callbacks.interruption import describe
 
     for cb in trainer.callbacks:
         if isinstance(cb, Interruption) and cb.info is not None:
             return cb.info
-    return None
+    return describe(trainer, error)
 
 
 def resume_command(run_dir: Path) -> str:
@@ -501,7 +504,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         summary = train(cfg)
     except ConfigError as e:
         print(f"stablelab-train: {e}", file=sys.stderr)
-        if _remove_if_untouched(Path(cfg.paths.output_dir)):
+        from hydra.core.hydra_config import HydraConfig
+
+        if _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir)):
             print("  (its run directory held nothing else and was removed)", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as e:  # only with fail_on_divergence: true

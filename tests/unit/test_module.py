@@ -1,6 +1,6 @@
 """StableModule's evaluation, outside a Trainer: the validation loss is the mean of the
 per-example cross-entropies over every batch (a float64 reference), independent of how the
-examples are split into batches (bit for bit), a NaN loss is not dropped, and an empty batch
+batches are added up (bit for bit), a NaN loss is not dropped, and an empty batch
 (a rank's empty last slice) changes nothing."""
 
 from __future__ import annotations
@@ -51,16 +51,20 @@ def test_val_loss_is_the_mean_over_all_examples_of_uneven_batches(tmp_path):
     assert acc == (logits.argmax(-1) == y).sum().item() / 13
 
 
-def test_the_mean_does_not_depend_on_the_batching(tmp_path):
-    """Float32 per-example losses summed in float64 are exact: any split into batches (as
-    ranks and batch sizes make them) gives the same bits."""
+def test_the_mean_does_not_depend_on_the_order_of_the_batches(tmp_path):
+    """The batches' float32 per-example losses are summed in float64, which is exact: the
+    same batches in any order (as ranks and resumed runs add them up) give the same bits.
+    Other batchings agree to float32 precision only: a matmul over 400 rows may round an
+    example's logits differently than one over 200 (it does with one thread)."""
     module = _module(tmp_path)
     x, y = _data(400)
+    cuts = [0, 7, 150, 151, 190, 233, 300, 399, 400]
+    batches = [(x[a:b], y[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
+    ref = _validate(module, batches)
+    for order in (batches[::-1], batches[3:] + batches[:3], batches[1::2] + batches[::2]):
+        assert _validate(module, order) == ref
     whole = _validate(module, [(x, y)])
-    for cuts in ([0, 200, 400], [0, 7, 150, 151, 399, 400], list(range(0, 401, 16)) + [400]):
-        batches = [(x[a:b], y[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
-        assert _validate(module, batches) == whole
-        assert _validate(module, batches[::-1]) == whole  # another order too
+    assert math.isclose(whole[0], ref[0], rel_tol=1e-6) and whole[1] == ref[1]
 
 
 def test_a_nan_validation_loss_is_reported_not_dropped(tmp_path):

@@ -93,17 +93,17 @@ def _how_it_ended(summary: dict[str, Any]) -> list[Finding]:
         info = summary.get("interrupted") or {}
         ckpt = info.get("checkpoint")
         at = (
-            f"checkpointed at step {info.get('checkpoint_step')} (`{ckpt}`)"
+            f"checkpointed at step {info.get('checkpoint_step')} (`{ckpt}`). Resume it "
+            "from there (same files, same numbers as an uninterrupted run) with"
             if ckpt
-            else "no checkpoint was saved yet, so it starts again"
+            else "no checkpoint had been saved, so it starts again; run it in place with"
         )
         return [
             Finding(
                 "interrupted",
                 f"**Interrupted** by {info.get('signal', 'a signal')} at step "
                 f"{info.get('step', summary.get('steps'))} of {summary.get('total_steps')}; "
-                f"{at}. Resume it exactly where it stopped (same files, same numbers as an "
-                f"uninterrupted run) with:\n\n  `{summary.get('resume_command')}`\n\n"
+                f"{at}:\n\n  `{summary.get('resume_command')}`\n\n"
                 "  The reading below covers the steps trained so far.",
             )
         ]

@@ -81,41 +81,51 @@ class Interruption(L.Callback):
         self._restore()
         if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
             return
-        signum = self.received or (
-            signal.SIGINT if isinstance(exception, KeyboardInterrupt) else signal.SIGTERM
-        )
         mid_eval = bool(trainer.validating or trainer.sanity_checking)
-        clean = isinstance(exception, SIGTERMException) and not mid_eval
-        ckpt_cb = trainer.checkpoint_callback
-        ckpt_dir = Path(getattr(ckpt_cb, "dirpath", None) or Path(trainer.default_root_dir))
         checkpoint = None
-        if clean and trainer.state.fn == "fit":
-            checkpoint = ckpt_dir / "last.ckpt"
+        if isinstance(exception, SIGTERMException) and not mid_eval and trainer.state.fn == "fit":
+            ckpt_cb = trainer.checkpoint_callback
+            ckpt_dir = getattr(ckpt_cb, "dirpath", None) or Path(trainer.default_root_dir)
+            checkpoint = Path(ckpt_dir) / "last.ckpt"
             trainer.save_checkpoint(checkpoint)  # every rank: the strategy writes once
-        elif getattr(ckpt_cb, "last_model_path", ""):
-            checkpoint = Path(ckpt_cb.last_model_path)  # the last one saved before
-        self.info = {
-            "signal": signal.Signals(signum).name,
-            "exit_code": 128 + int(signum),
-            "step": int(trainer.global_step),
-            "checkpoint": str(checkpoint) if checkpoint and checkpoint.is_file() else None,
-            "checkpoint_step": None,
-            "during_validation": mid_eval,
-        }
-        if checkpoint is not None and checkpoint.is_file():
-            self.info["checkpoint_step"] = self.info["step"] if clean else _global_step(checkpoint)
+        self.info = describe(trainer, exception, self.received, checkpoint)
         if trainer.is_global_zero:
             log.warning(
                 "stablelab: interrupted by %s at step %d%s",
                 self.info["signal"],
                 self.info["step"],
-                f"; checkpoint: {checkpoint}" if self.info["checkpoint"] else "",
+                f"; checkpoint: {self.info['checkpoint']}" if self.info["checkpoint"] else "",
             )
             if self.requeue and os.environ.get("SLURM_JOB_ID"):
                 self.info["requeued"] = _requeue()
 
-    def summary(self) -> dict[str, Any]:
-        return {"interrupted": self.info} if self.info else {}
+
+def describe(
+    trainer, exception: BaseException, signum: int | None = None, saved: Path | None = None
+) -> dict[str, Any] | None:
+    """``summary.json``'s ``interrupted`` record of a run stopped by a signal (None for any
+    other exception): the signal, the exit code (128 + its number), the step, and the
+    checkpoint to resume from: ``saved`` at this step, else the last one saved before."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if not isinstance(exception, SIGTERMException | KeyboardInterrupt):
+        return None
+    if signum is None:
+        signum = signal.SIGINT if isinstance(exception, KeyboardInterrupt) else signal.SIGTERM
+    last = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
+    checkpoint = saved if saved is not None else (Path(last) if last else None)
+    found = checkpoint is not None and checkpoint.is_file()
+    step = int(trainer.global_step)
+    return {
+        "signal": signal.Signals(signum).name,
+        "exit_code": 128 + int(signum),
+        "step": step,
+        "checkpoint": str(checkpoint) if found else None,
+        "checkpoint_step": (step if saved is not None else _global_step(checkpoint))
+        if found
+        else None,
+        "during_validation": bool(trainer.validating or trainer.sanity_checking),
+    }
 
 
 def _global_step(path: Path) -> int | None:
