@@ -98,7 +98,7 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
         (7, False, False, "default"),  # before the first checkpoint: a fresh start in place
         pytest.param((11, False, False, "default"), marks=pytest.mark.slow),  # just after one
         (20, True, True, "default"),  # in the middle of the validation at step 20
-        (STEPS[0], False, True, "percentile"),  # AutoClip's norm history is in the checkpoint
+        pytest.param((STEPS[0], False, True, "percentile"), marks=pytest.mark.slow),  # AutoClip
         pytest.param((STEPS[1], False, False, "zscore"), marks=pytest.mark.slow),  # ZClip's EMAs
     ],
     ids=lambda c: f"step{c[0]}{'-val' if c[1] else ''}{'-newdir' if c[2] else '-inplace'}-{c[3]}",

@@ -34,6 +34,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert s3["val_loss"] != s1["val_loss"]  # the seed matters: the test can fail
 
 
+@pytest.mark.slow  # (tests/integration/test_faults.py resumes killed runs exactly in make test)
 def test_resume_continues_the_same_trajectory(tmp_path):
     """Stop at step 40 (mid-epoch: 28 batches an epoch), resume to 80: identical to an
     uninterrupted 80-step run."""
