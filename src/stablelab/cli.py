@@ -4,6 +4,7 @@ stablelab schedule-plot [HYDRA OVERRIDES ...] [--out schedule.png]
 stablelab clip-threshold RUN_DIR [--percentile 90] [-q]
 stablelab report RUN_DIR
 stablelab eval CHECKPOINT [OVERRIDES ...] [--out DIR]
+stablelab sample RUN_DIR [--chars N] [--temperature T] [--top-k K] [--seed S] [--prompt P]
 stablelab sweep lr [OVERRIDES ...] [--lrs ...] [--out DIR] [--jobs N]
 stablelab sweep warmup --unstable-lr X [OVERRIDES ...] [--factor 10] [--grid ...]
 stablelab probe --lr X [OVERRIDES ...] [--steps 500]
@@ -123,6 +124,23 @@ def eval_cmd(args: argparse.Namespace) -> int:
             print(f"  {split}: loss {loss:.6g}, accuracy {acc:.4f}")
     print(f"run directory: {s['run_dir']}")
     return 0 if s.get("status") == "completed" else 1
+
+
+def sample_cmd(args: argparse.Namespace) -> int:
+    """Print text sampled from a language model run's best checkpoint."""
+    from stablelab.checkpoints import CheckpointError
+    from stablelab.module import StableModule
+    from stablelab.sample import checkpoint_of, generate
+
+    try:
+        path = args.checkpoint or checkpoint_of(args.run_dir)
+        module = StableModule.load_from_checkpoint(path, map_location="cpu")
+        text = generate(module, args.prompt, args.chars, args.temperature, args.top_k, args.seed)
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
+        print(f"stablelab sample: {e}", file=sys.stderr)
+        return 2
+    print(args.prompt + text)
+    return 0
 
 
 def _out(args: argparse.Namespace, what: str) -> Path:
@@ -336,6 +354,21 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. logger=csv")
     ev.add_argument("--out", type=Path, default=None, help="the run directory to write")
     ev.set_defaults(func=eval_cmd)
+    sa = sub.add_parser(
+        "sample",
+        help="print text sampled from a language model run's best checkpoint",
+        description="Generate characters autoregressively from RUN_DIR's best checkpoint "
+        "(or --checkpoint), with the run's own vocabulary. The same --seed gives the same "
+        "text; --temperature 0 is greedy.",
+    )
+    sa.add_argument("run_dir", type=Path, nargs="?", default=Path("."), help="a run directory")
+    sa.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint instead")
+    sa.add_argument("--chars", type=int, default=500, help="characters to generate (500)")
+    sa.add_argument("--temperature", type=float, default=0.8, help="0: greedy (0.8)")
+    sa.add_argument("--top-k", type=int, default=None, help="sample from the k most likely")
+    sa.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
+    sa.add_argument("--prompt", default="\n", help="text to continue (a newline)")
+    sa.set_defaults(func=sample_cmd)
     sw = sub.add_parser(
         "sweep",
         help="run an LR sweep or a warmup sweep (one stablelab-train trial per value)",

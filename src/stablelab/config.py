@@ -79,6 +79,16 @@ class ResidualSpec:
 
 
 @dataclass
+class LossConfig:
+    """``loss``: terms added to the training objective (the logged loss is the
+    cross-entropy alone, comparable across settings)."""
+
+    # z-loss (PaLM; Wortsman et al. 2023): z_loss x mean over predictions of (log Z)^2,
+    # log Z = logsumexp of the output logits; 1e-4 in PaLM and OLMo; 0 = off
+    z_loss: NonNegFloat = 0.0
+
+
+@dataclass
 class RootConfig:
     """The keys of ``train.yaml`` that are not config groups."""
 
@@ -91,6 +101,7 @@ class RootConfig:
     tags: list[str] = field(default_factory=list)
     run_name: str | None = None
     plots: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
 
 
 @dataclass
@@ -405,6 +416,21 @@ def _defaults(fn: Any) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty:
                 out[name] = p.default
     return out
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a :class:`ConfigError` raised by the target
+    (a problem found only when it is built, e.g. a missing text file) through as itself
+    instead of wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
 
 
 def raise_problems(problems: list[str], prefix: str) -> None:

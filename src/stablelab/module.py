@@ -1,5 +1,6 @@
-"""The LightningModule: classification with cross-entropy, any model, optimizer, schedule
-and clipping strategy from the config groups.
+"""The LightningModule: cross-entropy for classification or next-token prediction (the
+task comes from the data: ``input_spec["task"]``), any model, optimizer, schedule and
+clipping strategy from the config groups, and the ``loss`` group's extra terms (z-loss).
 
 Its hyperparameters are plain data (the resolved config as a dict, the input spec and the
 class count), and it rebuilds the model, optimizer, schedule and clipper from them with
@@ -9,15 +10,23 @@ class count), and it rebuilds the model, optimizer, schedule and clipper from th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 
+from stablelab.config import ConfigError, instantiate
 from stablelab.optim.clipping import NoClip
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The mean over predictions of (log Z)^2, log Z = logsumexp of the output logits (in
+    float32 at least): pulls the log-partition towards 0 (PaLM; Wortsman et al. 2023)."""
+    lse = torch.logsumexp(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
+    return lse.square().mean()
 
 
 def _is_sharded(strategy) -> bool:
@@ -33,7 +42,19 @@ class StableModule(L.LightningModule):
         # plain data only; logged to the trackers by train.py together with run info
         self.save_hyperparameters(logger=False)
         self.cfg = cfg
+        self.task = input_spec.get("task", "classification")  # or "next_token"
+        self.z_loss = float((cfg.get("loss") or {}).get("z_loss", 0.0))
         self.model = instantiate(cfg["model"], input_spec=input_spec, num_classes=num_classes)
+        if (self.task == "next_token") != bool(getattr(self.model, "next_token", False)):
+            name = type(self.model).__name__
+            raise ConfigError(
+                [
+                    f"model = {name}: a classifier; the data is next-token prediction: use "
+                    "model=gpt"
+                    if self.task == "next_token"
+                    else f"model = {name}: a next-token model; the data is classification"
+                ]
+            )
         self.clipper = instantiate(cfg["clipping"])
         # evaluation: per split, [summed loss, correct predictions, examples] in float64 on
         # the device, reduced over ranks once per evaluation and divided then: the mean over
@@ -75,14 +96,17 @@ class StableModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
-        loss = F.cross_entropy(self(x), y)
+        logits = self(x)
+        # classification: (B, C) vs (B,); next token: (B, T, V) vs (B, T), every position
+        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+        objective = loss + self.z_loss * z_loss(logits) if self.z_loss else loss
         if self.telemetry is not None:  # every step's loss, kept on the device
             self.telemetry.add_loss(loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         sched = self.lr_schedulers()
         if sched is not None:
             self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
-        return loss
+        return objective
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Validate (and checkpoint) after the last step too. Lightning validates at the
@@ -103,11 +127,13 @@ class StableModule(L.LightningModule):
         self._eval_totals[split] = sums if prev is None else prev + sums
 
     def eval_sums(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``[summed loss, correct predictions, examples]`` of one batch in float64, on the
-        device (evaluations add these up and divide once)."""
+        """``[summed loss, correct predictions, predictions]`` of one batch in float64, on
+        the device (evaluations add these up and divide once). A prediction is an example
+        (classification) or a position (next token: the loss is per token)."""
         logits = self(x)
         if logits.dtype not in (torch.float32, torch.float64):  # bf16 / fp16 autocast
             logits = logits.float()
+        logits, y = logits.flatten(0, -2), y.flatten()
         losses = F.cross_entropy(logits, y, reduction="none").double()
         correct = (logits.argmax(dim=-1) == y).sum().double()
         return torch.stack([losses.sum(), correct, losses.new_tensor(float(y.numel()))])
@@ -127,6 +153,8 @@ class StableModule(L.LightningModule):
         # one value per evaluation, already reduced (batch_size=1: logged as is)
         self.log(f"{split}/loss", loss, on_epoch=True, sync_dist=False, batch_size=1)
         self.log(f"{split}/acc", acc, on_epoch=True, sync_dist=False, batch_size=1)
+        if self.task == "next_token":  # bits per character (token)
+            self.log(f"{split}/bpc", loss / math.log(2), on_epoch=True, batch_size=1)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -38,9 +38,8 @@ def _finite(x: float | None) -> bool:
 def build(plain: dict[str, Any]):
     """Instantiate datamodule, module, callbacks, loggers and trainer from a validated
     config (plain data). Returns ``(datamodule, module, trainer, schedule, history)``."""
-    from hydra.utils import instantiate
-
     from stablelab.callbacks import EvalHistory, Interruption, MetricsFile
+    from stablelab.config import instantiate
     from stablelab.module import StableModule
 
     _wandb_defaults(plain)
@@ -251,6 +250,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             summary["steps"] = ckpt.global_step if ckpt is not None else 0
             summary["best_step"] = summary["steps"] if best else None
             summary["best_checkpoint"] = ckpt_arg
+        summary.update(_task_metrics(summary, datamodule, module))
         summary["feasible"] = bool(
             summary["status"] == "completed"
             and _finite(summary["val_loss"])
@@ -271,6 +271,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if diverged is not None and diverged.fail:
         raise diverged
     return summary
+
+
+def _task_metrics(summary: dict[str, Any], datamodule, module) -> dict[str, Any]:
+    """Language modelling: bits per character, and the held-out loss over validation and
+    test together (nanoGPT's "val loss": the whole held-out text), from the best
+    checkpoint's two evaluations weighted by their characters; the data's own keys."""
+    if getattr(module, "task", None) != "next_token":
+        return {}
+    out = dict(datamodule.summary()) if callable(getattr(datamodule, "summary", None)) else {}
+    val, test = summary.get("val_loss"), summary.get("test_loss")
+    for split, loss in (("val", val), ("test", test)):
+        if _finite(loss):
+            out[f"{split}_bpc"] = loss / math.log(2)
+    if _finite(val) and _finite(test) and callable(getattr(datamodule, "split_tokens", None)):
+        n = datamodule.split_tokens()
+        held = (val * n["val"] + test * n["test"]) / (n["val"] + n["test"])
+        out.update(
+            heldout_loss=held, heldout_bpc=held / math.log(2), heldout_perplexity=math.exp(held)
+        )
+    return out
 
 
 def _interruption(trainer, error: BaseException) -> dict[str, Any] | None:

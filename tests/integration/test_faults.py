@@ -33,7 +33,15 @@ BASE = [
 FILES = ("grad_norms.csv", "stability.csv", "evals.csv", "dense_eval.csv", "metrics.csv")
 # summary keys that name the run rather than measure it
 RUN_KEYS = {"argv", "run_dir", "wall_seconds", "best_checkpoint", "resumed_from", "machine"}
-CONFIGS = {"default": [], "percentile": ["clipping=percentile"], "zscore": ["clipping=zscore"]}
+CONFIGS = {
+    "default": [],
+    "percentile": ["clipping=percentile"],
+    "zscore": ["clipping=zscore"],
+    # a small GPT on Tiny Shakespeare with z-loss: random windows by (seed, step)
+    "lm": ["data=shakespeare_char", "model=gpt", "model.n_layer=1", "model.n_head=2",
+           "model.n_embd=32", "data.block_size=32", "callbacks.dense_eval.subset=32",
+           "loss.z_loss=1e-4"],
+}  # fmt: skip
 RNG = random.Random(16)
 STEPS = sorted(RNG.sample(range(11, 40), 2))  # two more kill steps, anywhere after one ckpt
 
@@ -100,6 +108,7 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
         (20, True, True, "default"),  # in the middle of the validation at step 20
         pytest.param((STEPS[0], False, True, "percentile"), marks=pytest.mark.slow),  # AutoClip
         pytest.param((STEPS[1], False, False, "zscore"), marks=pytest.mark.slow),  # ZClip's EMAs
+        (STEPS[1], False, False, "lm"),  # the language model, resumed in place
     ],
     ids=lambda c: f"step{c[0]}{'-val' if c[1] else ''}{'-newdir' if c[2] else '-inplace'}-{c[3]}",
 )

@@ -125,6 +125,18 @@ CASES = [
         ["model=mlp", "optimizer=sgd", "ckpt_path={f}/mlp/checkpoints/last.ckpt"],
         ["ckpt_path", "optimizer is stablelab.optim.Adam", "stablelab.optim.SGD"],
     ),
+    # the language model's data and model
+    (["data=text_file"], ["data.path", "Missing mandatory value"]),
+    (
+        ["data=text_file", "data.path={f}/missing.txt"],
+        ["data.path = '{f}/missing.txt': no such file"],
+    ),
+    (["model=gpt"], ["model = GPT", "data=shakespeare_char"]),
+    (["data=shakespeare_char"], ["model = ResNet1D: a classifier", "use model=gpt"]),
+    (
+        ["data=shakespeare_char", "model=gpt", "data.block_size=200000"],
+        ["data.block_size = 200000"],
+    ),
     # Hydra's own refusals (exit 2 like the others)
     (["foo=1"], ["Could not override 'foo'"]),
     (["optimizer=adamw"], ["Could not find 'optimizer/adamw'", "nadam"]),

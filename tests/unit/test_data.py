@@ -198,3 +198,88 @@ def test_a_damaged_data_cache_is_named_and_regenerated(tmp_path, damage):
     assert len(calls) == 2 and again["x"].tolist() == first["x"].tolist()
     assert _cached(str(tmp_path), "toy", {"a": 1}, make)["x"].tolist() == first["x"].tolist()
     assert len(calls) == 2  # the regenerated cache is sound again
+
+
+# ---------------------------------------------------------------------- character text
+def test_tiny_shakespeare_split_is_nanogpts():
+    """The shipped corpus (checked by its published sha256): nanoGPT's 90% / 10% split by
+    characters, the held-out text halved into validation and test, 65 symbols."""
+    import hashlib
+    from importlib import resources
+
+    from stablelab.data import CharTextDataModule
+    from stablelab.data.text import decode
+
+    raw = (resources.files("stablelab.data") / "corpora" / "tinyshakespeare.txt").read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == (
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    )
+    text = raw.decode()
+    dm = CharTextDataModule(block_size=64)
+    assert len(text) == 1_115_394 and len(dm.vocab) == 65 == dm.num_classes
+    assert len(dm.texts["train"]) == 1_003_854  # int(0.9 * n), as nanoGPT
+    assert dm.texts["val"] + dm.texts["test"] == text[1_003_854:]  # 111,540 held out
+    assert len(dm.texts["val"]) == len(dm.texts["test"]) == 55_770
+    assert dm.vocab == "".join(sorted(set(text[:1_003_854])))
+    dm.setup()
+    x, y = dm._tensors["val"]
+    # the evaluation windows tile the validation text: stride 64, y is x shifted by one
+    assert decode(x.flatten().tolist(), dm.vocab) == dm.texts["val"][: x.numel()]
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(x[1:, 0], y[:-1, -1])
+    assert x.shape == ((55_770 - 1) // 64, 64)
+    assert dm.split_tokens() == {"val": 871 * 64, "test": 871 * 64}
+
+
+def test_random_windows_are_a_function_of_seed_and_step_and_ranks_split_them():
+    """Batch g of the loader = windows at offsets from a generator seeded by (seed, g):
+    recomputed independently here; two ranks' slices make the one-process global batch;
+    resuming mid-epoch continues with the same batches."""
+    from stablelab.data import RandomWindowLoader
+
+    data = torch.arange(1000) % 97
+    one = RandomWindowLoader(data, 8, 6, seed=5)
+    ranks = [RandomWindowLoader(data, 8, 3, seed=5, rank=r, world_size=2) for r in (0, 1)]
+    assert len(one) == 1000 // (8 * 6) == len(ranks[0])
+    batches = list(one)
+    for g, (x, y) in enumerate(batches):
+        gen = torch.Generator().manual_seed(5 * 1_000_003 + g)
+        starts = torch.randint(1000 - 8, (6,), generator=gen)
+        for i, s in enumerate(starts.tolist()):
+            assert x[i].tolist() == data[s : s + 8].tolist()
+            assert y[i].tolist() == data[s + 1 : s + 9].tolist()
+    for (x, _), a, b in zip(batches, *ranks, strict=True):
+        assert torch.equal(x, torch.cat([a[0], b[0]]))
+    one.sampler.set_epoch(1)
+    epoch1 = [x for x, _ in one]
+    assert not torch.equal(epoch1[0], batches[0][0])  # another epoch, other windows
+    it = iter(one)
+    for _ in range(5):
+        next(it)
+    resumed = RandomWindowLoader(data, 8, 6, seed=5)
+    resumed.load_state_dict(one.state_dict())
+    assert [x.tolist() for x, _ in resumed] == [x.tolist() for x in epoch1[5:]]
+
+
+def test_text_file_vocabulary_from_training_text_and_unknown_characters(tmp_path):
+    from stablelab.config import ConfigError
+    from stablelab.data import CharTextDataModule
+    from stablelab.data.text import UNKNOWN, decode
+
+    path = tmp_path / "t.txt"
+    path.write_text("abcab" * 40 + "abcZ" * 10, encoding="utf-8")  # Z only in held-out text
+    dm = CharTextDataModule(path=str(path), block_size=4, train_fraction=0.8)
+    assert dm.vocab == "abc" + UNKNOWN and dm.input_spec["vocab"] == dm.vocab
+    held = dm.tokens()["val"].tolist() + dm.tokens()["test"].tolist()
+    assert decode(held, dm.vocab) == (dm.texts["val"] + dm.texts["test"]).replace("Z", UNKNOWN)
+    for bad, msg in (
+        (tmp_path / "missing.txt", "no such file"),
+        (tmp_path, "a directory"),
+    ):
+        with pytest.raises(ConfigError, match=msg):
+            CharTextDataModule(path=str(bad))
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1") * 100)
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        CharTextDataModule(path=str(tmp_path / "latin1.txt"))
+    (tmp_path / "short.txt").write_text("x" * 50)
+    with pytest.raises(ConfigError, match="block_size = 64: the val part"):
+        CharTextDataModule(path=str(tmp_path / "short.txt"), block_size=64)

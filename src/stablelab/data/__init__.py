@@ -1,4 +1,5 @@
-"""Datamodules for offline data: MNIST-1D (generated), scikit-learn digits, associative recall."""
+"""Datamodules for offline data: MNIST-1D (generated), scikit-learn digits, associative
+recall, and character-level text (Tiny Shakespeare, shipped; or any local text file)."""
 
 from stablelab.data.datamodules import (
     DigitsDataModule,
@@ -6,12 +7,15 @@ from stablelab.data.datamodules import (
     MNIST1DDataModule,
     SequenceDataModule,
 )
-from stablelab.data.loader import InMemoryLoader
+from stablelab.data.loader import InMemoryLoader, RandomWindowLoader
+from stablelab.data.text import CharTextDataModule
 
 __all__ = [
+    "CharTextDataModule",
     "DigitsDataModule",
     "InMemoryDataModule",
     "InMemoryLoader",
     "MNIST1DDataModule",
+    "RandomWindowLoader",
     "SequenceDataModule",
 ]

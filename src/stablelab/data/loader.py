@@ -1,4 +1,4 @@
-"""A batch loader for datasets that fit in memory.
+"""Batch loaders for datasets that fit in memory.
 
 It indexes whole batches out of pre-built tensors (one gather per tensor per batch, no
 per-sample ``__getitem__`` and no collate), which on small inputs is many times faster than
@@ -26,7 +26,57 @@ class _EpochSampler:
         self.epoch = int(epoch)
 
 
-class InMemoryLoader:
+class _StatefulLoader:
+    """Lightning's stateful-loader protocol over numbered batches: ``len(self)`` batches an
+    epoch, batch ``b`` of the current epoch from :meth:`_batch`; the epoch (set by
+    Lightning through ``loader.sampler.set_epoch``) and the batches consumed are saved in
+    checkpoints, so a run resumed mid-epoch continues with the next batch."""
+
+    def __init__(self) -> None:
+        self.sampler = _EpochSampler()
+        self.batch_sampler = None  # Lightning inspects both attributes of a loader
+        self._yielded = 0  # batches handed out in the current pass
+        self._skip = 0  # batches to skip on the next pass (mid-epoch resume)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _start_epoch(self) -> None:
+        """Called once per pass, before its first batch."""
+
+    def _batch(self, b: int) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and batches consumed. Lightning's fetcher does not read ahead on a sized
+        iterable (it knows the length), so every batch handed out has been consumed."""
+        consumed = self._yielded if self._yielded < len(self) else 0
+        epoch = self.sampler.epoch + (1 if self._yielded >= len(self) else 0)
+        return {"epoch": epoch, "consumed": consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(state["epoch"])
+        self._skip = int(state["consumed"])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        self._start_epoch()
+        start, self._skip = self._skip, 0
+        self._yielded = start
+        for b in range(start, len(self)):
+            self._yielded += 1
+            yield self._batch(b)
+
+
+def _rank_slice(chunk: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's contiguous slice of a global batch; an incomplete last global batch is
+    split so that slice sizes differ by at most one (a rank's slice is empty only when the
+    chunk has fewer examples than there are ranks)."""
+    base, extra = divmod(chunk.numel(), world_size)
+    lo = rank * base + min(rank, extra)
+    return chunk[lo : lo + base + (rank < extra)]
+
+
+class InMemoryLoader(_StatefulLoader):
     """Iterate ``(x, y)`` batches from in-memory tensors.
 
     Args:
@@ -48,6 +98,7 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        super().__init__()
         if not tensors or any(t.shape[0] != tensors[0].shape[0] for t in tensors):
             raise ValueError("InMemoryLoader needs tensors with the same first dimension")
         if batch_size <= 0:
@@ -59,10 +110,7 @@ class InMemoryLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        self.sampler = _EpochSampler()
-        self.batch_sampler = None  # Lightning inspects both attributes of a loader
-        self._yielded = 0  # batches handed out in the current pass
-        self._skip = 0  # batches to skip on the next pass (mid-epoch resume)
+        self._order_now = torch.arange(0)
 
     @property
     def num_examples(self) -> int:
@@ -80,30 +128,64 @@ class InMemoryLoader:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
         return torch.randperm(n, generator=g)
 
-    # Lightning's stateful-loader protocol: saved in checkpoints, loaded before iter()
-    def state_dict(self) -> dict[str, int]:
-        """Epoch and batches consumed. Lightning's fetcher does not read ahead on a sized
-        iterable (it knows the length), so every batch handed out has been consumed."""
-        consumed = self._yielded if self._yielded < len(self) else 0
-        epoch = self.sampler.epoch + (1 if self._yielded >= len(self) else 0)
-        return {"epoch": epoch, "consumed": consumed}
+    def _start_epoch(self) -> None:
+        self._order_now = self._order()
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(state["epoch"])
-        self._skip = int(state["consumed"])
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        order = self._order()
+    def _batch(self, b: int) -> tuple[torch.Tensor, ...]:
         gbs = self.batch_size * self.world_size
-        start, self._skip = self._skip, 0
-        self._yielded = start
-        for b in range(start, len(self)):
-            self._yielded += 1
-            chunk = order[b * gbs : (b + 1) * gbs]
-            # contiguous per-rank slices; an incomplete last global batch is split so that
-            # slice sizes differ by at most one (a rank's slice is empty only when the
-            # chunk has fewer examples than there are ranks)
-            base, extra = divmod(chunk.numel(), self.world_size)
-            lo = self.rank * base + min(self.rank, extra)
-            idx = chunk[lo : lo + base + (self.rank < extra)]
-            yield tuple(t[idx] for t in self.tensors)
+        idx = _rank_slice(self._order_now[b * gbs : (b + 1) * gbs], self.rank, self.world_size)
+        return tuple(t[idx] for t in self.tensors)
+
+
+class RandomWindowLoader(_StatefulLoader):
+    """Training batches of a language model: random windows of ``block_size + 1`` tokens
+    of one long token sequence, ``x`` the first ``block_size`` and ``y`` the next token of
+    each (the window shifted by one).
+
+    The offsets of global batch ``g`` (``g = epoch * len(self) + b``, i.e. the training
+    step when every step takes one batch) are drawn from a generator seeded with
+    ``(seed, g)`` alone: the order is a pure function of the seed and the step, so resumed
+    and multi-process runs see exactly the batches of one uninterrupted process with the
+    global batch (each rank takes its contiguous slice, as :class:`InMemoryLoader` does).
+    An "epoch" is nominal: about one pass worth of windows, ``tokens // (block_size x
+    global batch)`` batches.
+    """
+
+    def __init__(
+        self,
+        data: torch.Tensor,
+        block_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if data.dim() != 1 or data.numel() < block_size + 1:
+            raise ValueError(
+                f"need a 1-D token sequence of at least block_size + 1 = {block_size + 1} "
+                f"tokens, got shape {tuple(data.shape)}"
+            )
+        self.data = data
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self._window = torch.arange(block_size + 1)
+
+    def __len__(self) -> int:
+        per_batch = self.block_size * self.batch_size * self.world_size
+        return max(1, self.data.numel() // per_batch)
+
+    def offsets(self, g: int) -> torch.Tensor:
+        """The start of every window of global batch ``g`` (all ranks)."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + g)
+        high = self.data.numel() - self.block_size  # a window needs block_size + 1 tokens
+        return torch.randint(high, (self.batch_size * self.world_size,), generator=gen)
+
+    def _batch(self, b: int) -> tuple[torch.Tensor, ...]:
+        g = self.sampler.epoch * len(self) + b
+        starts = _rank_slice(self.offsets(g), self.rank, self.world_size)
+        windows = self.data[starts[:, None] + self._window]  # one gather: (B, block + 1)
+        return windows[:, :-1], windows[:, 1:]

@@ -44,14 +44,17 @@ class Norm(nn.Module):
     """LayerNorm / BatchNorm / RMSNorm / identity over the feature (channel) dimension.
 
     ``channels_first`` inputs are (B, C, L) (convolutions); otherwise (B, D) or (B, T, D).
+    ``bias=False``: a LayerNorm without its additive bias (GPT-2 style models without biases).
     """
 
-    def __init__(self, kind: str, dim: int, channels_first: bool = False) -> None:
+    def __init__(
+        self, kind: str, dim: int, channels_first: bool = False, bias: bool = True
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.channels_first = channels_first
         if kind == "layernorm":
-            self.inner: nn.Module = nn.LayerNorm(dim)
+            self.inner: nn.Module = nn.LayerNorm(dim, bias=bias)
         elif kind == "rmsnorm":
             self.inner = nn.RMSNorm(dim, eps=1e-6)
         elif kind == "batchnorm":
@@ -85,6 +88,7 @@ class ResidualBlock(nn.Module):
         spec: layout and branch_init.
         shortcut: s; ``None`` is the identity (in_dim must equal out_dim).
         channels_first: inputs are (B, C, L).
+        norm_bias: whether a LayerNorm has its bias.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class ResidualBlock(nn.Module):
         spec: ResidualSpec,
         shortcut: nn.Module | None = None,
         channels_first: bool = False,
+        norm_bias: bool = True,
     ) -> None:
         super().__init__()
         self.layout = spec.layout
@@ -103,7 +108,7 @@ class ResidualBlock(nn.Module):
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
         norm_dim = in_dim if spec.layout == "pre_norm" else out_dim
         kind = norm_kind if spec.layout != "none" else "none"
-        self.norm = Norm(kind, norm_dim, channels_first)
+        self.norm = Norm(kind, norm_dim, channels_first, norm_bias)
         if spec.branch_init == "rezero":
             self.alpha = nn.Parameter(torch.zeros(()))
         else:

@@ -1,0 +1,66 @@
+"""``stablelab sample RUN_DIR``: text from a language model's checkpoint.
+
+Autoregressive sampling from the run's best checkpoint (``summary.json``'s
+``best_checkpoint``, else ``checkpoints/last.ckpt``; or ``--checkpoint PATH``), with the
+run's own character vocabulary (stored in the checkpoint). The checkpoint is loaded through
+:meth:`StableModule.load_from_checkpoint` (plain data only, targets checked). With a seed
+the text is the same every time on the same machine; ``--temperature 0`` is greedy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from stablelab.data.text import decode, encode
+
+
+def checkpoint_of(run_dir: Path) -> Path:
+    """The run's best checkpoint, else its last one."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        best = json.loads(summary.read_text()).get("best_checkpoint")
+        if best and Path(best).is_file():
+            return Path(best)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return last
+    raise FileNotFoundError(f"no checkpoint in {run_dir} (no best_checkpoint, no last.ckpt)")
+
+
+@torch.no_grad()
+def generate(
+    module,
+    prompt: str = "\n",
+    chars: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 1337,
+) -> str:
+    """``chars`` characters after ``prompt`` (the prompt itself not included)."""
+    spec = module.hparams["input_spec"]
+    vocab, block = spec.get("vocab"), int(spec["length"])
+    if spec.get("task") != "next_token" or not vocab:
+        raise ValueError("not a language model's checkpoint (no character vocabulary in it)")
+    missing = sorted(set(prompt) - set(vocab))
+    if missing:
+        raise ValueError(f"the prompt has characters outside the run's vocabulary: {missing}")
+    module.eval()
+    ids = torch.as_tensor(encode(prompt, vocab), dtype=torch.long, device=module.device)
+    gen = torch.Generator(device=module.device).manual_seed(seed)
+    out: list[int] = []
+    for _ in range(chars):
+        logits = module(ids[-block:][None])[0, -1].float()
+        if temperature <= 0:
+            nxt = logits.argmax()[None]
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
+        ids = torch.cat([ids, nxt])
+        out.append(int(nxt))
+    return decode(out, vocab)

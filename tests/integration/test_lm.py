@@ -1,0 +1,119 @@
+"""The language-model workload end to end: a short GPT run on Tiny Shakespeare learns
+(held-out loss below the corpus's unigram entropy, computed here from character counts),
+reports bits per character and the held-out loss as the token-weighted mean of its two
+halves, samples text deterministically, and keeps the stability features working (telemetry,
+dense evaluation, report, z-loss)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+
+import pytest
+
+from conftest import compose_cfg
+from stablelab.train import train
+
+# a small GPT, small context: about 10 s on 2 CPU cores
+LM = [
+    "data=shakespeare_char",
+    "model=gpt",
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=64",
+    "data.block_size=32",
+    "data.batch_size=32",
+    "optimizer.lr=3e-3",
+    "max_train_steps=200",
+    "trainer.val_check_interval=100",
+    "callbacks.dense_eval.subset=64",
+    "callbacks.progress_bar.refresh_rate=0",
+    "loss.z_loss=1e-4",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory, module_env):
+    out = tmp_path_factory.mktemp("lm") / "run"
+    summary = train(compose_cfg(LM, out))
+    return summary, out
+
+
+def unigram_entropy(text: str) -> float:
+    n = len(text)
+    return -sum(c / n * math.log(c / n) for c in Counter(text).values())
+
+
+def test_short_run_learns_below_the_unigram_entropy(lm_run):
+    from stablelab.data import CharTextDataModule
+
+    s, run = lm_run
+    assert s["status"] == "completed" and s["feasible"]
+    train_text = CharTextDataModule().texts["train"]
+    h = unigram_entropy(train_text)  # 3.31 nats: a model of character frequencies alone
+    assert 3.2 < h < 3.4
+    assert s["initial_loss"] > h  # it starts near ln 65 = 4.17
+    assert s["heldout_loss"] < h - 0.3, (s["heldout_loss"], h)
+
+
+def test_lm_metrics_bits_per_character_and_held_out_loss(lm_run):
+    s, run = lm_run
+    assert math.isclose(s["val_bpc"], s["val_loss"] / math.log(2), rel_tol=1e-12)
+    assert math.isclose(s["test_bpc"], s["test_loss"] / math.log(2), rel_tol=1e-12)
+    # both halves have 55,770 characters and the same number of windows: the mean
+    assert math.isclose(s["heldout_loss"], (s["val_loss"] + s["test_loss"]) / 2, rel_tol=1e-12)
+    assert math.isclose(s["heldout_perplexity"], math.exp(s["heldout_loss"]), rel_tol=1e-12)
+    assert s["vocab_size"] == 65 and s["characters"]["train"] == 1_003_854
+    header = next(csv.reader((run / "metrics.csv").open()))
+    assert {"val/bpc", "test/bpc", "val/loss"} <= set(header)
+    # the stability features ran on the LM: every step's norm, 25 dense points, a report
+    assert len(list(csv.DictReader((run / "grad_norms.csv").open()))) == 200
+    assert s["dense_eval_points"] == 25 and s["dense_eval_examples"] == 64 * 32  # characters
+    assert "Verdict" in (run / "report.md").read_text()
+
+
+def test_sampling_is_deterministic_for_a_seed(lm_run, capsys):
+    from stablelab.cli import main
+    from stablelab.module import StableModule
+    from stablelab.sample import checkpoint_of, generate
+
+    s, run = lm_run
+    module = StableModule.load_from_checkpoint(checkpoint_of(run), map_location="cpu")
+    a = generate(module, "ROMEO:", 120, seed=7)
+    assert a == generate(module, "ROMEO:", 120, seed=7)
+    assert a != generate(module, "ROMEO:", 120, seed=8)
+    assert len(a) == 120 and set(a) <= set(module.hparams["input_spec"]["vocab"])
+    greedy = generate(module, "ROMEO:", 40, temperature=0)
+    assert greedy == generate(module, "ROMEO:", 40, temperature=0, seed=99)  # no randomness
+    assert main(["sample", str(run), "--chars", "120", "--seed", "7", "--prompt", "ROMEO:"]) == 0
+    assert capsys.readouterr().out == "ROMEO:" + a + "\n"
+    assert main(["sample", str(run), "--prompt", "ROMEO\u00e9"]) == 2  # not in the vocabulary
+
+
+def test_gpt_on_classification_data_is_refused(tmp_path):
+    from stablelab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data=shakespeare_char"):
+        train(compose_cfg(["model=gpt", "logger=csv"], tmp_path / "r"))
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_text_file_runs_and_the_checkpoint_carries_its_vocabulary(tmp_path):
+    from stablelab.module import StableModule
+
+    text = tmp_path / "poem.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 300, encoding="utf-8")
+    s = train(
+        compose_cfg(
+            [*LM, "data=text_file", f"data.path={text}", "max_train_steps=20",
+             "trainer.val_check_interval=10", "callbacks.dense_eval.every_step_until=0"],
+            tmp_path / "run",
+        )
+    )  # fmt: skip
+    assert s["status"] == "completed" and s["vocab_size"] == len(set(text.read_text()))
+    module = StableModule.load_from_checkpoint(s["best_checkpoint"], map_location="cpu")
+    assert module.hparams["input_spec"]["vocab"] == "".join(sorted(set(text.read_text())))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["heldout_loss"] > 0
