@@ -31,6 +31,7 @@ LM = [
     "callbacks.dense_eval.subset=64",
     "callbacks.progress_bar.refresh_rate=0",
     "loss.z_loss=1e-4",
+    "callbacks.lm_monitor.every_n_steps=50",
     "logger=csv",
 ]
 
@@ -117,3 +118,47 @@ def test_text_file_runs_and_the_checkpoint_carries_its_vocabulary(tmp_path):
     module = StableModule.load_from_checkpoint(s["best_checkpoint"], map_location="cpu")
     assert module.hparams["input_spec"]["vocab"] == "".join(sorted(set(text.read_text())))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["heldout_loss"] > 0
+
+
+def test_lm_monitor_matches_a_float64_recomputation(lm_run):
+    """lm_monitor.csv's last row (step 200: the weights of last.ckpt): the max attention
+    logit of each layer, recomputed here in float64 from the qkv weights and the input of
+    each attention branch (q.k / sqrt(d) within the causal mask), and the mean and max
+    log Z of the output logits, on the first 16 validation windows."""
+    import torch
+
+    from stablelab.data import CharTextDataModule
+    from stablelab.module import StableModule
+
+    s, run = lm_run
+    rows = list(csv.DictReader((run / "lm_monitor.csv").open()))
+    assert [int(r["step"]) for r in rows] == [50, 100, 150, 200]
+    last = {k: float(v) for k, v in rows[-1].items()}
+    module = StableModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").double()
+    module.eval()
+    dm = CharTextDataModule(block_size=32)
+    dm.setup()
+    x = dm._tensors["val"][0][:16]
+    inputs = {}
+    attn = [(n, m) for n, m in module.named_modules() if type(m).__name__ == "CausalSelfAttention"]
+    for name, m in attn:
+        m.register_forward_pre_hook(lambda mod, a, name=name: inputs.update({name: a[0]}))
+    with torch.no_grad():
+        logz = torch.logsumexp(module(x), -1)
+    assert math.isclose(last["logz_mean"], logz.mean().item(), rel_tol=1e-4, abs_tol=1e-5)
+    assert math.isclose(last["logz_max"], logz.max().item(), rel_tol=1e-4)
+    for name, m in attn:
+        h = inputs[name]
+        b, t, c = h.shape
+        q, k, _ = (h @ m.qkv.weight.T).split(c, -1)
+        q = q.view(b, t, m.n_head, -1).transpose(1, 2)
+        k = k.view(b, t, m.n_head, -1).transpose(1, 2)
+        logits = q @ k.transpose(-2, -1) / math.sqrt(c // m.n_head)
+        ref = logits.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), -1e30).max().item()
+        key = f"attn_logit_max/{name.removeprefix('model.')}"
+        assert math.isclose(last[key], ref, rel_tol=1e-4), (key, last[key], ref)
+    assert last["attn_logit_max"] == max(
+        v for k, v in last.items() if k.startswith("attn_logit_max/")
+    )
+    assert s["attn_logit_max_last"] == last["attn_logit_max"] and not s["attn_logit_growing"]
+    assert s["logz_mean_last"] == last["logz_mean"]

@@ -310,3 +310,22 @@ def test_reading_momentum_suggests_adam_and_no_telemetry_is_said():
     mom = {**CFG, "optimizer": {"_target_": "stablelab.optim.Momentum", "lr": 0.1}}
     assert "optimizer" in _keys({"unstable": True, "first_instability_step": 5}, cfg=mom)
     assert [f.key for f in reading({"status": "completed"}, CFG)] == ["no_telemetry"]
+
+
+def test_reading_flags_the_language_model_monitors_and_how_a_run_ended():
+    lm = {"attn_logit_growing": True, "attn_logit_growth": 14.0, "attn_logit_max_first": 5.0,
+          "attn_logit_max": 70.0, "logz_drifting": True, "logz_abs_max": 31.0}  # fmt: skip
+    keys = _keys(lm)
+    assert keys == ["attention_logits", "logz", "stable"]
+    text = " ".join(f.text for f in reading({**STABLE, **lm}, CFG))
+    assert "model.qk_norm=true" in text and "loss.z_loss=1e-4" in text
+    assert _keys({**lm, "attn_logit_growing": False, "logz_drifting": False}) == ["stable"]
+    ended = {"status": "interrupted", "resume_command": "stablelab-train x ckpt_path=auto",
+             "interrupted": {"signal": "SIGTERM", "step": 40, "checkpoint": "c.ckpt",
+                             "checkpoint_step": 40}}  # fmt: skip
+    (first, *_) = reading({**STABLE, **ended}, CFG)
+    assert first.key == "interrupted" and "stablelab-train x ckpt_path=auto" in first.text
+    assert _keys({"status": "failed", "error": "RuntimeError: boom"})[0] == "failed"
+    assert [
+        f.key for f in reading({"evaluated_checkpoint": {"checkpoint": "c", "step": 9}}, CFG)
+    ] == ["evaluation"]

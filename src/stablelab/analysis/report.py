@@ -29,8 +29,9 @@ FIGURES = [
 
 @dataclass
 class Finding:
-    # interrupted | failed | stable | infeasible | warmup | clipping | lower_lr |
-    # residual_layout | residual_init | optimizer | last_resort | no_telemetry
+    # interrupted | failed | evaluation | attention_logits | logz | stable | infeasible |
+    # warmup | clipping | lower_lr | residual_layout | residual_init | optimizer |
+    # last_resort | no_telemetry
     key: str
     text: str
 
@@ -119,6 +120,34 @@ def _how_it_ended(summary: dict[str, Any]) -> list[Finding]:
     return []
 
 
+def _lm_findings(summary: dict[str, Any]) -> list[Finding]:
+    """The language-model monitor's flags (Wortsman et al. 2023's instabilities)."""
+    out = []
+    if summary.get("attn_logit_growing"):
+        out.append(
+            Finding(
+                "attention_logits",
+                f"**Attention-logit growth**: the largest attention logit grew "
+                f"{_fmt(summary.get('attn_logit_growth'), 3)}x, from "
+                f"{_fmt(summary.get('attn_logit_max_first'))} to "
+                f"{_fmt(summary.get('attn_logit_max'))} (`lm_monitor.csv`). Wortsman et al. "
+                "2023 find this precedes divergence at high learning rates: try "
+                "`model.qk_norm=true` (or a soft-cap, `model.attn_logit_softcap=50`), or a "
+                "lower learning rate.",
+            )
+        )
+    if summary.get("logz_drifting"):
+        out.append(
+            Finding(
+                "logz",
+                f"**Output-logit drift**: the mean log Z of the output logits reached "
+                f"{_fmt(summary.get('logz_abs_max'))} in magnitude (`lm_monitor.csv`): try "
+                "z-loss, `loss.z_loss=1e-4` (PaLM, OLMo).",
+            )
+        )
+    return out
+
+
 def reading(
     summary: dict[str, Any], cfg: dict[str, Any], events: list[tuple[int, str]] = ()
 ) -> list[Finding]:
@@ -149,7 +178,7 @@ def reading(
     lr = opt.get("lr")
     warmup = int(sched.get("warmup_steps") or 0)
     clip_kind = str(clip.get("_target_", "")).rsplit(".", 1)[-1]
-    out: list[Finding] = _how_it_ended(summary)
+    out: list[Finding] = _how_it_ended(summary) + _lm_findings(summary)
 
     if summary.get("diverged"):
         out.append(
@@ -439,6 +468,12 @@ def render(
         ("clip fraction", summary.get("clip_fraction")),
         ("dense evaluations", summary.get("dense_eval_points")),
         ("update ratio median / max", several("update_ratio_median", "update_ratio_max")),
+        (
+            "max attention logit first / max",
+            several("attn_logit_max_first", "attn_logit_max"),
+        ),
+        ("mean log Z first / last", several("logz_mean_first", "logz_mean_last")),
+        ("held-out loss (bits per character)", several("heldout_loss", "heldout_bpc")),
     ]
     lines = [
         f"# Stability report: {run_dir.name}",

@@ -7,6 +7,7 @@ from stablelab.callbacks.dense_eval import DenseEval
 from stablelab.callbacks.grad_norm import GradNormMonitor
 from stablelab.callbacks.history import EvalHistory
 from stablelab.callbacks.interruption import Interruption
+from stablelab.callbacks.lm_monitor import LMMonitor
 from stablelab.callbacks.stability import StabilityMonitor
 from stablelab.callbacks.update_ratio import UpdateRatioMonitor
 
@@ -15,6 +16,7 @@ __all__ = [
     "EvalHistory",
     "GradNormMonitor",
     "Interruption",
+    "LMMonitor",
     "MetricsFile",
     "ModelCheckpoint",
     "StabilityMonitor",
