@@ -29,7 +29,8 @@ def test_help_lists_groups_and_examples(tmp_path):
     assert_ok(proc)
     out = proc.stdout
     assert "stablelab-train" in out
-    assert "model: mlp, resnet, transformer" in out
+    assert "model: gpt, mlp, resnet, transformer" in out
+    assert "data: digits, mnist1d, sequence, shakespeare_char, text_file" in out
     assert "optimizer: adam, momentum, nadam, nesterov, rmsprop, sgd" in out
     assert "schedule: constant, cosine, linear, rsqrt, step" in out
     assert "-m optimizer.lr=" in out
