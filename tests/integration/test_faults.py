@@ -145,6 +145,7 @@ def test_sigterm_checkpoints_the_step_exits_143_and_resumes_exactly(tmp_path, re
     assert_same_run(run, reference["default"])
 
 
+@pytest.mark.slow  # (the same path as SIGTERM, tested in make test)
 def test_ctrl_c_stops_after_the_step_and_exits_130(tmp_path):
     """A first Ctrl-C (SIGINT) stops like SIGTERM: after the step, checkpointed, 130."""
     run = tmp_path / "run"
