@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import socket
 import subprocess
@@ -362,3 +363,26 @@ def test_gpu_bf16_run(tmp_path, trainer):  # pragma: no cover - needs a GPU
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "completed" and s["feasible"]
     assert np.isfinite(_col(out, "grad_norm")).all()
+
+
+@pytest.mark.slow
+def test_language_model_under_ddp_equals_one_process_with_the_global_batch(tmp_path):
+    """The GPT on Tiny Shakespeare, float64: 2 ddp_cpu ranks with 6 windows each see the
+    random windows one process draws with 12 (a function of seed and step), so the
+    gradient norms and losses agree; the held-out loss too."""
+    lm = [*COMMON, *F64, "logger=csv", "data=shakespeare_char", "model=gpt", "model.n_layer=1",
+          "model.n_head=2", "model.n_embd=32", "data.block_size=32", "max_train_steps=10",
+          "callbacks.dense_eval.subset=32", "test=true"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _one_process([*lm, "data.batch_size=12"], one)
+    assert_ok(
+        run_cli([*lm, "trainer=ddp_cpu", "data.batch_size=6", f"hydra.run.dir={two}"], tmp_path)
+    )
+    np.testing.assert_allclose(_col(two, "grad_norm"), _col(one, "grad_norm"), rtol=1e-6)
+    np.testing.assert_allclose(
+        _col(two, "loss", "stability.csv"), _col(one, "loss", "stability.csv"), rtol=1e-6
+    )
+    s1, s2 = (json.loads((r / "summary.json").read_text()) for r in (one, two))
+    assert s2["world_size"] == 2 and math.isclose(
+        s1["heldout_loss"], s2["heldout_loss"], rel_tol=1e-9
+    )
