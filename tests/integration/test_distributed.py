@@ -386,3 +386,35 @@ def test_language_model_under_ddp_equals_one_process_with_the_global_batch(tmp_p
     assert s2["world_size"] == 2 and math.isclose(
         s1["heldout_loss"], s2["heldout_loss"], rel_tol=1e-9
     )
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::stablelab.callbacks.grad_norm.TooMuchClippingWarning")
+def test_language_model_under_fsdp_matches_one_process(tmp_path):
+    """The GPT under fsdp_cpu (2 ranks x 6 windows) against one process with 12: the same
+    first gradient norm (same weights, same windows), then float32 tolerances (see the FSDP
+    test above); the language-model monitor and the held-out loss work on sharded weights."""
+    lm = [*COMMON, "logger=csv", "data=shakespeare_char", "model=gpt", "model.n_layer=1",
+          "model.n_head=2", "model.n_embd=32", "data.block_size=32", "max_train_steps=10",
+          "callbacks.dense_eval.subset=32", "test=true", "clipping=fixed",
+          "clipping.clip_threshold=0.5", "callbacks.lm_monitor.every_n_steps=5"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _one_process([*lm, "data.batch_size=12"], one)
+    assert_ok(
+        run_cli([*lm, "trainer=fsdp_cpu", "data.batch_size=6", f"hydra.run.dir={two}"], tmp_path)
+    )
+    norm, ref = _col(two, "grad_norm"), _col(one, "grad_norm")
+    np.testing.assert_allclose(norm[0], ref[0], rtol=1e-5)
+    np.testing.assert_allclose(norm, ref, rtol=3e-2)
+    np.testing.assert_allclose(
+        _col(two, "loss", "stability.csv"), _col(one, "loss", "stability.csv"), rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        _col(two, "attn_logit_max", "lm_monitor.csv"),
+        _col(one, "attn_logit_max", "lm_monitor.csv"),
+        rtol=1e-3,
+    )
+    s1, s2 = (json.loads((r / "summary.json").read_text()) for r in (one, two))
+    assert s2["world_size"] == 2 and math.isclose(
+        s1["heldout_loss"], s2["heldout_loss"], rel_tol=1e-3
+    )

@@ -39,7 +39,7 @@ LM = [
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory, module_env):
     out = tmp_path_factory.mktemp("lm") / "run"
-    summary = train(compose_cfg(LM, out))
+    summary = train(compose_cfg([*LM, "logger=wandb"], out))  # W&B offline and CSV
     return summary, out
 
 
@@ -162,3 +162,55 @@ def test_lm_monitor_matches_a_float64_recomputation(lm_run):
     )
     assert s["attn_logit_max_last"] == last["attn_logit_max"] and not s["attn_logit_growing"]
     assert s["logz_mean_last"] == last["logz_mean"]
+
+
+def test_diagnose_on_the_language_model(tmp_path):
+    """The playbook's workflow on the GPT: LR sweep (LR 30 diverges: infeasible), the 2x-lr*
+    probe, the warmup sweep and the clip threshold, each a real run of the LM."""
+    import subprocess
+    import sys
+
+    tiny = ["data=shakespeare_char", "model=gpt", "model.n_layer=1", "model.n_head=2",
+            "model.n_embd=32", "data.block_size=32", "data.batch_size=16",
+            "callbacks.dense_eval.subset=32", "max_train_steps=40", "logger=csv",
+            "trainer.val_check_interval=20", "plots=false"]  # fmt: skip
+    out = tmp_path / "diag"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stablelab.cli", "diagnose", *tiny, "--lrs", "0.003", "0.01",
+         "30", "--probe-steps", "10", "--jobs", "2", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = (out / "diagnosis.md").read_text()
+    for section in ("## 1. LR sweep", "## 2. Stability probe", "## 3. Warmup sweep",
+                    "## 4. Clip threshold"):  # fmt: skip
+        assert section in text, section
+    trials = {
+        p.parent.name: json.loads(p.read_text()) for p in (out / "lr_sweep").glob("*/summary.json")
+    }
+    assert set(trials) == {"lr_0.003", "lr_0.01", "lr_30"}
+    assert not trials["lr_30"]["feasible"] and trials["lr_30"]["status"] == "diverged"
+    for name in ("lr_0.003", "lr_0.01"):
+        s = trials[name]
+        assert s["feasible"] and s["heldout_loss"] < math.log(65)  # below a uniform guess
+    rows = list(csv.DictReader((out / "lr_sweep" / "sweep_summary.csv").open()))
+    assert {r["lr"] for r in rows} == {"0.003", "0.01", "30"}
+    (probe,) = (out / "probe").glob("probe_*/")
+    assert len(list(csv.DictReader((probe / "dense_eval.csv").open()))) == 10
+
+
+def test_wandb_offline_run_has_the_language_model_metrics(lm_run):
+    """The LM's metrics reach W&B (a real offline run): bits per character per evaluation,
+    the monitor's signals every 50 steps, and the held-out loss in the run summary."""
+    from stablelab.analysis import wandb_offline
+
+    s, run = lm_run
+    (f,) = wandb_offline.run_files(run)
+    history = wandb_offline.history(f)
+    bpc = [h["val/bpc"] for h in history if "val/bpc" in h]
+    losses = [h["val/loss"] for h in history if "val/loss" in h]
+    assert len(bpc) >= 2 and all(math.isclose(b, v / math.log(2), rel_tol=1e-6)
+                                 for b, v in zip(bpc, losses, strict=True))  # fmt: skip
+    steps = [h["_step"] for h in history if "lm/attn_logit_max" in h]
+    assert steps == [50, 100, 150, 200]
+    assert math.isclose(wandb_offline.summary(f)["heldout_loss"], s["heldout_loss"], rel_tol=1e-9)

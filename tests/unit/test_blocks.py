@@ -3,6 +3,8 @@ identity-at-initialisation property of zero / rezero branches."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -191,3 +193,93 @@ def test_models_output_logits(cls, kind):
     x = torch.randint(0, 24, (5, 17)) if kind == "tokens" else torch.randn(5, 17)
     out = m(x)
     assert out.shape == (5, 8) and torch.isfinite(out).all()
+
+
+REAL = {"kind": "real", "length": 40, "channels": 1, "vocab_size": 0}
+
+
+def _small(cls, layout: str, norm: str = "layernorm", depth: int = 2):
+    spec = {"layout": layout}
+    if cls is MLP:
+        return MLP(REAL, 10, width=16, depth=depth, norm=norm, residual=spec)
+    if cls is Transformer:
+        return Transformer(REAL, 10, d_model=16, num_heads=2, num_layers=depth, norm=norm,
+                           residual=spec)  # fmt: skip
+    return ResNet1D(REAL, 10, stem_width=8, widths=[8, 8], depths=[depth, 1], strides=[1, 2],
+                    norm=norm, residual=spec)  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", [MLP, ResNet1D, Transformer])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_model_has_a_final_norm_unless_post_norm(cls, layout):
+    """The head reads a normalised stream in every layout: post_norm's last block ends in
+    its norm; every other layout has a final norm, whose output is the norm's formula
+    (float64, by hand) applied to the last block's output."""
+    norm = "batchnorm" if cls is ResNet1D else "layernorm"
+    torch.manual_seed(0)
+    m = _small(cls, layout, norm).double().train()
+    want = "Identity" if layout == "post_norm" else {"batchnorm": "BatchNorm1d"}.get(
+        norm, "LayerNorm"
+    )
+    assert type(m.final_norm.inner).__name__ == want
+    if layout == "post_norm":
+        return
+    seen = {}
+    m.final_norm.register_forward_hook(lambda mod, i, o: seen.update(x=i[0], h=o))
+    m(torch.randn(6, 40, dtype=torch.float64))
+    ref = norm_by_hand(norm, seen["x"], m.final_norm, cls is ResNet1D)
+    torch.testing.assert_close(seen["h"], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_deep_branch_norm_mlp_starts_near_chance():
+    """Without a final norm a depth-32 branch_norm MLP's stream is a sum of 32 unit-variance
+    branches and its first loss was 4.06 where chance is ln 10 = 2.30; with the final norm
+    every layout starts within 0.25 nats of ln 10 on random inputs and labels."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(512, 40, generator=g), torch.randint(0, 10, (512,), generator=g)
+    for layout in LAYOUTS:
+        torch.manual_seed(0)
+        m = MLP(REAL, 10, width=64, depth=32, residual={"layout": layout}).double()
+        loss = nn.functional.cross_entropy(m(x.double()), y).item()
+        assert abs(loss - math.log(10)) < 0.25, (layout, loss)
+
+
+def test_transformer_standard_init_statistics():
+    """Transformer's default init is GPT-2's: Linear weights N(0, 0.02), the two residual
+    output projections per layer N(0, 0.02 / sqrt(2 num_layers)), biases 0; sample mean and
+    variance within 4 standard errors of the stated distribution."""
+    layers = 3
+    torch.manual_seed(0)
+    m = Transformer(REAL | {"kind": "tokens", "vocab_size": 50}, 10, d_model=64, num_heads=4,
+                    num_layers=layers)  # fmt: skip
+    outs = [b.output_layer() for b in m.layers]
+    assert len(outs) == 2 * layers
+    assert outs[0] is m.layers[0].branch.proj and outs[1] is m.layers[1].branch[-1]
+    out_ids = {id(o.weight) for o in outs}
+    checked = 0
+    for mod in m.modules():
+        if not isinstance(mod, nn.Linear | nn.Embedding):
+            continue
+        std = 0.02 / math.sqrt(2 * layers) if id(mod.weight) in out_ids else 0.02
+        w = mod.weight.detach().double().flatten()
+        n = w.numel()
+        assert abs(w.mean().item()) < 4 * std / math.sqrt(n)
+        assert abs(w.var().item() - std**2) < 4 * std**2 * math.sqrt(2 / n)
+        if getattr(mod, "bias", None) is not None:
+            assert torch.all(mod.bias == 0)
+        checked += 1
+    assert checked == 1 + 4 * layers + 1  # embedding, (qkv, proj, fc, fc-out) x layers, head
+    xavier = Transformer(REAL, 10, d_model=64, num_heads=4, num_layers=1, init="xavier")
+    fan = xavier.layers[0].branch.qkv.weight
+    bound = math.sqrt(6 / (fan.shape[0] + fan.shape[1]))  # Xavier-uniform's bound
+    assert fan.abs().max().item() <= bound and fan.abs().max().item() > 0.9 * bound
+    default = Transformer(REAL, 10, d_model=64, num_heads=4, num_layers=1, init="torch_default")
+    w = default.layers[0].branch.qkv.weight  # kaiming-uniform(a=sqrt 5): bound 1/sqrt(fan_in)
+    assert w.abs().max().item() <= 1 / math.sqrt(64) and w.abs().max().item() > 0.9 / 8
+
+
+def test_transformer_zero_branches_survive_the_init():
+    m = Transformer(REAL, 10, d_model=16, num_heads=2, num_layers=2,
+                    residual={"layout": "pre_norm", "branch_init": "zero"})  # fmt: skip
+    for b in m.layers:
+        assert torch.count_nonzero(b.output_layer().weight) == 0

@@ -1,6 +1,10 @@
 """Checkpoints that resume into exactly the run an uninterrupted one would have written.
 
-* :class:`ModelCheckpoint`: Lightning's, plus: resuming into a *new* run directory takes
+* :class:`ModelCheckpoint`: Lightning's, plus: ``last.ckpt`` is written after *every*
+  validation (Lightning >= 2.6 writes it only when a top-k checkpoint is saved at the same
+  step: with ``save_top_k=1`` a validation that does not improve left ``last.ckpt`` at the
+  last improvement, so a killed run resumed from further back than it needed and a finished
+  run's ``last.ckpt`` was not its last step); and resuming into a *new* run directory takes
   the best checkpoint(s) along (copied from the old directory), so the new run keeps
   comparing against, and finally tests, the same best checkpoint as an uninterrupted run.
   Lightning alone forgets the best score when the directory changes, and the first
@@ -35,6 +39,17 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.resume_problems: list[str] = []
         self._resumed_from: Path | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        skip = self._should_skip_saving_checkpoint(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if (
+            self.save_last
+            and not skip
+            and not self._should_save_on_train_epoch_end(trainer)
+            and self._last_global_step_saved != trainer.global_step  # no top-k save now
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         # (before load_state_dict) where the checkpoint being restored lies: its sibling

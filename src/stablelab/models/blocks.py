@@ -22,7 +22,9 @@ learnable scalar initialised to 0. ``branch_init=zero`` starts the branch's last
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,6 +36,46 @@ def residual_spec(residual: ResidualSpec | Mapping | None) -> ResidualSpec:
     if residual is None:
         return ResidualSpec()
     return residual if isinstance(residual, ResidualSpec) else ResidualSpec(**residual)
+
+
+InitScheme = Literal["gpt2", "xavier", "torch_default"]
+
+
+def final_norm_kind(norm_kind: str, layout: str) -> str:
+    """The norm before a model's head: the blocks' kind for every layout whose residual
+    stream leaves the last block unnormalised (pre_norm, branch_norm, none); post_norm's
+    stream already ends in a norm."""
+    return "none" if layout == "post_norm" else norm_kind
+
+
+def standard_init(model: nn.Module, scheme: str, blocks: Iterable[ResidualBlock]) -> None:
+    """Initialise a Transformer-type ``model`` in place.
+
+    * ``gpt2`` (GPT-2 / nanoGPT): every Linear and Embedding weight ~ N(0, 0.02), biases 0,
+      norms untouched (gain 1, bias 0), and the output layer of every residual branch in
+      ``blocks`` ~ N(0, 0.02 / sqrt(n)), n the number of residual blocks (two per layer:
+      GPT-2's 0.02 / sqrt(2 n_layer));
+    * ``xavier``: Linear weights Xavier-uniform, biases 0, Embeddings N(0, 0.02);
+    * ``torch_default``: nothing changes (Linear: kaiming-uniform, Embedding: N(0, 1)).
+
+    Call it before zeroing any branch (``branch_init=zero``) and before tying weights.
+    """
+    if scheme == "torch_default":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            if scheme == "gpt2":
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            else:
+                nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+    if scheme == "gpt2":
+        outs = [b.output_layer() for b in blocks]
+        for layer in outs:
+            nn.init.normal_(layer.weight, 0.0, 0.02 / math.sqrt(max(len(outs), 1)))
 
 
 def activation(name: str) -> nn.Module:
@@ -116,14 +158,18 @@ class ResidualBlock(nn.Module):
         if spec.branch_init == "zero":
             self._zero_last_layer()
 
+    def output_layer(self) -> nn.Linear | nn.Conv1d:
+        """The branch's last Linear / Conv1d (a Transformer's residual output projection)."""
+        return [m for m in self.branch.modules() if isinstance(m, nn.Linear | nn.Conv1d)][-1]
+
     def _zero_last_layer(self) -> None:
         if self.layout == "branch_norm" and self.norm.weight is not None:
             nn.init.zeros_(self.norm.weight)  # Norm(f(x)) = bias = 0 at init
             return
-        layers = [m for m in self.branch.modules() if isinstance(m, nn.Linear | nn.Conv1d)]
-        nn.init.zeros_(layers[-1].weight)
-        if layers[-1].bias is not None:
-            nn.init.zeros_(layers[-1].bias)
+        last = self.output_layer()
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
 
     def _scale(self, h: torch.Tensor) -> torch.Tensor:
         return h if self.alpha is None else self.alpha * h

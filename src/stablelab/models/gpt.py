@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +48,15 @@ from stablelab.config import (
     ResidualSpec,
     raise_problems,
 )
-from stablelab.models.blocks import Norm, ResidualBlock, residual_spec
+from stablelab.models.blocks import (
+    InitScheme,
+    Norm,
+    ResidualBlock,
+    final_norm_kind,
+    residual_spec,
+    standard_init,
+)
 from stablelab.models.blocks import activation as _act
-
-InitScheme = Literal["gpt2", "xavier", "torch_default"]
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -191,11 +196,10 @@ class GPT(nn.Module):
             )
             layers.append(ResidualBlock(mlp, norm, n_embd, n_embd, spec, norm_bias=bias))
         self.blocks = nn.Sequential(*layers)
-        final = norm if spec.layout != "post_norm" else "none"
-        self.final_norm = Norm(final, n_embd, bias=bias)
+        self.final_norm = Norm(final_norm_kind(norm, spec.layout), n_embd, bias=bias)
         self.head = nn.Linear(n_embd, num_classes, bias=False)
         self.final_logit_softcap = final_logit_softcap
-        self.init_weights(init)
+        standard_init(self, init, self.blocks)
         if tie_weights:
             self.head.weight = self.tok.weight
         if spec.branch_init == "zero":  # init above overwrote the zeroed last layers
@@ -214,31 +218,7 @@ class GPT(nn.Module):
 
     def residual_projections(self) -> list[nn.Linear]:
         """The two residual output projections of each layer (attention out, MLP out)."""
-        out = []
-        for b in self.blocks:
-            if isinstance(b.branch, CausalSelfAttention):
-                out.append(b.branch.proj)
-            else:
-                out.append([m for m in b.branch if isinstance(m, nn.Linear)][-1])
-        return out
-
-    def init_weights(self, scheme: str) -> None:
-        if scheme == "torch_default":
-            return
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                if scheme == "gpt2":
-                    nn.init.normal_(m.weight, 0.0, 0.02)
-                else:
-                    nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-        if scheme == "gpt2":
-            std = 0.02 / math.sqrt(2 * max(self.n_layer, 1))
-            for proj in self.residual_projections():
-                nn.init.normal_(proj.weight, 0.0, std)
+        return [b.output_layer() for b in self.blocks]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]

@@ -3,7 +3,9 @@
 All take ``input_spec`` (from the datamodule: ``kind`` real|tokens, ``length``,
 ``channels``, ``vocab_size``) and ``num_classes``, and return logits of shape (B, classes).
 Every residual block is a :class:`~stablelab.models.blocks.ResidualBlock`, so
-``residual.layout`` / ``residual.branch_init`` / ``norm`` apply to all of them.
+``residual.layout`` / ``residual.branch_init`` / ``norm`` apply to all of them, and each
+model has a final norm (``norm``'s kind) before its head for every layout whose residual
+stream is not normalised (pre_norm, branch_norm, none).
 """
 
 from __future__ import annotations
@@ -25,7 +27,14 @@ from stablelab.config import (
     ResidualSpec,
     raise_problems,
 )
-from stablelab.models.blocks import Norm, ResidualBlock, residual_spec
+from stablelab.models.blocks import (
+    InitScheme,
+    Norm,
+    ResidualBlock,
+    final_norm_kind,
+    residual_spec,
+    standard_init,
+)
 from stablelab.models.blocks import activation as _act
 
 PosIntList = Sequence[Annotated[int, Range(gt=0)]]
@@ -79,7 +88,7 @@ class MLP(nn.Module):
                 for _ in range(depth)
             ]
         )
-        self.final_norm = Norm(norm if spec.layout == "pre_norm" else "none", width)
+        self.final_norm = Norm(final_norm_kind(norm, spec.layout), width)
         self.act = _act(activation)
         self.head = nn.Linear(width, num_classes)
 
@@ -142,7 +151,7 @@ class ResNet1D(nn.Module):
                 length = (length + 2 * pad - kernel_size) // stride + 1
                 c = w
         self.blocks = nn.Sequential(*blocks)
-        self.final_norm = Norm(norm if spec.layout == "pre_norm" else "none", c, True)
+        self.final_norm = Norm(final_norm_kind(norm, spec.layout), c, True)
         self.act = _act(activation)
         self.pool = pool
         self.head = nn.Linear(c * (length if pool == "flatten" else 1), num_classes)
@@ -192,7 +201,10 @@ class Transformer(nn.Module):
     """An encoder Transformer classifier.
 
     Embedding (tokens) or Linear (real inputs, per position) + learned positions ->
-    ``num_layers`` x [attention block, MLP block] -> pool (mean or last token) -> Linear.
+    ``num_layers`` x [attention block, MLP block] -> final norm -> pool (mean or last
+    token) -> Linear. ``init``: as :class:`~stablelab.models.GPT`'s (``gpt2``, the standard
+    one, by default; ``xavier``; ``torch_default``), see
+    :func:`~stablelab.models.blocks.standard_init`.
     """
 
     def __init__(
@@ -208,6 +220,7 @@ class Transformer(nn.Module):
         norm: NormKind = "layernorm",
         residual: ResidualSpec | None = None,
         pool: Literal["mean", "last"] = "mean",
+        init: InitScheme = "gpt2",
     ) -> None:
         super().__init__()
         raise_problems(self.config_problems(locals()), "model")
@@ -233,9 +246,13 @@ class Transformer(nn.Module):
             )
             layers.append(ResidualBlock(mlp, norm, d_model, d_model, spec))
         self.layers = nn.Sequential(*layers)
-        self.final_norm = Norm(norm if spec.layout == "pre_norm" else "none", d_model)
+        self.final_norm = Norm(final_norm_kind(norm, spec.layout), d_model)
         self.pool = pool
         self.head = nn.Linear(d_model, num_classes)
+        standard_init(self, init, self.layers)
+        if spec.branch_init == "zero":  # the init above overwrote the zeroed last layers
+            for b in self.layers:
+                b._zero_last_layer()
 
     @staticmethod
     def config_problems(c: Mapping[str, Any]) -> list[str]:

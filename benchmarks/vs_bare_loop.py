@@ -1,0 +1,248 @@
+"""stablelab-train against a bare PyTorch loop doing the same work, timed side by side.
+
+    python benchmarks/vs_bare_loop.py [--workload lm] [--steps 2000] [--repeats 3]
+        [--threads N]
+
+``--workload lm`` is ``experiment=shakespeare_char_cpu`` (the 4-layer GPT on Tiny
+Shakespeare, batch 12 x 64 characters, the playbook's Adam with decoupled weight decay 0.1,
+100 warmup steps then cosine to 1e-4, clipping at 1.0). The bare loop below uses no
+Lightning, Hydra, callbacks, loggers or progress bar; it does the experiment's work with
+the same model class, update rule and schedule function:
+
+* training: ``--steps`` updates on random windows of 65 characters of the first 90% of the
+  text (forward, cross-entropy, backward, ``clip_grad_norm_``, step, schedule);
+* evaluation, the same as the experiment's: one sanity batch before training, the first 128
+  validation windows after each of the first 25 updates (dense early evaluation), every
+  validation window after every 250th update, the best model saved (model and optimizer,
+  ``torch.save``) when validation improves, and the test windows on the best model at the
+  end.
+
+stablelab-train runs with everything the experiment has on: W&B (offline) and CSV loggers,
+gradient-norm and stability telemetry, the language-model monitor every 50 steps, dense
+evaluation, checkpoints (best and last), the progress bar, the end-of-run plots and report.
+
+Both run as fresh processes, alternating, ``--repeats`` times each; the table gives the
+medians of the whole process (start to exit: imports, data, training, evaluation,
+writing) and of fit + test (stablelab: the summary's ``wall_seconds``; the loop: from its
+sanity batch to the end of its test evaluation), and their ratios. Pin
+``--threads`` (both processes get the same ``OMP_NUM_THREADS``) on a shared machine. Each
+row also gives the held-out loss both reached (the loop's is an independent reimplementation
+of the experiment: equal within noise if stablelab trains what it says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LM = {
+    "experiment": "shakespeare_char_cpu",
+    "block": 64, "batch": 12, "eval_batch": 128, "n_layer": 4, "n_head": 4, "n_embd": 128,
+    "lr": 1e-3, "beta2": 0.99, "weight_decay": 0.1, "warmup": 100, "final": 0.1, "clip": 1.0,
+    "dense_until": 25, "dense_subset": 128, "val_every": 250,
+}  # fmt: skip
+
+
+def bare_lm(steps: int, seed: int, out: Path, nanogpt: bool = False) -> dict:
+    """The experiment as a plain PyTorch loop; returns timings and losses.
+
+    ``nanogpt``: nanoGPT's own update instead of stablelab's (``torch.optim.AdamW``, weight
+    decay on the 2-D weights only, and its learning rate: lr (it + 1) / (warmup + 1) during
+    warmup, then cosine from lr to lr / 10 over the remaining steps), to tell the recipe's
+    result from the template's."""
+    t_start = time.perf_counter()
+    from importlib.resources import files
+
+    import torch
+    import torch.nn.functional as F
+
+    from stablelab.models import GPT
+    from stablelab.optim import Adam
+    from stablelab.optim.schedules import Cosine
+
+    c = LM
+    text = (files("stablelab.data") / "corpora" / "tinyshakespeare.txt").read_text("utf-8")
+    n = int(len(text) * 0.9)
+    held = text[n:]
+    parts = {"train": text[:n], "val": held[: len(held) // 2], "test": held[len(held) // 2 :]}
+    vocab = sorted(set(parts["train"]))
+    index = {ch: i for i, ch in enumerate(vocab)}
+    tok = {k: torch.tensor([index[ch] for ch in v], dtype=torch.long) for k, v in parts.items()}
+    block = c["block"]
+    offsets = torch.arange(block + 1)
+
+    def windows(t: torch.Tensor) -> torch.Tensor:  # every non-overlapping window, stride 64
+        return t[(torch.arange((len(t) - 1) // block) * block)[:, None] + offsets]
+
+    evals = {k: windows(tok[k]) for k in ("val", "test")}
+
+    torch.manual_seed(seed)
+    spec = {"kind": "tokens", "length": block, "channels": 1, "vocab_size": len(vocab),
+            "task": "next_token"}  # fmt: skip
+    model = GPT(spec, len(vocab), n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"])
+    if nanogpt:
+        params = list(model.parameters())
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": c["weight_decay"]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=c["lr"], betas=(0.9, c["beta2"]), foreach=True)
+
+        def schedule(it: int) -> float:  # nanoGPT's get_lr(it) / learning_rate
+            w, f = c["warmup"], c["final"]
+            if it < w:
+                return (it + 1) / (w + 1)
+            ratio = (it - w) / (steps - w)
+            return f + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - f)
+    else:
+        opt = Adam(model.parameters(), lr=c["lr"], beta2=c["beta2"], weight_decay=c["weight_decay"])
+        schedule = Cosine(steps, warmup_steps=c["warmup"], final_lr_fraction=c["final"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    gen = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def evaluate(w: torch.Tensor) -> float:
+        model.eval()
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(0, len(w), c["eval_batch"]):
+            x, y = w[i : i + c["eval_batch"], :-1], w[i : i + c["eval_batch"], 1:]
+            total += F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum")
+        model.train()
+        return total.item() / (len(w) * block)
+
+    t_train = time.perf_counter()
+    evaluate(evals["val"][: c["eval_batch"]])  # the sanity batch
+    best, ckpt = float("inf"), out / "best.pt"
+    for step in range(1, steps + 1):
+        starts = torch.randint(len(tok["train"]) - block, (c["batch"],), generator=gen)
+        w = tok["train"][starts[:, None] + offsets]
+        loss = F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
+        opt.step()
+        sched.step()
+        if step <= c["dense_until"]:
+            evaluate(evals["val"][: c["dense_subset"]])
+        if step % c["val_every"] == 0:
+            val = evaluate(evals["val"])
+            if val < best:
+                best = val
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, ckpt)
+    model.load_state_dict(torch.load(ckpt, weights_only=True)["model"])
+    test = evaluate(evals["test"])
+    t_end_train = time.perf_counter()
+    nv, nt = (len(evals[k]) * block for k in ("val", "test"))
+    return {
+        "train_seconds": t_end_train - t_train,
+        "inner_seconds": time.perf_counter() - t_start,
+        "val_loss": best,
+        "test_loss": test,
+        "heldout_loss": (best * nv + test * nt) / (nv + nt),
+    }
+
+
+def run_stablelab(workload: dict, steps: int, out: Path, env: dict) -> dict:
+    cmd = [
+        sys.executable, "-m", "stablelab.train", f"experiment={workload['experiment']}",
+        f"max_train_steps={steps}", f"hydra.run.dir={out}",
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    s = json.loads((out / "summary.json").read_text())
+    return {
+        "process": wall,
+        "train": s["wall_seconds"],
+        "heldout_loss": s.get("heldout_loss"),
+    }
+
+
+def run_bare(name: str, steps: int, out: Path, env: dict) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--bare", name, "--steps", str(steps), "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"process": wall, "train": r["train_seconds"], "heldout_loss": r["heldout_loss"]}
+
+
+WORKLOADS = {"lm": (LM, bare_lm)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workload", choices=list(WORKLOADS), default="lm")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--nanogpt-reference",
+        action="store_true",
+        help="lm: only run the loop with nanoGPT's AdamW and schedule, --repeats seeds from "
+        "--seed, and print its held-out losses (no timing)",
+    )
+    ap.add_argument("--bare", choices=list(WORKLOADS), help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.bare:  # the child process: the loop itself
+        print(json.dumps(WORKLOADS[args.bare][1](args.steps, args.seed, args.out)))
+        return
+    if args.nanogpt_reference:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in range(args.seed, args.seed + args.repeats):
+                r = bare_lm(args.steps, seed, Path(tmp), nanogpt=True)
+                print(f"seed {seed}: val {r['val_loss']:.4f}  test {r['test_loss']:.4f}  "
+                      f"held-out {r['heldout_loss']:.4f}", flush=True)  # fmt: skip
+        return
+    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    workload = WORKLOADS[args.workload][0]
+    if args.steps < workload["val_every"] or args.steps % workload["val_every"]:
+        ap.error(f"--steps: a multiple of {workload['val_every']} (the validation interval)")
+    runs: dict[str, list[dict]] = {"stablelab": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            order = ("bare", "stablelab") if i % 2 == 0 else ("stablelab", "bare")
+            for who in order:
+                out = Path(tmp, f"{who}{i}")
+                r = (
+                    run_bare(args.workload, args.steps, out, env)
+                    if who == "bare"
+                    else run_stablelab(workload, args.steps, out, env)
+                )
+                runs[who].append(r)
+                print(f"  {who:9s} #{i}: process {r['process']:.1f} s, training "
+                      f"{r['train']:.1f} s, held-out loss {r['heldout_loss']:.4f}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in runs.items()}
+    tokens = args.steps * workload["batch"] * workload["block"]
+    print(f"\n{args.workload}: {args.steps} steps, medians of {args.repeats} runs each\n")
+    print("| | bare loop | stablelab-train | ratio |")
+    print("|---|---|---|---|")
+    for key, label in (("process", "whole process (s)"), ("train", "fit + test (s)")):
+        b, s = med["bare"][key], med["stablelab"][key]
+        print(f"| {label} | {b:.1f} | {s:.1f} | {s / b:.2f}x |")
+    b, s = (tokens / med[w]["train"] for w in ("bare", "stablelab"))
+    print(f"| training tokens/s | {b:,.0f} | {s:,.0f} | {b / s:.2f}x |")
+    b, s = med["bare"]["heldout_loss"], med["stablelab"]["heldout_loss"]
+    print(f"| held-out loss | {b:.4f} | {s:.4f} | |")
+
+
+if __name__ == "__main__":
+    main()
