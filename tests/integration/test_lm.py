@@ -172,12 +172,12 @@ def test_diagnose_on_the_language_model(tmp_path):
 
     tiny = ["data=shakespeare_char", "model=gpt", "model.n_layer=1", "model.n_head=2",
             "model.n_embd=32", "data.block_size=32", "data.batch_size=16",
-            "callbacks.dense_eval.subset=32", "max_train_steps=40", "logger=csv",
-            "trainer.val_check_interval=20", "plots=false"]  # fmt: skip
+            "callbacks.dense_eval.subset=32", "max_train_steps=20", "logger=csv",
+            "trainer.val_check_interval=10", "plots=false"]  # fmt: skip
     out = tmp_path / "diag"
     proc = subprocess.run(
-        [sys.executable, "-m", "stablelab.cli", "diagnose", *tiny, "--lrs", "0.003", "0.01",
-         "30", "--probe-steps", "10", "--jobs", "2", "--threads", "1", "--out", str(out)],
+        [sys.executable, "-m", "stablelab.cli", "diagnose", *tiny, "--lrs", "0.01", "30",
+         "--probe-steps", "5", "--jobs", "2", "--threads", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -188,15 +188,14 @@ def test_diagnose_on_the_language_model(tmp_path):
     trials = {
         p.parent.name: json.loads(p.read_text()) for p in (out / "lr_sweep").glob("*/summary.json")
     }
-    assert set(trials) == {"lr_0.003", "lr_0.01", "lr_30"}
+    assert set(trials) == {"lr_0.01", "lr_30"}
     assert not trials["lr_30"]["feasible"] and trials["lr_30"]["status"] == "diverged"
-    for name in ("lr_0.003", "lr_0.01"):
-        s = trials[name]
-        assert s["feasible"] and s["heldout_loss"] < math.log(65)  # below a uniform guess
+    assert trials["lr_0.01"]["feasible"] and trials["lr_0.01"]["heldout_loss"] < math.log(65)
     rows = list(csv.DictReader((out / "lr_sweep" / "sweep_summary.csv").open()))
-    assert {r["lr"] for r in rows} == {"0.003", "0.01", "30"}
+    assert sorted(float(r["lr"]) for r in rows) == [0.01, 30]
     (probe,) = (out / "probe").glob("probe_*/")
-    assert len(list(csv.DictReader((probe / "dense_eval.csv").open()))) == 10
+    assert probe.name == "probe_lr_0.02"  # 2 x lr*
+    assert len(list(csv.DictReader((probe / "dense_eval.csv").open()))) == 5
 
 
 def test_wandb_offline_run_has_the_language_model_metrics(lm_run):
@@ -211,6 +210,7 @@ def test_wandb_offline_run_has_the_language_model_metrics(lm_run):
     losses = [h["val/loss"] for h in history if "val/loss" in h]
     assert len(bpc) >= 2 and all(math.isclose(b, v / math.log(2), rel_tol=1e-6)
                                  for b, v in zip(bpc, losses, strict=True))  # fmt: skip
-    steps = [h["_step"] for h in history if "lm/attn_logit_max" in h]
-    assert steps == [50, 100, 150, 200]
-    assert math.isclose(wandb_offline.summary(f)["heldout_loss"], s["heldout_loss"], rel_tol=1e-9)
+    steps = [h["trainer/global_step"] for h in history if "lm/attn_logit_max" in h]
+    assert steps == [50, 100, 150, 200]  # (W&B's own _step counts its log calls)
+    summary = wandb_offline.summary(f)
+    assert math.isclose(summary["summary/heldout_loss"], s["heldout_loss"], rel_tol=1e-9)
