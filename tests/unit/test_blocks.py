@@ -218,8 +218,8 @@ def test_every_model_has_a_final_norm_unless_post_norm(cls, layout):
     norm = "batchnorm" if cls is ResNet1D else "layernorm"
     torch.manual_seed(0)
     m = _small(cls, layout, norm).double().train()
-    want = "Identity" if layout == "post_norm" else {"batchnorm": "BatchNorm1d"}.get(
-        norm, "LayerNorm"
+    want = (
+        "Identity" if layout == "post_norm" else {"batchnorm": "BatchNorm1d"}.get(norm, "LayerNorm")
     )
     assert type(m.final_norm.inner).__name__ == want
     if layout == "post_norm":
