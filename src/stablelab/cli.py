@@ -192,6 +192,8 @@ def sweep_cmd(args: argparse.Namespace) -> int:
             lrs, out, args.overrides, args.jobs, args.threads, devices=args.gpus
         )
         print(res["verdict"])
+        if res["lr_sensitivity"] is not None:
+            print(f"LR sensitivity: {res['lr_sensitivity']:.4g}")
         print(f"wrote {out}/sweep_summary.csv, axis_plot.png, sweep_report.md")
         return 0
     from stablelab.config import compose
@@ -247,6 +249,11 @@ def analyze_cmd(args: argparse.Namespace) -> int:
         return 2
     print(res["verdict"])
     print(f"unstable_base_learning_rate: {res['unstable_base_learning_rate']}")
+    by_warmup = res["lr_sensitivity_by_warmup"]
+    for w, v in by_warmup.items():
+        if v is not None:
+            at = f" (warmup {w})" if len(by_warmup) > 1 else ""
+            print(f"LR sensitivity{at}: {v:.4g}")
     print(f"wrote {args.sweep_dir}/sweep_summary.csv, axis_plot.png, sweep_report.md")
     return 0
 

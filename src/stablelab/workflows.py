@@ -402,7 +402,12 @@ def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
         "",
         f"LRs tried: {', '.join(f'{x:.4g}' for x in result['lrs'])}; "
         f"{sweep['infeasible']} infeasible, {sweep['unstable']} unstable. "
-        f"Details: [lr_sweep/sweep_report.md](lr_sweep/sweep_report.md).",
+        + (
+            f"LR sensitivity (Wortsman et al. 2023) {sweep['lr_sensitivity']:.4g}. "
+            if sweep.get("lr_sensitivity") is not None
+            else ""
+        )
+        + "Details: [lr_sweep/sweep_report.md](lr_sweep/sweep_report.md).",
         "",
         "![axis plot](lr_sweep/axis_plot.png)",
         "",
@@ -510,6 +515,7 @@ def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> 
                 "lr_star": result["sweep"]["lr_star"],
                 "edge_of_feasibility": result["sweep"]["edge_of_feasibility"],
                 "unstable_base_learning_rate": result["sweep"]["unstable_base_learning_rate"],
+                "lr_sensitivity": result["sweep"].get("lr_sensitivity"),
                 "probe_unstable": (result.get("probe") or {}).get("unstable"),
                 "warmup_steps": wu.get("warmup_steps"),
                 "clip_threshold": result.get("clip_threshold"),

@@ -77,6 +77,21 @@ def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(seq
     best = min(feasible, key=feasible.get)
     report = (sweep / "sweep_report.md").read_text()
     assert f"| {float(best.removeprefix('lr_')):.4g} (lr*) |" in report
+    # LR sensitivity recomputed from the trials' files: final val loss (evals.csv's last
+    # row) capped at the loss at init (the first training loss), lr_3 at its init loss
+    capped = []
+    for name, s in sorted(summaries.items()):
+        init = s["initial_loss"]
+        if s["feasible"]:
+            last = list(csv.DictReader((sweep / name / "evals.csv").open()))[-1]
+            capped.append(min(float(last["val_loss"]), init))
+        else:
+            capped.append(init)
+    want = sum(c - min(capped) for c in capped) / 3
+    assert float(rows[0]["lr_sensitivity"]) == pytest.approx(want, rel=1e-9)
+    assert len({r["lr_sensitivity"] for r in rows}) == 1  # one LR axis: one value
+    assert f"LR sensitivity (Wortsman et al. 2023): **{want:.4g}**" in report
+    assert f"LR sensitivity: {want:.4g}" in proc.stdout
     assert "diverged at step" in proc.stdout  # progress lines: trial k of n with the outcome
     assert "[LR sweep 3/3]" in proc.stdout and "ETA" in proc.stdout
 
@@ -155,5 +170,10 @@ def test_diagnose_end_to_end_on_a_tiny_config(diagnosis):
     (f,) = wandb_offline.run_files(out)
     keys = {k for h in wandb_offline.history(f) for k in h}
     assert "diagnose/axis_plot/_type" in keys
+    sens = float(next(csv.DictReader((out / "lr_sweep" / "sweep_summary.csv").open()))[
+        "lr_sensitivity"
+    ])  # fmt: skip
+    assert f"LR sensitivity (Wortsman et al. 2023) {sens:.4g}." in text
+    assert wandb_offline.summary(f)["lr_sensitivity"] == pytest.approx(sens, rel=1e-12)
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     assert (run_dir / "files" / "diagnosis.md").read_text() == text

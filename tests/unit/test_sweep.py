@@ -8,6 +8,7 @@ import pytest
 
 from stablelab.analysis.sweep import (
     edge_of_feasibility,
+    lr_sensitivity,
     select_lr_star,
     smallest_stable_warmup,
     unstable_base_learning_rate,
@@ -152,3 +153,30 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
     assert len(seen) == 6
     assert set(seen) == {"0", "1"}  # both used: they ran side by side
     assert (tmp_path / "t0.log").read_text().startswith("CUDA_VISIBLE_DEVICES=")
+
+
+def sens_row(lr, final, init=7.0, feasible=True):
+    return {"lr": lr, "final_val_loss": final, "initial_loss": init, "feasible": feasible}
+
+
+def test_lr_sensitivity_the_papers_worked_examples():
+    """Wortsman et al. (2023): the mean of min(loss(lr), loss_init) - min loss over the LRs,
+    a diverged run counted at its loss at init. {4.5, 4.0, diverged (init 7.0)}:
+    (0.5 + 0 + 3.0) / 3 = 7/6; {4.2, 4.0, 4.3}: (0.2 + 0 + 0.3) / 3 = 1/6."""
+    diverged = [sens_row(1e-3, 4.5), sens_row(3e-3, 4.0), sens_row(1e-2, None, feasible=False)]
+    assert lr_sensitivity(diverged) == pytest.approx(7 / 6, abs=1e-12)
+    stable = [sens_row(1e-3, 4.2), sens_row(3e-3, 4.0), sens_row(1e-2, 4.3)]
+    assert lr_sensitivity(stable) == pytest.approx(1 / 6, abs=1e-12)
+
+
+def test_lr_sensitivity_caps_at_init_and_never_infinite():
+    # a trial that ends above its init loss, a NaN, and a failure without an init loss
+    rows = [
+        sens_row(1e-3, 9.0),  # worse than init: counted at 7.0
+        sens_row(3e-3, 3.0),
+        sens_row(1e-2, float("nan")),  # non-finite: at init
+        sens_row(3e-2, None, init=None, feasible=False),  # no init loss: the others' median
+    ]
+    assert lr_sensitivity(rows) == pytest.approx((4 + 0 + 4 + 4) / 4, abs=1e-12)
+    assert lr_sensitivity([sens_row(1e-3, 2.0)]) == 0.0
+    assert lr_sensitivity([sens_row(1e-3, None, init=None, feasible=False)]) is None

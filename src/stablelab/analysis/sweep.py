@@ -15,6 +15,10 @@ playbook's "abnormally high loss").
 * :func:`unstable_base_learning_rate`: the smallest LR that is infeasible or unstable.
 * :func:`warmup_grid`: the warmup sweep's grid capped at 10% of ``max_train_steps``.
 * :func:`smallest_stable_warmup`: the warmup sweep's answer, with the 5% advice.
+* :func:`lr_sensitivity`: Wortsman et al. (2023)'s LR sensitivity of a sweep: the mean over
+  the swept LRs of min(final loss, loss at init) - the best final loss, a diverged or
+  infeasible trial counted at its loss at init. 0 when every LR reaches the best loss; the
+  larger, the more the result depends on hitting the right LR.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ FIELDS = [
     "diverged_at_step",
     "first_instability_step",
     "val_loss",
+    "final_val_loss",
+    "initial_loss",
+    "lr_sensitivity",
     "best_step",
     "test_acc",
     "steps",
@@ -67,6 +74,7 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
         row["run_dir"] = str(run)
         row["lr"] = float((cfg.get("optimizer") or {}).get("lr", math.nan))
         row["warmup_steps"] = int((cfg.get("schedule") or {}).get("warmup_steps") or 0)
+        row["final_val_loss"] = _last_val_loss(run)
         row["feasible"] = bool(s.get("feasible"))
         row["unstable"] = bool(s.get("unstable"))
         l0, val = s.get("initial_loss"), s.get("val_loss")
@@ -74,7 +82,61 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             # the playbook's "abnormally high loss": never got below where it started
             row["feasible"], row["status"] = False, "no progress"
         rows.append(row)
+    for group in _by_warmup(rows).values():  # the LR axis at each warmup length
+        sens = lr_sensitivity(group)
+        for r in group:
+            r["lr_sensitivity"] = sens
     return sorted(rows, key=lambda r: (r["lr"], r["warmup_steps"]))
+
+
+def _last_val_loss(run: Path) -> float | None:
+    """The last validation's loss (evals.csv): the final weights' (the last update is
+    always validated)."""
+    path = run / "evals.csv"
+    if not path.is_file():
+        return None
+    last = None
+    with path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            last = r.get("val_loss")
+    try:
+        return float(last) if last not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def _by_warmup(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["warmup_steps"], []).append(r)
+    return out
+
+
+def _finite_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def lr_sensitivity(rows: list[dict[str, Any]]) -> float | None:
+    """Wortsman et al. (2023), "Small-scale proxies for large-scale Transformer training
+    instabilities": E_lr[min(loss(lr), loss_init) - min_lr' loss(lr')] over the trials
+    ``rows`` (one per LR; each with ``final_val_loss``, ``initial_loss``, ``feasible``).
+    loss(lr) is the trial's final validation loss; a trial that is infeasible (diverged,
+    failed, no progress) or has no finite final loss counts at its loss at init, so the
+    number is finite whatever diverged. loss_init: the trial's first training loss (the
+    same weights for every LR of a seed); where a trial has none, the median of the others.
+    None when no trial has a loss at init."""
+    inits = [r["initial_loss"] for r in rows if _finite_number(r.get("initial_loss"))]
+    if not rows or not inits:
+        return None
+    fallback = sorted(inits)[len(inits) // 2]
+    capped = []
+    for r in rows:
+        init = r["initial_loss"] if _finite_number(r.get("initial_loss")) else fallback
+        final = r.get("final_val_loss")
+        ok = r.get("feasible") and _finite_number(final)
+        capped.append(min(final, init) if ok else init)
+    best = min(capped)
+    return sum(c - best for c in capped) / len(capped)
 
 
 def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
@@ -159,10 +221,15 @@ def warmup_advice(warmup_steps: int, max_train_steps: int) -> str:
 
 
 # ---------------------------------------------------------------------- plots
-def plot_axis(rows: list[dict[str, Any]], path: str | Path, star: dict | None = None) -> Path:
+def plot_axis(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    star: dict | None = None,
+    sensitivity: float | None = None,
+) -> Path:
     """The hyperparameter axis plot (playbook Figure 7a): best validation loss vs base LR
     (log x); unstable-but-feasible trials hollow, infeasible trials as red crosses on the
-    top edge, lr* starred."""
+    top edge, lr* starred; the sweep's LR sensitivity in the title."""
     from stablelab.analysis.plots import _pyplot, _save
 
     plt = _pyplot()
@@ -220,7 +287,10 @@ def plot_axis(rows: list[dict[str, Any]], path: str | Path, star: dict | None = 
         )
     ax.set_xlabel("base learning rate")
     ax.set_ylabel("best validation loss")
-    ax.set_title("hyperparameter axis plot")
+    title = "hyperparameter axis plot"
+    if sensitivity is not None:
+        title += f"   (LR sensitivity {sensitivity:.3g})"
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
@@ -270,7 +340,9 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
     star = select_lr_star(rows)
     edge = edge_of_feasibility(rows, star)
-    plot_axis(rows, sweep_dir / "axis_plot.png", star)
+    by_warmup = {w: g[0]["lr_sensitivity"] for w, g in sorted(_by_warmup(rows).items())}
+    sensitivity = next(iter(by_warmup.values())) if len(by_warmup) == 1 else None
+    plot_axis(rows, sweep_dir / "axis_plot.png", star, sensitivity)
     curves = None
     if star is not None:
         above = sorted({r["lr"] for r in rows if r["lr"] > star["lr"]})[:2]
@@ -283,6 +355,8 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         "lr_star_run": star["run_dir"] if star else None,
         "edge_of_feasibility": edge,
         "unstable_base_learning_rate": unstable_base_learning_rate(rows),
+        "lr_sensitivity": sensitivity,
+        "lr_sensitivity_by_warmup": by_warmup,
         "infeasible": sum(not r["feasible"] for r in rows),
         "unstable": sum(r["unstable"] for r in rows),
         "rows": rows,
@@ -329,6 +403,7 @@ def render_lr_sweep(result: dict[str, Any]) -> str:
         f"{result['unstable']} unstable; unstable_base_learning_rate (smallest infeasible "
         f"or unstable LR) = {f(result['unstable_base_learning_rate'])}.",
         "",
+        *_sensitivity_lines(result),
         "| lr | status | feasible | unstable | best val loss | first instability | diverged at |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -348,6 +423,23 @@ def render_lr_sweep(result: dict[str, Any]) -> str:
         lines += ["![training loss at lr* and just above](curves_above_lr_star.png)", ""]
     lines += ["Per-trial reports: `<trial>/report.md`. Table: `sweep_summary.csv`.", ""]
     return "\n".join(lines)
+
+
+def _sensitivity_lines(result: dict[str, Any]) -> list[str]:
+    by = {w: v for w, v in (result.get("lr_sensitivity_by_warmup") or {}).items() if v is not None}
+    if not by:
+        return []
+    what = (
+        f"**{next(iter(by.values())):.4g}**"
+        if len(by) == 1
+        else ", ".join(f"{v:.4g} (warmup {w})" for w, v in by.items())
+    )
+    return [
+        f"LR sensitivity (Wortsman et al. 2023): {what}: the mean over the LRs of min(final "
+        "val loss, loss at init) - the best final val loss, a diverged or infeasible trial "
+        "counted at its loss at init (0: every LR as good as the best; lower is more robust).",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------- shared by studies
