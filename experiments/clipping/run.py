@@ -89,7 +89,11 @@ def plot(out: Path, names: list[str], path: Path) -> None:
         ax.set_title(f"{name} (clipped {clipped:.0%})", fontsize=10)
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=8)
+    handles = {}
+    for ax in axes.flat:  # one legend with both lines (the first panel has no threshold)
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
+    axes[0][0].legend(handles.values(), handles.keys(), fontsize=8, loc="lower left")
     for ax in axes[1]:
         ax.set_xlabel("step")
     for ax in axes[:, 0]:

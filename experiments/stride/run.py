@@ -69,10 +69,12 @@ def plot(rows, path: Path) -> None:
               "stride1": ("C3", "s", "strides [1,1,2]")}  # fmt: skip
     for group, (color, marker, label) in styles.items():
         draw_lr_series(ax, [r for r in rows if r["group"] == group], label, color, marker)
-    for r in rows:
-        if r["group"] == "stride1_warmup" and r["feasible"]:
-            ax.scatter([r["lr"]], [r["val_loss"]], marker="*", s=160, color="C2", zorder=4,
-                       label=f"[1,1,2] + warmup {r['warmup_steps']}")  # fmt: skip
+    warm = [r for r in rows if r["group"] == "stride1_warmup" and r["feasible"]]
+    for i, r in enumerate(sorted(warm, key=lambda r: r["warmup_steps"])):
+        color, marker = ("C2", "*") if i == 0 else ("C4", "P") if i == 1 else (f"C{5 + i}", "D")
+        ax.scatter([r["lr"]], [r["val_loss"]], marker=marker, s=150, color=color, zorder=4,
+                   edgecolors="k", linewidths=0.5,
+                   label=f"[1,1,2] + warmup {r['warmup_steps']}")  # fmt: skip
     style_lr_axis(ax, "stride change (ring: unstable, x at top: infeasible)")
     ax.set_ylabel("best validation loss")
     ax.legend(fontsize=8)

@@ -70,9 +70,15 @@ def main() -> None:
 def plot(rows, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for i, w in enumerate(sorted({r["warmup_steps"] for r in rows})):
+    import math
+
+    warmups = sorted({r["warmup_steps"] for r in rows})
+    style = {w: (f"C{i}", "osD^v"[i % 5]) for i, w in enumerate(warmups)}
+    # series with fewer points on top, so a lone point is not hidden under a line
+    for w in sorted(warmups, key=lambda w: -sum(r["warmup_steps"] == w for r in rows)):
         mine = [r for r in rows if r["warmup_steps"] == w]
-        draw_lr_series(ax, mine, f"warmup {w}", f"C{i}", bad_y=3.0)
+        draw_lr_series(ax, mine, f"warmup {w}", *style[w], bad_y=3.0)
+    ax.axhline(math.log(8), color="gray", ls=":", lw=1, label="chance (ln 8)")
     style_lr_axis(ax, "post-norm Transformer: warmup vs base LR (x at top: infeasible)")
     ax.set_ylabel("best validation loss")
     ax.legend(fontsize=8)
