@@ -191,10 +191,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
-        "--nanogpt-reference",
-        action="store_true",
-        help="lm: only run the loop with nanoGPT's AdamW and schedule, --repeats seeds from "
-        "--seed, and print its held-out losses (no timing)",
+        "--reference",
+        choices=["nanogpt", "playbook"],
+        help="lm: no timing; train the loop for --repeats seeds from --seed and print the "
+        "held-out losses, with nanoGPT's AdamW and schedule or with the experiment's update "
+        "(the playbook's Adam and stablelab's schedule)",
     )
     ap.add_argument("--bare", choices=list(WORKLOADS), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -202,10 +203,10 @@ def main() -> None:
     if args.bare:  # the child process: the loop itself
         print(json.dumps(WORKLOADS[args.bare][1](args.steps, args.seed, args.out)))
         return
-    if args.nanogpt_reference:
+    if args.reference:
         with tempfile.TemporaryDirectory() as tmp:
             for seed in range(args.seed, args.seed + args.repeats):
-                r = bare_lm(args.steps, seed, Path(tmp), nanogpt=True)
+                r = bare_lm(args.steps, seed, Path(tmp), nanogpt=args.reference == "nanogpt")
                 print(f"seed {seed}: val {r['val_loss']:.4f}  test {r['test_loss']:.4f}  "
                       f"held-out {r['heldout_loss']:.4f}", flush=True)  # fmt: skip
         return
