@@ -7,6 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import QUIET, assert_ok, run_cli
@@ -36,8 +37,8 @@ def test_help_lists_groups_and_examples(tmp_path):
     assert "-m optimizer.lr=" in out
 
 
-def test_every_model_layout_and_branch_init_trains(tmp_path):
-    """One Hydra multirun (basic launcher) over all 3 x 4 x 3 = 36 combinations, 3 steps each:
+def _combos_train(tmp_path, inits: list[str]) -> None:
+    """One Hydra multirun (basic launcher) over model x layout x ``inits``, 3 steps each:
     one numbered directory per trial with its own config and summary; ``plots=false``: the
     CSVs and report.md, no PNG."""
     sweep = tmp_path / "sweep"
@@ -46,7 +47,7 @@ def test_every_model_layout_and_branch_init_trains(tmp_path):
             "-m",
             f"model={','.join(MODELS)}",
             f"model.residual.layout={','.join(LAYOUTS)}",
-            f"model.residual.branch_init={','.join(INITS)}",
+            f"model.residual.branch_init={','.join(inits)}",
             "max_train_steps=3",
             "trainer.val_check_interval=3",
             "trainer.log_every_n_steps=1",
@@ -60,7 +61,8 @@ def test_every_model_layout_and_branch_init_trains(tmp_path):
     )
     assert_ok(proc)
     jobs = _jobs(sweep)
-    assert [j.name for j in jobs] == [str(i) for i in range(36)]
+    n = len(MODELS) * len(LAYOUTS) * len(inits)
+    assert [j.name for j in jobs] == [str(i) for i in range(n)]
     assert (sweep / "multirun.yaml").is_file()
     seen, run_dirs = set(), set()
     for job in jobs:
@@ -79,20 +81,25 @@ def test_every_model_layout_and_branch_init_trains(tmp_path):
         assert not list(job.glob("*.png")), combo
     names = {"mlp": "MLP", "resnet": "ResNet1D", "transformer": "Transformer"}
     assert seen == {
-        (names[m], lay, ini) for m, lay, ini in itertools.product(MODELS, LAYOUTS, INITS)
+        (names[m], lay, ini) for m, lay, ini in itertools.product(MODELS, LAYOUTS, inits)
     }
     assert run_dirs == {str(j) for j in jobs}
 
 
-def test_every_experiment_file_runs(tmp_path):
-    import torch
+def test_every_model_and_layout_trains_with_rezero_branches(tmp_path):
+    """3 models x 4 layouts = 12 trials (the branch_init with the most moving parts: a
+    learnable gate on every branch); every init of every block is checked against its
+    formula in tests/unit/test_blocks.py, and the full product runs in the slow set."""
+    _combos_train(tmp_path, ["rezero"])
 
-    from stablelab.paths import group_options
 
-    experiments = group_options("experiment")
-    if not torch.cuda.is_available():  # (GPU recipes are refused here: no accelerator)
-        experiments = [e for e in experiments if not e.endswith("_gpu")]
-    assert len(experiments) >= 3
+@pytest.mark.slow
+def test_every_model_layout_and_branch_init_trains(tmp_path):
+    """All 3 x 4 x 3 = 36 combinations."""
+    _combos_train(tmp_path, INITS)
+
+
+def _run_experiments(tmp_path, experiments: list[str]) -> None:
     sweep = tmp_path / "sweep"
     proc = run_cli(
         [
@@ -110,6 +117,37 @@ def test_every_experiment_file_runs(tmp_path):
     assert len(jobs) == len(experiments)
     for job in jobs:
         assert json.loads((job / "summary.json").read_text())["status"] == "completed"
+
+
+def _experiments() -> list[str]:
+    import torch
+
+    from stablelab.paths import group_options
+
+    experiments = group_options("experiment")
+    if not torch.cuda.is_available():  # (GPU recipes are refused here: no accelerator)
+        experiments = [e for e in experiments if not e.endswith("_gpu")]
+    assert len(experiments) >= 3
+    return experiments
+
+
+def test_every_workload_experiment_runs_and_every_study_config_validates(tmp_path):
+    """The workload experiments run (debug=fast); the study configs (run in full by the
+    slow tests of tests/integration/test_experiments.py) compose and pass validation."""
+    from conftest import compose_cfg
+    from stablelab.config import validate
+
+    experiments = _experiments()
+    studies = [e for e in experiments if e.startswith("study_")]
+    assert len(studies) >= 7
+    for e in studies:
+        validate(compose_cfg([f"experiment={e}"], tmp_path / e))
+    _run_experiments(tmp_path, [e for e in experiments if e not in studies])
+
+
+@pytest.mark.slow
+def test_every_experiment_file_runs(tmp_path):
+    _run_experiments(tmp_path, _experiments())
 
 
 def test_default_run_directory_and_wandb_offline(tmp_path):

@@ -189,6 +189,7 @@ def test_evaluation_across_ranks_covers_every_example_once(tmp_path, trainer, su
     assert int(dense[-1]["examples"]) == (subset or 401)
 
 
+@pytest.mark.slow  # (multiruns and DDP each run in make test)
 def test_multirun_of_ddp_trials_gives_one_directory_per_trial(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
@@ -262,6 +263,7 @@ def test_fsdp_on_cpu_matches_one_process_and_its_checkpoint_resumes_anywhere(tmp
     )
 
 
+@pytest.mark.slow  # (DDP equivalence runs in make test; this is the README launch)
 def test_two_node_torchrun_as_the_readme_launches_it(tmp_path, runs):
     """The README's multi-node torchrun command, with two "nodes" on this machine (one
     torchrun agent per node rank, c10d rendezvous on localhost, one gloo process each):

@@ -56,6 +56,7 @@ def _results(sweep):
     return out
 
 
+@pytest.mark.slow  # (parallel == sequential trials runs in make test: test_workflows.py)
 def test_joblib_parallel_trials_equal_sequential_ones(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same thread count in both sweeps
     par, proc = _multirun(tmp_path, "parallel", "hydra/launcher=parallel")
@@ -65,6 +66,7 @@ def test_joblib_parallel_trials_equal_sequential_ones(tmp_path, monkeypatch):
     assert [r[0] for r in _results(par)] == ["completed", "completed"]
 
 
+@pytest.mark.slow  # (a Hydra launcher plugin; the joblib one is also slow)
 def test_submitit_local_launcher_runs_the_trials(tmp_path):
     sweep, _ = _multirun(tmp_path, "submitit", "hydra/launcher=submitit_local")
     assert [r[0] for r in _results(sweep)] == ["completed", "completed"]

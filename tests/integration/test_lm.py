@@ -32,6 +32,7 @@ LM = [
     "callbacks.progress_bar.refresh_rate=0",
     "loss.z_loss=1e-4",
     "callbacks.lm_monitor.every_n_steps=50",
+    "callbacks.update_ratio.every_n_steps=100",
     "logger=csv",
 ]
 
@@ -164,6 +165,7 @@ def test_lm_monitor_matches_a_float64_recomputation(lm_run):
     assert s["logz_mean_last"] == last["logz_mean"]
 
 
+@pytest.mark.slow  # (the workflows run for real in make test on the MLP: test_workflows.py)
 def test_diagnose_on_the_language_model(tmp_path):
     """The playbook's workflow on the GPT: LR sweep (LR 30 diverges: infeasible), the 2x-lr*
     probe, the warmup sweep and the clip threshold, each a real run of the LM."""
@@ -214,3 +216,22 @@ def test_wandb_offline_run_has_the_language_model_metrics(lm_run):
     assert steps == [50, 100, 150, 200]  # (W&B's own _step counts its log calls)
     summary = wandb_offline.summary(f)
     assert math.isclose(summary["summary/heldout_loss"], s["heldout_loss"], rel_tol=1e-9)
+
+
+def test_update_ratios_per_gpt_parameter(lm_run):
+    """The update-to-weight ratio (its formula is tested in test_telemetry) on the GPT: one
+    column per parameter tensor, the tied head counted once (as the token embedding), a
+    finite positive ratio for each at the measured updates."""
+    from stablelab.module import StableModule
+
+    s, run = lm_run
+    rows = list(csv.DictReader((run / "update_ratios.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 100]  # the updates after 0 and 100 steps
+    module = StableModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    names = [n.removeprefix("model.") for n, _ in module.named_parameters()]
+    assert set(rows[0]) - {"step"} == set(names) and "tok.weight" in names
+    assert not any(n.startswith("head.") for n in names)  # tied to tok.weight
+    for r in rows:
+        values = [float(r[n]) for n in names]
+        assert all(0 < v < 1 for v in values), r
+    assert s["update_ratio_max"] == max(float(r[n]) for r in rows for n in names)
