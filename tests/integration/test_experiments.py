@@ -148,3 +148,20 @@ def test_optimizers_all_six_rules_train_once_tuned(tmp_path):
             rule,
             s[rule]["val_loss"],
         )
+
+
+def test_lm_warmup_post_norm_fails_where_pre_norm_trains_and_long_warmup_rescues(tmp_path):
+    lm = lambda layout, lr, w: Trial(  # noqa: E731
+        f"{layout}_lr{lr:g}_w{w}",
+        [f"model.residual.layout={layout}", f"optimizer.lr={lr}", f"schedule.warmup_steps={w}"],
+    )
+    s = _study(
+        tmp_path, "lm_warmup",
+        [lm("post_norm", 0.003, 0), lm("pre_norm", 0.003, 0), lm("post_norm", 0.003, 150),
+         lm("post_norm", 0.001, 0)],
+    )  # fmt: skip
+    # measured (2026-11-30): 3.26 (the unigram level, ~3.3), 2.67, 2.41, 2.56
+    assert s["post_norm_lr0.003_w0"]["val_loss"] > 3.1  # post-norm: stuck at the unigram level
+    assert s["pre_norm_lr0.003_w0"]["val_loss"] < 2.85  # pre-norm trains at the same LR
+    assert s["post_norm_lr0.003_w150"]["val_loss"] < 2.85  # half the run as warmup rescues it
+    assert s["post_norm_lr0.001_w0"]["val_loss"] < 2.85  # and post-norm trains at a lower LR
