@@ -92,17 +92,11 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def _last_val_loss(run: Path) -> float | None:
     """The last validation's loss (evals.csv): the final weights' (the last update is
     always validated)."""
-    path = run / "evals.csv"
-    if not path.is_file():
-        return None
-    last = None
-    with path.open(newline="") as f:
-        for r in csv.DictReader(f):
-            last = r.get("val_loss")
-    try:
-        return float(last) if last not in (None, "") else None
-    except ValueError:
-        return None
+    from stablelab.analysis.report import _csv, _f
+
+    rows = _csv(run / "evals.csv")
+    last = _f(rows[-1].get("val_loss")) if rows else math.nan
+    return None if math.isnan(last) else last
 
 
 def _by_warmup(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
