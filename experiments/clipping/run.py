@@ -11,29 +11,23 @@ clipping.png into experiments/clipping/.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import shutil
 from pathlib import Path
 
 from stablelab.analysis.sweep import write_rows
-from stablelab.workflows import Trial, clip_threshold, run_trials
+from stablelab.workflows import Trial, clip_threshold, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_clipping"]  # configs/experiment/study_clipping.yaml
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments/clipping"))
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    args = study_args(__doc__, "clipping")
     # one torch thread per trial for every run: the same arithmetic as the parallel ones
     # (at this unstable LR a different thread count alone changes the trajectory)
-    run_trials([Trial("none", ["clipping=none"])], args.out, BASE, threads=1, label="unclipped")
+    if not args.from_runs:
+        run_trials([Trial("none", ["clipping=none"])], args.out, BASE, threads=1, label="unclipped")
     p90 = clip_threshold(args.out / "none")
     trials = [
         Trial("fixed_far_above", ["clipping=fixed", f"clipping.clip_threshold={100 * p90:.4g}"]),
@@ -42,7 +36,8 @@ def main() -> None:
         Trial("zscore", ["clipping=zscore"]),
         Trial("agc", ["clipping=agc"]),
     ]
-    run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="clipping")
+    if not args.from_runs:
+        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="clipping")
     names = ["none", *[t.name for t in trials]]
     rows = []
     for name in names:

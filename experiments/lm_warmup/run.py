@@ -13,20 +13,18 @@ lm_warmup.png into experiments/lm_warmup/.
 
 from __future__ import annotations
 
-import argparse
 import math
-import shutil
 from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
 from stablelab.analysis.sweep import (
+    add_lr_sensitivity,
     draw_lr_series,
     load_trials,
-    lr_sensitivity,
     style_lr_axis,
     write_rows,
 )
-from stablelab.workflows import Trial, run_trials
+from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_lm_warmup"]  # configs/experiment/study_lm_warmup.yaml
@@ -43,12 +41,7 @@ def warmups(layout: str | None = None) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments/lm_warmup"))
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    args = study_args(__doc__, "lm_warmup")
     trials = [
         Trial(
             f"{layout}_lr{lr:g}_w{w}",
@@ -63,7 +56,8 @@ def main() -> None:
         for w in warmups(layout)
         for lr in LRS
     ]
-    run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="layout x warmup x LR")
+    if not args.from_runs:
+        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="layout x warmup x LR")
     rows = table(load_trials(args.out))
     write_rows(HERE / "lm_warmup.csv", rows)
     plot(rows, HERE / "lm_warmup.png")
@@ -79,26 +73,16 @@ def table(trials: list[dict]) -> list[dict]:
         rows.append({"layout": layout, **{k: t[k] for k in (
             "lr", "warmup_steps", "status", "feasible", "unstable", "first_instability_step",
             "val_loss", "final_val_loss", "initial_loss")}})  # fmt: skip
-    for layout in LAYOUTS:
-        for w in warmups(layout):
-            group = [r for r in rows if r["layout"] == layout and r["warmup_steps"] == w]
-            sens = lr_sensitivity(group)
-            for r in group:
-                r["lr_sensitivity"] = sens
+    add_lr_sensitivity(rows, "layout", "warmup_steps")
     return sorted(rows, key=lambda r: (LAYOUTS.index(r["layout"]), r["warmup_steps"], r["lr"]))
 
 
 def unigram_entropy() -> float:
-    """Entropy (nats / char) of the training text's character frequencies: the loss of a
-    model that ignores its context."""
-    from collections import Counter
+    """The loss of a model that ignores its context, on the training text."""
+    from stablelab.data import CharTextDataModule
+    from stablelab.data.text import unigram_entropy as entropy
 
-    from stablelab.data.text import tiny_shakespeare
-
-    text = tiny_shakespeare()
-    train = text[: int(len(text) * 0.9)]
-    n = len(train)
-    return -sum(c / n * math.log(c / n) for c in Counter(train).values())
+    return entropy(CharTextDataModule().texts["train"])
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -10,14 +10,18 @@ and optimizers.png (best validation loss vs LR per rule) into experiments/optimi
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
-from stablelab.analysis.sweep import draw_lr_series, style_lr_axis, write_rows
-from stablelab.workflows import Trial, run_trials
+from stablelab.analysis.sweep import (
+    add_lr_sensitivity,
+    draw_lr_series,
+    load_trials,
+    style_lr_axis,
+    write_rows,
+)
+from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_optimizers"]  # configs/experiment/study_optimizers.yaml
@@ -34,28 +38,26 @@ RULES = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments/optimizers"))
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    args = study_args(__doc__, "optimizers")
     trials = [
         Trial(f"{rule}_lr{lr:g}", [f"optimizer={rule}", f"optimizer.lr={lr}"])
         for rule, lrs in RULES.items()
         for lr in lrs
     ]
-    run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="optimizers")
-    rows = []
+    if not args.from_runs:
+        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="optimizers")
+    by_name = {Path(t["run_dir"]).name: t for t in load_trials(args.out)}  # feasible: it
+    rows = []  # also never got below its loss at init (the sweep's reading)
     for rule, lrs in RULES.items():
         for lr in lrs:
-            s = json.loads((args.out / f"{rule}_lr{lr:g}" / "summary.json").read_text())
-            val, l0 = s.get("val_loss"), s.get("initial_loss")
+            t = by_name[f"{rule}_lr{lr:g}"]
+            s = json.loads((Path(t["run_dir"]) / "summary.json").read_text())
             rows.append({
-                "rule": rule, "lr": lr, "status": s["status"],
-                "feasible": bool(s["feasible"]) and not (val is not None and l0 and val >= l0),
-                "unstable": s.get("unstable"), "val_loss": val, "val_acc": s.get("val_acc"),
+                "rule": rule, "lr": lr, "status": s["status"], "feasible": t["feasible"],
+                "unstable": t["unstable"], "val_loss": t["val_loss"], "val_acc": s.get("val_acc"),
+                "final_val_loss": t["final_val_loss"], "initial_loss": t["initial_loss"],
             })  # fmt: skip
+    add_lr_sensitivity(rows, "rule")
     write_rows(HERE / "optimizers.csv", rows)
     plot(rows, HERE / "optimizers.png")
     for rule in RULES:
@@ -70,7 +72,9 @@ def plot(rows, path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for i, rule in enumerate(RULES):
-        draw_lr_series(ax, [r for r in rows if r["rule"] == rule], rule, f"C{i}")
+        mine = [r for r in rows if r["rule"] == rule]
+        label = f"{rule}, LR sens. {mine[0]['lr_sensitivity']:.2f}"
+        draw_lr_series(ax, mine, label, f"C{i}")
     style_lr_axis(ax, "six update rules, 500 steps (ring: unstable, x at top: infeasible)")
     ax.set_ylabel("best validation loss")
     ax.legend(fontsize=8)

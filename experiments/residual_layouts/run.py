@@ -11,14 +11,18 @@ into experiments/residual_layouts/.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
-from stablelab.analysis.sweep import draw_lr_series, style_lr_axis, write_rows
-from stablelab.workflows import Trial, run_trials
+from stablelab.analysis.sweep import (
+    add_lr_sensitivity,
+    draw_lr_series,
+    load_trials,
+    style_lr_axis,
+    write_rows,
+)
+from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_residual_layouts"]  # configs/experiment/study_residual_layouts.yaml
@@ -33,32 +37,30 @@ LRS = [0.001, 0.01, 0.1]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments/residual_layouts"))
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    args = study_args(__doc__, "residual_layouts")
     trials = [
         Trial(f"{v}_d{d}_lr{lr:g}", [*extra, f"model.depth={d}", f"optimizer.lr={lr}"])
         for v, extra in VARIANTS.items()
         for d in DEPTHS
         for lr in LRS
     ]
-    run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="layouts")
-    rows = []
+    if not args.from_runs:
+        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="layouts")
+    by_name = {Path(t["run_dir"]).name: t for t in load_trials(args.out)}  # feasible: it
+    rows = []  # also never got below its loss at init (the sweep's reading)
     for v in VARIANTS:
         for d in DEPTHS:
             for lr in LRS:
-                s = json.loads((args.out / f"{v}_d{d}_lr{lr:g}" / "summary.json").read_text())
-                l0, val = s.get("initial_loss"), s.get("val_loss")
-                no_progress = val is not None and l0 is not None and val >= l0
+                t = by_name[f"{v}_d{d}_lr{lr:g}"]
+                s = json.loads((Path(t["run_dir"]) / "summary.json").read_text())
                 rows.append({
                     "variant": v, "depth": d, "lr": lr, "status": s["status"],
-                    "feasible": bool(s["feasible"]) and not no_progress,
-                    "unstable": s.get("unstable"), "first_instability_step":
-                    s.get("first_instability_step"), "val_loss": val, "val_acc": s.get("val_acc"),
+                    "feasible": t["feasible"], "unstable": t["unstable"],
+                    "first_instability_step": t["first_instability_step"],
+                    "val_loss": t["val_loss"], "val_acc": s.get("val_acc"),
+                    "final_val_loss": t["final_val_loss"], "initial_loss": t["initial_loss"],
                 })  # fmt: skip
+    add_lr_sensitivity(rows, "variant", "depth")
     write_rows(HERE / "residual_layouts.csv", rows)
     plot(rows, HERE / "residual_layouts.png")
     for r in rows:
@@ -71,10 +73,11 @@ def plot(rows, path: Path) -> None:
     for ax, d in zip(axes, DEPTHS, strict=True):
         for i, v in enumerate(VARIANTS):
             mine = [r for r in rows if r["variant"] == v and r["depth"] == d]
-            draw_lr_series(ax, mine, v, f"C{i}", bad_y=2.4)
+            label = f"{v}, LR sens. {mine[0]['lr_sensitivity']:.2f}"
+            draw_lr_series(ax, mine, label, f"C{i}", bad_y=2.4)
         style_lr_axis(ax, f"depth {d} (x at top: infeasible; ring: unstable)")
+        ax.legend(fontsize=8)
     axes[0].set_ylabel("best validation loss")
-    axes[0].legend(fontsize=8)
     print(f"wrote {_save(fig, path)}")
 
 

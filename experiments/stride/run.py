@@ -12,13 +12,11 @@ Writes stride.csv and stride.png into experiments/stride/.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
 from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis, write_rows
-from stablelab.workflows import Trial, run_trials
+from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_stride"]  # configs/experiment/study_stride.yaml
@@ -28,15 +26,11 @@ WARMUP_LR = 0.1
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments/stride"))
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    args = study_args(__doc__, "stride")
     for name, override in MODELS.items():
         trials = [Trial(f"lr_{lr:g}", [override, f"optimizer.lr={lr}"]) for lr in LRS]
-        run_trials(trials, args.out / name, BASE, jobs=args.jobs, threads=1, label=name)
+        if not args.from_runs:
+            run_trials(trials, args.out / name, BASE, jobs=args.jobs, threads=1, label=name)
     warm = [
         Trial(
             f"warmup_{w}",
@@ -49,13 +43,17 @@ def main() -> None:
         )  # fmt: skip
         for w in (10, 60)
     ]
-    run_trials(warm, args.out / "stride1_warmup", BASE, jobs=args.jobs, threads=1, label="warmup")
+    if not args.from_runs:
+        run_trials(
+            warm, args.out / "stride1_warmup", BASE, jobs=args.jobs, threads=1, label="warmup"
+        )
     rows = []
     for group in ("stride2", "stride1", "stride1_warmup"):
         for r in load_trials(args.out / group):
             rows.append({"group": group, **{k: r[k] for k in (
                 "lr", "warmup_steps", "status", "feasible", "unstable",
-                "first_instability_step", "val_loss")}})  # fmt: skip
+                "first_instability_step", "val_loss", "final_val_loss", "initial_loss",
+                "lr_sensitivity")}})  # fmt: skip
     write_rows(HERE / "stride.csv", rows)
     plot(rows, HERE / "stride.png")
     for r in rows:
@@ -68,7 +66,10 @@ def plot(rows, path: Path) -> None:
     styles = {"stride2": ("C0", "o", "strides [1,2,2] (default)"),
               "stride1": ("C3", "s", "strides [1,1,2]")}  # fmt: skip
     for group, (color, marker, label) in styles.items():
-        draw_lr_series(ax, [r for r in rows if r["group"] == group], label, color, marker)
+        mine = [r for r in rows if r["group"] == group]
+        sens = mine[0]["lr_sensitivity"]
+        label += f", LR sens. {sens:.2f}" if sens is not None else ""
+        draw_lr_series(ax, mine, label, color, marker)
     warm = [r for r in rows if r["group"] == "stride1_warmup" and r["feasible"]]
     for i, r in enumerate(sorted(warm, key=lambda r: r["warmup_steps"])):
         color, marker = ("C2", "*") if i == 0 else ("C4", "P") if i == 1 else (f"C{5 + i}", "D")

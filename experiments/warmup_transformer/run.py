@@ -12,13 +12,11 @@ into experiments/warmup_transformer/.
 
 from __future__ import annotations
 
-import argparse
-import shutil
 from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
 from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis, write_rows
-from stablelab.workflows import Trial, run_trials
+from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_warmup_transformer"]  # configs/experiment/study_warmup_transformer.yaml
@@ -26,12 +24,7 @@ LRS = [0.001, 0.003, 0.01, 0.03]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments/warmup_transformer"))
-    ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    args = study_args(__doc__, "warmup_transformer")
     trials = []
     for lr in LRS:
         for w in (0, 100) if lr != LRS[-1] else (0, 10, 100):
@@ -45,7 +38,8 @@ def main() -> None:
                     ],
                 )  # fmt: skip
             )
-    run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="warmup x LR")
+    if not args.from_runs:
+        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="warmup x LR")
     rows = [
         {
             k: r[k]
@@ -57,6 +51,9 @@ def main() -> None:
                 "unstable",
                 "first_instability_step",
                 "val_loss",
+                "final_val_loss",
+                "initial_loss",
+                "lr_sensitivity",
             )
         }  # fmt: skip
         for r in load_trials(args.out)
@@ -77,7 +74,9 @@ def plot(rows, path: Path) -> None:
     # series with fewer points on top, so a lone point is not hidden under a line
     for w in sorted(warmups, key=lambda w: -sum(r["warmup_steps"] == w for r in rows)):
         mine = [r for r in rows if r["warmup_steps"] == w]
-        draw_lr_series(ax, mine, f"warmup {w}", *style[w], bad_y=3.0)
+        sens = mine[0]["lr_sensitivity"]
+        label = f"warmup {w}" + (f", LR sens. {sens:.2f}" if sens is not None else "")
+        draw_lr_series(ax, mine, label, *style[w], bad_y=3.0)
     ax.axhline(math.log(8), color="gray", ls=":", lw=1, label="chance (ln 8)")
     style_lr_axis(ax, "post-norm Transformer: warmup vs base LR (x at top: infeasible)")
     ax.set_ylabel("best validation loss")

@@ -135,6 +135,30 @@ def run_trials(
     return [results[t.name] for t in trials]
 
 
+def study_args(doc: str, study: str) -> Any:
+    """The command line every ``experiments/<study>/run.py`` shares: ``--out`` (the trials'
+    folder, default ``logs/experiments/<study>``), ``--jobs`` and ``--from-runs`` (train
+    nothing: rebuild the study's CSV and plot from the runs already in ``--out``). Without
+    ``--from-runs`` an existing ``--out`` is emptied first, so no old trial is mixed in."""
+    import argparse
+    import shutil
+
+    ap = argparse.ArgumentParser(
+        description=doc.split("\n")[0], epilog=doc, formatter_class=argparse.RawTextHelpFormatter
+    )
+    ap.add_argument("--out", type=Path, default=Path("logs/experiments") / study,
+                    help="where the trials run (default: %(default)s)")  # fmt: skip
+    ap.add_argument("--jobs", type=int, default=2, help="trials at once (default: 2)")
+    ap.add_argument("--from-runs", action="store_true",
+                    help="train nothing: rebuild CSV and plot from the runs in --out")  # fmt: skip
+    args = ap.parse_args()
+    if args.from_runs and not args.out.is_dir():
+        ap.error(f"--from-runs: no runs in {args.out}")
+    if not args.from_runs and args.out.exists():
+        shutil.rmtree(args.out)
+    return args
+
+
 def _status(r: dict[str, Any]) -> str:
     import json
 

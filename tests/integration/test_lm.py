@@ -133,7 +133,7 @@ def test_lm_monitor_matches_a_float64_recomputation(lm_run):
 
     s, run = lm_run
     rows = list(csv.DictReader((run / "lm_monitor.csv").open()))
-    assert [int(r["step"]) for r in rows] == [50, 100, 150, 200]
+    assert [int(r["step"]) for r in rows] == [0, 50, 100, 150, 200]  # 0: at initialisation
     last = {k: float(v) for k, v in rows[-1].items()}
     module = StableModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt").double()
     module.eval()

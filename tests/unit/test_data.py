@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -228,6 +230,17 @@ def test_tiny_shakespeare_split_is_nanogpts():
     assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(x[1:, 0], y[:-1, -1])
     assert x.shape == ((55_770 - 1) // 64, 64)
     assert dm.split_tokens() == {"val": 871 * 64, "test": 871 * 64}
+
+
+def test_unigram_entropy_closed_forms():
+    """The loss floor of a context-free model, which the LM studies draw: ln 4 for four
+    equally frequent symbols, the binary entropy of 1/3 for "aab", 0 for one symbol."""
+    from stablelab.data.text import unigram_entropy
+
+    assert math.isclose(unigram_entropy("abcd" * 5), math.log(4), rel_tol=1e-12)
+    h = -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)
+    assert math.isclose(unigram_entropy("aab"), h, rel_tol=1e-12)
+    assert unigram_entropy("zzzz") == 0
 
 
 def test_random_windows_are_a_function_of_seed_and_step_and_ranks_split_them():

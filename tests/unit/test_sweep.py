@@ -180,3 +180,20 @@ def test_lr_sensitivity_caps_at_init_and_never_infinite():
     assert lr_sensitivity(rows) == pytest.approx((4 + 0 + 4 + 4) / 4, abs=1e-12)
     assert lr_sensitivity([sens_row(1e-3, 2.0)]) == 0.0
     assert lr_sensitivity([sens_row(1e-3, None, init=None, feasible=False)]) is None
+
+
+def test_add_lr_sensitivity_one_value_per_lr_sweep_none_for_a_single_lr():
+    """Rows grouped by a key (here a variant): each group's value is the paper's formula
+    over its own LRs; a group at one LR is no sweep (None), not 0."""
+    from stablelab.analysis.sweep import add_lr_sensitivity
+
+    a = [sens_row(1e-3, 4.5), sens_row(3e-3, 4.0), sens_row(1e-2, None, feasible=False)]
+    b = [sens_row(1e-3, 4.2), sens_row(3e-3, 4.0), sens_row(1e-2, 4.3)]
+    c = [sens_row(1e-2, 3.0), sens_row(1e-2, 5.0)]  # two runs, one learning rate
+    rows = [{**r, "v": v} for v, g in (("a", a), ("b", b), ("c", c)) for r in g]
+    add_lr_sensitivity(rows, "v")
+    got = {r["v"]: r["lr_sensitivity"] for r in rows}
+    assert got["a"] == pytest.approx(7 / 6, abs=1e-12)
+    assert got["b"] == pytest.approx(1 / 6, abs=1e-12)
+    assert got["c"] is None
+    assert len({r["lr_sensitivity"] for r in rows if r["v"] == "a"}) == 1

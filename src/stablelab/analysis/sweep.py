@@ -82,11 +82,22 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             # the playbook's "abnormally high loss": never got below where it started
             row["feasible"], row["status"] = False, "no progress"
         rows.append(row)
-    for group in _by_warmup(rows).values():  # the LR axis at each warmup length
-        sens = lr_sensitivity(group)
+    add_lr_sensitivity(rows, "warmup_steps")  # the LR axis at each warmup length
+    return sorted(rows, key=lambda r: (r["lr"], r["warmup_steps"]))
+
+
+def add_lr_sensitivity(rows: list[dict[str, Any]], *keys: str) -> list[dict[str, Any]]:
+    """Set each row's ``lr_sensitivity`` to that of its LR sweep: the rows that share the
+    values of ``keys`` (e.g. the warmup length, the variant). A group with a single
+    learning rate is no LR axis: None."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    for group in groups.values():
+        sens = lr_sensitivity(group) if len({r["lr"] for r in group}) > 1 else None
         for r in group:
             r["lr_sensitivity"] = sens
-    return sorted(rows, key=lambda r: (r["lr"], r["warmup_steps"]))
+    return rows
 
 
 def _last_val_loss(run: Path) -> float | None:
@@ -448,15 +459,22 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def draw_lr_series(
-    ax, rows: list[dict[str, Any]], label: str, color: str, marker: str = "o", bad_y: float = 2.5
+    ax,
+    rows: list[dict[str, Any]],
+    label: str,
+    color: str,
+    marker: str = "o",
+    bad_y: float = 2.5,
+    key: str = "val_loss",
 ) -> None:
-    """One series of trials on a best-val-loss-vs-LR axis: feasible trials joined by a
-    line, unstable ones ringed, infeasible ones as crosses at ``bad_y``."""
+    """One series of trials on a loss-vs-LR axis (``key``: the best validation loss by
+    default): feasible trials joined by a line, unstable ones ringed, infeasible ones as
+    crosses at ``bad_y``."""
     rows = sorted(rows, key=lambda r: r["lr"])
-    ok = [(r["lr"], r["val_loss"]) for r in rows if r["feasible"]]
+    ok = [(r["lr"], r[key]) for r in rows if r["feasible"]]
     if ok:
         ax.plot(*zip(*ok, strict=True), marker=marker, color=color, label=label)
-    shaky = [(r["lr"], r["val_loss"]) for r in rows if r["feasible"] and r["unstable"]]
+    shaky = [(r["lr"], r[key]) for r in rows if r["feasible"] and r["unstable"]]
     if shaky:
         ax.scatter(*zip(*shaky, strict=True), s=120, facecolors="none", edgecolors=color, lw=1.5)
     bad = [r["lr"] for r in rows if not r["feasible"]]

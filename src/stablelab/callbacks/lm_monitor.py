@@ -8,14 +8,15 @@ training step's hot path (Wortsman et al. 2023's two small-scale instabilities):
 * **output-logit divergence**: the mean and the max of log Z = logsumexp of the output
   logits over the probe batch's positions (z-loss pulls the mean towards 0).
 
-Every ``every_n_steps`` updates the probe forward runs in eval mode without gradients, the
-values stay on the device and are read back with the other telemetry (no host sync per
-step). They go to ``<run dir>/lm_monitor.csv`` (step, logz_mean, logz_max,
-attn_logit_max, attn_logit_max/<layer>...), to every logger (``lm/...``) and to
-``summary.json`` (first / last / max of each), where the stability report reads them: it
-flags attention-logit growth when the largest logit grew ``growth_factor`` times from its
-first measurement and above ``logit_alarm``, and log Z drift when |mean log Z| exceeds
-``logz_alarm``. Off by default (``every_n_steps: null``); checkpointed like the others.
+At initialisation (step 0) and every ``every_n_steps`` updates the probe forward runs in
+eval mode without gradients; the values stay on the device and are read back with the other
+telemetry (no host sync per step). They go to ``<run dir>/lm_monitor.csv`` (step,
+logz_mean, logz_max, attn_logit_max, attn_logit_max/<layer>...), to every logger
+(``lm/...``) and to ``summary.json`` (first / last / max of each), where the stability
+report reads them: it flags attention-logit growth when the largest logit grew
+``growth_factor`` times from its value at initialisation and above ``logit_alarm``, and
+log Z drift when |mean log Z| exceeds ``logz_alarm``. Off by default (``every_n_steps:
+null``); checkpointed like the others.
 """
 
 from __future__ import annotations
@@ -102,6 +103,14 @@ class LMMonitor(TelemetryCallback):
                 h.remove()
         logz = torch.logsumexp(logits, dim=-1)
         return torch.stack([logz.mean(), logz.amax(), *found])
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        # a fresh run measures its initialisation too (step 0: what the growth is relative
+        # to); a resumed one has that row in its restored CSV already
+        if self.every_n_steps and self.layers and trainer.global_step == 0:
+            self._last_step = 0
+            self._pending.append((0, self.measure(trainer, pl_module)))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -44,6 +44,17 @@ def tiny_shakespeare() -> str:
     return raw.decode("ascii")
 
 
+def unigram_entropy(text: str) -> float:
+    """Entropy (nats / character) of the character frequencies of ``text``: the loss of a
+    model that ignores its context (3.31 on Tiny Shakespeare's training part), the level a
+    language model that stopped learning sits at."""
+    import math
+    from collections import Counter
+
+    n = len(text)
+    return -sum(c / n * math.log(c / n) for c in Counter(text).values())
+
+
 def encode(text: str, vocab: str) -> np.ndarray:
     """Token ids of ``text`` (characters outside ``vocab`` -> its U+FFFD token, which must
     then be in it)."""
