@@ -165,3 +165,45 @@ def test_lm_warmup_post_norm_fails_where_pre_norm_trains_and_long_warmup_rescues
     assert s["pre_norm_lr0.003_w0"]["val_loss"] < 2.85  # pre-norm trains at the same LR
     assert s["post_norm_lr0.003_w150"]["val_loss"] < 2.85  # half the run as warmup rescues it
     assert s["post_norm_lr0.001_w0"]["val_loss"] < 2.85  # and post-norm trains at a lower LR
+
+
+def test_lm_lr_sensitivity_attention_logits_grow_without_qk_norm_and_qk_norm_trains(tmp_path):
+    lm = lambda v, lr: Trial(  # noqa: E731
+        f"{v}_lr{lr:g}", [f"optimizer.lr={lr}", f"model.qk_norm={v == 'qk_norm'}"]
+    )
+    s = _study(tmp_path, "lm_lr_sensitivity",
+               [lm(v, lr) for v in ("baseline", "qk_norm") for lr in (0.03, 0.1)])  # fmt: skip
+    final = {Path(r["run_dir"]).name: r["final_val_loss"]
+             for r in load_trials(tmp_path / "lm_lr_sensitivity")}  # fmt: skip
+    # measured (2026-11-30): largest attention logit 828 / 35,217 without qk-norm, 8.6 / 33
+    # with it (at init 0.17 / 3.6); final validation loss 2.99 / 3.11 without, 2.83 / 2.63
+    # with (a context-free model: 3.31)
+    for lr in (0.03, 0.1):
+        base, qk = s[f"baseline_lr{lr:g}"], s[f"qk_norm_lr{lr:g}"]
+        assert base["attn_logit_max_first"] < 1 < qk["attn_logit_max_first"] < 10  # at init
+        assert base["attn_logit_max"] > 10 * qk["attn_logit_max"]
+    assert s["baseline_lr0.03"]["attn_logit_growing"]  # the report's flag
+    assert not s["qk_norm_lr0.03"]["attn_logit_growing"]
+    assert s["baseline_lr0.1"]["attn_logit_max"] > 1000
+    assert s["qk_norm_lr0.1"]["attn_logit_max"] < 100
+    assert final["qk_norm_lr0.1"] < 2.9 < 2.95 < final["baseline_lr0.1"]  # qk-norm trains
+
+
+def test_lm_depth_post_norm_breaks_at_depth_where_pre_norm_and_rezero_train(tmp_path):
+    layouts = {
+        "post_norm": ["model.residual.layout=post_norm"],
+        "pre_norm": ["model.residual.layout=pre_norm"],
+        "rezero": ["model.residual.layout=none", "model.residual.branch_init=rezero"],
+    }
+    runs = (("post_norm", 12), ("pre_norm", 12), ("rezero", 12), ("post_norm", 2))
+    trials = [
+        Trial(f"{v}_d{d}", [*layouts[v], f"model.n_layer={d}", "optimizer.lr=0.003"])
+        for v, d in runs
+    ]
+    _study(tmp_path, "lm_depth", trials)
+    final = {Path(r["run_dir"]).name: r["final_val_loss"]
+             for r in load_trials(tmp_path / "lm_depth")}  # fmt: skip
+    # measured (2026-11-30): 3.33 (the unigram level, ~3.31), 2.54, 2.63, 2.59
+    assert final["post_norm_d12"] > 3.1  # 12-layer post-norm stops using its context
+    assert final["pre_norm_d12"] < 2.85 and final["rezero_d12"] < 2.85  # these train
+    assert final["post_norm_d2"] < 2.85  # and a shallow post-norm model trains at this LR

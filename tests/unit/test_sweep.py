@@ -197,3 +197,25 @@ def test_add_lr_sensitivity_one_value_per_lr_sweep_none_for_a_single_lr():
     assert got["b"] == pytest.approx(1 / 6, abs=1e-12)
     assert got["c"] is None
     assert len({r["lr_sensitivity"] for r in rows if r["v"] == "a"}) == 1
+
+
+def test_study_args_empties_the_runs_folder_unless_rebuilding_from_it(tmp_path, monkeypatch):
+    """experiments/<study>/run.py: a fresh run never mixes in an old trial; --from-runs keeps
+    the runs and trains nothing; --from-runs on a missing folder is refused, naming it."""
+    from stablelab.workflows import study_args
+
+    out = tmp_path / "runs"
+    (out / "old_trial").mkdir(parents=True)
+    monkeypatch.setattr("sys.argv", ["run.py", "--out", str(out), "--from-runs"])
+    args = study_args("doc", "s")
+    assert args.from_runs and (out / "old_trial").is_dir()
+    monkeypatch.setattr("sys.argv", ["run.py", "--out", str(out), "--jobs", "3"])
+    args = study_args("doc", "s")
+    assert not args.from_runs and args.jobs == 3 and not out.exists()
+    monkeypatch.setattr("sys.argv", ["run.py", "--out", str(out), "--from-runs"])
+    with pytest.raises(SystemExit) as e:
+        study_args("doc", "s")
+    assert e.value.code == 2
+    monkeypatch.chdir(tmp_path)  # the default folder is relative: never the repository's
+    monkeypatch.setattr("sys.argv", ["run.py"])
+    assert study_args("doc", "s").out.as_posix() == "logs/experiments/s"
