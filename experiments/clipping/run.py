@@ -78,7 +78,10 @@ def plot(out: Path, names: list[str], path: Path) -> None:
         ax.plot(steps, [float(r["grad_norm"]) for r in rows], lw=0.6, label="unclipped ||g||")
         thr = [(s, float(r["clip_threshold"])) for s, r in zip(steps, rows, strict=True)
                if r["clip_threshold"] not in ("", "inf", "nan")]  # fmt: skip
-        if thr and name != "agc":
+        if thr and name == "zscore":  # ZClip's threshold exists only where it clips
+            ax.scatter(*zip(*thr, strict=True), s=14, color="C3", marker="v", zorder=3,
+                       label="clipped to (ZClip)")  # fmt: skip
+        elif thr and name != "agc":
             ax.plot(*zip(*thr, strict=True), lw=1, color="C3", ls="--", label="threshold")
         clipped = sum(float(r["clipped"]) for r in rows) / len(rows)
         ax.set_title(f"{name} (clipped {clipped:.0%})", fontsize=10)

@@ -207,3 +207,20 @@ def test_lm_depth_post_norm_breaks_at_depth_where_pre_norm_and_rezero_train(tmp_
     assert final["post_norm_d12"] > 3.1  # 12-layer post-norm stops using its context
     assert final["pre_norm_d12"] < 2.85 and final["rezero_d12"] < 2.85  # these train
     assert final["post_norm_d2"] < 2.85  # and a shallow post-norm model trains at this LR
+
+
+def test_lm_clipping_the_p90_threshold_and_agc_rescue_the_failing_gpt(tmp_path):
+    _study(tmp_path, "lm_clipping", [Trial("none", ["clipping=none"])])
+    p90 = clip_threshold(tmp_path / "lm_clipping" / "none")
+    s = _study(tmp_path, "lm_clipping", [
+        Trial("fixed_p90", ["clipping=fixed", f"clipping.clip_threshold={p90:.4g}"]),
+        Trial("agc", ["clipping=agc"]),
+    ])  # fmt: skip
+    final = {Path(r["run_dir"]).name: r["final_val_loss"]
+             for r in load_trials(tmp_path / "lm_clipping")}  # fmt: skip
+    # measured (2026-11-30): p90 5.518; final 3.34 (the unigram level, ~3.31), 2.89, 2.38
+    assert 1 < p90 < 20
+    assert final["none"] > 3.1  # unclipped, the GPT stops using its context
+    assert final["fixed_p90"] < 3.05  # the 90th-percentile threshold rescues it
+    assert 0 < s["fixed_p90"]["clip_fraction"] < 0.1  # ... clipping a few updates
+    assert final["agc"] < 2.8 and not s["agc"]["unstable"]
