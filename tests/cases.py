@@ -27,6 +27,7 @@ BAD = [
     (["+model.widht=3"], ["model.widht: unknown key", "did you mean 'widths'", "allowed keys:"]),
     (["+foo=1"], ["foo: unknown key for the root config", "max_train_steps"]),
     (["seed=-1"], ["seed = -1", "must be >= 0"]),
+    (["threads=0"], ["threads = 0", "must be > 0"]),
     # schedule.max_train_steps interpolates the root key: both are reported
     (["max_train_steps=0"], ["max_train_steps = 0", "schedule.max_train_steps = 0", "must be > 0"]),
     (["data.val_fraction=1.0"], ["data.val_fraction = 1.0", "must be < 1"]),

@@ -101,6 +101,9 @@ class RootConfig:
     tags: list[str] = field(default_factory=list)
     run_name: str | None = None
     plots: bool = True
+    # torch intra-op threads per process; null: $OMP_NUM_THREADS if set, else the cores this
+    # process may use (os.sched_getaffinity) divided among the processes on the node
+    threads: PosInt | None = None
     loss: LossConfig = field(default_factory=LossConfig)
 
 

@@ -124,6 +124,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     plain = validate(cfg)
     os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks
 
+    from stablelab import threads
+
+    # before Lightning and the data start any thread pool (and exported for DDP ranks)
+    thread_info = threads.apply(plain.get("threads"), plain["trainer"])
+
     import lightning as L
     import torch
 
@@ -168,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **runinfo.git_state(),
         "versions": runinfo.versions(),
         "machine": runinfo.machine(),
+        "threads": thread_info,
         "argv": sys.argv,
     }
     summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}

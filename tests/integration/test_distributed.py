@@ -80,6 +80,12 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     )
     s = json.loads((two / "summary.json").read_text())
     assert s["world_size"] == 2 and s["global_batch_size"] == 256
+    # the thread policy: $OMP_NUM_THREADS if set, else this machine's cores split between
+    # the two ranks on the node
+    env = os.environ.get("OMP_NUM_THREADS")
+    cores = len(os.sched_getaffinity(0))
+    assert s["threads"]["intra_op"] == (int(env) if env else max(1, cores // 2))
+    assert s["threads"]["inter_op"] == 1
     # one directory, written once: one summary, one W&B run, one set of checkpoints, the
     # plots and report (rank 0) in it
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]

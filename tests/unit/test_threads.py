@@ -1,0 +1,59 @@
+"""The CPU thread policy (stablelab.threads): config key, then $OMP_NUM_THREADS, then the
+cores this process may use divided among the processes the run starts on the node."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from stablelab import threads
+
+
+@pytest.fixture
+def four_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+
+
+def test_the_config_key_wins_then_the_environment_then_the_affinity(four_cores, monkeypatch):
+    assert threads.choose(3, local=2) == {"intra_op": 3, "inter_op": 1, "source": "config threads"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert threads.choose(None, local=1)["intra_op"] == 2
+    assert threads.choose(None)["source"] == "OMP_NUM_THREADS"
+    assert threads.choose(5)["intra_op"] == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # set but empty: ignored
+    assert threads.choose(None)["intra_op"] == 4
+
+
+@pytest.mark.parametrize(("local", "want"), [(1, 4), (2, 2), (3, 1), (8, 1)])
+def test_available_cores_are_split_among_the_local_processes(four_cores, local, want):
+    got = threads.choose(None, local)
+    assert got["intra_op"] == want and got["inter_op"] == 1
+    assert got["source"] == f"4 available cores / {local} process(es)"
+
+
+@pytest.mark.parametrize(
+    ("trainer", "want"),
+    [
+        ({"accelerator": "cpu", "devices": 1}, 1),
+        ({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, 2),  # trainer=ddp_cpu
+        ({"accelerator": "gpu", "devices": 8}, 1),  # a GPU rank's threads feed its device
+        ({"accelerator": "cpu", "devices": "auto"}, 1),
+        ({}, 1),
+    ],
+)
+def test_local_processes_from_the_trainer_config(trainer, want):
+    assert threads.local_processes(trainer) == want
+
+
+def test_apply_sets_torch_and_exports_the_count_for_the_ranks(four_cores, monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        got = threads.apply(None, {"accelerator": "cpu", "devices": 2})
+        assert got["intra_op"] == 2 == torch.get_num_threads()
+        assert os.environ["OMP_NUM_THREADS"] == "2"
+        assert got["inter_op"] == torch.get_num_interop_threads()
+    finally:
+        torch.set_num_threads(before)
