@@ -8,6 +8,7 @@ from stablelab.callbacks.grad_norm import GradNormMonitor
 from stablelab.callbacks.history import EvalHistory
 from stablelab.callbacks.interruption import Interruption
 from stablelab.callbacks.lm_monitor import LMMonitor
+from stablelab.callbacks.progress import RunProgress
 from stablelab.callbacks.stability import StabilityMonitor
 from stablelab.callbacks.update_ratio import UpdateRatioMonitor
 
@@ -19,6 +20,7 @@ __all__ = [
     "LMMonitor",
     "MetricsFile",
     "ModelCheckpoint",
+    "RunProgress",
     "StabilityMonitor",
     "UpdateRatioMonitor",
 ]
