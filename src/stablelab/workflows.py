@@ -12,8 +12,10 @@ analysis reads the run directories only (:mod:`stablelab.analysis.sweep`).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -80,7 +82,8 @@ def run_trials(
             "stablelab.train",
             *base,
             *t.overrides,
-            "callbacks.progress_bar.refresh_rate=0",
+            # plain progress lines into the trial's log, which the workflow reads back
+            "callbacks.progress_bar.terminal=false",
             f"hydra.run.dir={run_dir}",
         ]
         start = time.time()
@@ -108,6 +111,13 @@ def run_trials(
     results: dict[str, dict[str, Any]] = {}
     start = time.time()
     interactive = progress and sys.stderr.isatty()  # a bar on a terminal, lines in logs
+    if progress:
+        print(
+            f"[{label}] {len(trials)} trial(s), {jobs} at a time, {threads} thread(s) each, "
+            f"in {out_dir}",
+            file=sys.stderr if interactive else sys.stdout,
+            flush=True,
+        )
     bar = tqdm(
         total=len(trials),
         desc=label,
@@ -116,6 +126,24 @@ def run_trials(
         dynamic_ncols=True,
         file=sys.stderr,
     )
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_watch_trials,
+        # in a log, quarter lines only where every trial runs at once (one wave: otherwise
+        # the trials' own end lines come often enough)
+        args=(
+            out_dir,
+            [t.name for t in trials],
+            label,
+            bar,
+            interactive,
+            len(trials) > jobs,
+            stop,
+        ),  # fmt: skip
+        daemon=True,
+    )
+    if progress:
+        watcher.start()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(one, t): t for t in trials}
         for k, fut in enumerate(as_completed(futures), start=1):
@@ -131,8 +159,52 @@ def run_trials(
                     f"({_fmt_time(r['seconds'])}; elapsed {_fmt_time(elapsed)}, "
                     f"ETA {_fmt_time(eta)})"
                 )
+    stop.set()
+    if watcher.is_alive():
+        watcher.join()
     bar.close()
     return [results[t.name] for t in trials]
+
+
+_STEP_LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\).*ETA (\S+)\s*$", re.M)
+
+
+def trial_progress(log: Path) -> tuple[int, int, int, str] | None:
+    """The last progress line of a running trial's log: (step, total, percent, ETA)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    found = _STEP_LINE.findall(tail)
+    if not found:
+        return None
+    step, total, pct, eta = found[-1]
+    return int(step), int(total), int(pct), eta
+
+
+def _watch_trials(
+    out_dir, names, label, bar, interactive, quiet_log, stop, every: float = 2.0
+) -> None:
+    """While trials run: on a terminal, the running trials' step and ETA in the bar;
+    in a log (unless ``quiet_log``), a line when a trial passes 25%, 50% and 75% of its
+    steps (a long trial, such as diagnose's probe, is not silent until it ends)."""
+    reported: dict[str, int] = {}
+    while not stop.wait(every):
+        running = []
+        for name in names:
+            p = trial_progress(out_dir / f"{name}.log")
+            if p is None or p[0] >= p[1]:
+                continue
+            step, total, pct, eta = p
+            running.append(f"{name} {pct}% (ETA {eta})")
+            quarter = pct // 25 * 25
+            if not interactive and not quiet_log and quarter > reported.get(name, 0):
+                reported[name] = quarter
+                print(f"[{label}] {name}: step {step}/{total} ({pct}%), ETA {eta}", flush=True)
+        if interactive and running:
+            bar.set_postfix_str("; ".join(running))
 
 
 def study_args(doc: str, study: str) -> Any:

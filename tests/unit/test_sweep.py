@@ -219,3 +219,41 @@ def test_study_args_empties_the_runs_folder_unless_rebuilding_from_it(tmp_path, 
     monkeypatch.chdir(tmp_path)  # the default folder is relative: never the repository's
     monkeypatch.setattr("sys.argv", ["run.py"])
     assert study_args("doc", "s").out.as_posix() == "logs/experiments/s"
+
+
+def test_trial_progress_reads_the_last_plain_progress_line(tmp_path):
+    from stablelab.workflows import trial_progress
+
+    log = tmp_path / "t.log"
+    assert trial_progress(log) is None  # not started
+    log.write_text("cmd\n[INFO] setting up\n")
+    assert trial_progress(log) is None
+    log.write_text(
+        "step 25/100 (25%)  loss 1.2  lr 0.003  elapsed 0:05  ETA 0:15\n"
+        "[INFO] validation\n"
+        "step 50/100 (50%)  loss 0.9  lr 0.003  val 0.95  elapsed 0:10  ETA 0:10\n"
+    )
+    assert trial_progress(log) == (50, 100, 50, "0:10")
+
+
+def test_a_long_lone_trial_reports_its_quarters_in_a_log(tmp_path, capsys):
+    """diagnose's probe is one trial of minutes: in a log the workflow prints where it is
+    (once per quarter), instead of nothing until it ends; not for many-trial phases."""
+    import threading
+
+    from stablelab.workflows import _watch_trials
+
+    (tmp_path / "probe_x.log").write_text("step 30/100 (30%)  loss 1  elapsed 0:03  ETA 0:07\n")
+    for quiet in (False, True):
+        stop = threading.Event()
+        w = threading.Thread(
+            target=_watch_trials,
+            args=(tmp_path, ["probe_x"], "probe", None, False, quiet, stop, 0.01),
+        )
+        w.start()
+        threading.Event().wait(0.2)  # several polls of the same line
+        stop.set()
+        w.join()
+        out = capsys.readouterr().out
+        want = [] if quiet else ["[probe] probe_x: step 30/100 (30%), ETA 0:07"]
+        assert out.splitlines() == want
