@@ -1,7 +1,10 @@
 """stablelab-train against a bare PyTorch loop doing the same work, timed side by side.
 
     python benchmarks/vs_bare_loop.py [--workload default|lm] [--steps N] [--repeats 3]
-        [--threads N]
+        [--threads N] [--device cpu|cuda]
+
+``--device cuda``: both on one GPU, stablelab with ``trainer=gpu`` (bf16-mixed, not
+deterministic), the loop in bf16 autocast.
 
 ``--workload default`` is the default experiment (``stablelab-train`` with no overrides:
 the 1-D ResNet on MNIST-1D, batch 128, the playbook's Adam at 3e-3, 1,500 steps). The bare
@@ -33,7 +36,8 @@ evaluation, checkpoints (best and last), the progress bar, the end-of-run plots 
 
 Both run as fresh processes, alternating, ``--repeats`` times each; the table gives the
 medians of the whole process (start to exit: imports, data, training, evaluation,
-writing) and of fit + test (stablelab: the summary's ``wall_seconds``; the loop: from its
+writing; its wall time and its CPU time, which another tenant's load disturbs less) and of
+fit + test (stablelab: the summary's ``wall_seconds``; the loop: from its
 sanity batch to the end of its test evaluation), and their ratios. Pin
 ``--threads`` (both processes get the same ``OMP_NUM_THREADS``) on a shared machine. Each
 row also gives the held-out loss both reached (the loop's is an independent reimplementation
@@ -67,6 +71,20 @@ DEFAULT = {
     "generator_seed": 42, "split_seed": 0, "dense_until": 25, "val_every": 100,
     "default_steps": 1500,
 }  # fmt: skip
+
+
+def _device():
+    """The bare loop's device and autocast context: ``--device cuda`` runs it on the GPU in
+    bf16 autocast (as ``trainer=gpu``'s ``bf16-mixed``), nondeterministic as that config."""
+    import contextlib
+
+    import torch
+
+    dev = torch.device(os.environ.get("STABLELAB_BENCH_DEVICE", "cpu"))
+    if dev.type == "cuda":
+        return dev, lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    torch.use_deterministic_algorithms(True)  # trainer=cpu's deterministic: true
+    return dev, contextlib.nullcontext
 
 
 def mnist1d_arrays(data_dir: Path) -> dict:
@@ -114,15 +132,16 @@ def bare_default(steps: int, seed: int, out: Path) -> dict:
     from stablelab.optim import Adam
 
     c = DEFAULT
-    torch.use_deterministic_algorithms(True)
+    dev, amp = _device()
     arrays = mnist1d_arrays(Path(os.environ.get("STABLELAB_DATA_DIR", "data")))
     data = {
-        k: (torch.from_numpy(x)[:, None, :], torch.from_numpy(y)) for k, (x, y) in arrays.items()
+        k: (torch.from_numpy(x)[:, None, :].to(dev), torch.from_numpy(y).to(dev))
+        for k, (x, y) in arrays.items()
     }
     torch.manual_seed(seed)
     spec = {"kind": "real", "length": 40, "channels": 1, "vocab_size": 0}
     residual = {"layout": "branch_norm", "branch_init": "default"}  # configs/model/resnet.yaml
-    model = ResNet1D(spec, 10, depths=(1, 1, 1), residual=residual)
+    model = ResNet1D(spec, 10, depths=(1, 1, 1), residual=residual).to(dev)
     opt = Adam(model.parameters(), lr=c["lr"])
     gen = torch.Generator().manual_seed(seed)
 
@@ -131,10 +150,11 @@ def bare_default(steps: int, seed: int, out: Path) -> dict:
         model.eval()
         x, y = data[split]
         x, y = x[:limit], y[:limit]
-        loss = torch.zeros((), dtype=torch.float64)
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
         correct = 0
         for i in range(0, len(y), c["eval_batch"]):
-            logits = model(x[i : i + c["eval_batch"]])
+            with amp():
+                logits = model(x[i : i + c["eval_batch"]]).float()
             loss += F.cross_entropy(logits, y[i : i + c["eval_batch"]], reduction="sum")
             correct += int((logits.argmax(-1) == y[i : i + c["eval_batch"]]).sum())
         model.train()
@@ -147,8 +167,9 @@ def bare_default(steps: int, seed: int, out: Path) -> dict:
     while step < steps:
         order = torch.randperm(len(yt), generator=gen)
         for i in range(0, len(yt), c["batch"]):
-            idx = order[i : i + c["batch"]]
-            loss = F.cross_entropy(model(xt[idx]), yt[idx])
+            idx = order[i : i + c["batch"]].to(dev)
+            with amp():
+                loss = F.cross_entropy(model(xt[idx]).float(), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -205,12 +226,15 @@ def bare_lm(steps: int, seed: int, out: Path, nanogpt: bool = False) -> dict:
     def windows(t: torch.Tensor) -> torch.Tensor:  # every non-overlapping window, stride 64
         return t[(torch.arange((len(t) - 1) // block) * block)[:, None] + offsets]
 
-    evals = {k: windows(tok[k]) for k in ("val", "test")}
+    dev, amp = _device()
+    evals = {k: windows(tok[k]).to(dev) for k in ("val", "test")}
+    train_tokens = tok["train"].to(dev)
 
     torch.manual_seed(seed)
     spec = {"kind": "tokens", "length": block, "channels": 1, "vocab_size": len(vocab),
             "task": "next_token"}  # fmt: skip
     model = GPT(spec, len(vocab), n_layer=c["n_layer"], n_head=c["n_head"], n_embd=c["n_embd"])
+    model = model.to(dev)
     if nanogpt:
         params = list(model.parameters())
         groups = [
@@ -234,10 +258,12 @@ def bare_lm(steps: int, seed: int, out: Path, nanogpt: bool = False) -> dict:
     @torch.no_grad()
     def evaluate(w: torch.Tensor) -> float:
         model.eval()
-        total = torch.zeros((), dtype=torch.float64)
+        total = torch.zeros((), dtype=torch.float64, device=dev)
         for i in range(0, len(w), c["eval_batch"]):
             x, y = w[i : i + c["eval_batch"], :-1], w[i : i + c["eval_batch"], 1:]
-            total += F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum")
+            with amp():
+                logits = model(x).float()
+            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
         model.train()
         return total.item() / (len(w) * block)
 
@@ -246,8 +272,10 @@ def bare_lm(steps: int, seed: int, out: Path, nanogpt: bool = False) -> dict:
     best, ckpt = float("inf"), out / "best.pt"
     for step in range(1, steps + 1):
         starts = torch.randint(len(tok["train"]) - block, (c["batch"],), generator=gen)
-        w = tok["train"][starts[:, None] + offsets]
-        loss = F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten())
+        w = train_tokens[(starts[:, None] + offsets).to(dev)]
+        with amp():
+            logits = model(w[:, :-1]).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
@@ -274,18 +302,20 @@ def bare_lm(steps: int, seed: int, out: Path, nanogpt: bool = False) -> dict:
 
 
 def run_stablelab(workload: dict, steps: int, out: Path, env: dict) -> dict:
+    gpu = ["trainer=gpu"] if env.get("STABLELAB_BENCH_DEVICE", "cpu") == "cuda" else []
     cmd = [
         sys.executable, "-m", "stablelab.train", f"experiment={workload['experiment']}",
-        f"max_train_steps={steps}", f"hydra.run.dir={out}",
+        *gpu, f"max_train_steps={steps}", f"hydra.run.dir={out}",
     ]  # fmt: skip
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
     s = json.loads((out / "summary.json").read_text())
     return {
         "process": wall,
+        "cpu": cpu,
         "train": s["wall_seconds"],
         "heldout_loss": s.get("heldout_loss", s.get("test_loss")),
     }
@@ -294,13 +324,27 @@ def run_stablelab(workload: dict, steps: int, out: Path, env: dict) -> dict:
 def run_bare(name: str, steps: int, out: Path, env: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--bare", name, "--steps", str(steps), "--out", str(out)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"process": wall, "train": r["train_seconds"], "heldout_loss": r["heldout_loss"]}
+    return {
+        "process": wall,
+        "cpu": cpu,
+        "train": r["train_seconds"],
+        "heldout_loss": r["heldout_loss"],
+    }
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes: on a shared machine less
+    noisy than wall time (another tenant's load slows the clock, not the work)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 WORKLOADS = {"default": (DEFAULT, bare_default), "lm": (LM, bare_lm)}
@@ -312,6 +356,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="default: the experiment's")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: both on the GPU in bf16 autocast (trainer=gpu)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
         "--reference",
@@ -337,6 +383,7 @@ def main() -> None:
     env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    env["STABLELAB_BENCH_DEVICE"] = args.device
     workload = WORKLOADS[args.workload][0]
     args.steps = args.steps or workload.get("default_steps", 2000)
     if args.steps < workload["val_every"] or args.steps % workload["val_every"]:
@@ -353,7 +400,7 @@ def main() -> None:
                     else run_stablelab(workload, args.steps, out, env)
                 )
                 runs[who].append(r)
-                print(f"  {who:9s} #{i}: process {r['process']:.1f} s, training "
+                print(f"  {who:9s} #{i}: process {r['process']:.1f} s (CPU {r['cpu']:.1f} s), fit "
                       f"{r['train']:.1f} s, held-out loss {r['heldout_loss']:.4f}",
                       file=sys.stderr, flush=True)  # fmt: skip
     med = {w: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for w, rs in runs.items()}
@@ -362,10 +409,15 @@ def main() -> None:
         if "block" in workload
         else ("training examples/s", workload["batch"])
     )
-    print(f"\n{args.workload}: {args.steps} steps, medians of {args.repeats} runs each\n")
+    print(f"\n{args.workload} on {args.device}: {args.steps} steps, medians of {args.repeats} "
+          "runs each\n")  # fmt: skip
     print("| | bare loop | stablelab-train | ratio |")
     print("|---|---|---|---|")
-    for key, label in (("process", "whole process (s)"), ("train", "fit + test (s)")):
+    for key, label in (
+        ("process", "whole process (s)"),
+        ("cpu", "whole process, CPU time (s)"),
+        ("train", "fit + test (s)"),
+    ):
         b, s = med["bare"][key], med["stablelab"][key]
         print(f"| {label} | {b:.1f} | {s:.1f} | {s / b:.2f}x |")
     b, s = (args.steps * per_step / med[w]["train"] for w in ("bare", "stablelab"))

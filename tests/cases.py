@@ -71,6 +71,7 @@ BAD = [
     (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
     (["trainer=fsdp", "clipping=agc"], ["clipping = agc", "FSDP2Strategy", "zscore"]),
     (["+trainer.strategy=fsdp", "clipping=agc"], ["clipping = agc", "'fsdp'"]),
+    (["trainer=fsdp_cpu", "compile=true"], ["compile = true", "FSDP2Strategy", "compile=false"]),
     (
         ["+trainer.strategy._target_=lightning.pytorch.strategies.ModelParallelStrategy"],
         ["trainer.strategy.tensor_parallel_size = 'auto'", "allowed: 1"],

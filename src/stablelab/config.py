@@ -104,6 +104,8 @@ class RootConfig:
     # torch intra-op threads per process; null: $OMP_NUM_THREADS if set, else the cores this
     # process may use (os.sched_getaffinity) divided among the processes on the node
     threads: PosInt | None = None
+    # run the model under torch.compile (nn.Module.compile: checkpoints keep their keys)
+    compile: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -458,6 +460,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     _check_mapping(
         "paths", plain.get("paths") or {}, _dataclass_params(PathsConfig), set(), problems, "paths"
     )
+    # the fast pass: stablelab's own targets read from their source, without importing torch
+    # or Lightning, so that most mistakes are refused in about a second
+    fast = problems + _static_problems(plain)
+    if fast or (fast := _cross_group_problems(plain)):
+        raise ConfigError(fast)
     for group in GROUPS:
         if group not in plain:
             problems.append(
@@ -485,6 +492,29 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     return plain
+
+
+def _static_problems(plain: dict[str, Any]) -> list[str]:
+    """The target checks that need no import: every entry whose ``_target_`` is one of
+    stablelab's classes or functions readable from source (the rest: the full check)."""
+    from stablelab.static_signatures import static_params
+
+    entries = []
+    for group in GROUPS:
+        entry = plain.get(group)
+        if group in MULTI_GROUPS:
+            if isinstance(entry, Mapping):
+                entries += [(f"{group}.{n}", sub, set()) for n, sub in entry.items()]
+        else:
+            entries.append((group, entry, RUNTIME_ARGS[group]))
+    problems: list[str] = []
+    for key, entry, provided in entries:
+        target = entry.get("_target_") if isinstance(entry, Mapping) else None
+        found = static_params(target) if isinstance(target, str) else None
+        if found is not None:
+            params, var_kw = found
+            _check_mapping(key, dict(entry), params, provided, problems, target, var_kw)
+    return problems
 
 
 def sharded_strategy(strategy: Any) -> str | None:
@@ -549,6 +579,12 @@ def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     if sharded is None:
         return trainer_problems
     problems = trainer_problems
+    if plain.get("compile"):
+        problems.append(
+            f"compile = true: not available with trainer.strategy = {_fmt(sharded)} "
+            "(stablelab compiles the whole model, FSDP wraps its blocks): use compile=false, "
+            "or one process / DDP"
+        )
     clip = str((plain.get("clipping") or {}).get("_target_", ""))
     if clip.endswith(".AGC"):
         problems.append(

@@ -45,6 +45,9 @@ def build(plain: dict[str, Any]):
     _wandb_defaults(plain)
     datamodule = instantiate(plain["data"])
     module = StableModule(plain, datamodule.input_spec, datamodule.num_classes)
+    if plain.get("compile"):
+        # in place: the parameters, their names and the checkpoints stay the same
+        module.model.compile()
     schedule = module.build_schedule()
     schedule.warn_if_long_warmup()
     history = EvalHistory()
@@ -257,6 +260,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             summary["best_step"] = summary["steps"] if best else None
             summary["best_checkpoint"] = ckpt_arg
         summary.update(_task_metrics(summary, datamodule, module))
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU
+            summary["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         summary["feasible"] = bool(
             summary["status"] == "completed"
             and _finite(summary["val_loss"])

@@ -371,6 +371,7 @@ def test_gpu_bf16_run(tmp_path, trainer):  # pragma: no cover - needs a GPU
     s = json.loads((out / "summary.json").read_text())
     assert s["status"] == "completed" and s["feasible"]
     assert np.isfinite(_col(out, "grad_norm")).all()
+    assert 0 < s["gpu_peak_memory_gib"] < torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
 @pytest.mark.slow

@@ -209,3 +209,62 @@ def test_target_checks(target, why):
         )
         == []
     )
+
+
+HEAVY = ("torch", "lightning", "wandb", "matplotlib")
+
+
+def _imported(argv: list[str], tmp_path: Path) -> tuple[int, set[str], str]:
+    """Exit code, the top-level packages imported (python -X importtime) and stderr."""
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, cwd=tmp_path
+    )
+    mods = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    return proc.returncode, mods, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["optimizer.lr=-1", "model.norm=bad", "seed=-1"],  # stablelab targets and root keys
+        ["callbacks.grad_norm.recent_window=0"],
+        ["schedule.warmup_steps=-5", "clipping=fixed", "clipping.clip_threshold=0"],
+        ["trainer=fsdp_cpu", "clipping=agc"],  # a rule across groups
+    ],
+)
+def test_a_refusal_imports_neither_torch_nor_lightning(tmp_path, bad):
+    """Refusing a config needs no deep-learning import (the fast pass reads stablelab's
+    targets from source): measured as the set of modules imported, not as a time."""
+    code, mods, err = _imported(
+        ["-m", "stablelab.train", *bad, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
+    )
+    assert code == 2, err[-2000:]
+    assert "Invalid config" in err
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "stablelab.train", "--help"], ["-m", "stablelab.cli", "--help"],
+     ["-m", "stablelab.cli", "sweep", "--help"]],
+)  # fmt: skip
+def test_help_imports_neither_torch_nor_lightning(tmp_path, argv):
+    code, mods, err = _imported(argv, tmp_path)
+    assert code == 0, err[-2000:]
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+def test_a_mistake_only_the_full_check_sees_is_still_refused_before_training(tmp_path):
+    """A Lightning key (read by importing Lightning): refused too, after the imports."""
+    code, mods, err = _imported(
+        ["-m", "stablelab.train", "+trainer.max_epoch=3", f"hydra.run.dir={tmp_path / 'run'}"],
+        tmp_path,
+    )
+    assert code == 2 and "trainer.max_epoch: unknown key" in err and "max_epochs" in err
+    assert "lightning" in mods

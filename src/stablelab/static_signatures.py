@@ -1,0 +1,228 @@
+"""Signatures of stablelab's own config targets, read from their source without importing
+them (so without torch or Lightning): the first, fast pass of config validation.
+
+A refused config should be refused in a second, not after the 5-10 s that importing torch
+and Lightning take on a small machine. :func:`static_params` reads a target's parameters
+and their annotations from the package's source files with :mod:`ast`, following
+re-exports (``from stablelab.models.nets import ResNet1D``) and type aliases (``NormKind =
+Literal[...]``, ``PosInt = Annotated[int, Range(gt=0)]``). Annotations are evaluated by a
+small interpreter that knows names, attributes, subscripts, ``|`` and calls of
+:class:`stablelab.config.Range` only; nothing read from a file is executed. Whatever it
+cannot read (a target outside stablelab, a class whose ``__init__`` forwards ``**kwargs``,
+an annotation made of other things) is left to the full check, which imports the target.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import collections.abc
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent  # .../stablelab
+_UNKNOWN = object()
+
+
+class _External:
+    """A name imported from outside stablelab (``from typing import Literal``)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+
+def _module_file(module: str) -> Path | None:
+    """The source file of ``stablelab.x.y`` (a module or a package's __init__)."""
+    parts = module.split(".")
+    if parts[0] != "stablelab":
+        return None
+    base = PACKAGE_ROOT.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+@cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _absolute(module: str, node: ast.ImportFrom) -> str | None:
+    """The absolute module an ImportFrom in ``module`` names."""
+    if node.level == 0:
+        return node.module
+    base = module.split(".")
+    path = _module_file(module)
+    if path is not None and path.name != "__init__.py":
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _definition(module: str, name: str, depth: int = 0) -> tuple[str, Any] | None:
+    """(module, node) defining ``name`` in ``module``: a class, function or assignment,
+    following ``from X import name`` within stablelab."""
+    path = _module_file(module)
+    if path is None or depth > 10:
+        return None
+    for node in _tree(path).body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name == name:
+            return module, node
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and node.target.id == name
+            and node.value is not None
+        ):
+            return module, node.value
+        if isinstance(node, ast.Assign):
+            for t in node.targets:
+                if isinstance(t, ast.Name) and t.id == name:
+                    return module, node.value
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    source = _absolute(module, node)
+                    if source is None:
+                        return None
+                    if source.startswith("stablelab"):
+                        return _definition(source, alias.name, depth + 1)
+                    return source, _External(source, alias.name)
+    return None
+
+
+def _evaluate(module: str, node: Any, depth: int = 0) -> Any:
+    """The value of an annotation expression, or _UNKNOWN."""
+    if depth > 20:
+        return _UNKNOWN
+    ev = lambda n: _evaluate(module, n, depth + 1)  # noqa: E731
+    if isinstance(node, _External):
+        if node.module in ("typing", "typing_extensions"):
+            return getattr(typing, node.name, _UNKNOWN)
+        if node.module == "collections.abc":
+            return getattr(collections.abc, node.name, _UNKNOWN)
+        return _UNKNOWN
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id in ("int", "float", "str", "bool", "list", "dict", "tuple", "type"):
+            return getattr(builtins, node.id)
+        if node.id == "None":
+            return None
+        found = _definition(module, node.id)
+        if found is None:
+            return getattr(typing, node.id, _UNKNOWN) if node.id in typing.__all__ else _UNKNOWN
+        where, value = found
+        if isinstance(value, ast.ClassDef | ast.FunctionDef):
+            if where == "stablelab.config":  # imported already, and free of torch
+                import stablelab.config
+
+                return getattr(stablelab.config, value.name, _UNKNOWN)
+            return _UNKNOWN  # a class of ours elsewhere (a module, ...): the full check
+        return _evaluate(where, value, depth + 1)
+    if isinstance(node, ast.Attribute):
+        if isinstance(node.value, ast.Name) and node.value.id == "typing":
+            return getattr(typing, node.attr, _UNKNOWN)
+        return _UNKNOWN
+    if isinstance(node, ast.Tuple | ast.List):
+        items = [ev(e) for e in node.elts]
+        return _UNKNOWN if any(i is _UNKNOWN for i in items) else tuple(items)
+    if isinstance(node, ast.Subscript):
+        base = ev(node.value)
+        index = ev(node.slice)
+        if base is _UNKNOWN or index is _UNKNOWN:
+            return _UNKNOWN
+        try:
+            return base[index]
+        except TypeError:
+            return _UNKNOWN
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = ev(node.left), ev(node.right)
+        if left is _UNKNOWN or right is _UNKNOWN:
+            return _UNKNOWN
+        try:
+            return typing.Union[left, right]  # noqa: UP007
+        except TypeError:
+            return _UNKNOWN
+    if isinstance(node, ast.Call) and not node.args:
+        fn = ev(node.func)
+        from stablelab.config import Range
+
+        if fn is Range:
+            kwargs = {k.arg: ev(k.value) for k in node.keywords}
+            if all(isinstance(v, int | float) and k for k, v in kwargs.items()):
+                return Range(**kwargs)
+        return _UNKNOWN
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = ev(node.operand)
+        return -v if isinstance(v, int | float) else _UNKNOWN
+    return _UNKNOWN
+
+
+def _function_params(module: str, fn: ast.FunctionDef, skip_first: bool):
+    a = fn.args
+    positional = [*a.posonlyargs, *a.args][1 if skip_first else 0 :]
+    required_pos = len(positional) - len(a.defaults)
+    params: dict[str, tuple[Any, bool]] = {}
+    for i, arg in enumerate(positional):
+        params[arg.arg] = (_annotation(module, arg), i < required_pos)
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults, strict=True):
+        params[arg.arg] = (_annotation(module, arg), default is None)
+    return params, a.kwarg is not None
+
+
+def _annotation(module: str, arg: ast.arg) -> Any:
+    if arg.annotation is None:
+        return Any
+    value = _evaluate(module, arg.annotation)
+    return Any if value is _UNKNOWN else value
+
+
+def static_params(target: str) -> tuple[dict[str, tuple[Any, bool]], bool] | None:
+    """(name -> (annotation, required), takes **kwargs) of ``target`` read from source, as
+    :func:`stablelab.config._callable_params` would give them; None when it cannot tell
+    without importing (then the full check decides)."""
+    module, _, name = target.rpartition(".")
+    try:
+        found = _definition(module, name)
+    except (OSError, SyntaxError):
+        return None
+    if found is None:
+        return None
+    where, node = found
+    if isinstance(node, ast.FunctionDef):
+        return _function_params(where, node, skip_first=False)
+    if not isinstance(node, ast.ClassDef):
+        return None
+    return _class_params(where, node)
+
+
+def _class_params(module: str, node: ast.ClassDef, depth: int = 0):
+    """As config._callable_params walks the MRO: each ``__init__`` from the class up, until
+    one without ``**kwargs``; single inheritance within stablelab only."""
+    params: dict[str, tuple[Any, bool]] = {}
+    while depth < 10:
+        depth += 1
+        init = next(
+            (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
+            None,
+        )
+        if init is not None:
+            own, var_kw = _function_params(module, init, skip_first=True)
+            first = not params
+            for name, (ann, required) in own.items():
+                params.setdefault(name, (ann, required and first))
+            if not var_kw:
+                return params, False
+        if not node.bases:
+            return params, True  # object: **kwargs end nowhere we can see
+        if len(node.bases) > 1 or not isinstance(node.bases[0], ast.Name):
+            return None
+        parent = _definition(module, node.bases[0].id)
+        if parent is None or not isinstance(parent[1], ast.ClassDef):
+            return None  # a base outside stablelab (torch, Lightning): the full check
+        module, node = parent
+    return None
