@@ -36,6 +36,7 @@ VARIANTS = {
     "deterministic off": ["trainer.deterministic=false"],
     "plots off": ["plots=false"],
     "Lightning log every 50 steps (not 10)": ["trainer.log_every_n_steps=50"],
+    "compile=true (adds torch.compile)": ["compile=true"],
 }
 
 

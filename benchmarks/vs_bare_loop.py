@@ -422,6 +422,11 @@ def main() -> None:
         print(f"| {label} | {b:.1f} | {s:.1f} | {s / b:.2f}x |")
     b, s = (args.steps * per_step / med[w]["train"] for w in ("bare", "stablelab"))
     print(f"| {unit} | {b:,.0f} | {s:,.0f} | {b / s:.2f}x |")
+    pairs = sorted(
+        sl["train"] / ba["train"] for ba, sl in zip(runs["bare"], runs["stablelab"], strict=True)
+    )
+    print(f"| fit + test, ratio within each adjacent pair (min / median / max) | | | "
+          f"{pairs[0]:.2f} / {statistics.median(pairs):.2f} / {pairs[-1]:.2f} |")  # fmt: skip
     b, s = med["bare"]["heldout_loss"], med["stablelab"]["heldout_loss"]
     what = "held-out loss" if "block" in workload else "test loss (best checkpoint)"
     print(f"| {what} | {b:.4f} | {s:.4f} | |")
