@@ -117,7 +117,7 @@ def _same_files(run, ref) -> None:
         assert a[key] == b[key], key
 
 
-@pytest.mark.slow  # (SIGTERM under DDP, below, resumes exactly too, in make test)
+@pytest.mark.slow  # (make test keeps the suite under 10 minutes: DDP resumes in test-all)
 def test_ddp_run_killed_mid_run_resumes_into_a_new_directory_exactly(tmp_path, runs):
     """ddp_cpu, both ranks SIGKILLed at step 17 (no handler runs), resumed from the
     checkpoint of step 10 into a new directory: the uninterrupted 2-process run's files,
@@ -134,6 +134,7 @@ def test_ddp_run_killed_mid_run_resumes_into_a_new_directory_exactly(tmp_path, r
     _same_files(resumed, full)
 
 
+@pytest.mark.slow  # ~70 s: two DDP launches (make test-all)
 def test_ddp_sigterm_stops_every_rank_exits_143_and_resumes_in_place(tmp_path, runs):
     """SIGTERM to rank 0 at step 23 (a real signal): Lightning forwards it to rank 1, both
     stop after the same step, the step is checkpointed, the run exits 143; resumed in
@@ -154,7 +155,10 @@ def test_ddp_sigterm_stops_every_rank_exits_143_and_resumes_in_place(tmp_path, r
     _same_files(run, full)
 
 
-@pytest.mark.parametrize(("trainer", "subset"), [("ddp_cpu", 301), ("fsdp_cpu", None)])
+@pytest.mark.parametrize(
+    ("trainer", "subset"),
+    [pytest.param("ddp_cpu", 301, marks=pytest.mark.slow), ("fsdp_cpu", None)],
+)
 def test_evaluation_across_ranks_covers_every_example_once(tmp_path, trainer, subset):
     """401 validation examples, evaluated in global batches of 400 by 2 ranks: the last
     global batch is one example, so rank 1's slice is empty. val/loss and val/acc must be

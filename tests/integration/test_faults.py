@@ -103,7 +103,9 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
     "case",
     [
         # (kill step, during validation, resume into a new directory, config)
-        (7, False, False, "default"),  # before the first checkpoint: a fresh start in place
+        pytest.param(  # before the first checkpoint: a fresh start in place
+            (7, False, False, "default"), marks=pytest.mark.slow
+        ),
         pytest.param((11, False, False, "default"), marks=pytest.mark.slow),  # just after one
         (20, True, True, "default"),  # in the middle of the validation at step 20
         pytest.param((STEPS[0], False, True, "percentile"), marks=pytest.mark.slow),  # AutoClip

@@ -213,7 +213,7 @@ def test_wandb_offline_run_has_the_language_model_metrics(lm_run):
     assert len(bpc) >= 2 and all(math.isclose(b, v / math.log(2), rel_tol=1e-6)
                                  for b, v in zip(bpc, losses, strict=True))  # fmt: skip
     steps = [h["trainer/global_step"] for h in history if "lm/attn_logit_max" in h]
-    assert steps == [50, 100, 150, 200]  # (W&B's own _step counts its log calls)
+    assert steps == [0, 50, 100, 150, 200]  # at init too (W&B's own _step counts calls)
     summary = wandb_offline.summary(f)
     assert math.isclose(summary["summary/heldout_loss"], s["heldout_loss"], rel_tol=1e-9)
 
