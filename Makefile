@@ -64,16 +64,16 @@ exp-stride: $(STAMP)  ## Figure 4: strides [1,2,2] vs [1,1,2] across LRs, then w
 exp-warmup-transformer: $(STAMP)  ## Figures 6/8: post-norm Transformer, warmup x base LR (~2 min)
 	$(BIN)/python experiments/warmup_transformer/run.py --out $(EXP_OUT)/warmup_transformer
 
-exp-lm-warmup: $(STAMP)  ## post/pre/branch-norm GPT: warmup 0-10% x LR on Tiny Shakespeare (~10 min)
+exp-lm-warmup: $(STAMP)  ## post/pre/branch-norm GPT: warmup 0-10% x LR on Tiny Shakespeare (~13 min)
 	$(BIN)/python experiments/lm_warmup/run.py --out $(EXP_OUT)/lm_warmup
 
 exp-lm-lr-sensitivity: $(STAMP)  ## pre-norm GPT: LR sweeps with qk-norm / z-loss / warmup lengths (~10 min)
 	$(BIN)/python experiments/lm_lr_sensitivity/run.py --out $(EXP_OUT)/lm_lr_sensitivity
 
-exp-lm-depth: $(STAMP)  ## GPT layouts and ReZero at 2-24 layers, no warmup (~10 min)
+exp-lm-depth: $(STAMP)  ## GPT layouts and ReZero at 2-24 layers, no warmup (~6 min)
 	$(BIN)/python experiments/lm_depth/run.py --out $(EXP_OUT)/lm_depth
 
-exp-lm-clipping: $(STAMP)  ## Figure 9 on the GPT: p90 and adaptive clipping vs qk-norm at LR 1e-2 (~3 min)
+exp-lm-clipping: $(STAMP)  ## Figure 9 on the GPT: p90 and adaptive clipping vs qk-norm at LR 1e-2 (~2 min)
 	$(BIN)/python experiments/lm_clipping/run.py --out $(EXP_OUT)/lm_clipping
 
 test: $(STAMP)  ## run the test suite (slow reproductions excluded)
