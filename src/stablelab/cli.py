@@ -295,7 +295,7 @@ def _trial_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="torch threads per trial "
-        "(default: CPU count / jobs); results are identical for a fixed value",
+        "(default: available cores / jobs); results are identical for a fixed value",
     )
     p.add_argument(
         "--gpus",

@@ -63,7 +63,9 @@ def run_trials(
         for d in devices:
             free.put(str(d))
     jobs = max(1, int(jobs))
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+    from stablelab.threads import available_cores
+
+    threads = threads or max(1, available_cores() // jobs)  # the thread policy's cores
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads),
