@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from vs_bare_loop import _children_cpu  # benchmarks/ is on sys.path for its scripts
+
 VARIANTS = {
     "all on (default)": [],
     "W&B logger off (CSV only)": ["logger=csv"],
@@ -53,15 +55,6 @@ def run(overrides: list[str], steps: int, threads: int, out: Path) -> dict:
         raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
     s = json.loads((out / "summary.json").read_text())
     return {"process": wall, "cpu": cpu, "fit_test": s["wall_seconds"]}
-
-
-def _children_cpu() -> float:
-    """User + system CPU seconds of the finished child processes: on a shared machine less
-    noisy than wall time (another tenant's load slows the clock, not the work)."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ import csv
 import json
 from pathlib import Path
 
+from stablelab.analysis.report import load_config
 from stablelab.analysis.sweep import write_rows
-from stablelab.workflows import Trial, clip_threshold, run_trials, study_args
+from stablelab.workflows import clip_threshold, clipping_study, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_clipping"]  # configs/experiment/study_clipping.yaml
@@ -24,33 +25,11 @@ BASE = ["experiment=study_clipping"]  # configs/experiment/study_clipping.yaml
 
 def main() -> None:
     args = study_args(__doc__, "clipping")
-    # one torch thread per trial for every run: the same arithmetic as the parallel ones
-    # (at this unstable LR a different thread count alone changes the trajectory)
-    if not args.from_runs:
-        run_trials([Trial("none", ["clipping=none"])], args.out, BASE, threads=1, label="unclipped")
-    p90 = clip_threshold(args.out / "none")
-    trials = [
-        Trial("fixed_far_above", ["clipping=fixed", f"clipping.clip_threshold={100 * p90:.4g}"]),
-        Trial("fixed_p90", ["clipping=fixed", f"clipping.clip_threshold={p90:.4g}"]),
-        Trial("percentile", ["clipping=percentile"]),
-        Trial("zscore", ["clipping=zscore"]),
-        Trial("agc", ["clipping=agc"]),
-    ]
-    if not args.from_runs:
-        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="clipping")
-    names = ["none", *[t.name for t in trials]]
+    names = clipping_study(args.out, BASE, args.jobs, train=not args.from_runs)
     rows = []
     for name in names:
         s = json.loads((args.out / name / "summary.json").read_text())
-        cfg = (args.out / name / "config.yaml").read_text()
-        thr = next(
-            (
-                ln.split(":")[1].strip()
-                for ln in cfg.splitlines()
-                if ln.strip().startswith("clip_threshold:")
-            ),
-            "",
-        )
+        thr = (load_config(args.out / name).get("clipping") or {}).get("clip_threshold", "")
         rows.append({
             "run": name, "clip_threshold": thr, "status": s["status"],
             "val_loss": s["val_loss"], "val_acc": s["val_acc"],
@@ -60,7 +39,7 @@ def main() -> None:
         })  # fmt: skip
     write_rows(HERE / "clipping_summary.csv", rows)
     plot(args.out, names, HERE / "clipping.png")
-    print(f"p90 of the unclipped norms: {p90:.4g}")
+    print(f"p90 of the unclipped norms: {clip_threshold(args.out / 'none'):.4g}")
     for r in rows:
         print(r)
 

@@ -19,8 +19,9 @@ import math
 from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.report import load_config
 from stablelab.analysis.sweep import write_rows
-from stablelab.workflows import Trial, clip_threshold, run_trials, study_args
+from stablelab.workflows import Trial, clip_threshold, clipping_study, study_args
 
 HERE = Path(__file__).resolve().parent
 BASE = ["experiment=study_lm_clipping"]  # configs/experiment/study_lm_clipping.yaml
@@ -28,29 +29,19 @@ BASE = ["experiment=study_lm_clipping"]  # configs/experiment/study_lm_clipping.
 
 def main() -> None:
     args = study_args(__doc__, "lm_clipping")
-    # one torch thread per trial for every run: the unclipped run is then bit-identical to
-    # lm_lr_sensitivity's baseline at 1e-2
-    if not args.from_runs:
-        run_trials([Trial("none", ["clipping=none"])], args.out, BASE, threads=1, label="unclipped")
+    # the unclipped run is bit-identical to lm_lr_sensitivity's baseline at 1e-2
+    qk = Trial("qk_norm", ["clipping=none", "model.qk_norm=true"])  # the remedy beside clipping
+    names = clipping_study(args.out, BASE, args.jobs, [qk], train=not args.from_runs)
     p90 = clip_threshold(args.out / "none")
-    trials = [
-        Trial("fixed_far_above", ["clipping=fixed", f"clipping.clip_threshold={100 * p90:.4g}"]),
-        Trial("fixed_p90", ["clipping=fixed", f"clipping.clip_threshold={p90:.4g}"]),
-        Trial("percentile", ["clipping=percentile"]),
-        Trial("zscore", ["clipping=zscore"]),
-        Trial("agc", ["clipping=agc"]),
-        Trial("qk_norm", ["clipping=none", "model.qk_norm=true"]),
-    ]
-    if not args.from_runs:
-        run_trials(trials, args.out, BASE, jobs=args.jobs, threads=1, label="clipping")
-    names = ["none", *[t.name for t in trials]]
     rows, curves = [], []
     for name in names:
         run = args.out / name
         s = json.loads((run / "summary.json").read_text())
+        clip = load_config(run).get("clipping") or {}
         evals = list(csv.DictReader((run / "evals.csv").open()))
         rows.append({
-            "run": name, "clip_threshold": threshold(run), "status": s["status"],
+            "run": name, "clip_threshold": str(clip.get("clip_threshold", "")),
+            "status": s["status"],
             "val_loss": s["val_loss"], "final_val_loss": float(evals[-1]["val_loss"]),
             "clip_fraction": s.get("clip_fraction"), "loss_spikes": s.get("loss_spikes"),
             "grad_norm_spikes": s.get("grad_norm_spikes"), "unstable": s.get("unstable"),
@@ -71,14 +62,6 @@ def main() -> None:
     print(f"p90 of the unclipped norms: {p90:.4g}")
     for r in rows:
         print(r)
-
-
-def threshold(run: Path) -> str:
-    """The fixed threshold a run was configured with ('' for the others)."""
-    from stablelab.analysis.report import load_config
-
-    clip = load_config(run).get("clipping") or {}
-    return str(clip["clip_threshold"]) if "clip_threshold" in clip else ""
 
 
 def plot(names: list[str], rows: list[dict], curves: list[dict], path: Path) -> None:

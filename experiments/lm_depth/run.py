@@ -18,6 +18,8 @@ from pathlib import Path
 
 from stablelab.analysis.plots import _pyplot, _save
 from stablelab.analysis.sweep import load_trials, write_rows
+from stablelab.data import CharTextDataModule
+from stablelab.data.text import unigram_entropy
 from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
@@ -84,18 +86,10 @@ def table(trials: list[dict]) -> tuple[list[dict], list[dict]]:
     return rows, curves
 
 
-def unigram_entropy() -> float:
-    """The loss of a model that ignores its context, on the training text."""
-    from stablelab.data import CharTextDataModule
-    from stablelab.data.text import unigram_entropy as entropy
-
-    return entropy(CharTextDataModule().texts["train"])
-
-
 def plot(rows: list[dict], curves: list[dict], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(LRS), figsize=(13, 9.5), dpi=110)
-    chance, unigram = math.log(65), unigram_entropy()
+    chance, unigram = math.log(65), unigram_entropy(CharTextDataModule().texts["train"])
     deepest = max(DEPTHS)
     for col, lr in enumerate(LRS):
         ax = axes[0, col]  # final validation loss vs depth

@@ -24,6 +24,8 @@ from stablelab.analysis.sweep import (
     style_lr_axis,
     write_rows,
 )
+from stablelab.data import CharTextDataModule
+from stablelab.data.text import unigram_entropy
 from stablelab.workflows import Trial, run_trials, study_args
 
 HERE = Path(__file__).resolve().parent
@@ -77,18 +79,10 @@ def table(trials: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (LAYOUTS.index(r["layout"]), r["warmup_steps"], r["lr"]))
 
 
-def unigram_entropy() -> float:
-    """The loss of a model that ignores its context, on the training text."""
-    from stablelab.data import CharTextDataModule
-    from stablelab.data.text import unigram_entropy as entropy
-
-    return entropy(CharTextDataModule().texts["train"])
-
-
 def plot(rows: list[dict], path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(LAYOUTS), figsize=(14, 5.6), dpi=110, sharey=True)
-    chance, unigram = math.log(65), unigram_entropy()
+    chance, unigram = math.log(65), unigram_entropy(CharTextDataModule().texts["train"])
     for ax, layout in zip(axes, LAYOUTS, strict=True):
         for i, w in enumerate(warmups(layout)):
             mine = [r for r in rows if r["layout"] == layout and r["warmup_steps"] == w]

@@ -486,8 +486,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
                 _check_target_entry(f"{group}.{name}", sub, set(), problems, group)
         else:
             _check_target_entry(group, entry, RUNTIME_ARGS[group], problems, group)
-    if not problems:
-        problems += _cross_group_problems(plain)
+    # (the cross-group rules ran in the fast pass: they need the plain values only)
 
     if problems:
         raise ConfigError(problems)

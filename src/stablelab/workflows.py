@@ -392,6 +392,31 @@ def clip_threshold(run_dir: str | Path, percentile: float = 90.0) -> float | Non
     return float(np.percentile(finite, percentile)) if finite.size else None
 
 
+def clipping_study(
+    out_dir: Path, base: list[str], jobs: int, extra: list[Trial] = (), train: bool = True
+) -> list[str]:
+    """The playbook's Figure 9 as a procedure: the unclipped run first, its 90th percentile
+    of the unclipped norms, then a fixed threshold 100x that, a fixed threshold at it,
+    AutoClip (``percentile``), ZClip (``zscore``), AGC and any ``extra`` trials, in
+    parallel. One torch thread per trial (at an unstable LR a different thread count alone
+    changes the trajectory). ``train=False``: only name the trials already in ``out_dir``.
+    Returns the trial names in that order."""
+    if train:
+        run_trials([Trial("none", ["clipping=none"])], out_dir, base, threads=1, label="unclipped")
+    p90 = clip_threshold(out_dir / "none")
+    trials = [
+        Trial("fixed_far_above", ["clipping=fixed", f"clipping.clip_threshold={100 * p90:.4g}"]),
+        Trial("fixed_p90", ["clipping=fixed", f"clipping.clip_threshold={p90:.4g}"]),
+        Trial("percentile", ["clipping=percentile"]),
+        Trial("zscore", ["clipping=zscore"]),
+        Trial("agc", ["clipping=agc"]),
+        *extra,
+    ]
+    if train:
+        run_trials(trials, out_dir, base, jobs=jobs, threads=1, label="clipping")
+    return ["none", *[t.name for t in trials]]
+
+
 def diagnose(
     out_dir: str | Path,
     overrides: list[str] = (),

@@ -40,7 +40,7 @@ CONFIGS = {
     # a small GPT on Tiny Shakespeare with z-loss: random windows by (seed, step)
     "lm": ["data=shakespeare_char", "model=gpt", "model.n_layer=1", "model.n_head=2",
            "model.n_embd=32", "data.block_size=32", "callbacks.dense_eval.subset=32",
-           "loss.z_loss=1e-4"],
+           "loss.z_loss=1e-4", "callbacks.lm_monitor.every_n_steps=5"],
 }  # fmt: skip
 RNG = random.Random(16)
 STEPS = sorted(RNG.sample(range(11, 40), 2))  # two more kill steps, anywhere after one ckpt
@@ -58,6 +58,8 @@ def _kill(step: int, sig: int = signal.SIGKILL, during_validation: bool = False)
 def assert_same_run(run: Path, ref: Path) -> None:
     for name in FILES:
         assert (run / name).read_bytes() == (ref / name).read_bytes(), name
+    if (ref / "lm_monitor.csv").is_file():  # its row at initialisation once, then every 5
+        assert (run / "lm_monitor.csv").read_bytes() == (ref / "lm_monitor.csv").read_bytes()
     a, b = (json.loads((d / "summary.json").read_text()) for d in (run, ref))
     assert {k: v for k, v in a.items() if k not in RUN_KEYS} == {
         k: v for k, v in b.items() if k not in RUN_KEYS
