@@ -198,10 +198,14 @@ def target_problems(cfg: Mapping[str, Any], source: str) -> list[str]:
         if why:
             problems.append(
                 f"{where}._target_ = {target!r} in {source}: {why}; refused, nothing was "
-                f"built (allowed: classes of {', '.join(allowed)}; trust more with "
-                "$STABLELAB_TRUSTED_TARGETS)"
+                f"built (allowed: classes of {', '.join(allowed)}; trust your own package "
+                f"with STABLELAB_TRUSTED_TARGETS={_package(target)}.)"
             )
     return problems
+
+
+def _package(target: Any) -> str:
+    return str(target).split(".", 1)[0] if isinstance(target, str) else "mypkg"
 
 
 def _refusal(target: Any, allowed: tuple[str, ...]) -> str | None:

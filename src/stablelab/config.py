@@ -396,8 +396,17 @@ def _check_target_entry(
     try:
         fn = _import_target(str(target))
     except (ImportError, AttributeError) as e:
-        problems.append(f"{key}._target_ = {target!r}: cannot be imported ({e})")
+        hint = (
+            ""
+            if str(target).startswith("stablelab.")
+            else ("; is its package installed, or its folder on PYTHONPATH?")
+        )
+        problems.append(f"{key}._target_ = {target!r}: cannot be imported ({e}){hint}")
         return
+    if group == "model":
+        from stablelab.contract import model_signature_problems
+
+        problems.extend(model_signature_problems(fn, str(target)))
     params, var_kw = _callable_params(fn)
     forward = KWARGS_FORWARDED_TO.get(f"{fn.__module__}.{fn.__qualname__}")
     if var_kw and forward:  # **kwargs go on to another callable: check against it

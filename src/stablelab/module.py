@@ -50,7 +50,8 @@ class StableModule(L.LightningModule):
             raise ConfigError(
                 [
                     f"model = {name}: a classifier; the data is next-token prediction: use "
-                    "model=gpt"
+                    "model=gpt (your own model: set next_token = True on its class and return "
+                    "(batch, length, vocab) logits)"
                     if self.task == "next_token"
                     else f"model = {name}: a next-token model; the data is classification"
                 ]
@@ -65,6 +66,8 @@ class StableModule(L.LightningModule):
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
         self._sharded = False  # configure_model has applied FSDP2
+        self.num_classes = num_classes
+        self._checked: set[str] = set()  # "shapes" (first batch), "labels" (first evaluation)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict=None, **kwargs):
@@ -90,6 +93,19 @@ class StableModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _check_first(
+        self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, labels: bool
+    ) -> None:
+        """The first batch the model sees: its output shape against the task; the first
+        evaluation batch also the labels' range (a host read, so never in a training step).
+        See :mod:`stablelab.contract`: a clear error instead of a cross-entropy error deep in
+        Lightning."""
+        from stablelab.contract import check_output
+
+        target = str(self.cfg["model"].get("_target_"))
+        check_output(x, logits, y, self.task, self.num_classes, target, labels)
+        self._checked |= {"shapes", "labels"} if labels else {"shapes"}
+
     def build_schedule(self):
         return instantiate(self.cfg["schedule"])
 
@@ -97,6 +113,8 @@ class StableModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         x, y = batch
         logits = self(x)
+        if "shapes" not in self._checked:
+            self._check_first(x, logits, y, labels=False)
         # classification: (B, C) vs (B,); next token: (B, T, V) vs (B, T), every position
         loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
         objective = loss + self.z_loss * z_loss(logits) if self.z_loss else loss
@@ -131,6 +149,8 @@ class StableModule(L.LightningModule):
         the device (evaluations add these up and divide once). A prediction is an example
         (classification) or a position (next token: the loss is per token)."""
         logits = self(x)
+        if "labels" not in self._checked:
+            self._check_first(x, logits, y, labels=True)
         if logits.dtype not in (torch.float32, torch.float64):  # bf16 / fp16 autocast
             logits = logits.float()
         logits, y = logits.flatten(0, -2), y.flatten()

@@ -44,6 +44,11 @@ def build(plain: dict[str, Any]):
 
     _wandb_defaults(plain)
     datamodule = instantiate(plain["data"])
+    from stablelab.contract import datamodule_problems
+
+    problems = datamodule_problems(datamodule, str(plain["data"].get("_target_")))
+    if problems:
+        raise ConfigError(problems)
     module = StableModule(plain, datamodule.input_spec, datamodule.num_classes)
     if plain.get("compile"):
         # in place: the parameters, their names and the checkpoints stay the same
@@ -92,7 +97,8 @@ def _wandb_defaults(plain: dict[str, Any]) -> None:
     wb = (plain.get("logger") or {}).get("wandb")
     if not wb:
         return
-    residual = (plain.get("model") or {}).get("residual") or {}
+    residual = (plain.get("model") or {}).get("residual")
+    residual = residual if isinstance(residual, dict) else {}
     auto = [
         f"optimizer:{_short(plain.get('optimizer'))}",
         f"schedule:{_short(plain.get('schedule'))}",
@@ -105,7 +111,7 @@ def _wandb_defaults(plain: dict[str, Any]) -> None:
         wb["group"] = sweep_group(plain.get("task_name", "train"))
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     """Run one experiment; return its summary (also written to ``summary.json``).
 
     Raises :class:`ConfigError` before anything trains if the config is invalid, the
@@ -121,6 +127,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     directory ends with its stability report (``report.md``).
 
     ``train=false``: evaluate ``ckpt_path`` (validation and test splits) without training.
+    ``command``: the overrides this run was started with, for the resume command (default:
+    Hydra's, or the command line).
     """
     if "hydra" in cfg:
         cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
@@ -183,6 +191,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt is not None:
         key = "resumed_from" if plain["train"] else "evaluated_checkpoint"
         summary[key] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.global_step}
+        if plain["train"] and not getattr(datamodule, "exact_resume", False):
+            summary["resumed_from"]["exact"] = False
+            log.warning(
+                "stablelab: %s does not declare exact_resume: its training batches after "
+                "this resume need not be those an uninterrupted run would see, so the "
+                "numbers may differ from one (see README 'Your own model and data')",
+                type(datamodule).__name__,
+            )
     if rank_zero:  # the run exists from here on: its config and a summary first
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
@@ -232,7 +248,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise
         summary["status"] = "interrupted"
         summary["interrupted"] = interrupted
-        summary["resume_command"] = resume_command(run_dir)
+        summary["resume_command"] = resume_command(run_dir, command)
     finally:
         metrics = {**fit_metrics, **_scalars(trainer.callback_metrics)}
         reports = fit_reports if fit_reports is not None else _callback_reports(trainer, history)
@@ -316,16 +332,16 @@ def _interruption(trainer, error: BaseException) -> dict[str, Any] | None:
     return describe(trainer, error)
 
 
-def resume_command(run_dir: Path) -> str:
+def resume_command(run_dir: Path, command: list[str] | None = None) -> str:
     """The command that resumes this run in place: this run's own overrides, then
     ``ckpt_path=auto`` (its ``checkpoints/last.ckpt`` if there is one) and its directory."""
     import shlex
 
-    overrides = list(sys.argv[1:])
+    overrides = list(sys.argv[1:]) if command is None else list(command)
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        if HydraConfig.initialized():
+        if command is None and HydraConfig.initialized():
             overrides = list(HydraConfig.get().overrides.task)
     except ImportError:  # pragma: no cover
         pass

@@ -50,7 +50,7 @@ def test_default_composes_and_validates(tmp_path):
     + [("sweep", o) for o in group_options("sweep")],
 )
 def test_every_option_validates(tmp_path, group, option):
-    needs = {"text_file": ["data.path=any.txt"]}  # its one required key
+    needs = {"text_file": ["data.path=any.txt"], "npz": ["data.path=any.npz"]}  # required
     validate(compose_cfg([f"{group}={option}", *needs.get(option, [])], tmp_path))
 
 

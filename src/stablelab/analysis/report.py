@@ -273,7 +273,7 @@ def reading(
                 "the learning rate instead (or raise the threshold).",
             )
         )
-    residual = model.get("residual") or {}
+    residual = _residual(model)
     if residual.get("layout") == "post_norm":
         out.append(
             Finding(
@@ -482,8 +482,7 @@ def render(
         "",
         f"Optimizer {name(opt)} (lr {_fmt(opt.get('lr'))}), schedule {name(sched)} "
         f"(warmup {_fmt(sched.get('warmup_steps'))}), clipping {name(clip)}, model "
-        f"{name(model)} (residual layout {_fmt((model.get('residual') or {}).get('layout'))}, "
-        f"branch init {_fmt((model.get('residual') or {}).get('branch_init'))}).",
+        f"{name(model)}{_residual_text(model)}.",
         "",
         "## What happened and what to try",
         "",
@@ -507,3 +506,17 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def _residual(model: dict[str, Any]) -> dict[str, Any]:
+    """The model's ``residual`` mapping (stablelab's models); {} for a model without one
+    (or whose own ``residual`` key means something else, such as a flag)."""
+    r = model.get("residual")
+    return r if isinstance(r, dict) else {}
+
+
+def _residual_text(model: dict[str, Any]) -> str:
+    r = _residual(model)
+    if not r:
+        return ""
+    return f" (residual layout {_fmt(r.get('layout'))}, branch init {_fmt(r.get('branch_init'))})"

@@ -1,10 +1,11 @@
 """Datamodules for offline data: MNIST-1D (generated), scikit-learn digits, associative
-recall, and character-level text (Tiny Shakespeare, shipped; or any local text file)."""
+recall, your own arrays (.npz), and character-level text (Tiny Shakespeare, shipped; or any local text file)."""
 
 from stablelab.data.datamodules import (
     DigitsDataModule,
     InMemoryDataModule,
     MNIST1DDataModule,
+    NpzDataModule,
     SequenceDataModule,
 )
 from stablelab.data.loader import InMemoryLoader, RandomWindowLoader
@@ -16,6 +17,7 @@ __all__ = [
     "InMemoryDataModule",
     "InMemoryLoader",
     "MNIST1DDataModule",
+    "NpzDataModule",
     "RandomWindowLoader",
     "SequenceDataModule",
 ]

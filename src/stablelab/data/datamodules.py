@@ -75,6 +75,9 @@ class InMemoryDataModule(L.LightningDataModule):
 
     input_spec: dict[str, Any]
     num_classes: int
+    # the training order is a pure function of (seed, step), restored mid-epoch from a
+    # checkpoint (stablelab.contract: a resumed run sees the batches an uninterrupted one would)
+    exact_resume = True
 
     def __init__(self, batch_size: int, eval_batch_size: int, shuffle_seed: int) -> None:
         super().__init__()
@@ -325,3 +328,135 @@ class SequenceDataModule(InMemoryDataModule):
 
     def _x_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(x, dtype=torch.long)
+
+
+NPZ_SPLITS = ("train", "val", "test")
+
+
+class NpzDataModule(InMemoryDataModule):
+    """Your own arrays, no code: classification from a NumPy ``.npz`` file (``data=npz
+    data.path=...``).
+
+    The file holds ``x`` and ``y`` (seeded splits: ``test_fraction`` of all examples for
+    test, ``val_fraction`` of the rest for validation), or ``x_train``, ``y_train``,
+    ``x_test``, ``y_test`` (validation carved from train), or all six of ``x_/y_`` train,
+    val and test (used as they are). ``x``: floats of shape (N, length) or (N, channels,
+    length), or integer token ids of shape (N, length) (the vocabulary: the largest id + 1);
+    ``y``: integer class labels 0 .. num_classes - 1 (``num_classes``: null takes the largest
+    label + 1). Read once, without pickle, when the run is built: a problem with the file is
+    refused before anything trains, naming ``data.path``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: PosInt = 128,
+        eval_batch_size: PosInt = 1000,
+        val_fraction: OpenUnit = 0.1,
+        test_fraction: OpenUnit = 0.1,
+        num_classes: PosInt | None = None,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, shuffle_seed)
+        self.path = path
+        self.val_fraction, self.test_fraction, self.split_seed = (
+            val_fraction,
+            test_fraction,
+            split_seed,
+        )
+        self._data = self._read(num_classes)
+        x = self._data["x_train"]
+        tokens = np.issubdtype(x.dtype, np.integer)
+        self.input_spec = {
+            "task": "classification",
+            "kind": "tokens" if tokens else "real",
+            "length": int(x.shape[-1]),
+            "channels": int(x.shape[1]) if x.ndim == 3 else 1,
+            "vocab_size": int(max(int(a.max()) for k, a in self._data.items() if k[0] == "x") + 1)
+            if tokens
+            else 0,
+        }
+
+    def _read(self, num_classes: int | None) -> dict[str, np.ndarray]:
+        from stablelab.config import ConfigError
+
+        where = f"data.path = {self.path!r}"
+        p = Path(self.path).expanduser()
+        if not p.is_file():
+            raise ConfigError([f"{where}: no such file (a .npz with arrays x and y)"])
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                raw = {k: f[k] for k in f.files}
+        except Exception as e:  # noqa: BLE001 - not a readable npz, or object arrays
+            raise ConfigError([f"{where}: not a readable .npz without pickled objects ({e})"])
+        six = [f"{a}_{s}" for s in NPZ_SPLITS for a in "xy"]
+        if all(k in raw for k in six):
+            data = {k: raw[k] for k in six}
+        elif all(k in raw for k in ("x_train", "y_train", "x_test", "y_test")):
+            keep, val = _split(len(raw["y_train"]), self.val_fraction, self.split_seed)
+            data = {
+                "x_train": raw["x_train"][keep], "y_train": raw["y_train"][keep],
+                "x_val": raw["x_train"][val], "y_val": raw["y_train"][val],
+                "x_test": raw["x_test"], "y_test": raw["y_test"],
+            }  # fmt: skip
+        elif "x" in raw and "y" in raw:
+            if len(raw["x"]) != len(raw["y"]):
+                raise ConfigError([f"{where}: x has {len(raw['x'])} examples, y {len(raw['y'])}"])
+            rest, test = _split(len(raw["y"]), self.test_fraction, self.split_seed)
+            keep_i, val_i = _split(len(rest), self.val_fraction, self.split_seed + 1)
+            idx = {"train": rest[keep_i], "val": rest[val_i], "test": test}
+            data = {f"{a}_{s}": raw[a][i] for s, i in idx.items() for a in "xy"}
+        else:
+            raise ConfigError(
+                [
+                    f"{where}: arrays {sorted(raw)}; expected x and y, or x_train, y_train, "
+                    "x_test, y_test, or x_/y_ train, val and test"
+                ]
+            )
+        problems = []
+        for s in NPZ_SPLITS:
+            x, y = data[f"x_{s}"], data[f"y_{s}"]
+            if len(x) != len(y):
+                problems.append(f"{where}: x_{s} has {len(x)} examples, y_{s} {len(y)}")
+            if len(y) == 0:
+                problems.append(f"{where}: the {s} split is empty (adjust the split fractions)")
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+                problems.append(
+                    f"{where}: y_{s} has dtype {y.dtype} and shape {y.shape}; class labels "
+                    "are one integer per example"
+                )
+            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+                problems.append(f"{where}: x_{s} has dtype {x.dtype}; floats or integer ids")
+            elif x.ndim not in (2, 3) or (np.issubdtype(x.dtype, np.integer) and x.ndim != 2):
+                problems.append(
+                    f"{where}: x_{s} has shape {x.shape}; (N, length) or (N, channels, length) "
+                    "for floats, (N, length) for token ids"
+                )
+            elif np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+                problems.append(f"{where}: x_{s} holds NaN or infinite values")
+            elif np.issubdtype(x.dtype, np.integer) and x.size and x.min() < 0:
+                problems.append(f"{where}: x_{s} holds negative token ids")
+        if problems:
+            raise ConfigError(problems)
+        shapes = {x.shape[1:] for k, x in data.items() if k[0] == "x"}
+        if len(shapes) > 1:
+            raise ConfigError([f"{where}: the splits' x differ in shape: {sorted(shapes)}"])
+        labels = np.concatenate([data[f"y_{s}"] for s in NPZ_SPLITS])
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0:
+            raise ConfigError([f"{where}: negative class labels (smallest {lo})"])
+        if num_classes is not None and hi >= num_classes:
+            raise ConfigError(
+                [f"data.num_classes = {num_classes}: the labels go up to {hi}; use >= {hi + 1}"]
+            )
+        self.num_classes = num_classes if num_classes is not None else hi + 1
+        return data
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return self._data
+
+    def _x_tensor(self, x: np.ndarray) -> torch.Tensor:
+        if np.issubdtype(x.dtype, np.integer):
+            return torch.as_tensor(x, dtype=torch.long)
+        return torch.as_tensor(x, dtype=torch.float32)

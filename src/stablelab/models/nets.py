@@ -261,7 +261,10 @@ class Transformer(nn.Module):
         return []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x) if self.tokens else self.embed(x.unsqueeze(-1) if x.dim() == 2 else x)
+        if self.tokens:
+            h = self.embed(x)
+        else:  # real inputs: (B, L) or (B, C, L), as the other models -> (B, L, C)
+            h = self.embed(x.unsqueeze(-1) if x.dim() == 2 else x.transpose(1, 2))
         h = self.final_norm(self.layers(h + self.pos))
         h = h.mean(1) if self.pool == "mean" else h[:, -1]
         return self.head(h)

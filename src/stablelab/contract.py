@@ -1,0 +1,148 @@
+"""What your own model and datamodule must expose to run under stablelab.
+
+The contract, stated once (README: "Your own model and data"):
+
+**Datamodule** (the ``data`` group's ``_target_``): a ``lightning.LightningDataModule``
+whose loaders yield ``(x, y)`` batches, with two attributes set by the end of its
+``__init__``:
+
+* ``input_spec``: a mapping with ``task`` (``"classification"`` or ``"next_token"``;
+  default classification), ``kind`` (``"real"``: float inputs, or ``"tokens"``: integer
+  ids), ``length`` (sequence length, or features), ``channels`` (>= 1) and ``vocab_size``
+  (the token vocabulary; 0 for real inputs). Models read what they need from it.
+* ``num_classes``: the number of output classes (next token: the vocabulary size).
+* optionally ``exact_resume = True``: its training order is a pure function of (seed,
+  step) and restores mid-epoch from a checkpoint (Lightning's stateful-loader protocol, as
+  :class:`~stablelab.data.InMemoryLoader`), so a resumed run sees exactly the batches an
+  uninterrupted one would. Without it a resume warns, and ``summary.json`` says
+  ``resumed_from.exact: false``.
+
+**Model** (the ``model`` group's ``_target_``): a ``torch.nn.Module`` whose constructor
+takes the keyword arguments ``input_spec`` and ``num_classes`` (stablelab passes them; the
+config sets the rest) and whose ``forward(x)`` returns logits: ``(batch, num_classes)`` for
+classification, ``(batch, length, num_classes)`` for next-token prediction (then the class
+also sets ``next_token = True``). Everything else (the loss, metrics, optimizer, schedule,
+clipping, telemetry, the stability guard, dense evaluation, checkpoints, DDP / FSDP, W&B)
+comes from stablelab and needs nothing more of the model.
+
+The checks here run when the run is built (the datamodule and model classes) and on the
+first batch the model sees (the shapes of its output and of the labels), each problem a
+:class:`~stablelab.config.ConfigError` line naming the config key.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from stablelab.config import ConfigError
+
+TASKS = ("classification", "next_token")
+KINDS = ("real", "tokens")
+SPEC_KEYS = ("kind", "length", "channels", "vocab_size")
+SEE = "see README 'Your own model and data'"
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def model_signature_problems(fn: Any, target: str) -> list[str]:
+    """The model class must take ``input_spec`` and ``num_classes`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    missing = [k for k in ("input_spec", "num_classes") if k not in params]
+    if not missing:
+        return []
+    return [
+        f"model._target_ = {target!r}: its constructor must accept the keyword arguments "
+        f"input_spec and num_classes (missing: {', '.join(missing)}); stablelab passes "
+        f"them from the data at build time ({SEE})"
+    ]
+
+
+def datamodule_problems(dm: Any, target: str) -> list[str]:
+    """``dm`` (built from ``data._target_``) against the datamodule contract."""
+    import lightning as L
+
+    where = f"data._target_ = {target!r}"
+    if not isinstance(dm, L.LightningDataModule):
+        return [
+            f"{where}: built a {type(dm).__name__}, not a lightning.LightningDataModule ({SEE})"
+        ]
+    problems = []
+    spec = getattr(dm, "input_spec", None)
+    if not isinstance(spec, Mapping):
+        problems.append(
+            f"{where}: the datamodule has no input_spec mapping (keys task, "
+            f"{', '.join(SPEC_KEYS)}; {SEE})"
+        )
+    else:
+        task = spec.get("task", "classification")
+        if task not in TASKS:
+            problems.append(f"{where}: input_spec['task'] = {task!r}; allowed: {', '.join(TASKS)}")
+        missing = [k for k in SPEC_KEYS if k not in spec]
+        if missing:
+            problems.append(f"{where}: input_spec lacks {', '.join(missing)} ({SEE})")
+        else:
+            if spec["kind"] not in KINDS:
+                problems.append(
+                    f"{where}: input_spec['kind'] = {spec['kind']!r}; allowed: {', '.join(KINDS)}"
+                )
+            for k, low in (("length", 1), ("channels", 1), ("vocab_size", 0)):
+                if not _int(spec[k]) or spec[k] < low:
+                    problems.append(
+                        f"{where}: input_spec[{k!r}] = {spec[k]!r}; an integer >= {low}"
+                    )
+            if spec["kind"] == "tokens" and _int(spec["vocab_size"]) and spec["vocab_size"] < 1:
+                problems.append(f"{where}: input_spec['vocab_size'] must be >= 1 for tokens")
+    n = getattr(dm, "num_classes", None)
+    if not _int(n) or n < 1:
+        problems.append(f"{where}: num_classes = {n!r}; the datamodule must set an integer >= 1")
+    return problems
+
+
+def output_problems(
+    x: Any, logits: Any, y: Any, task: str, num_classes: int, target: str, labels: bool = True
+) -> list[str]:
+    """The model's output and the labels of one batch against the task's shapes; with
+    ``labels``, also the labels' range (one device-to-host read: not in a training step)."""
+    shape, xs, ys = tuple(logits.shape), tuple(x.shape), tuple(y.shape)
+    where = f"model._target_ = {target!r}"
+    if task == "next_token":
+        want = (*ys, num_classes)
+        if shape != want:
+            return [
+                f"{where}: forward returned logits of shape {shape} for labels of shape {ys}; "
+                f"next-token prediction needs (batch, length, num_classes) = {want} ({SEE})"
+            ]
+    else:
+        want = (xs[0], num_classes)
+        if shape != want:
+            return [
+                f"{where}: forward returned logits of shape {shape} for a batch of {xs[0]}; "
+                f"classification needs (batch, num_classes) = {want} ({SEE})"
+            ]
+        if ys != (xs[0],):
+            return [f"data: labels of shape {ys}; classification needs one label per example"]
+    if labels and y.numel():
+        lo, hi = int(y.min()), int(y.max())  # once per run: the first batch
+        if lo < 0 or hi >= num_classes:
+            return [
+                f"data: labels range over [{lo}, {hi}], outside [0, num_classes - 1 = "
+                f"{num_classes - 1}]: set num_classes to the number of classes"
+            ]
+    return []
+
+
+def check_output(
+    x: Any, logits: Any, y: Any, task: str, num_classes: int, target: str, labels: bool = True
+) -> None:
+    problems = output_problems(x, logits, y, task, num_classes, target, labels)
+    if problems:
+        raise ConfigError(problems)
