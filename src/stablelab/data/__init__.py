@@ -1,5 +1,6 @@
 """Datamodules for offline data: MNIST-1D (generated), scikit-learn digits, associative
-recall, your own arrays (.npz), and character-level text (Tiny Shakespeare, shipped; or any local text file)."""
+recall, your own arrays (.npz), and character-level text (Tiny Shakespeare, shipped; or any
+local text file)."""
 
 from stablelab.data.datamodules import (
     DigitsDataModule,

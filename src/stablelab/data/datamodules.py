@@ -389,7 +389,9 @@ class NpzDataModule(InMemoryDataModule):
             with np.load(p, allow_pickle=False) as f:
                 raw = {k: f[k] for k in f.files}
         except Exception as e:  # noqa: BLE001 - not a readable npz, or object arrays
-            raise ConfigError([f"{where}: not a readable .npz without pickled objects ({e})"])
+            raise ConfigError(
+                [f"{where}: not a readable .npz without pickled objects ({e})"]
+            ) from None
         six = [f"{a}_{s}" for s in NPZ_SPLITS for a in "xy"]
         if all(k in raw for k in six):
             data = {k: raw[k] for k in six}
