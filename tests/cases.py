@@ -28,6 +28,10 @@ BAD = [
     (["+foo=1"], ["foo: unknown key for the root config", "max_train_steps"]),
     (["seed=-1"], ["seed = -1", "must be >= 0"]),
     (["threads=0"], ["threads = 0", "must be > 0"]),
+    (
+        ["optimized_metric=test_acc"],
+        ["optimized_metric = 'test_acc'", "'val_loss', 'val_acc', 'val_bpc', 'final_train_loss'"],
+    ),
     # schedule.max_train_steps interpolates the root key: both are reported
     (["max_train_steps=0"], ["max_train_steps = 0", "schedule.max_train_steps = 0", "must be > 0"]),
     (["data.val_fraction=1.0"], ["data.val_fraction = 1.0", "must be < 1"]),

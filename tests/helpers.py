@@ -202,3 +202,12 @@ class KillAtStep(L.Callback):
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dl_idx=0) -> None:
         if self.during_validation and not trainer.sanity_checking:
             self._fire(trainer)
+
+
+class WrongOutputMLP:
+    """A "model" whose forward returns one logit too many (the contract check must say so)."""
+
+    def __new__(cls, input_spec, num_classes, **kwargs):
+        from stablelab.models import MLP
+
+        return MLP(input_spec=input_spec, num_classes=num_classes + 1, **kwargs)

@@ -194,7 +194,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         print(res["verdict"])
         if res["lr_sensitivity"] is not None:
             print(f"LR sensitivity: {res['lr_sensitivity']:.4g}")
-        print(f"wrote {out}/sweep_summary.csv, axis_plot.png, sweep_report.md")
+        print(_wrote_sweep(out))
         return 0
     from stablelab.config import compose
 
@@ -254,8 +254,19 @@ def analyze_cmd(args: argparse.Namespace) -> int:
         if v is not None:
             at = f" (warmup {w})" if len(by_warmup) > 1 else ""
             print(f"LR sensitivity{at}: {v:.4g}")
-    print(f"wrote {args.sweep_dir}/sweep_summary.csv, axis_plot.png, sweep_report.md")
+    print(_wrote_sweep(args.sweep_dir))
     return 0
+
+
+SWEEP_FILES = ("sweep_summary.csv", "axis_plot.png", "curves_above_lr_star.png", "sweep_report.md")
+
+
+def _wrote_sweep(sweep_dir) -> str:
+    """The files the analysis wrote (the curves plot only exists when there is an lr*)."""
+    from pathlib import Path
+
+    names = [n for n in SWEEP_FILES if (Path(sweep_dir) / n).is_file()]
+    return f"wrote {sweep_dir}/{', '.join(names)}"
 
 
 def diagnose_cmd(args: argparse.Namespace) -> int:

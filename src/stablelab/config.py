@@ -107,6 +107,20 @@ class RootConfig:
     # run the model under torch.compile (nn.Module.compile: checkpoints keep their keys)
     compile: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
+    # the summary value a sweeper optimises (stablelab-train's return value; see OBJECTIVES)
+    optimized_metric: Literal["val_loss", "val_acc", "val_bpc", "final_train_loss"] = "val_loss"
+
+
+# What each optimized_metric asks of a sweeper; an infeasible trial (diverged, failed to
+# produce the metric, or non-finite) returns the worst value: +inf to minimise, -inf to
+# maximise, so a search (Optuna's TPE) learns to avoid its region instead of crashing on a
+# NaN or ignoring it.
+OBJECTIVES = {
+    "val_loss": "minimize",
+    "val_acc": "maximize",
+    "val_bpc": "minimize",
+    "final_train_loss": "minimize",
+}
 
 
 @dataclass

@@ -548,6 +548,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     _TASK_STARTED.append(True)
     try:
+        _check_sweeper_direction(cfg)
         summary = train(cfg)
     except ConfigError as e:
         print(f"stablelab-train: {e}", file=sys.stderr)
@@ -559,8 +560,45 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except TrainingDiverged as e:  # only with fail_on_divergence: true
         print(f"stablelab-train: {e} (fail_on_divergence is set)", file=sys.stderr)
         sys.exit(3)
-    val = summary.get("val_loss")
-    return val if _finite(val) else float("inf")  # the objective a sweeper minimises
+    return objective(summary, cfg.get("optimized_metric", "val_loss"))
+
+
+def objective(summary: dict[str, Any], metric: str = "val_loss") -> float:
+    """What ``stablelab-train`` returns to a sweeper: ``summary[metric]`` for a completed,
+    feasible run; for an infeasible one (diverged, interrupted, no finite value) the worst
+    value for the metric's direction (+inf when minimised, -inf when maximised), which
+    Optuna records as a complete, bad trial: its sampler learns to avoid the region, the
+    search neither crashes nor takes a NaN."""
+    from stablelab.config import OBJECTIVES
+
+    worst = float("inf") if OBJECTIVES[metric] == "minimize" else float("-inf")
+    value = summary.get(metric)
+    if not summary.get("feasible") or not _finite(value):
+        return worst
+    return float(value)
+
+
+def _check_sweeper_direction(cfg: DictConfig) -> None:
+    """A sweeper told to minimise a metric that is maximised (or the reverse) would search
+    for the worst settings: refuse before anything runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from stablelab.config import OBJECTIVES
+
+    metric = cfg.get("optimized_metric", "val_loss")
+    if metric not in OBJECTIVES or not HydraConfig.initialized():
+        return  # (an unknown metric is refused by validate, naming the allowed values)
+    direction = HydraConfig.get().sweeper.get("direction")
+    if direction is None or isinstance(direction, list | tuple) or OmegaConf.is_list(direction):
+        return
+    direction = str(getattr(direction, "name", direction)).lower()
+    if direction in ("minimize", "maximize") and direction != OBJECTIVES[metric]:
+        raise ConfigError(
+            [
+                f"hydra.sweeper.direction = {direction}: optimized_metric = {metric} is to "
+                f"{OBJECTIVES[metric]}; set hydra.sweeper.direction={OBJECTIVES[metric]}"
+            ]
+        )
 
 
 _TASK_STARTED: list[bool] = []
@@ -583,11 +621,30 @@ def _remove_if_untouched(run_dir: Path) -> bool:
     return not run_dir.exists()
 
 
+def _require_search_plugin(argv: list[str]) -> None:
+    """``hparams_search=...`` needs Hydra's Optuna sweeper (an optional extra): say how to
+    install it, instead of Hydra's "could not load hydra/sweeper/optuna"."""
+    import importlib.util
+
+    if not any(a.startswith(("hparams_search=", "+hparams_search=")) for a in argv):
+        return
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        print(
+            "stablelab-train: hparams_search needs the Optuna sweeper: "
+            "pip install 'stablelab[optuna]' (or: pip install hydra-optuna-sweeper)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def main() -> None:
     """The ``stablelab-train`` console script. Exit codes: 0 done (diverged runs too), 2 a
     refused config or command line (nothing trained), 3 diverged with
     ``fail_on_divergence``, 128 + N ended by signal N (130 Ctrl-C, 143 SIGTERM, 138
     SIGUSR1; resumable, see README), 1 any other failure."""
+    _require_search_plugin(sys.argv[1:])
+    # Optuna's database layer announces each of its plugins at INFO: nothing to act on
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         _hydra_main()
     except SystemExit as e:

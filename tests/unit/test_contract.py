@@ -1,0 +1,152 @@
+"""Your own data and model: data=npz and the contract checks (stablelab.contract)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from stablelab.config import ConfigError, validate
+from stablelab.contract import datamodule_problems, output_problems
+from stablelab.data import NpzDataModule
+from stablelab.train import objective
+
+
+def _rows(x: np.ndarray) -> set[bytes]:
+    return {r.tobytes() for r in x}
+
+
+def test_npz_x_y_is_split_into_disjoint_seeded_parts(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3, 10)).astype(np.float32)  # rows are distinct
+    y = rng.integers(0, 4, 200)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    dm = NpzDataModule(str(tmp_path / "d.npz"), val_fraction=0.25, test_fraction=0.1)
+    a = dm._arrays()
+    sizes = {s: len(a[f"y_{s}"]) for s in ("train", "val", "test")}
+    assert sizes == {"test": 20, "val": 45, "train": 135}  # 10% of 200; 25% of the 180 left
+    parts = [_rows(a[f"x_{s}"]) for s in ("train", "val", "test")]
+    assert set.union(*parts) == _rows(x) and sum(map(len, parts)) == 200  # each row once
+    by_row = {r.tobytes(): int(label) for r, label in zip(x, y, strict=True)}
+    for s in ("train", "val", "test"):  # labels travel with their rows
+        assert [by_row[r.tobytes()] for r in a[f"x_{s}"]] == a[f"y_{s}"].tolist()
+    assert dm.input_spec == {
+        "task": "classification", "kind": "real", "length": 10, "channels": 3, "vocab_size": 0
+    }  # fmt: skip
+    assert dm.num_classes == int(y.max()) + 1
+    assert datamodule_problems(dm, "stablelab.data.NpzDataModule") == []
+
+
+def test_npz_with_all_six_arrays_is_used_as_is_and_tokens_get_a_vocabulary(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for s, n in (("train", 30), ("val", 7), ("test", 9)):
+        arrays[f"x_{s}"] = rng.integers(0, 50, (n, 6))
+        arrays[f"y_{s}"] = rng.integers(0, 3, n)
+    arrays["x_test"][0, 0] = 61  # the largest id anywhere sets the vocabulary
+    np.savez(tmp_path / "t.npz", **arrays)
+    dm = NpzDataModule(str(tmp_path / "t.npz"), num_classes=5)
+    for k, v in arrays.items():
+        assert np.array_equal(dm._arrays()[k], v)
+    assert dm.input_spec["kind"] == "tokens" and dm.input_spec["vocab_size"] == 62
+    assert dm.num_classes == 5
+    dm.setup()
+    assert dm._tensors["train"][0].dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "arrays,expect",
+    [
+        ({"x": np.zeros((5, 4)), "y": np.zeros(4, int)}, "x has 5 examples, y 4"),
+        ({"a": np.zeros(3)}, "expected x and y"),
+        ({"x": np.zeros((5, 4)), "y": np.zeros(5)}, "class labels are one integer"),
+        ({"x": np.full((20, 4), np.nan), "y": np.zeros(20, int)}, "NaN or infinite"),
+        ({"x": np.zeros((20, 2, 2, 2)), "y": np.zeros(20, int)}, "(N, channels, length)"),
+        ({"x": np.zeros((20, 4)), "y": -np.ones(20, int)}, "negative class labels"),
+        ({"x": np.array([object()] * 20), "y": np.zeros(20, int)}, "without pickled objects"),
+    ],
+)
+def test_npz_refusals_name_data_path(tmp_path, arrays, expect):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)  # (object arrays are pickled into the file: refused on read)
+    with pytest.raises(ConfigError) as e:
+        NpzDataModule(str(path))
+    assert "data.path = " in str(e.value) and expect in str(e.value)
+
+
+def test_npz_missing_file_and_too_few_classes(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        NpzDataModule(str(tmp_path / "nope.npz"))
+    np.savez(tmp_path / "d.npz", x=np.zeros((20, 4)), y=np.arange(20) % 4)
+    with pytest.raises(ConfigError, match=r"data.num_classes = 3: the labels go up to 3"):
+        NpzDataModule(str(tmp_path / "d.npz"), num_classes=3)
+
+
+class _NoSpec(L.LightningDataModule):
+    num_classes = 0
+
+
+class _BadSpec(L.LightningDataModule):
+    num_classes = 3
+    input_spec = {"task": "regression", "kind": "image", "length": 0, "channels": 1}
+
+
+def test_datamodule_contract_names_what_is_missing():
+    p = datamodule_problems(object(), "pkg.Thing")
+    assert p and "not a lightning.LightningDataModule" in p[0]
+    text = "\n".join(datamodule_problems(_NoSpec(), "pkg.NoSpec"))
+    assert "no input_spec mapping" in text and "num_classes = 0" in text
+    text = "\n".join(datamodule_problems(_BadSpec(), "pkg.BadSpec"))
+    assert "input_spec['task'] = 'regression'" in text and "classification, next_token" in text
+    assert "input_spec lacks vocab_size" in text
+
+
+def test_output_check_shapes_and_labels():
+    x, y = torch.zeros(4, 10), torch.tensor([0, 1, 2, 1])
+    assert output_problems(x, torch.zeros(4, 3), y, "classification", 3, "m.M") == []
+    (p,) = output_problems(x, torch.zeros(4, 5), y, "classification", 3, "m.M")
+    assert "shape (4, 5)" in p and "(batch, num_classes) = (4, 3)" in p
+    (p,) = output_problems(x, torch.zeros(4, 3), y + 1, "classification", 3, "m.M")
+    assert "labels range over [1, 3]" in p
+    # the range is a host read: skipped when asked (training steps)
+    assert output_problems(x, torch.zeros(4, 3), y + 1, "classification", 3, "m", False) == []
+    t = torch.zeros(2, 8, dtype=torch.long)
+    assert output_problems(t, torch.zeros(2, 8, 65), t, "next_token", 65, "m.G") == []
+    (p,) = output_problems(t, torch.zeros(2, 65), t, "next_token", 65, "m.G")
+    assert "(batch, length, num_classes) = (2, 8, 65)" in p
+
+
+class NoSpecModel(torch.nn.Module):  # a model that does not take what stablelab passes
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+
+
+def test_a_model_without_input_spec_is_refused_by_the_config_check(tmp_path):
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg([], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.model = {"_target_": f"{__name__}.NoSpecModel"}
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert "must accept the keyword arguments input_spec and num_classes" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "summary,metric,expect",
+    [
+        ({"feasible": True, "val_loss": 0.25}, "val_loss", 0.25),
+        ({"feasible": False, "val_loss": 0.25}, "val_loss", math.inf),  # diverged
+        ({"feasible": True, "val_loss": None}, "val_loss", math.inf),
+        ({"feasible": True, "val_loss": math.nan}, "val_loss", math.inf),
+        ({"feasible": True, "val_acc": 0.9}, "val_acc", 0.9),
+        ({"feasible": False, "val_acc": 0.9}, "val_acc", -math.inf),  # maximised: worst
+        ({"feasible": True, "final_train_loss": 1.5}, "final_train_loss", 1.5),
+    ],
+)
+def test_objective_returns_the_worst_value_for_infeasible_trials(summary, metric, expect):
+    assert objective(summary, metric) == expect
