@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import QUIET, ROOT, assert_ok, run_cli
 
 EXAMPLE = ROOT / "examples" / "custom"
@@ -175,8 +176,8 @@ def test_optuna_search_counts_diverged_trials_as_infeasible(tmp_path):
     sweep = tmp_path / "search"
     proc = run_cli(
         ["hparams_search=lr_warmup_clip", "hydra.sweeper.n_trials=3", "max_train_steps=20",
-         "schedule.warmup_steps=0", "clipping.clip_threshold=1.0", "optimizer.lr=choice(0.003,1000)",
-         "optimizer=sgd", "logger=csv", "trainer.val_check_interval=10", *QUIET,
+         "schedule.warmup_steps=0", "clipping.clip_threshold=1.0",
+         "optimizer.lr=choice(0.003,1000)", "optimizer=sgd", "logger=csv", "trainer.val_check_interval=10", *QUIET,
          f"hydra.sweep.dir={sweep}"],
         tmp_path,
     )  # fmt: skip
@@ -190,7 +191,7 @@ def test_optuna_search_counts_diverged_trials_as_infeasible(tmp_path):
         assert s["status"] == ("diverged" if lrs[n] == 1000 else "completed")
         assert s.get("test_acc") is None  # a search does not test
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    best = min((s["val_loss"] for s in trials.values() if s["feasible"]))
+    best = min(s["val_loss"] for s in trials.values() if s["feasible"])
     assert result["best_params"]["optimizer.lr"] == 0.003 and result["best_value"] == best
     assert "setup plugin alembic" not in proc.stdout + proc.stderr  # (noise, silenced)
 

@@ -125,8 +125,9 @@ class NoSpecModel(torch.nn.Module):  # a model that does not take what stablelab
 
 
 def test_a_model_without_input_spec_is_refused_by_the_config_check(tmp_path):
-    from conftest import compose_cfg
     from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
 
     cfg = compose_cfg([], tmp_path)
     OmegaConf.set_struct(cfg, False)
