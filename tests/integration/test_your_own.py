@@ -177,7 +177,8 @@ def test_optuna_search_counts_diverged_trials_as_infeasible(tmp_path):
     proc = run_cli(
         ["hparams_search=lr_warmup_clip", "hydra.sweeper.n_trials=3", "max_train_steps=20",
          "schedule.warmup_steps=0", "clipping.clip_threshold=1.0",
-         "optimizer.lr=choice(0.003,1000)", "optimizer=sgd", "logger=csv", "trainer.val_check_interval=10", *QUIET,
+         "optimizer.lr=choice(0.003,1000)", "optimizer=sgd", "logger=csv",
+         "trainer.val_check_interval=10", *QUIET,
          f"hydra.sweep.dir={sweep}"],
         tmp_path,
     )  # fmt: skip
