@@ -318,7 +318,10 @@ def _trial_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stablelab import __version__
+
     ap = argparse.ArgumentParser(prog="stablelab", description=__doc__.split("\n")[0])
+    ap.add_argument("--version", action="version", version=f"stablelab {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sp = sub.add_parser(
         "schedule-plot",
@@ -335,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         type=Path,
         default=Path("schedule.png"),
-        help="PNG to write (default: schedule.png)",
+        help="PNG to write (default: schedule.png in the current directory; git-ignored "
+        "in a stablelab checkout)",
     )
     sp.set_defaults(func=schedule_plot)
     cp = sub.add_parser(
@@ -390,11 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     sw = sub.add_parser(
         "sweep",
         help="run an LR sweep or a warmup sweep (one stablelab-train trial per value)",
-        description="lr: one trial per base learning rate (default: the config's LR x "
-        "3^k, k = -2..3), then the analysis (sweep_summary.csv, the axis plot with "
+        description="lr: one trial per base learning rate (default: the round half-decade "
+        "grid 1, 3, 10, 30, ... x 10^k from two points below the config's LR to three above), "
+        "then the analysis (sweep_summary.csv, the axis plot with "
         "infeasible trials, lr*, the edge-of-feasibility verdict). warmup: at "
         "base_learning_rate = FACTOR x --unstable-lr, one trial per warmup_steps of the grid "
-        "capped at 10%% of max_train_steps, post_warmup_steps = 2 x warmup_steps; prints the "
+        "capped at 10% of max_train_steps, post_warmup_steps = 2 x warmup_steps; prints the "
         "smallest stable warmup.",
     )
     sw.add_argument("kind", choices=["lr", "warmup"])
@@ -452,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         nargs="+",
         default=None,
-        help="the LR sweep (default: the config's LR x 3^k, k = -2..3)",
+        help="the LR sweep (default: the half-decade grid 1, 3, 10 x 10^k around the config's LR)",
     )
     dg.add_argument("--probe-steps", type=int, default=500, help="probe length (500)")
     dg.add_argument("--factor", type=float, default=10.0, help="warmup base LR factor (10)")

@@ -109,6 +109,7 @@ class RootConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     # the summary value a sweeper optimises (stablelab-train's return value; see OBJECTIVES)
     optimized_metric: Literal["val_loss", "val_acc", "val_bpc", "final_train_loss"] = "val_loss"
+    print_config: bool = True  # the resolved config as a tree at the start of a run
 
 
 # What each optimized_metric asks of a sweeper; an infeasible trial (diverged, failed to

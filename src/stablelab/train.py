@@ -21,6 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from stablelab import console
 from stablelab.config import ConfigError, first_line, register_resolvers, validate
 from stablelab.paths import config_dir
 
@@ -147,6 +148,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     from stablelab.stability import TrainingDiverged
 
     _quiet_lightning_handlers()
+    console.quiet_third_party()
     # the CSV logger writes into the fresh run dir that Hydra already populated (.hydra/)
     warnings.filterwarnings(
         "ignore", message=r"Experiment logs directory .* exists and is not empty"
@@ -199,6 +201,11 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
                 "numbers may differ from one (see README 'Your own model and data')",
                 type(datamodule).__name__,
             )
+    if rank_zero:
+        if plain.get("print_config", True):
+            print(console.config_tree(plain), flush=True)
+        print(console.model_line(module), flush=True)
+        print(console.run_line(run_dir, plain, schedule.total_steps, world, thread_info))
     if rank_zero:  # the run exists from here on: its config and a summary first
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
@@ -228,11 +235,19 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
                 log.warning(
                     "stablelab: train=false without ckpt_path: evaluating the initial weights"
                 )
-            trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
+            trainer.validate(
+                module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True, verbose=False
+            )
             fit_metrics = _scalars(trainer.callback_metrics)
             test_ckpt = ckpt_arg
         if plain["test"]:
-            trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, weights_only=True)
+            trainer.test(
+                module,
+                datamodule=datamodule,
+                ckpt_path=test_ckpt,
+                weights_only=True,
+                verbose=False,  # the closing lines say it
+            )
         summary["status"] = "completed"
     except TrainingDiverged as e:  # the divergence guard stopped fit: a clean end
         diverged = e
@@ -287,7 +302,8 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         if rank_zero:
             write_summary(run_dir / SUMMARY_FILE, summary)
             report = _write_report(run_dir, figures=plain["plots"] and plain["train"])
-            _finish_trackers(trainer, summary, report)
+            urls = _finish_trackers(trainer, summary, report)
+            print("\n".join(console.closing_lines(summary, run_dir, report, urls)), flush=True)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
     _release_process_group(trainer)
@@ -463,6 +479,8 @@ def _connect_trackers(trainer) -> None:
     for lg in trainer.loggers:
         if not isinstance(lg, WandbLogger) or lg._experiment is not None:
             continue
+        if lg._wandb_init.get("anonymous") is None:  # W&B warns about the key, even unset
+            lg._wandb_init.pop("anonymous", None)
         mode = str(lg._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online")
         why = _wandb_unreachable() if mode in ("online", "run", "shared") else None
         if why is None:
@@ -497,24 +515,29 @@ def _wandb_unreachable(timeout: float = 5.0) -> str | None:
         return f"{host}:{port} unreachable: {e}"
 
 
-def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = None) -> None:
+def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = None) -> list[str]:
     """Put the summary and the stability report into W&B and close its run (a multirun
-    starts many in one process). A disabled run (``WANDB_MODE=disabled``) is just closed."""
+    starts many in one process). A disabled run (``WANDB_MODE=disabled``) is just closed.
+    Returns the web addresses of the online runs."""
     from lightning.pytorch.loggers import WandbLogger
 
     from stablelab.analysis.wandb_offline import finish_and_wait
 
+    urls = []
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and lg._experiment is not None:
             exp = lg.experiment
             if getattr(exp, "disabled", False):
                 exp.finish()
                 continue
+            if not getattr(exp, "offline", True) and getattr(exp, "url", None):
+                urls.append(str(exp.url))
             safe = json_safe(summary)
             exp.summary.update({f"summary/{k}": v for k, v in safe.items() if _scalar(v)})
             if report is not None:
                 _report_to_wandb(exp, report)
             finish_and_wait(exp)
+    return urls
 
 
 def _report_to_wandb(exp, report: Path) -> None:

@@ -253,9 +253,18 @@ def lr_name(lr: float) -> str:
     return f"lr_{lr:.4g}".replace("+", "")
 
 
-def default_lrs(base_lr: float, below: int = 2, above: int = 3, factor: float = 3.0) -> list[float]:
-    """Log-spaced LRs around ``base_lr``: ``base_lr * factor**k`` for k = -below..above."""
-    return [float(f"{base_lr * factor**k:.6g}") for k in range(-below, above + 1)]
+def default_lrs(base_lr: float, below: int = 2, above: int = 3) -> list[float]:
+    """Round, half-decade LRs around ``base_lr``: the 1-3-10 grid (..., 1e-3, 3e-3, 1e-2,
+    3e-2, ...), ``below`` points under the grid value nearest ``base_lr`` (in log scale)
+    and ``above`` over it. A base LR on the grid is one of the points."""
+    import math
+
+    def value(i: int) -> float:  # grid index i: 10^(i // 2) x (1 or 3)
+        return float(f"{(1 if i % 2 == 0 else 3) * 10.0 ** (i // 2):.1e}")
+
+    i = round(2 * math.log10(base_lr))  # nearest half-decade (3 ~ 10^0.5)
+    i = min((i - 1, i, i + 1), key=lambda j: abs(math.log(value(j) / base_lr)))
+    return [value(j) for j in range(i - below, i + above + 1)]
 
 
 def lr_sweep(

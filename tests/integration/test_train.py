@@ -120,6 +120,17 @@ def test_tensorboard_logger_writes_events_and_csv(tmp_path):
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert "train/loss" in (out / "metrics.csv").read_text().splitlines()[0]
+    # what TensorBoard itself (the [tensorboard] extra) reads back: the values metrics.csv has
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard")).Reload()
+    tb = {e.step: e.value for e in acc.Scalars("val/loss")}
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    ref = {int(r["step"]): float(r["val/loss"]) for r in rows if r.get("val/loss")}
+    assert tb.keys() == ref.keys() and len(ref) == 2
+    for step, v in ref.items():
+        assert tb[step] == pytest.approx(v, rel=1e-6)  # (event files hold float32)
+    assert "train/loss" in acc.Tags()["scalars"]
 
 
 def test_float64_run_evaluates_densely_in_float64(tmp_path):

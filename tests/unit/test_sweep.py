@@ -103,8 +103,14 @@ def test_smallest_stable_warmup_and_the_five_percent_rule():
     assert "10000 + 1000 = 11000" in long and "more than the playbook's 5%" in long
 
 
-def test_default_lrs_are_half_decades_around_the_config_lr():
-    assert default_lrs(3e-3) == pytest.approx([3.33333e-4, 1e-3, 3e-3, 9e-3, 2.7e-2, 8.1e-2])
+def test_default_lrs_are_round_half_decades_around_the_config_lr():
+    assert default_lrs(3e-3) == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    assert default_lrs(1e-3) == [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
+    assert default_lrs(0.1) == [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
+    # off the grid: centred on the nearest grid value in log scale (2e-3 is 2x from 1e-3
+    # and 1.5x from 3e-3)
+    assert default_lrs(2e-3) == default_lrs(3e-3)
+    assert default_lrs(1.5e-3) == default_lrs(1e-3)  # 1.5x from 1e-3, 2x from 3e-3
 
 
 def test_first_fix_follows_what_the_workflows_found():

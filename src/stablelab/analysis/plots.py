@@ -45,6 +45,10 @@ def plot_schedule(
     ax.set_ylabel("learning rate")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    top = max((v for v in lrs if v == v), default=0.0)
+    if top > 0 and min(lrs) >= 0:  # from 0: a constant LR is a flat line, not a +-5% zoom
+        ax.set_ylim(0, top * 1.08)
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     if warmup_steps or post_warmup_steps:
         ax.legend(loc="best", fontsize=8)
     return _save(fig, path)
@@ -83,16 +87,41 @@ def plot_grad_norm_hist(norms, path: str | Path) -> Path:
         lo, hi = x.min(), x.max()
         bins = np.geomspace(lo, hi * 1.0001, 50) if hi > lo else 10
         ax.hist(x, bins=bins, color="C0", alpha=0.8)
-        if hi > lo:
-            ax.set_xscale("log")
+        if hi > 3 * lo:  # a narrower range reads better on a linear axis
+            _log_axis_plain_labels(ax, lo, hi)
         for p, c in [(50, "C2"), (90, "C3"), (99, "C1")]:
             v = float(np.percentile(x, p))
-            ax.axvline(v, color=c, ls="--", lw=1.2, label=f"p{p} = {v:.3g}")
+            ax.axvline(v, color=c, ls="--", lw=1.2, label=f"p{p} = {v:.4g}")
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("gradient L2 norm (unclipped)")
     ax.set_ylabel("steps")
     ax.set_title(f"gradient norms over {x.size} steps")
     return _save(fig, path)
+
+
+def _log_axis_plain_labels(ax, lo: float, hi: float) -> None:
+    """A log x axis labelled with plain numbers (0.3, 1, 2) that never overlap: matplotlib's
+    default labels some minor ticks as 3x10^-1, 4x10^-1 side by side. At most ~8 labels,
+    from the 1-2-5 sequence over the range."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for mults in ((1, 2, 5), (1, 3), (1,)):
+        ticks = [m * 10.0**d for d in decades for m in mults if lo <= m * 10.0**d <= hi]
+        if len(ticks) <= 8:
+            break
+    else:  # many decades: every k-th power of ten
+        k = math.ceil(len(ticks) / 8)
+        ticks = [t for t in ticks if round(math.log10(t)) % k == 0]
+    if len(ticks) < 2:  # no 1-2-5 value inside: the ends
+        ticks = [lo, hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_update_ratios(rows, names, path: str | Path) -> Path:

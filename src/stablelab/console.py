@@ -1,0 +1,148 @@
+"""What a run prints: the resolved config and the model at the start, stablelab's own
+closing lines at the end, and nothing from third parties that a user cannot act on.
+
+* start (``print_config: true``): the resolved config as a tree of its groups, then one
+  line for the model (class, parameter count) and one for the run (directory, steps,
+  processes, threads);
+* end: the run directory, the verdict and where the report is, the best validation and
+  the test metrics, and the ``wandb sync`` command for an offline W&B run. W&B's own
+  history / summary block is not printed (``WANDB_SILENT`` unless you set it); its run
+  holds the same numbers;
+* silenced: Lightning's litlogger advertisement and W&B's "anonymous setting" warning
+  (Lightning passes ``anonymous`` to ``wandb.init`` even when unset).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+ORDER = ("data", "model", "optimizer", "schedule", "clipping", "loss", "callbacks", "logger")
+
+
+class _DropTips(logging.Filter):
+    """Lightning's rank-zero advertisements (the litlogger tip)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.getMessage())
+
+
+def quiet_third_party() -> None:
+    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's banner and closing summary block
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in lg.filters):
+            lg.addFilter(_DropTips())
+
+
+def config_tree(plain: dict[str, Any]) -> str:
+    """The resolved config, group by group, as a tree (rich if installed, else indented
+    YAML), for the console."""
+    import yaml
+
+    groups = [g for g in ORDER if g in plain] + [
+        k for k in plain if isinstance(plain[k], dict) and k not in ORDER
+    ]
+    root = {k: v for k, v in plain.items() if not isinstance(v, dict)}
+    sections = [("root", root)] + [(g, plain[g]) for g in groups]
+    try:
+        from rich.console import Console
+        from rich.syntax import Syntax
+        from rich.tree import Tree
+    except ImportError:  # pragma: no cover - rich comes with Lightning
+        return "\n".join(f"{name}:\n" + _indent("\n".join(_yaml_lines(v))) for name, v in sections)
+    tree = Tree("config", style="bold", guide_style="dim")
+    for name, value in sections:
+        text = "\n".join(_yaml_lines(value))
+        tree.add(name, style="bold").add(Syntax(text, "yaml", theme="ansi_dark"))
+    import sys
+
+    color = "auto" if sys.stdout.isatty() else None  # no escape codes in log files
+    console = Console(width=100, color_system=color, highlight=False)
+    with console.capture() as cap:
+        console.print(tree)
+    return cap.get().rstrip()
+
+
+def _flow(v: Any) -> str:
+    """``v`` as one line of YAML (a scalar, ``[1, 2]`` or ``{a: 1}``)."""
+    import yaml
+
+    return yaml.safe_dump([v], default_flow_style=True, width=10**6, sort_keys=False).strip()[1:-1]
+
+
+def _yaml_lines(d: dict[str, Any], indent: str = "") -> list[str]:
+    """Block YAML for mappings, one line for each leaf value or short flat collection."""
+    out = []
+    for k, v in d.items():
+        one = f"{indent}{k}: {_flow(v)}"
+        nested = isinstance(v, dict) and any(isinstance(x, dict | list) for x in v.values())
+        if isinstance(v, dict) and v and (nested or len(one) > 90):
+            out += [f"{indent}{k}:", *_yaml_lines(v, indent + "  ")]
+        else:
+            out.append(one)
+    return out
+
+
+def _indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def model_line(module) -> str:
+    params = list(module.parameters())
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    extra = "" if trainable == total else f" ({trainable:,} trainable)"
+    return f"model: {type(module.model).__name__}, {total:,} parameters{extra}"
+
+
+def run_line(run_dir: Path, plain: dict[str, Any], total_steps: int, world: int, threads) -> str:
+    procs = f"{world} processes" if world > 1 else "1 process"
+    n = threads.get("intra_op") if isinstance(threads, dict) else threads
+    return (
+        f"run: {run_dir}  ({total_steps} steps, {procs}, {n} threads per process; "
+        f"task {plain.get('task_name')})"
+    )
+
+
+def _num(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return f"{x:.{digits}g}"
+
+
+def closing_lines(
+    summary: dict[str, Any], run_dir: Path, report: Path | None, urls: list[str] = ()
+) -> list[str]:
+    """stablelab's last words for a run (rank zero); ``urls``: online W&B runs."""
+    from stablelab.analysis.report import verdict
+
+    status = summary.get("status")
+    lines = [f"stablelab: {status} -> {run_dir}"]
+    v = verdict(summary)
+    lines.append(f"  verdict: {v}" + (f"  (report: {report.name})" if report else ""))
+    if summary.get("val_loss") is not None:
+        best = f"  best val loss {_num(summary['val_loss'])}"
+        if summary.get("val_acc") is not None:
+            best += f", accuracy {summary['val_acc']:.1%}"
+        lines.append(best + f" at step {summary.get('best_step')}")
+    if summary.get("test_loss") is not None:
+        test = f"  test loss {_num(summary['test_loss'])}"
+        if summary.get("test_acc") is not None:
+            test += f", accuracy {summary['test_acc']:.1%}"
+        if summary.get("heldout_loss") is not None:
+            test += f"; held-out loss {_num(summary['heldout_loss'])}"
+        lines.append(test)
+    if summary.get("resume_command"):
+        lines.append(f"  resume: {summary['resume_command']}")
+    for url in urls:
+        lines.append(f"  W&B: {url}")
+    for d in sorted((run_dir / "wandb").glob("offline-run-*")):
+        lines.append(f"  W&B (offline): wandb sync {shlex.quote(str(d))}")
+    return lines

@@ -1,0 +1,48 @@
+"""Plots a user reads at a glance: readable axes whatever the data."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from stablelab.analysis import plots  # noqa: E402
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """The figure each plot function draws, before it is closed."""
+    figs = []
+    real = plots._save
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        figs.append(fig)
+        return real(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return figs
+
+
+@pytest.mark.parametrize("spread", [0.4, 2.5, 6.0])
+def test_histogram_log_axis_has_few_plain_labels(tmp_path, captured, spread):
+    norms = np.exp(np.random.default_rng(0).normal(0, spread, 600))
+    plots.plot_grad_norm_hist(list(norms), tmp_path / "h.png")
+    ax = captured[0].axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert 2 <= len(labels) <= 8, labels
+    for text in labels:  # plain numbers, no mathtext "3\\times10^{-1}"
+        float(text)
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    # every label inside the data range, in increasing order
+    values = [float(t) for t in labels]
+    assert values == sorted(values) and norms.min() <= values[0] and values[-1] <= norms.max()
+
+
+def test_constant_lr_plot_starts_at_zero(tmp_path, captured):
+    plots.plot_schedule([3e-3] * 40, tmp_path / "lr.png", title="Constant")
+    lo, hi = captured[0].axes[0].get_ylim()
+    assert lo == 0 and 3e-3 < hi < 3.5e-3
