@@ -42,7 +42,6 @@ def quiet_third_party() -> None:
 def config_tree(plain: dict[str, Any]) -> str:
     """The resolved config, group by group, as a tree (rich if installed, else indented
     YAML), for the console."""
-    import yaml
 
     groups = [g for g in ORDER if g in plain] + [
         k for k in plain if isinstance(plain[k], dict) and k not in ORDER

@@ -31,7 +31,7 @@ def test_help_lists_groups_and_examples(tmp_path):
     out = proc.stdout
     assert "stablelab-train" in out
     assert "model: gpt, mlp, resnet, transformer" in out
-    assert "data: digits, mnist1d, sequence, shakespeare_char, text_file" in out
+    assert "data: digits, mnist1d, npz, sequence, shakespeare_char, text_file" in out
     assert "optimizer: adam, momentum, nadam, nesterov, rmsprop, sgd" in out
     assert "schedule: constant, cosine, linear, rsqrt, step" in out
     assert "-m optimizer.lr=" in out
@@ -190,6 +190,20 @@ def test_default_run_directory_and_wandb_offline(tmp_path):
 
     files = wandb_offline.run_files(run)
     assert len(files) == 1, files  # exactly one W&B run
+    # the console: stablelab's start and closing lines, not third-party noise
+    out = proc.stdout + proc.stderr
+    assert "├── optimizer" in out and "_target_: stablelab.optim.Adam" in out  # config tree
+    import torch
+
+    state = torch.load(summary["best_checkpoint"], weights_only=True)["state_dict"]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")  # BatchNorm's, not params
+    n_params = sum(v.numel() for k, v in state.items() if not k.endswith(buffers))
+    assert f"model: ResNet1D, {n_params:,} parameters" in out
+    assert f"stablelab: completed -> {run.resolve()}" in out
+    assert f"test loss {summary['test_loss']:.4g}, accuracy {summary['test_acc']:.1%}" in out
+    assert f"W&B (offline): wandb sync {files[0].parent}" in out
+    for noise in ("litlogger", "anonymous setting", "Run summary:", "Run history:"):
+        assert noise not in out, noise
     hist = wandb_offline.history(files[0])
     train_steps = [h["trainer/global_step"] for h in hist if "train/loss" in h]
     assert train_steps == [9, 19, 29]  # log_every_n_steps=10

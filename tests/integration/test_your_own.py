@@ -90,38 +90,22 @@ def test_example_checkpoint_evaluates_only_when_its_package_is_trusted(example_r
     assert e["val_loss"] == s["val_loss"] and e["test_acc"] == s["test_acc"]
 
 
-def test_resuming_a_plain_dataloader_says_it_is_not_exact(example_run, tmp_path):
+def test_resuming_a_plain_dataloader_says_it_is_not_exact(
+    example_run, tmp_path, monkeypatch, caplog
+):
+    """In this process, through the Python API with the example's config folder."""
+    import stablelab
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
     _, out = example_run
-    last = out / "checkpoints" / "last.ckpt"
-    proc = _cli(
-        ["--config-dir", str(EXAMPLE / "configs"), "experiment=waves", *SMALL,
-         "max_train_steps=80", "logger=csv", f"ckpt_path={last}",
-         f"hydra.run.dir={tmp_path / 'resumed'}"],
-        tmp_path,
+    s = stablelab.run(
+        ["experiment=waves", *SMALL, "max_train_steps=80", "logger=csv",
+         f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"],
+        output_dir=tmp_path / "resumed", config_dirs=[EXAMPLE / "configs"],
     )  # fmt: skip
-    assert_ok(proc)
-    s = _summary(tmp_path / "resumed")
     assert s["resumed_from"]["exact"] is False and s["steps"] == 80
-    assert "does not declare exact_resume" in proc.stdout + proc.stderr
-
-
-def test_a_model_with_the_wrong_output_is_refused_on_its_first_batch(tmp_path):
-    proc = _cli(
-        ["--config-dir", str(EXAMPLE / "configs"), "experiment=waves", *SMALL, "logger=csv",
-         "+model.num_classes_override=7", f"hydra.run.dir={tmp_path / 'r'}"],
-        tmp_path,
-    )  # fmt: skip
-    # (TinyConvNet has no such key: refused by the config check, naming it)
-    assert proc.returncode == 2 and "model.num_classes_override: unknown key" in proc.stderr
-    proc = _cli(
-        ["data=npz", f"data.path={_npz(tmp_path)}", "model=mlp", "max_train_steps=5",
-         "data.num_classes=3", "logger=csv", *QUIET, "model._target_=helpers.WrongOutputMLP",
-         f"hydra.run.dir={tmp_path / 'w'}"],
-        tmp_path,
-    )  # fmt: skip
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "forward returned logits of shape" in proc.stderr
-    assert "(batch, num_classes) = " in proc.stderr
+    assert s["resumed_from"]["step"] == 60
+    assert "WavesDataModule does not declare exact_resume" in caplog.text
 
 
 def _npz(tmp: Path) -> Path:
@@ -134,15 +118,34 @@ def _npz(tmp: Path) -> Path:
     return tmp / "d.npz"
 
 
-def test_npz_data_trains_any_builtin_model(tmp_path):
-    proc = run_cli(
-        ["data=npz", f"data.path={_npz(tmp_path)}", "model=transformer", "max_train_steps=30",
-         "logger=csv", "trainer.val_check_interval=15", *QUIET,
-         f"hydra.run.dir={tmp_path / 'r'}"],
-        tmp_path,
+def test_a_model_with_the_wrong_output_is_refused_on_its_first_batch(tmp_path):
+    from conftest import compose_cfg
+    from stablelab.config import ConfigError
+    from stablelab.train import train
+
+    cfg = compose_cfg(
+        ["data=npz", f"data.path={_npz(tmp_path)}", "model=mlp", "max_train_steps=5",
+         "logger=csv", *QUIET, "model._target_=helpers.WrongOutputMLP"],
+        tmp_path / "r",
     )  # fmt: skip
-    assert_ok(proc)
-    s = _summary(tmp_path / "r")
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    assert "model._target_ = 'helpers.WrongOutputMLP': forward returned logits of shape" in str(
+        e.value
+    )
+    assert "(batch, num_classes) = " in str(e.value) and ", 3)" in str(e.value)
+
+
+def test_npz_data_trains_any_builtin_model(tmp_path):
+    from conftest import compose_cfg
+    from stablelab.train import train
+
+    cfg = compose_cfg(
+        ["data=npz", f"data.path={_npz(tmp_path)}", "model=transformer", "max_train_steps=30",
+         "logger=csv", "trainer.val_check_interval=15", *QUIET],
+        tmp_path / "r",
+    )  # fmt: skip
+    s = train(cfg)
     assert s["status"] == "completed" and s["test_acc"] > 0.6  # separable: chance is 1/3
 
 

@@ -22,6 +22,7 @@ def test_config_dir_is_the_checkout_configs():
         "data",
         "debug",
         "experiment",
+        "hparams_search",
         "hydra",
         "logger",
         "model",

@@ -37,9 +37,23 @@ def test_histogram_log_axis_has_few_plain_labels(tmp_path, captured, spread):
     for text in labels:  # plain numbers, no mathtext "3\\times10^{-1}"
         float(text)
     assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
-    # every label inside the data range, in increasing order
+    # every label inside the axis, in increasing order, the data inside the axis
     values = [float(t) for t in labels]
-    assert values == sorted(values) and norms.min() <= values[0] and values[-1] <= norms.max()
+    lo, hi = ax.get_xlim()
+    assert values == sorted(values) and lo <= values[0] and values[-1] <= hi
+    assert lo <= norms.min() and norms.max() <= hi
+
+
+def test_every_log_axis_of_a_saved_figure_gets_plain_labels(tmp_path, captured):
+    steps = list(range(600))
+    norms = list(np.exp(np.random.default_rng(1).normal(0, 0.4, 600)))
+    plots.plot_grad_norms(steps, norms, [5.0] * 600, tmp_path / "g.png")
+    ax = captured[0].axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert 2 <= len(labels) <= 8 and all(float(t) > 0 for t in labels), labels
+    assert not [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    lo, hi = ax.get_ylim()
+    assert lo <= min(norms) and max(norms) <= hi and hi >= 5.0  # the threshold stays in view
 
 
 def test_constant_lr_plot_starts_at_zero(tmp_path, captured):

@@ -16,7 +16,14 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
-    """Lay out, write (creating the folder) and close a figure."""
+    """Lay out, write (creating the folder) and close a figure. Every log axis gets plain,
+    non-overlapping labels (see :func:`_log_axis_plain_labels`)."""
+    for ax in fig.axes:
+        for which in ("x", "y"):
+            if getattr(ax, f"get_{which}scale")() == "log":
+                lo, hi = sorted(getattr(ax, f"get_{which}lim")())
+                if lo > 0 and hi > 3 * lo:
+                    _log_axis_plain_labels(ax, lo, hi, which)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,15 +106,16 @@ def plot_grad_norm_hist(norms, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _log_axis_plain_labels(ax, lo: float, hi: float) -> None:
-    """A log x axis labelled with plain numbers (0.3, 1, 2) that never overlap: matplotlib's
+def _log_axis_plain_labels(ax, lo: float, hi: float, which: str = "x") -> None:
+    """A log axis labelled with plain numbers (0.3, 1, 2) that never overlap: matplotlib's
     default labels some minor ticks as 3x10^-1, 4x10^-1 side by side. At most ~8 labels,
     from the 1-2-5 sequence over the range."""
     import math
 
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-    ax.set_xscale("log")
+    getattr(ax, f"set_{which}scale")("log")
+    limits = getattr(ax, f"get_{which}lim")()
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     for mults in ((1, 2, 5), (1, 3), (1,)):
         ticks = [m * 10.0**d for d in decades for m in mults if lo <= m * 10.0**d <= hi]
@@ -118,10 +126,12 @@ def _log_axis_plain_labels(ax, lo: float, hi: float) -> None:
         ticks = [t for t in ticks if round(math.log10(t)) % k == 0]
     if len(ticks) < 2:  # no 1-2-5 value inside: the ends
         ticks = [lo, hi]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+    getattr(ax, f"set_{which}lim")(limits)  # (a fixed locator must not move the view)
 
 
 def plot_update_ratios(rows, names, path: str | Path) -> Path:
