@@ -257,7 +257,10 @@ class InstabilityDetector:
     def load_state_dict(self, s: dict[str, Any]) -> None:
         self.initial_loss, self.ema, self.ema_min = s["initial_loss"], s["ema"], s["ema_min"]
         self.max_loss_rise, self._rising = s["max_loss_rise"], s["rising"]
+        # replace, not append: loading into a used detector (or twice) restores exactly
+        self._loss_window.values.clear()
         self._loss_window.values.extend(s["loss_window"])
+        self._grad_window.values.clear()
         self._grad_window.values.extend(s["grad_window"])
         self.events = [Event(**e) for e in s["events"]]
         self.steps_seen = s["steps_seen"]

@@ -181,7 +181,10 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     run = {
         "run_dir": str(run_dir.resolve()),
         "world_size": world,
-        "global_batch_size": plain["data"].get("batch_size", 0) * world,
+        # examples per optimizer update: per-process batch x processes x accumulation
+        "global_batch_size": plain["data"].get("batch_size", 0)
+        * world
+        * int(getattr(trainer, "accumulate_grad_batches", 1) or 1),
         "total_steps": schedule.total_steps,
         **runinfo.git_state(),
         "versions": runinfo.versions(),

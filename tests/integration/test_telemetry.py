@@ -73,6 +73,9 @@ def test_logged_norm_is_the_unclipped_norm_of_the_full_gradient(tmp_path, extra)
     assert summary["clip_fraction"] == pytest.approx(frac)
     if too_much:
         assert frac > 0.5 and summary["too_much_clipping"] is True
+    # examples per update: the configured batch x processes (1) x accumulated batches
+    accumulate = 2 if "+trainer.accumulate_grad_batches=2" in extra else 1
+    assert summary["global_batch_size"] == cfg.data.batch_size * accumulate
     assert summary["grad_norm_p90"] == pytest.approx(np.percentile(norms, 90), rel=2e-6)
     assert summary["grad_norm_max"] == pytest.approx(max(norms), rel=2e-6)
     assert (out / "grad_norm.png").stat().st_size > 0 and (

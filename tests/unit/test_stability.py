@@ -216,6 +216,16 @@ def test_state_round_trip_continues_identically():
         second.update(t, float(losses[t]), float(norms[t]))
     assert second.summary() == whole.summary()
     assert second.events == whole.events
+    # loading into a detector that has seen other data (or loading twice) replaces its
+    # state: a state saved after 50 steps holds 50 values of the 128-value spike window
+    early = _feed(InstabilityDetector(), losses[:50], norms[:50])
+    third = _feed(InstabilityDetector(), losses[::-1][:200], norms[::-1][:200])
+    third.load_state_dict(early.state_dict())
+    third.load_state_dict(early.state_dict())
+    assert third.state_dict() == early.state_dict()
+    for t in range(50, 400):
+        third.update(t, float(losses[t]), float(norms[t]))
+    assert third.summary() == whole.summary() and third.events == whole.events
 
 
 # ------------------------------------------------------------------ dense evaluation
