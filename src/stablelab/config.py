@@ -25,57 +25,25 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
 
+# the constraint vocabulary lives in stablelab.constraints (no Hydra there); re-exported
+from stablelab.constraints import (  # noqa: E402, F401
+    Activation,
+    BranchInit,
+    ConfigError,
+    Layout,
+    NonNegFloat,
+    NonNegInt,
+    NormKind,
+    OpenUnit,
+    PosFloat,
+    PosInt,
+    Prob,
+    Range,
+    ResidualSpec,
+    first_line,
+    raise_problems,
+)
 from stablelab.paths import group_options
-
-# --------------------------------------------------------------------------- constraints
-
-
-@dataclass(frozen=True)
-class Range:
-    """Allowed interval for a number: ``Annotated[float, Range(gt=0)]`` means > 0."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-
-    def check(self, v: float) -> str | None:
-        if self.gt is not None and not v > self.gt:
-            return f"must be > {self.gt}"
-        if self.ge is not None and not v >= self.ge:
-            return f"must be >= {self.ge}"
-        if self.lt is not None and not v < self.lt:
-            return f"must be < {self.lt}"
-        if self.le is not None and not v <= self.le:
-            return f"must be <= {self.le}"
-        return None
-
-
-PosInt = Annotated[int, Range(gt=0)]
-NonNegInt = Annotated[int, Range(ge=0)]
-PosFloat = Annotated[float, Range(gt=0)]
-NonNegFloat = Annotated[float, Range(ge=0)]
-Prob = Annotated[float, Range(ge=0, lt=1)]  # dropout, momentum-like coefficients
-OpenUnit = Annotated[float, Range(gt=0, lt=1)]  # a fraction strictly inside (0, 1)
-
-Layout = Literal["post_norm", "branch_norm", "pre_norm", "none"]
-BranchInit = Literal["default", "zero", "rezero"]
-NormKind = Literal["layernorm", "batchnorm", "rmsnorm", "none"]
-Activation = Literal["relu", "gelu", "silu", "tanh"]
-
-
-@dataclass
-class ResidualSpec:
-    """How a residual block combines its input x with its branch f.
-
-    layout: ``post_norm`` = Norm(x + f(x)); ``branch_norm`` = x + Norm(f(x)) (the
-    playbook's recommendation); ``pre_norm`` = x + f(Norm(x)); ``none`` = x + f(x).
-    branch_init: ``default``; ``zero`` (the branch's last layer starts at 0); ``rezero``
-    (x + a*f(x) with a learnable scalar a = 0 at initialisation).
-    """
-
-    layout: Layout = "branch_norm"
-    branch_init: BranchInit = "default"
 
 
 @dataclass
@@ -149,22 +117,6 @@ MULTI_GROUPS = ("callbacks", "logger")
 # Targets whose **kwargs are passed on to another callable we can check against.
 KWARGS_FORWARDED_TO = {"lightning.pytorch.loggers.wandb.WandbLogger": "wandb.init"}
 SPECIAL_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-
-
-class ConfigError(ValueError):
-    """A config value is invalid. The message lists every problem, one per line."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__(
-            "Invalid config (nothing was started):\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-
-
-def first_line(e: BaseException) -> str:
-    """``Type: the first line of the message`` (for one-line error reports)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- type checks
@@ -460,12 +412,6 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         if isinstance(e.__cause__, ConfigError):
             raise e.__cause__ from None
         raise
-
-
-def raise_problems(problems: list[str], prefix: str) -> None:
-    """For constructors: raise the same problems ``config_problems`` reports."""
-    if problems:
-        raise ConfigError([f"{prefix}.{p}" for p in problems])
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:

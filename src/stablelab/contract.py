@@ -27,7 +27,7 @@ comes from stablelab and needs nothing more of the model.
 
 The checks here run when the run is built (the datamodule and model classes) and on the
 first batch the model sees (the shapes of its output and of the labels), each problem a
-:class:`~stablelab.config.ConfigError` line naming the config key.
+:class:`~stablelab.constraints.ConfigError` line naming the config key.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from stablelab.config import ConfigError
+from stablelab.constraints import ConfigError
 
 TASKS = ("classification", "next_token")
 KINDS = ("real", "tokens")

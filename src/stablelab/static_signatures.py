@@ -7,7 +7,7 @@ and their annotations from the package's source files with :mod:`ast`, following
 re-exports (``from stablelab.models.nets import ResNet1D``) and type aliases (``NormKind =
 Literal[...]``, ``PosInt = Annotated[int, Range(gt=0)]``). Annotations are evaluated by a
 small interpreter that knows names, attributes, subscripts, ``|`` and calls of
-:class:`stablelab.config.Range` only; nothing read from a file is executed. Whatever it
+:class:`stablelab.constraints.Range` only; nothing read from a file is executed. Whatever it
 cannot read (a target outside stablelab, a class whose ``__init__`` forwards ``**kwargs``,
 an annotation made of other things) is left to the full check, which imports the target.
 """
@@ -117,10 +117,10 @@ def _evaluate(module: str, node: Any, depth: int = 0) -> Any:
             return getattr(typing, node.id, _UNKNOWN) if node.id in typing.__all__ else _UNKNOWN
         where, value = found
         if isinstance(value, ast.ClassDef | ast.FunctionDef):
-            if where == "stablelab.config":  # imported already, and free of torch
-                import stablelab.config
+            if where in ("stablelab.constraints", "stablelab.config"):  # free of torch
+                import stablelab.constraints
 
-                return getattr(stablelab.config, value.name, _UNKNOWN)
+                return getattr(stablelab.constraints, value.name, _UNKNOWN)
             return _UNKNOWN  # a class of ours elsewhere (a module, ...): the full check
         return _evaluate(where, value, depth + 1)
     if isinstance(node, ast.Attribute):
@@ -149,7 +149,7 @@ def _evaluate(module: str, node: Any, depth: int = 0) -> Any:
             return _UNKNOWN
     if isinstance(node, ast.Call) and not node.args:
         fn = ev(node.func)
-        from stablelab.config import Range
+        from stablelab.constraints import Range
 
         if fn is Range:
             kwargs = {k.arg: ev(k.value) for k in node.keywords}

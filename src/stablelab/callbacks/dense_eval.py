@@ -22,7 +22,7 @@ import lightning as L
 import torch
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback, telemetry_callbacks
-from stablelab.config import NonNegInt, PosInt
+from stablelab.constraints import NonNegInt, PosInt
 from stablelab.data.loader import InMemoryLoader
 
 CSV_FIELDS = ("step", "val_loss", "val_acc", "examples", "events")

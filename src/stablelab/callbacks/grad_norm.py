@@ -32,7 +32,7 @@ import lightning as L
 import numpy as np
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
-from stablelab.config import OpenUnit, PosInt
+from stablelab.constraints import OpenUnit, PosInt
 from stablelab.telemetry import GRAD_FIELDS
 
 ADVICE = (

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
-from stablelab.config import PosFloat, PosInt
+from stablelab.constraints import PosFloat, PosInt
 
 
 class LMMonitor(TelemetryCallback):

@@ -21,7 +21,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
-from stablelab.config import NonNegInt, PosInt
+from stablelab.constraints import NonNegInt, PosInt
 
 
 def _clock(seconds: float) -> str:

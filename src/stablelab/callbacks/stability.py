@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
-from stablelab.config import PosFloat, PosInt, Prob
+from stablelab.constraints import PosFloat, PosInt, Prob
 from stablelab.stability import InstabilityDetector, TrainingDiverged
 
 log = logging.getLogger("stablelab")

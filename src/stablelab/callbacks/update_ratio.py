@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
-from stablelab.config import PosInt
+from stablelab.constraints import PosInt
 
 
 class UpdateRatioMonitor(TelemetryCallback):

@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from stablelab.config import OpenUnit, PosInt, raise_problems
+from stablelab.constraints import OpenUnit, PosInt, raise_problems
 from stablelab.data.loader import InMemoryLoader
 
 
@@ -379,7 +379,7 @@ class NpzDataModule(InMemoryDataModule):
         }
 
     def _read(self, num_classes: int | None) -> dict[str, np.ndarray]:
-        from stablelab.config import ConfigError
+        from stablelab.constraints import ConfigError
 
         where = f"data.path = {self.path!r}"
         p = Path(self.path).expanduser()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stablelab.config import ConfigError, OpenUnit, PosInt
+from stablelab.constraints import ConfigError, OpenUnit, PosInt
 from stablelab.data.datamodules import InMemoryDataModule
 from stablelab.data.loader import RandomWindowLoader
 

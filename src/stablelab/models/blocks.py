@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from stablelab.config import ResidualSpec
+from stablelab.constraints import ResidualSpec
 
 
 def residual_spec(residual: ResidualSpec | Mapping | None) -> ResidualSpec:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablelab.config import (
+from stablelab.constraints import (
     Activation,
     ConfigError,
     NonNegInt,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablelab.config import (
+from stablelab.constraints import (
     Activation,
     NonNegInt,
     NormKind,

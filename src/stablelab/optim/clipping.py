@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
     except ImportError:  # torch built without torch.distributed
         DTensor = ()  # type: ignore[assignment,misc]
 
-from stablelab.config import NonNegInt, PosFloat, PosInt, Range
+from stablelab.constraints import NonNegInt, PosFloat, PosInt, Range
 
 Percent = Annotated[float, Range(gt=0, lt=100)]
 OpenUnit = Annotated[float, Range(gt=0, lt=1)]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stablelab.config import NonNegFloat, PosFloat, Prob
+from stablelab.constraints import NonNegFloat, PosFloat, Prob
 
 __all__ = ["SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "NAdam"]
 

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Annotated
 
-from stablelab.config import NonNegFloat, NonNegInt, PosFloat, PosInt, Range, raise_problems
+from stablelab.constraints import NonNegFloat, NonNegInt, PosFloat, PosInt, Range, raise_problems
 
 Fraction = Annotated[float, Range(ge=0, le=1)]
 
