@@ -21,8 +21,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from stablelab import console
-from stablelab.config import ConfigError, first_line, register_resolvers, validate
+from stablelab import console, tracking
+from stablelab.config import ConfigError, register_resolvers, validate
 from stablelab.paths import config_dir
 
 log = logging.getLogger("stablelab")
@@ -43,7 +43,7 @@ def build(plain: dict[str, Any]):
     from stablelab.config import instantiate
     from stablelab.module import StableModule
 
-    _wandb_defaults(plain)
+    tracking.wandb_defaults(plain)
     datamodule = instantiate(plain["data"])
     from stablelab.contract import datamodule_problems
 
@@ -70,46 +70,6 @@ def build(plain: dict[str, Any]):
         max_steps=schedule.total_steps,
     )
     return datamodule, module, trainer, schedule, history
-
-
-def _short(entry: dict[str, Any] | None) -> str:
-    return str((entry or {}).get("_target_", "none")).rsplit(".", 1)[-1].lower()
-
-
-def sweep_group(task_name: str = "train") -> str | None:
-    """The name trials of one sweep share: ``$STABLELAB_SWEEP_GROUP`` (set by the
-    ``stablelab`` workflows), else ``<task_name>/<sweep directory name>`` in a Hydra
-    multirun, else None."""
-    if os.environ.get("STABLELAB_SWEEP_GROUP"):
-        return os.environ["STABLELAB_SWEEP_GROUP"]
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover
-        return None
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"{task_name}/{Path(HydraConfig.get().sweep.dir).name}"
-    return None
-
-
-def _wandb_defaults(plain: dict[str, Any]) -> None:
-    """W&B tags name the run's choices (optimizer, schedule, clipping, residual layout) and
-    trials of a sweep share a ``group`` unless the config sets one."""
-    wb = (plain.get("logger") or {}).get("wandb")
-    if not wb:
-        return
-    residual = (plain.get("model") or {}).get("residual")
-    residual = residual if isinstance(residual, dict) else {}
-    auto = [
-        f"optimizer:{_short(plain.get('optimizer'))}",
-        f"schedule:{_short(plain.get('schedule'))}",
-        f"clipping:{_short(plain.get('clipping'))}",
-        f"layout:{residual.get('layout', 'none')}",
-        f"branch_init:{residual.get('branch_init', 'default')}",
-    ]
-    wb["tags"] = list(dict.fromkeys([*(wb.get("tags") or []), *auto]))
-    if wb.get("group") is None:
-        wb["group"] = sweep_group(plain.get("task_name", "train"))
 
 
 def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
@@ -213,7 +173,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
         write_summary(run_dir / SUMMARY_FILE, summary)
-        _connect_trackers(trainer)
+        tracking.connect_trackers(trainer)
         for lg in trainer.loggers:
             lg.log_hyperparams({**plain, "run": run})
 
@@ -305,7 +265,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         if rank_zero:
             write_summary(run_dir / SUMMARY_FILE, summary)
             report = _write_report(run_dir, figures=plain["plots"] and plain["train"])
-            urls = _finish_trackers(trainer, summary, report)
+            urls = tracking.finish_trackers(trainer, summary, report)
             print("\n".join(console.closing_lines(summary, run_dir, report, urls)), flush=True)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
@@ -470,94 +430,6 @@ def _quiet_lightning_handlers() -> None:
     if logging.getLogger().handlers:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
-
-
-def _connect_trackers(trainer) -> None:
-    """Start the W&B run now (rank 0), so a W&B problem shows before training. W&B set to
-    log online without a reachable server (no network, a firewall, a wrong
-    ``WANDB_BASE_URL``) or without credentials falls back to offline with one warning,
-    instead of failing after minutes of retries: ``wandb sync`` uploads the run later."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    for lg in trainer.loggers:
-        if not isinstance(lg, WandbLogger) or lg._experiment is not None:
-            continue
-        if lg._wandb_init.get("anonymous") is None:  # W&B warns about the key, even unset
-            lg._wandb_init.pop("anonymous", None)
-        mode = str(lg._wandb_init.get("mode") or os.environ.get("WANDB_MODE") or "online")
-        why = _wandb_unreachable() if mode in ("online", "run", "shared") else None
-        if why is None:
-            try:
-                _ = lg.experiment
-                continue
-            except Exception as e:  # noqa: BLE001 - any failure to start: go offline
-                why = first_line(e)
-                lg._experiment = None
-        log.warning(
-            "stablelab: W&B could not log online (%s); logging offline to %s/wandb instead: "
-            "upload it later with `wandb sync`",
-            why,
-            lg.save_dir,
-        )
-        lg._wandb_init["mode"] = "offline"
-        _ = lg.experiment
-
-
-def _wandb_unreachable(timeout: float = 5.0) -> str | None:
-    """Why W&B's server cannot be reached (a TCP connection to it), or None."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    host = url.hostname or "api.wandb.ai"
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as e:
-        return f"{host}:{port} unreachable: {e}"
-
-
-def _finish_trackers(trainer, summary: dict[str, Any], report: Path | None = None) -> list[str]:
-    """Put the summary and the stability report into W&B and close its run (a multirun
-    starts many in one process). A disabled run (``WANDB_MODE=disabled``) is just closed.
-    Returns the web addresses of the online runs."""
-    from lightning.pytorch.loggers import WandbLogger
-
-    from stablelab.analysis.wandb_offline import finish_and_wait
-
-    urls = []
-    for lg in trainer.loggers:
-        if isinstance(lg, WandbLogger) and lg._experiment is not None:
-            exp = lg.experiment
-            if getattr(exp, "disabled", False):
-                exp.finish()
-                continue
-            if not getattr(exp, "offline", True) and getattr(exp, "url", None):
-                urls.append(str(exp.url))
-            safe = json_safe(summary)
-            exp.summary.update({f"summary/{k}": v for k, v in safe.items() if _scalar(v)})
-            if report is not None:
-                _report_to_wandb(exp, report)
-            finish_and_wait(exp)
-    return urls
-
-
-def _report_to_wandb(exp, report: Path) -> None:
-    import wandb
-
-    from stablelab.analysis.report import FIGURES
-
-    images = {
-        f"report/{name.removesuffix('.png')}": wandb.Image(str(report.parent / name))
-        for name, _ in FIGURES
-        if (report.parent / name).is_file()
-    }
-    if images:
-        exp.log(images)
-    # files in the run's own directory are uploaded by `wandb sync` (a copy, not a link:
-    # wandb.save would only link it and warn)
-    shutil.copyfile(report, Path(exp.dir) / report.name)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

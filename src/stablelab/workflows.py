@@ -619,7 +619,7 @@ def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> 
     """One W&B run (offline unless WANDB_MODE says otherwise) with the plots and report."""
     import shutil
 
-    from stablelab.analysis.wandb_offline import finish_and_wait
+    from stablelab.tracking import finish_and_wait
 
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")

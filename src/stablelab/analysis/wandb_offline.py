@@ -11,8 +11,9 @@ W&B's service writes the file in whole 32 KiB blocks and writes the last, partia
 only when it closes the run's stream, which happens *after* ``run.finish()`` has returned
 (``finish`` only informs the service; the stream closes asynchronously). Until then the
 file ends at a block boundary and the run's last records are missing from it: read it
-after :func:`wait_closed`, or finish runs with :func:`finish_and_wait` (``stablelab.train``
-and ``stablelab diagnose`` do: their logs are complete when they return).
+after :func:`wait_closed`, or finish runs with :func:`stablelab.tracking.finish_and_wait`
+(``stablelab.train`` and ``stablelab diagnose`` do: their logs are complete when they
+return).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import struct
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,26 +100,11 @@ def wait_closed(path: str | Path, timeout: float = 60.0, poll: float = 0.02) -> 
 
 
 def finish_and_wait(run, timeout: float = 30.0) -> bool:
-    """``run.finish()``, then wait until the run's log is complete on disk (see the module
-    docstring), so that what the run logged is there when this returns: for a reader, for
-    ``wandb sync`` started right away, for a job killed just after. Returns whether the log
-    is complete: False (with a warning naming the file) if W&B took longer than ``timeout``
-    seconds, False without one for a run that writes no log (``mode="disabled"``)."""
-    try:
-        path = Path(run.settings.sync_file)
-    except Exception:  # noqa: BLE001 - a disabled run has no log
-        path = None
-    run.finish()
-    if path is None or not path.is_file():
-        return False
-    if wait_closed(path, timeout):
-        return True
-    warnings.warn(
-        f"W&B had not finished writing {path} after {timeout:.0f} s: its last records may "
-        "appear later, or be missing if this process is killed now",
-        stacklevel=2,
-    )
-    return False
+    """Moved to :func:`stablelab.tracking.finish_and_wait` (the training side); kept here
+    for code that imported it from this module."""
+    from stablelab.tracking import finish_and_wait as _finish
+
+    return _finish(run, timeout)
 
 
 def _items(items) -> dict[str, Any]:
