@@ -160,6 +160,11 @@ class TelemetryCallback(L.Callback):
     def after_flush(self, trainer, pl_module) -> None:
         """After every callback consumed a (non-final) flush."""
 
+    def observe_eval(self, trainer, step: int, val_loss: float) -> list[str]:
+        """A dense evaluation point of the every-step phase (from
+        :class:`~stablelab.callbacks.DenseEval`); return the kinds of the events it raised."""
+        return []
+
     def finish(self, trainer, pl_module) -> None:
         """Once, at the end of fit (also after a failure): plots, last words."""
 

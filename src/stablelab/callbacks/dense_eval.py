@@ -23,7 +23,7 @@ import torch
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback, telemetry_callbacks
 from stablelab.constraints import NonNegInt, PosInt
-from stablelab.data.loader import InMemoryLoader
+from stablelab.data.loader import HeadLoader
 
 CSV_FIELDS = ("step", "val_loss", "val_acc", "examples", "events")
 CACHE_BYTES = 256 * 2**20  # evaluation data kept on the device between evaluations
@@ -83,13 +83,8 @@ class DenseEval(TelemetryCallback):
             return self._batches
         dm = trainer.datamodule
         loader = dm.val_dataloader() if dm is not None else trainer.val_dataloaders
-        if self.subset and isinstance(loader, InMemoryLoader):
-            loader = InMemoryLoader(
-                *(t[: self.subset] for t in loader.tensors),
-                batch_size=loader.batch_size,
-                rank=loader.rank,
-                world_size=loader.world_size,
-            )
+        if self.subset and isinstance(loader, HeadLoader):  # exactly the first `subset`
+            loader = loader.head(self.subset)
             need = math.inf
         else:  # another loader: each rank takes its share of the subset from its batches
             need = math.ceil(self.subset / trainer.world_size) if self.subset else math.inf
@@ -136,11 +131,10 @@ class DenseEval(TelemetryCallback):
         ]
         # the every-step phase feeds the stability monitor's validation-rise detector (later
         # points are sparse, and a late rise is overfitting, not instability)
-        watchers = [cb for cb in telemetry_callbacks(trainer) if hasattr(cb, "observe_eval")]
         for r in new:
             kinds = []
             if r["step"] <= self.every_step_until:
-                for cb in watchers:
+                for cb in telemetry_callbacks(trainer):
                     kinds += cb.observe_eval(trainer, r["step"], r["val_loss"])
             r["events"] = ";".join(kinds)
         self.csv.add(self.dir, new, write=trainer.is_global_zero)

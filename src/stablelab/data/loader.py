@@ -11,9 +11,18 @@ batch of ``batch_size * world_size`` examples is split into contiguous per-rank 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Protocol, runtime_checkable
 
 import torch
+
+
+@runtime_checkable
+class HeadLoader(Protocol):
+    """An evaluation loader that can serve exactly its split's first ``n`` examples (dense
+    evaluation on a subset uses it; another loader gives each rank its share of batches)."""
+
+    def head(self, n: int) -> Iterable: ...
 
 
 class _EpochSampler:
@@ -115,6 +124,16 @@ class InMemoryLoader(_StatefulLoader):
     @property
     def num_examples(self) -> int:
         return self.tensors[0].shape[0]
+
+    def head(self, n: int) -> InMemoryLoader:
+        """The first ``n`` examples of this (evaluation) split, in order, shared over the
+        ranks as this loader shares them: the :class:`HeadLoader` interface."""
+        return InMemoryLoader(
+            *(t[:n] for t in self.tensors),
+            batch_size=self.batch_size,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def __len__(self) -> int:
         global_bs = self.batch_size * self.world_size
