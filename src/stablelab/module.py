@@ -196,8 +196,20 @@ class StableModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self):
+        from stablelab.optim import weight_decay_groups
+
         factory = instantiate(self.cfg["optimizer"])  # a partial (_partial_: true)
-        optimizer = factory(params=self.parameters())
+        opt_cfg = self.cfg["optimizer"]
+        params: Any = self.parameters()
+        if opt_cfg.get("weight_decay"):  # decoupled decay: which tensors, decided once here
+            skip = getattr(self.model, "no_weight_decay", None)
+            params = weight_decay_groups(
+                self.model.named_parameters(),
+                float(opt_cfg["weight_decay"]),
+                bool(opt_cfg.get("decay_norms_and_biases", False)),
+                skip() if callable(skip) else (),
+            )
+        optimizer = factory(params=params)
         schedule = self.build_schedule()
         # a plain function, so LambdaLR checkpoints no state of it: the schedule is a pure
         # function of the step and this run's config (LambdaLR would otherwise restore the

@@ -73,3 +73,29 @@ def test_a_nan_validation_loss_is_reported_not_dropped(tmp_path):
     x[2] = float("nan")  # one example's logits (and loss) are NaN
     loss, _ = _validate(module, [(x, y)])
     assert math.isnan(loss)
+
+
+def test_weight_decay_groups_honour_the_models_no_weight_decay(tmp_path):
+    """SGD with weight decay 0.1 at LR 0.5 and zero gradients: every weight matrix shrinks
+    by exactly 1 - 0.05 (float64), while biases, norm gains and the Transformer's position
+    table (its no_weight_decay()) stay as they were."""
+    cfg = validate(
+        compose_cfg(
+            ["model=transformer", "optimizer=sgd", "optimizer.lr=0.5",
+             "optimizer.weight_decay=0.1", "trainer.precision=64-true"],
+            tmp_path,
+        )
+    )  # fmt: skip
+    module = StableModule(cfg, SPEC, num_classes=10).double()
+    opt = module.configure_optimizers()["optimizer"]
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    for p in module.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    decayed = 0
+    for name, p in module.model.named_parameters():
+        keep = name == "pos" or p.ndim < 2
+        want = before[name] if keep else before[name] * (1 - 0.5 * 0.1)
+        assert torch.equal(p.detach(), want), name
+        decayed += not keep
+    assert decayed >= 4 and module.model.pos.ndim == 2  # (pos is 2-D: excluded by name)

@@ -127,7 +127,8 @@ def _run(cls, kw, thetas, grads, lrs, dtype, foreach, wd=0.0, decay_all=True):
     for gs, lr in zip(grads, lrs, strict=True):
         for p, g in zip(params, gs, strict=True):
             p.grad = torch.tensor(g, dtype=dtype)
-        opt.param_groups[0]["lr"] = lr
+        for group in opt.param_groups:  # (as LambdaLR: every group)
+            group["lr"] = lr
         opt.step()
         traj.append([p.detach().double().numpy().copy() for p in params])
     return traj

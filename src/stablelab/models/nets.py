@@ -165,6 +165,11 @@ class ResNet1D(nn.Module):
             ]
         return []
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned position table is not a weight to shrink (timm's convention for
+        position embeddings): ``optimizer.weight_decay`` leaves it alone."""
+        return {"pos"}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:
             h = self.embed(x).transpose(1, 2)  # (B, L, E) -> (B, E, L)
@@ -259,6 +264,11 @@ class Transformer(nn.Module):
         if c["d_model"] % c["num_heads"]:
             return [f"d_model = {c['d_model']}: must be divisible by num_heads = {c['num_heads']}"]
         return []
+
+    def no_weight_decay(self) -> set[str]:
+        """The learned position table is not a weight to shrink (timm's convention for
+        position embeddings): ``optimizer.weight_decay`` leaves it alone."""
+        return {"pos"}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens:

@@ -12,8 +12,12 @@ step needs a host synchronisation.
 
 Addition to the seed: optional decoupled weight decay ``weight_decay`` (default 0),
 theta <- theta - eta * weight_decay * theta before the rule's update (as in AdamW), applied
-to weights only - tensors of two or more dimensions, not biases, norm gains or ReZero
-scales - unless ``decay_norms_and_biases=True``.
+to every parameter of a group whose ``weight_decay`` is not 0. Which parameters decay is
+decided once, in parameter groups (as timm and nanoGPT do), not in the update: given plain
+parameters, a rule makes two groups, weights (tensors of two or more dimensions) with
+``weight_decay`` and the rest (biases, norm gains, ReZero scales) without, unless
+``decay_norms_and_biases=True``; :func:`weight_decay_groups` does the same from named
+parameters and also honours a model's ``no_weight_decay()`` (the LightningModule uses it).
 """
 
 from __future__ import annotations
@@ -28,11 +32,45 @@ from torch import Tensor
 
 from stablelab.constraints import NonNegFloat, PosFloat, Prob
 
-__all__ = ["SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "NAdam"]
+__all__ = ["SGD", "Momentum", "Nesterov", "RMSProp", "Adam", "NAdam", "weight_decay_groups"]
 
 
-def _common(decay_norms_and_biases: bool, foreach: bool) -> dict[str, bool]:
-    return {"decay_norms_and_biases": decay_norms_and_biases, "foreach": foreach}
+def weight_decay_groups(
+    named_params: Iterable[tuple[str, Tensor]],
+    weight_decay: float,
+    decay_norms_and_biases: bool = False,
+    no_weight_decay: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Parameter groups for decoupled weight decay: ``[{params: decayed, weight_decay},
+    {params: the rest, weight_decay: 0}]`` (empty groups left out). Decayed: tensors of two
+    or more dimensions (every tensor with ``decay_norms_and_biases``) whose name is not in
+    ``no_weight_decay`` (names as ``named_parameters`` gives them; a name also excludes the
+    tensors under it, ``"pos"`` -> ``"pos"`` and ``"pos.weight"``)."""
+    skip = tuple(no_weight_decay)
+
+    def excluded(name: str) -> bool:
+        return any(name == k or name.startswith(k + ".") for k in skip)
+
+    decay, rest = [], []
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        wants = (decay_norms_and_biases or p.ndim >= 2) and not excluded(name)
+        (decay if wants else rest).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def _groups(params: Iterable[Any], weight_decay: float, decay_all: bool) -> list[Any]:
+    """Plain parameters -> the two weight-decay groups (by dimension); groups as given."""
+    params = list(params)
+    if not params or isinstance(params[0], dict) or not weight_decay:
+        return params
+    named = [(str(i), p) for i, p in enumerate(params)]
+    return weight_decay_groups(named, weight_decay, decay_all)
 
 
 class _PlaybookOptimizer(torch.optim.Optimizer):
@@ -73,15 +111,13 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
                 params = [p for p, _, _ in items]
                 grads = [g for _, g, _ in items]
                 states = [s for _, _, s in items]
-                decay_all = group["decay_norms_and_biases"]
                 if group["foreach"]:
-                    decayed = params if decay_all else [p for p in params if p.ndim >= 2]
-                    if wd and decayed:
-                        torch._foreach_mul_(decayed, 1 - lr * wd)
+                    if wd:  # (which tensors decay is the group's business: see the docstring)
+                        torch._foreach_mul_(params, 1 - lr * wd)
                     self._multi(group, params, grads, states)
                 else:
                     for p, g, s in items:
-                        if wd and (decay_all or p.ndim >= 2):
+                        if wd:
                             p.mul_(1 - lr * wd)
                         self._single(group, p, g, s)
         return loss
@@ -105,7 +141,10 @@ class SGD(_PlaybookOptimizer):
         foreach: bool = True,
     ) -> None:
         defaults = {"lr": lr, "weight_decay": weight_decay}
-        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
+        super().__init__(
+            _groups(params, weight_decay, decay_norms_and_biases),
+            {**defaults, "foreach": foreach},
+        )
 
     def _single(self, group, p, g, state):
         p.add_(g, alpha=-group["lr"])
@@ -129,7 +168,10 @@ class Momentum(_PlaybookOptimizer):
         foreach: bool = True,
     ) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
+        super().__init__(
+            _groups(params, weight_decay, decay_norms_and_biases),
+            {**defaults, "foreach": foreach},
+        )
 
     def _single(self, group, p, g, state):
         v = state["v"]
@@ -158,7 +200,10 @@ class Nesterov(_PlaybookOptimizer):
         foreach: bool = True,
     ) -> None:
         defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
+        super().__init__(
+            _groups(params, weight_decay, decay_norms_and_biases),
+            {**defaults, "foreach": foreach},
+        )
 
     def _single(self, group, p, g, state):
         gamma, lr = group["momentum"], group["lr"]
@@ -205,7 +250,10 @@ class RMSProp(_PlaybookOptimizer):
             "eps": eps,
             "weight_decay": weight_decay,
         }
-        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
+        super().__init__(
+            _groups(params, weight_decay, decay_norms_and_biases),
+            {**defaults, "foreach": foreach},
+        )
 
     def _single(self, group, p, g, state):
         rho, gamma, lr, eps = group["rho"], group["momentum"], group["lr"], group["eps"]
@@ -263,7 +311,10 @@ class Adam(_PlaybookOptimizer):
             "eps": eps,
             "weight_decay": weight_decay,
         }
-        super().__init__(params, {**defaults, **_common(decay_norms_and_biases, foreach)})
+        super().__init__(
+            _groups(params, weight_decay, decay_norms_and_biases),
+            {**defaults, "foreach": foreach},
+        )
 
     def _moments(self, group, g, state) -> tuple[Tensor, Tensor]:
         b1, b2 = group["beta1"], group["beta2"]
