@@ -153,8 +153,8 @@ class SGD(_PlaybookOptimizer):
         torch._foreach_add_(params, grads, alpha=-group["lr"])
 
 
-class Momentum(_PlaybookOptimizer):
-    """Heavy-ball momentum: v_0 = 0; v <- gamma * v + g; theta <- theta - eta * v."""
+class _WithMomentum(_PlaybookOptimizer):
+    """The constructor of the two momentum rules: one velocity buffer v, coefficient gamma."""
 
     buffers = {"v": 0.0}
 
@@ -172,6 +172,10 @@ class Momentum(_PlaybookOptimizer):
             _groups(params, weight_decay, decay_norms_and_biases),
             {**defaults, "foreach": foreach},
         )
+
+
+class Momentum(_WithMomentum):
+    """Heavy-ball momentum: v_0 = 0; v <- gamma * v + g; theta <- theta - eta * v."""
 
     def _single(self, group, p, g, state):
         v = state["v"]
@@ -185,25 +189,8 @@ class Momentum(_PlaybookOptimizer):
         torch._foreach_add_(params, vs, alpha=-group["lr"])
 
 
-class Nesterov(_PlaybookOptimizer):
+class Nesterov(_WithMomentum):
     """Nesterov momentum: v_0 = 0; v <- gamma * v + g; theta <- theta - eta * (gamma * v + g)."""
-
-    buffers = {"v": 0.0}
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: PosFloat,
-        momentum: Prob = 0.9,
-        weight_decay: NonNegFloat = 0.0,
-        decay_norms_and_biases: bool = False,
-        foreach: bool = True,
-    ) -> None:
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
-        super().__init__(
-            _groups(params, weight_decay, decay_norms_and_biases),
-            {**defaults, "foreach": foreach},
-        )
 
     def _single(self, group, p, g, state):
         gamma, lr = group["momentum"], group["lr"]

@@ -108,28 +108,28 @@ class Constant(Schedule):
     name = "constant"
 
 
-class Cosine(Schedule):
-    """decay(t, T) = f + (1 - f) * (1 + cos(pi t / T)) / 2, f = ``final_lr_fraction``."""
-
-    name = "cosine"
+class _ToFinalFraction(Schedule):
+    """A decay from 1 to ``final_lr_fraction`` (f) of the base LR over the decay phase."""
 
     def __init__(self, *args, final_lr_fraction: Fraction = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.final_lr_fraction = float(final_lr_fraction)
+
+
+class Cosine(_ToFinalFraction):
+    """decay(t, T) = f + (1 - f) * (1 + cos(pi t / T)) / 2, f = ``final_lr_fraction``."""
+
+    name = "cosine"
 
     def decay(self, t: int, T: int) -> float:
         f = self.final_lr_fraction
         return f + (1 - f) * 0.5 * (1 + math.cos(math.pi * t / T))
 
 
-class Linear(Schedule):
+class Linear(_ToFinalFraction):
     """decay(t, T) = 1 - (1 - f) t / T, f = ``final_lr_fraction``."""
 
     name = "linear"
-
-    def __init__(self, *args, final_lr_fraction: Fraction = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.final_lr_fraction = float(final_lr_fraction)
 
     def decay(self, t: int, T: int) -> float:
         return 1 - (1 - self.final_lr_fraction) * t / T
