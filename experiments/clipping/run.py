@@ -12,10 +12,10 @@ clipping.png into experiments/clipping/.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from stablelab.analysis.report import load_config
+from stablelab.analysis.runs import read_summary
 from stablelab.analysis.sweep import write_rows
 from stablelab.workflows import clip_threshold, clipping_study, study_args
 
@@ -28,7 +28,7 @@ def main() -> None:
     names = clipping_study(args.out, BASE, args.jobs, train=not args.from_runs)
     rows = []
     for name in names:
-        s = json.loads((args.out / name / "summary.json").read_text())
+        s = read_summary(args.out / name)
         thr = (load_config(args.out / name).get("clipping") or {}).get("clip_threshold", "")
         rows.append({
             "run": name, "clip_threshold": thr, "status": s["status"],

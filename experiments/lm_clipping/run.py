@@ -14,12 +14,12 @@ experiments/lm_clipping/.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
 from stablelab.analysis.report import load_config
+from stablelab.analysis.runs import read_summary
 from stablelab.analysis.sweep import write_rows
 from stablelab.workflows import Trial, clip_threshold, clipping_study, study_args
 
@@ -36,7 +36,7 @@ def main() -> None:
     rows, curves = [], []
     for name in names:
         run = args.out / name
-        s = json.loads((run / "summary.json").read_text())
+        s = read_summary(run)
         clip = load_config(run).get("clipping") or {}
         evals = list(csv.DictReader((run / "evals.csv").open()))
         rows.append({
@@ -68,7 +68,7 @@ def plot(names: list[str], rows: list[dict], curves: list[dict], path: Path) -> 
     from stablelab.data import CharTextDataModule
     from stablelab.data.text import unigram_entropy
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5), dpi=110)
     by_run = {r["run"]: r for r in rows}
     for ax, name in zip(axes.flat, names, strict=False):
@@ -113,7 +113,7 @@ def plot(names: list[str], rows: list[dict], curves: list[dict], path: Path) -> 
     ax.legend(fontsize=7, ncol=2)
     fig.suptitle("Pre-norm GPT at LR 1e-2 (5% warmup): gradient clipping vs qk-norm")
     fig.tight_layout()
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

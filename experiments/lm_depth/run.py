@@ -16,7 +16,7 @@ import csv
 import math
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
 from stablelab.analysis.sweep import load_trials, write_rows
 from stablelab.data import CharTextDataModule
 from stablelab.data.text import unigram_entropy
@@ -87,7 +87,7 @@ def table(trials: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def plot(rows: list[dict], curves: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(LRS), figsize=(13, 9.5), dpi=110)
     chance, unigram = math.log(65), unigram_entropy(CharTextDataModule().texts["train"])
     deepest = max(DEPTHS)
@@ -127,7 +127,7 @@ def plot(rows: list[dict], curves: list[dict], path: Path) -> None:
     axes[1, 0].legend(fontsize=8, loc="lower left")
     fig.suptitle("Residual layout vs depth, GPT on Tiny Shakespeare, no warmup (x: infeasible)")
     fig.tight_layout()
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ import csv
 import math
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
+from stablelab.analysis.runs import read_summary
 from stablelab.analysis.sweep import (
     add_lr_sensitivity,
     draw_lr_series,
@@ -83,7 +84,6 @@ def groups(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
 def table(trials: list[dict]) -> tuple[list[dict], list[dict]]:
     """One row per trial (variant, LR, verdict, losses, the attention logit and log Z at
     init / end / max, the LR sensitivity of its sweep) and every trial's monitor rows."""
-    import json
 
     by_name = {Path(t["run_dir"]).name: t for t in trials}
     rows, monitor = [], []
@@ -91,7 +91,7 @@ def table(trials: list[dict]) -> tuple[list[dict], list[dict]]:
         for lr in LRS:
             t = by_name[name(v, w, lr)]
             run = Path(t["run_dir"])
-            s = json.loads((run / "summary.json").read_text())
+            s = read_summary(run)
             rows.append({"variant": v, **{k: t[k] for k in (
                 "lr", "warmup_steps", "status", "feasible", "unstable", "val_loss",
                 "final_val_loss", "initial_loss")},
@@ -120,7 +120,7 @@ def plot(rows: list[dict], monitor: list[dict], path: Path) -> None:
     from stablelab.data import CharTextDataModule
     from stablelab.data.text import unigram_entropy as entropy
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(13, 10), dpi=110)
     chance = math.log(65)
     unigram = entropy(CharTextDataModule().texts["train"])
@@ -169,7 +169,7 @@ def plot(rows: list[dict], monitor: list[dict], path: Path) -> None:
                          fontsize=10)  # fmt: skip
     fig.suptitle("Pre-norm GPT on Tiny Shakespeare: LR sensitivity (Wortsman et al. 2023)")
     fig.tight_layout()
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

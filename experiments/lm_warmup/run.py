@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
 from stablelab.analysis.sweep import (
     add_lr_sensitivity,
     draw_lr_series,
@@ -80,7 +80,7 @@ def table(trials: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(LAYOUTS), figsize=(14, 5.6), dpi=110, sharey=True)
     chance, unigram = math.log(65), unigram_entropy(CharTextDataModule().texts["train"])
     for ax, layout in zip(axes, LAYOUTS, strict=True):
@@ -100,7 +100,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     axes[0].set_ylabel("best validation loss (nats / char)")
     fig.subplots_adjust(bottom=0.33, wspace=0.08)
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

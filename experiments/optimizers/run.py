@@ -10,10 +10,10 @@ and optimizers.png (best validation loss vs LR per rule) into experiments/optimi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
+from stablelab.analysis.runs import read_summary
 from stablelab.analysis.sweep import (
     add_lr_sensitivity,
     draw_lr_series,
@@ -51,7 +51,7 @@ def main() -> None:
     for rule, lrs in RULES.items():
         for lr in lrs:
             t = by_name[f"{rule}_lr{lr:g}"]
-            s = json.loads((Path(t["run_dir"]) / "summary.json").read_text())
+            s = read_summary(Path(t["run_dir"]))
             rows.append({
                 "rule": rule, "lr": lr, "status": s["status"], "feasible": t["feasible"],
                 "unstable": t["unstable"], "val_loss": t["val_loss"], "val_acc": s.get("val_acc"),
@@ -69,7 +69,7 @@ def main() -> None:
 
 
 def plot(rows, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     for i, rule in enumerate(RULES):
         mine = [r for r in rows if r["rule"] == rule]
@@ -78,7 +78,7 @@ def plot(rows, path: Path) -> None:
     style_lr_axis(ax, "six update rules, 500 steps (ring: unstable, x at top: infeasible)")
     ax.set_ylabel("best validation loss")
     ax.legend(fontsize=8)
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

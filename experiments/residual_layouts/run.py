@@ -11,10 +11,10 @@ into experiments/residual_layouts/.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
+from stablelab.analysis.runs import read_summary
 from stablelab.analysis.sweep import (
     add_lr_sensitivity,
     draw_lr_series,
@@ -52,7 +52,7 @@ def main() -> None:
         for d in DEPTHS:
             for lr in LRS:
                 t = by_name[f"{v}_d{d}_lr{lr:g}"]
-                s = json.loads((Path(t["run_dir"]) / "summary.json").read_text())
+                s = read_summary(Path(t["run_dir"]))
                 rows.append({
                     "variant": v, "depth": d, "lr": lr, "status": s["status"],
                     "feasible": t["feasible"], "unstable": t["unstable"],
@@ -68,7 +68,7 @@ def main() -> None:
 
 
 def plot(rows, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(DEPTHS), figsize=(11, 4), dpi=110, sharey=True)
     for ax, d in zip(axes, DEPTHS, strict=True):
         for i, v in enumerate(VARIANTS):
@@ -78,7 +78,7 @@ def plot(rows, path: Path) -> None:
         style_lr_axis(ax, f"depth {d} (x at top: infeasible; ring: unstable)")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("best validation loss")
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

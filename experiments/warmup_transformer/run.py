@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stablelab.analysis.plots import _pyplot, _save
+from stablelab.analysis.plots import pyplot, save_figure
 from stablelab.analysis.sweep import draw_lr_series, load_trials, style_lr_axis, write_rows
 from stablelab.workflows import Trial, run_trials, study_args
 
@@ -65,7 +65,7 @@ def main() -> None:
 
 
 def plot(rows, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     import math
 
@@ -81,7 +81,7 @@ def plot(rows, path: Path) -> None:
     style_lr_axis(ax, "post-norm Transformer: warmup vs base LR (x at top: infeasible)")
     ax.set_ylabel("best validation loss")
     ax.legend(fontsize=8)
-    print(f"wrote {_save(fig, path)}")
+    print(f"wrote {save_figure(fig, path)}")
 
 
 if __name__ == "__main__":

@@ -90,8 +90,9 @@ def clip_threshold(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """(Re)build a run's stability report from its files and print its verdict."""
     from stablelab.analysis.report import findings_for, verdict, write_report
+    from stablelab.analysis.runs import has_summary
 
-    if not (args.run_dir / "summary.json").is_file():
+    if not has_summary(args.run_dir):
         print(
             f"stablelab report: {args.run_dir / 'summary.json'} not found: is {args.run_dir} "
             "a stablelab run directory?",

@@ -9,7 +9,6 @@ the text is the same every time on the same machine; ``--temperature 0`` is gree
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -19,14 +18,11 @@ from stablelab.data.text import decode, encode
 
 def checkpoint_of(run_dir: Path) -> Path:
     """The run's best checkpoint, else its last one."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        best = json.loads(summary.read_text()).get("best_checkpoint")
-        if best and Path(best).is_file():
-            return Path(best)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return last
+    from stablelab.analysis.runs import best_checkpoint
+
+    found = best_checkpoint(run_dir)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"no checkpoint in {run_dir} (no best_checkpoint, no last.ckpt)")
 
 

@@ -234,12 +234,11 @@ def study_args(doc: str, study: str) -> Any:
 
 
 def _status(r: dict[str, Any]) -> str:
-    import json
+    from stablelab.analysis.runs import has_summary, read_summary
 
-    path = Path(r["run_dir"]) / "summary.json"
-    if not path.is_file():
+    if not has_summary(r["run_dir"]):
         return f"failed before writing a summary (exit {r['returncode']}, see {r['name']}.log)"
-    s = json.loads(path.read_text())
+    s = read_summary(r["run_dir"])
     if s.get("status") == "diverged":
         return f"diverged at step {s.get('diverged_at_step')} (infeasible)"
     if s.get("status") != "completed":
@@ -314,7 +313,9 @@ def probe(
         progress,
         devices[:1] if devices else None,
     )
-    if not (Path(r["run_dir"]) / "summary.json").is_file():
+    from stablelab.analysis.runs import has_summary
+
+    if not has_summary(r["run_dir"]):
         return {"run_dir": r["run_dir"], "status": "failed", "findings": []}
     summary, findings = findings_for(r["run_dir"])
     early = summary.get("first_instability_step")

@@ -32,6 +32,17 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (for scripts drawing figures
+    in the style of stablelab's own: experiments/)."""
+    return _pyplot()
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write and close a figure, with stablelab's plain log-axis labels."""
+    return _save(fig, path)
+
+
 def plot_schedule(
     lrs: Sequence[float],
     path: str | Path,

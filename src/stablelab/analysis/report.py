@@ -10,11 +10,12 @@ at the end of every run, diverged or not; ``stablelab report RUN_DIR`` rebuilds 
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from stablelab.analysis.runs import read_config, read_csv, read_summary
 
 REPORT_FILE = "report.md"
 EARLY_FRACTION = 0.1  # instability in the first 10% of the steps counts as early
@@ -37,10 +38,7 @@ class Finding:
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+    return read_csv(path.parent, path.name)
 
 
 def _f(x: str | None) -> float:
@@ -317,12 +315,8 @@ def reading(
 
 # ---------------------------------------------------------------------- the report
 def load_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+    """The run's config (see :func:`stablelab.analysis.runs.read_config`)."""
+    return read_config(run_dir)
 
 
 def _lr_plot(cfg: dict[str, Any], run_dir: Path) -> Path | None:
@@ -361,10 +355,8 @@ def _events(*tables: list[dict[str, str]], summary: dict[str, Any]) -> list[tupl
 
 def findings_for(run_dir: str | Path) -> tuple[dict[str, Any], list[Finding]]:
     """A run directory's summary and the reading of it."""
-    import json
-
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     tables = _csv(run_dir / "stability.csv"), _csv(run_dir / "dense_eval.csv")
     events = _events(*tables, summary=summary)
     return summary, reading(summary, load_config(run_dir), events)
@@ -373,10 +365,8 @@ def findings_for(run_dir: str | Path) -> tuple[dict[str, Any], list[Finding]]:
 def write_report(run_dir: str | Path, figures: bool = True) -> Path:
     """Write ``report.md`` and (unless ``figures`` is false: the run's ``plots=false``) its
     PNGs into ``run_dir``; return the report's path."""
-    import json
-
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     cfg = load_config(run_dir)
     stab = _csv(run_dir / "stability.csv")
     dense_rows = _csv(run_dir / "dense_eval.csv")

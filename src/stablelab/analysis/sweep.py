@@ -54,22 +54,20 @@ FIELDS = [
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
-    """Run directories under ``sweep_dir`` (those holding a summary.json), sorted."""
-    root = Path(sweep_dir)
-    runs = {p.parent for p in root.rglob("summary.json") if "wandb" not in p.parts}
-    return sorted(runs)
+    """Run directories under ``sweep_dir`` (see :func:`stablelab.analysis.runs.find_runs`)."""
+    from stablelab.analysis.runs import find_runs as _find
+
+    return _find(sweep_dir)
 
 
 def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trial (the FIELDS), sorted by LR then warmup."""
-    import json
-
-    from stablelab.analysis.report import load_config
+    from stablelab.analysis.runs import read_config, read_summary
 
     rows = []
     for run in find_runs(sweep_dir):
-        s = json.loads((run / "summary.json").read_text())
-        cfg = load_config(run)
+        s = read_summary(run)
+        cfg = read_config(run)
         row = {k: s.get(k) for k in FIELDS}
         row["run_dir"] = str(run)
         row["lr"] = float((cfg.get("optimizer") or {}).get("lr", math.nan))
