@@ -73,8 +73,14 @@ BAD = [
         ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"],
     ),
     (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
-    (["trainer=fsdp", "clipping=agc"], ["clipping = agc", "FSDP2Strategy", "zscore"]),
-    (["+trainer.strategy=fsdp", "clipping=agc"], ["clipping = agc", "'fsdp'"]),
+    (
+        ["trainer=fsdp", "callbacks.update_ratio.every_n_steps=10"],
+        ["callbacks.update_ratio.every_n_steps = 10", "FSDP2Strategy", "use null"],
+    ),
+    (
+        ["+trainer.strategy=fsdp", "callbacks.update_ratio.every_n_steps=5"],
+        ["callbacks.update_ratio.every_n_steps = 5", "'fsdp'"],
+    ),
     (["trainer=fsdp_cpu", "compile=true"], ["compile = true", "FSDP2Strategy", "compile=false"]),
     (
         ["+trainer.strategy._target_=lightning.pytorch.strategies.ModelParallelStrategy"],

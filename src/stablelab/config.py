@@ -554,13 +554,7 @@ def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
             "(stablelab compiles the whole model, FSDP wraps its blocks): use compile=false, "
             "or one process / DDP"
         )
-    clip = str((plain.get("clipping") or {}).get("_target_", ""))
-    if clip.endswith(".AGC"):
-        problems.append(
-            "clipping = agc: not available with trainer.strategy = "
-            f"{_fmt(sharded)} (per-unit norms need whole weight rows; FSDP shards them): "
-            "use clipping=none, fixed, percentile or zscore"
-        )
+    # (AGC works on shards: FSDP2 shards along dim 0, so each rank holds whole rows)
     if sharded == "ModelParallelStrategy":  # Lightning's default "auto" is one TP group/node
         tp = strategy.get("tensor_parallel_size", "auto")
         if tp != 1:

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from stablelab.config import ConfigError, instantiate
-from stablelab.optim.clipping import NoClip
 
 
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -27,13 +26,6 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
     float32 at least): pulls the log-partition towards 0 (PaLM; Wortsman et al. 2023)."""
     lse = torch.logsumexp(logits.float() if logits.dtype != torch.float64 else logits, dim=-1)
     return lse.square().mean()
-
-
-def _is_sharded(strategy) -> bool:
-    """FSDP2 (ModelParallelStrategy) or FSDP1 (FSDPStrategy): gradients are shards."""
-    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
 class StableModule(L.LightningModule):
@@ -226,12 +218,10 @@ class StableModule(L.LightningModule):
         # Lightning calls this once per optimizer step, after DDP's all-reduce, AMP
         # unscaling and gradient accumulation; we own the norm and the clip so the unclipped
         # norm is kept (Lightning's discards it). Nothing here waits on the device.
-        if self.telemetry is None and isinstance(self.clipper, NoClip):
+        if self.telemetry is None and not getattr(self.clipper, "clips", True):
             return  # nothing to clip and nobody listening: skip even the norm
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
-            if _is_sharded(self.trainer.strategy):  # each rank holds a shard of g
-                self.clipper.reduce_sq = lambda t: self.trainer.strategy.reduce(t, reduce_op="sum")
         stats = self.clipper(self._named_params)
         if self.telemetry is not None:
             self.telemetry.record(self.trainer.global_step, stats)

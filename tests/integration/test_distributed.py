@@ -344,6 +344,38 @@ def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
             assert (x - ref).abs().max() <= 1e-3 * ref.abs().max() + 1e-30, (i, key)
 
 
+def test_agc_under_fsdp_clips_each_row_as_one_process_does(tmp_path):
+    """AGC with FSDP2 shards: each rank holds whole rows (dim-0 shards), so per-row norms
+    are its own; a vector's norm (biases, norm gains) is reduced over the ranks. Reference:
+    one process with the same global batch, plain SGD (the update is the clipped gradient
+    itself, so a shard scaled by its own local norm shows in the weights), AGC at 1e-4
+    (every unit clipped, vectors too). After one update every parameter must agree to
+    float32 reduction-order noise; a vector clipped by its local half's norm is off by
+    several percent. The norms and the clipped flag agree too."""
+    torch = pytest.importorskip("torch")
+    fsdp, one = tmp_path / "fsdp", tmp_path / "one"
+    args = [*COMMON, "logger=csv", "optimizer=sgd", "optimizer.lr=0.5", "clipping=agc",
+            "clipping.clipping=1e-4", "max_train_steps=1"]  # fmt: skip
+    assert_ok(
+        run_cli([*args, "trainer=fsdp_cpu", "data.batch_size=128", f"hydra.run.dir={fsdp}"],
+                tmp_path)
+    )  # fmt: skip
+    _one_process([*args, "data.batch_size=256"], one)
+    for col in ("grad_norm", "grad_norm_clipped"):
+        np.testing.assert_allclose(_col(fsdp, col), _col(one, col), rtol=1e-5)
+    assert (_col(fsdp, "clipped") == 1).all() and (_col(one, "clipped") == 1).all()
+    a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=False) for r in (fsdp, one))
+    vectors = 0
+    for name, ref in b["state_dict"].items():
+        if not ref.is_floating_point():
+            continue
+        got = a["state_dict"][name]
+        assert got.shape == ref.shape, name
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, msg=name)
+        vectors += ref.ndim == 1
+    assert vectors >= 4  # (the vectors that a local norm would clip wrongly are there)
+
+
 def test_sharded_strategies_refuse_whole_tensor_features(tmp_path):
     """Refused by train() before anything starts (the CLI prints the same ConfigError: see
     test_cli's bad-input test); the same overrides without FSDP are valid."""
@@ -352,7 +384,7 @@ def test_sharded_strategies_refuse_whole_tensor_features(tmp_path):
     from stablelab.train import train
 
     for bad, key in (
-        ("clipping=agc", "clipping = agc"),
+        ("compile=true", "compile = true"),
         ("callbacks.update_ratio.every_n_steps=10", "callbacks.update_ratio.every_n_steps"),
     ):
         out = tmp_path / bad.split("=")[0]

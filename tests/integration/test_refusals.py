@@ -235,7 +235,7 @@ def _imported(argv: list[str], tmp_path: Path) -> tuple[int, set[str], str]:
         ["optimizer.lr=-1", "model.norm=bad", "seed=-1"],  # stablelab targets and root keys
         ["callbacks.grad_norm.recent_window=0"],
         ["schedule.warmup_steps=-5", "clipping=fixed", "clipping.clip_threshold=0"],
-        ["trainer=fsdp_cpu", "clipping=agc"],  # a rule across groups
+        ["trainer=fsdp_cpu", "compile=true"],  # a rule across groups
     ],
 )
 def test_a_refusal_imports_neither_torch_nor_lightning(tmp_path, bad):

@@ -22,7 +22,7 @@ Strategies (``configs/clipping/``):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -53,30 +53,35 @@ class ClipStats:
     threshold: Tensor  # the global-norm threshold used (inf: none; nan: not global, AGC)
 
 
-def global_grad_norm(
-    grads: Sequence[Tensor], reduce_sq: Callable[[Tensor], Tensor] | None = None
-) -> Tensor:
+def _is_dtensor(t: Tensor) -> bool:
+    return bool(DTensor) and isinstance(t, DTensor)
+
+
+def global_grad_norm(grads: Sequence[Tensor]) -> Tensor:
     """||g||_2 over all gradient tensors, on the device: per-tensor norms (one fused
     ``_foreach_norm``), then the norm of those, in float32 (float64 for float64 grads).
 
-    ``reduce_sq``: for gradients sharded across ranks (FSDP), the sum over ranks of the
-    local squared norm (an all-reduce, no host sync); the result is then the norm of the
-    full gradient on every rank."""
-    norms = torch._foreach_norm(list(grads), 2)
+    Gradients sharded across ranks (FSDP2: DTensors) are measured the torch way, as
+    torchtitan does: ``torch.nn.utils.get_total_norm`` over the DTensors (a partial norm per
+    rank), then ``full_tensor()`` (one all-reduce, no host sync): the norm of the full
+    gradient, the same on every rank."""
+    grads = list(grads)
+    if any(_is_dtensor(g) for g in grads):
+        total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
+        return total.full_tensor() if _is_dtensor(total) else total
+    norms = torch._foreach_norm(grads, 2)
     dtypes = {n.dtype for n in norms}
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32
     if dtypes == {dtype}:  # the common case: one stack, no per-tensor casts
         stacked = torch.stack(norms)
     else:
         stacked = torch.stack([n.to(dtype) for n in norms])
-    if reduce_sq is None:
-        return torch.linalg.vector_norm(stacked, 2)
-    return torch.sqrt(reduce_sq(stacked.square().sum()))
+    return torch.linalg.vector_norm(stacked, 2)
 
 
 def _local(t: Tensor) -> Tensor:
     """A DTensor's local shard (FSDP2), which in-place ops on it change; else ``t``."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if _is_dtensor(t) else t
 
 
 def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor, Tensor]]:
@@ -86,32 +91,36 @@ def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor
 class GlobalNormClipper:
     """Base for strategies that scale the whole gradient: g' = min(1, lambda / ||g||) g.
 
-    Subclasses choose lambda (``_threshold``) and may update state from the norm. The
-    module sets ``reduce_sq`` when gradients are sharded (see :func:`global_grad_norm`).
+    Subclasses choose lambda (``_threshold``) and may update state from the norm;
+    ``clips = False`` measures only. Sharded (FSDP2) gradients need nothing special: the
+    norm is the full gradient's (:func:`global_grad_norm`) and each rank scales its shard.
     """
 
-    reduce_sq: Callable[[Tensor], Tensor] | None = None
+    clips = True
 
     def _threshold(self, norm: Tensor) -> Tensor:
         raise NotImplementedError
 
     def __call__(self, named_params: Iterable[tuple[str, Tensor]]) -> ClipStats:
-        grads = [_local(g) for _, _, g in _grads(named_params)]
+        grads = [g for _, _, g in _grads(named_params)]
         if not grads:
             z = torch.zeros(())
             return ClipStats(z, z, z, torch.full((), float("inf")))
-        norm = global_grad_norm(grads, self.reduce_sq)
+        norm = global_grad_norm(grads)
         lam = self._threshold(norm)
         # lambda / ||g|| is inf for a zero gradient: clamped to 1 (unchanged)
         coef = torch.clamp(lam / norm, max=1.0)
         clipped = norm > lam
-        if not isinstance(self, NoClip):
-            torch._foreach_mul_(grads, coef.to(grads[0].dtype))
+        if self.clips:  # in place on each rank's shard (the whole tensor unsharded)
+            local = [_local(g) for g in grads]
+            torch._foreach_mul_(local, coef.to(local[0].dtype))
         return ClipStats(norm, torch.minimum(norm, lam), clipped.to(norm.dtype), lam.to(norm.dtype))
 
 
 class NoClip(GlobalNormClipper):
     """No clipping (g' = g); the unclipped norm is still measured and logged."""
+
+    clips = False
 
     def _threshold(self, norm: Tensor) -> Tensor:
         return torch.full_like(norm, float("inf"))
@@ -254,6 +263,8 @@ class AGC:
     the final classifier unclipped: ``model.head``).
     """
 
+    clips = True
+
     def __init__(
         self,
         clipping: PosFloat = 0.01,
@@ -266,7 +277,14 @@ class AGC:
 
     @staticmethod
     def unit_norm(x: Tensor) -> Tensor:
-        """Norm per output unit, broadcastable to x (whole-tensor norm for ndim <= 1)."""
+        """Norm per output unit, broadcastable to x's local data (whole-tensor norm for
+        ndim <= 1). FSDP2 shards along dim 0, so a rank holds whole rows: the row norms of
+        its shard are exact; a vector's norm is reduced over the ranks (``full_tensor``)."""
+        if _is_dtensor(x):
+            if x.ndim <= 1:
+                full = torch.linalg.vector_norm(x.to(torch.promote_types(x.dtype, torch.float32)))
+                return full.full_tensor() if _is_dtensor(full) else full
+            x = x.to_local()
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         if x.ndim <= 1:
             return torch.linalg.vector_norm(x)
@@ -286,7 +304,13 @@ class AGC:
             g_norm = self.unit_norm(g)
             over = g_norm > max_norm
             scale = torch.where(over, max_norm / g_norm.clamp(min=1e-30), torch.ones_like(g_norm))
-            g.mul_(scale.to(g.dtype))
+            _local(g).mul_(scale.to(g.dtype))  # (a rank's shard: its rows, or its slice)
             any_clipped = torch.maximum(any_clipped, over.any().float())
         after = global_grad_norm([g for _, _, g in items])
+        sharded = next((g for _, _, g in items if _is_dtensor(g)), None)
+        if sharded is not None:  # each rank saw its own rows: clipped anywhere, on every rank
+            import torch.distributed as dist
+
+            mesh = sharded.device_mesh
+            dist.all_reduce(any_clipped, op=dist.ReduceOp.MAX, group=mesh.get_group())
         return ClipStats(norm, after, any_clipped, torch.full_like(norm, float("nan")))
