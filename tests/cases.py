@@ -73,21 +73,10 @@ BAD = [
         ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"],
     ),
     (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
-    (
-        ["trainer=fsdp", "callbacks.update_ratio.every_n_steps=10"],
-        ["callbacks.update_ratio.every_n_steps = 10", "FSDP2Strategy", "use null"],
-    ),
-    (
-        ["+trainer.strategy=fsdp", "callbacks.update_ratio.every_n_steps=5"],
-        ["callbacks.update_ratio.every_n_steps = 5", "'fsdp'"],
-    ),
+    (["+trainer.strategy=fsdp", "compile=true"], ["compile = true", "'fsdp'"]),
     (["trainer=fsdp_cpu", "compile=true"], ["compile = true", "FSDP2Strategy", "compile=false"]),
     (
         ["+trainer.strategy._target_=lightning.pytorch.strategies.ModelParallelStrategy"],
         ["trainer.strategy.tensor_parallel_size = 'auto'", "allowed: 1"],
-    ),
-    (
-        ["trainer=fsdp_cpu", "callbacks.update_ratio.every_n_steps=5"],
-        ["callbacks.update_ratio.every_n_steps = 5", "FSDP2Strategy", "use null"],
     ),
 ]

@@ -563,13 +563,7 @@ def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
                 "data-parallel only (trainer=fsdp uses stablelab.strategies.FSDP2Strategy); "
                 "allowed: 1"
             )
-    ratio = ((plain.get("callbacks") or {}).get("update_ratio") or {}).get("every_n_steps")
-    if ratio is not None:
-        problems.append(
-            f"callbacks.update_ratio.every_n_steps = {_fmt(ratio)}: not available with "
-            f"trainer.strategy = {_fmt(sharded)} (per-tensor ratios need whole tensors; "
-            "FSDP shards them): use null (off)"
-        )
+    # (update ratios and AGC work on FSDP2 shards: their norms are reduced over the ranks)
     return problems
 
 

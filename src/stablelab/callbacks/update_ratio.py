@@ -22,6 +22,7 @@ import torch
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
 from stablelab.constraints import PosInt
+from stablelab.optim.clipping import is_dtensor, local_shard
 
 
 class UpdateRatioMonitor(TelemetryCallback):
@@ -47,21 +48,31 @@ class UpdateRatioMonitor(TelemetryCallback):
         if stage == "fit":
             named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
             self.names = [n.removeprefix("model.") for n, _ in named]
-            self._params = [p for _, p in named]
-            self.csv.fields = ["step", *self.names]
+            self._params = []  # taken at the first measurement: FSDP2 replaces the
+            self.csv.fields = ["step", *self.names]  # parameters after setup
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and self._params:
-            self._before = torch._foreach_mul([p.detach() for p in self._params], 1.0)
+        if self.every_n_steps and step % self.every_n_steps == 0 and self.names:
+            if not self._params:
+                self._params = [p for p in pl_module.parameters() if p.requires_grad]
+            self._before = torch._foreach_mul([local_shard(p.detach()) for p in self._params], 1.0)
             self._step = step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._before is not None and trainer.global_step > self._step:  # the step ran
-            after = [p.detach() for p in self._params]
+            after = [local_shard(p.detach()) for p in self._params]
             delta = torch._foreach_sub(after, self._before)
-            num = torch.stack(torch._foreach_norm(delta)).float()
-            den = torch.stack(torch._foreach_norm(self._before)).float()
+            # squared norms of this rank's part of each tensor (the whole tensor unsharded)
+            sq = torch.stack(
+                [*torch._foreach_norm(delta), *torch._foreach_norm(self._before)]
+            ).float().square()  # fmt: skip
+            sharded = next((p for p in self._params if is_dtensor(p)), None)
+            if sharded is not None:  # FSDP2: one all-reduce adds the ranks' parts, no sync
+                import torch.distributed as dist
+
+                dist.all_reduce(sq, group=sharded.device_mesh.get_group())
+            num, den = sq.sqrt().chunk(2)
             self._pending.append((self._step, num / den))
             self._before = None
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

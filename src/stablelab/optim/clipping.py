@@ -53,7 +53,7 @@ class ClipStats:
     threshold: Tensor  # the global-norm threshold used (inf: none; nan: not global, AGC)
 
 
-def _is_dtensor(t: Tensor) -> bool:
+def is_dtensor(t: Tensor) -> bool:
     return bool(DTensor) and isinstance(t, DTensor)
 
 
@@ -66,9 +66,9 @@ def global_grad_norm(grads: Sequence[Tensor]) -> Tensor:
     rank), then ``full_tensor()`` (one all-reduce, no host sync): the norm of the full
     gradient, the same on every rank."""
     grads = list(grads)
-    if any(_is_dtensor(g) for g in grads):
+    if any(is_dtensor(g) for g in grads):
         total = torch.nn.utils.get_total_norm(grads, 2.0, foreach=True)
-        return total.full_tensor() if _is_dtensor(total) else total
+        return total.full_tensor() if is_dtensor(total) else total
     norms = torch._foreach_norm(grads, 2)
     dtypes = {n.dtype for n in norms}
     dtype = torch.float64 if torch.float64 in dtypes else torch.float32
@@ -79,9 +79,9 @@ def global_grad_norm(grads: Sequence[Tensor]) -> Tensor:
     return torch.linalg.vector_norm(stacked, 2)
 
 
-def _local(t: Tensor) -> Tensor:
+def local_shard(t: Tensor) -> Tensor:
     """A DTensor's local shard (FSDP2), which in-place ops on it change; else ``t``."""
-    return t.to_local() if _is_dtensor(t) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def _grads(named_params: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor, Tensor]]:
@@ -112,7 +112,7 @@ class GlobalNormClipper:
         coef = torch.clamp(lam / norm, max=1.0)
         clipped = norm > lam
         if self.clips:  # in place on each rank's shard (the whole tensor unsharded)
-            local = [_local(g) for g in grads]
+            local = [local_shard(g) for g in grads]
             torch._foreach_mul_(local, coef.to(local[0].dtype))
         return ClipStats(norm, torch.minimum(norm, lam), clipped.to(norm.dtype), lam.to(norm.dtype))
 
@@ -280,10 +280,10 @@ class AGC:
         """Norm per output unit, broadcastable to x's local data (whole-tensor norm for
         ndim <= 1). FSDP2 shards along dim 0, so a rank holds whole rows: the row norms of
         its shard are exact; a vector's norm is reduced over the ranks (``full_tensor``)."""
-        if _is_dtensor(x):
+        if is_dtensor(x):
             if x.ndim <= 1:
                 full = torch.linalg.vector_norm(x.to(torch.promote_types(x.dtype, torch.float32)))
-                return full.full_tensor() if _is_dtensor(full) else full
+                return full.full_tensor() if is_dtensor(full) else full
             x = x.to_local()
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         if x.ndim <= 1:
@@ -304,10 +304,10 @@ class AGC:
             g_norm = self.unit_norm(g)
             over = g_norm > max_norm
             scale = torch.where(over, max_norm / g_norm.clamp(min=1e-30), torch.ones_like(g_norm))
-            _local(g).mul_(scale.to(g.dtype))  # (a rank's shard: its rows, or its slice)
+            local_shard(g).mul_(scale.to(g.dtype))  # (a rank's shard: its rows, or its slice)
             any_clipped = torch.maximum(any_clipped, over.any().float())
         after = global_grad_norm([g for _, _, g in items])
-        sharded = next((g for _, _, g in items if _is_dtensor(g)), None)
+        sharded = next((g for _, _, g in items if is_dtensor(g)), None)
         if sharded is not None:  # each rank saw its own rows: clipped anywhere, on every rank
             import torch.distributed as dist
 
