@@ -229,11 +229,9 @@ def probe_cmd(args: argparse.Namespace) -> int:
         args.threads,
         devices=args.gpus,
     )
-    verdict = (
-        "early instability"
-        if res.get("early_instability")
-        else ("unstable" if res.get("unstable") else "stable")
-    )
+    from stablelab.policy import PROBE_VERDICTS, probe_verdict
+
+    verdict = PROBE_VERDICTS[probe_verdict(res)]
     print(f"probe at lr {args.lr:g}: {verdict}; report: {res['run_dir']}/report.md")
     for key, text in res.get("findings", []):
         print(f"  - [{key}] {text.replace('**', '').replace('`', '')}")

@@ -492,30 +492,13 @@ def diagnose(
 
 
 def first_fix(result: dict[str, Any]) -> str:
-    """Which playbook fix to try first, from what the workflows found: warmup when there is
-    early instability (or lr* sits at the edge) and the warmup sweep found a stable warmup;
-    otherwise clipping when anything was unstable (it helps early and mid-training
-    instability and fixes some cases warmup cannot); otherwise nothing."""
-    sweep, pr, wu = result["sweep"], result.get("probe") or {}, result.get("warmup") or {}
-    if sweep["lr_star"] is None:
-        return "lower the learning rate: no trial of the sweep was feasible"
-    early, edge = pr.get("early_instability"), sweep["edge_of_feasibility"]
-    if (early or edge) and wu.get("warmup_steps"):
-        return f"learning-rate warmup: {wu['advice']}"
-    if early or edge or pr.get("unstable"):
-        why = (
-            "early instability that no warmup under the 10% cap fixed"
-            if early and wu
-            else "early instability"
-            if early
-            else "lr* sits at the edge of feasibility"
-            if edge
-            else "instability at 2 x lr*"
-        )
-        thr = result.get("clip_threshold")
-        how = f": `clipping=fixed clipping.clip_threshold={thr:.4g}`" if thr else ""
-        return f"gradient clipping at the 90th percentile of lr*'s unclipped norms ({why}){how}"
-    return "none needed: lr* trains stably and instability does not limit the learning rate"
+    """Which playbook fix to try first, from what the workflows found: the first rule of
+    :data:`stablelab.policy.FIX_RULES` that holds (warmup when there is early instability
+    or lr* sits at the edge and the warmup sweep found a stable warmup; otherwise clipping
+    when anything was unstable; otherwise nothing), as one line."""
+    from stablelab.policy import choose_fix
+
+    return choose_fix(result).text()
 
 
 def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
@@ -551,12 +534,11 @@ def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
     if pr is None:
         lines += ["Not run: no feasible lr*.", ""]
     else:
+        from stablelab.policy import PROBE_VERDICTS, probe_verdict
+
+        key = probe_verdict(pr)
         verdict = (
-            "**early instability**"
-            if pr.get("early_instability")
-            else "unstable later in the run"
-            if pr.get("unstable")
-            else "stable"
+            f"**{PROBE_VERDICTS[key]}**" if key == "early_instability" else PROBE_VERDICTS[key]
         )
         lines += [
             f"At lr = {pr['lr']:.4g} for {pr.get('total_steps')} steps: {verdict}"

@@ -263,3 +263,28 @@ def test_a_long_lone_trial_reports_its_quarters_in_a_log(tmp_path, capsys):
         out = capsys.readouterr().out
         want = [] if quiet else ["[probe] probe_x: step 30/100 (30%), ETA 0:07"]
         assert out.splitlines() == want
+
+
+def test_the_fix_policy_is_a_table_of_rules_with_keys():
+    from stablelab.policy import FIX_RULES, choose_fix, probe_verdict
+
+    sweep = {"lr_star": 1e-3, "edge_of_feasibility": False}
+    cases = [  # (what the workflows found, the key of the fix)
+        ({"sweep": {"lr_star": None}}, "lower_lr"),
+        ({"sweep": sweep, "probe": {"early_instability": True},
+          "warmup": {"warmup_steps": 30, "advice": "prepend 30"}}, "warmup"),
+        ({"sweep": {**sweep, "edge_of_feasibility": True}, "probe": {},
+          "warmup": {"warmup_steps": 30, "advice": "prepend 30"}}, "warmup"),
+        ({"sweep": sweep, "probe": {"early_instability": True},
+          "warmup": {"warmup_steps": None}}, "clipping"),
+        ({"sweep": sweep, "probe": {"unstable": True}}, "clipping"),
+        ({"sweep": sweep, "probe": {}}, "none"),
+    ]  # fmt: skip
+    for result, key in cases:
+        assert choose_fix(result).key == key, (result, key)
+    clip = choose_fix({"sweep": sweep, "probe": {"unstable": True}, "clip_threshold": 2.5})
+    assert clip.command == "clipping=fixed clipping.clip_threshold=2.5"
+    assert clip.evidence == "instability at 2 x lr*"
+    assert len(FIX_RULES) == 4
+    probes = ({"early_instability": True, "unstable": True}, {"unstable": True}, {})
+    assert [probe_verdict(p) for p in probes] == ["early_instability", "unstable_later", "stable"]
