@@ -18,6 +18,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 
 def schedule_plot(args: argparse.Namespace) -> int:
@@ -189,9 +190,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
 
             base = float(compose([*args.overrides, "paths.output_dir=."]).optimizer.lr)
             lrs = workflows.default_lrs(base)
-        res = workflows.lr_sweep(
-            lrs, out, args.overrides, args.jobs, args.threads, devices=args.gpus
-        )
+        res = workflows.lr_sweep(lrs, out, _opts(args))
         print(res["verdict"])
         if res["lr_sensitivity"] is not None:
             print(f"LR sensitivity: {res['lr_sensitivity']:.4g}")
@@ -201,15 +200,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
 
     steps = int(compose([*args.overrides, "paths.output_dir=."]).max_train_steps)
     res = workflows.warmup_sweep(
-        args.unstable_lr,
-        steps,
-        out,
-        args.overrides,
-        args.factor,
-        args.grid,
-        args.jobs,
-        args.threads,
-        devices=args.gpus,
+        args.unstable_lr, steps, out, _opts(args), factor=args.factor, grid=args.grid
     )
     print(f"warmup_steps tried: {res['grid']} at base_learning_rate {res['base_learning_rate']:g}")
     print(f"result: {res['advice']}")
@@ -221,14 +212,7 @@ def probe_cmd(args: argparse.Namespace) -> int:
 
     if not _check(args.overrides, "probe"):
         return 2
-    res = workflows.probe(
-        args.lr,
-        _out(args, "probe"),
-        args.overrides,
-        args.steps,
-        args.threads,
-        devices=args.gpus,
-    )
+    res = workflows.probe(args.lr, _out(args, "probe"), _opts(args, jobs=1), steps=args.steps)
     from stablelab.policy import PROBE_VERDICTS, probe_verdict
 
     verdict = PROBE_VERDICTS[probe_verdict(res)]
@@ -275,16 +259,27 @@ def diagnose_cmd(args: argparse.Namespace) -> int:
         return 2
     workflows.diagnose(
         _out(args, "diagnose"),
-        args.overrides,
-        args.lrs,
-        args.probe_steps,
-        args.factor,
-        args.grid,
-        args.jobs,
-        args.threads,
-        devices=args.gpus,
+        _opts(args),
+        lrs=args.lrs,
+        probe_steps=args.probe_steps,
+        factor=args.factor,
+        grid=args.grid,
     )
     return 0
+
+
+def _opts(args: argparse.Namespace, **kw: Any):
+    """The workflow options from the command line (``kw`` overrides one)."""
+    from stablelab.workflows import TrialOptions
+
+    o = {
+        "overrides": list(args.overrides),
+        "jobs": getattr(args, "jobs", 1),
+        "threads": args.threads,
+        "devices": args.gpus,
+        **kw,
+    }
+    return TrialOptions(**o)
 
 
 def _trial_args(p: argparse.ArgumentParser) -> None:
@@ -468,7 +463,14 @@ def main(argv: list[str] | None = None) -> int:
         help="warmup grid before the 10%% cap",
     )
     dg.set_defaults(func=diagnose_cmd)
-    args = ap.parse_args(argv)
+    # Hydra overrides may come anywhere, also after options (`sweep warmup --unstable-lr X
+    # key=value`): argparse stops a positional list at the first option, so collect the rest
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        stray = [e for e in extra if e.startswith("-") or "=" not in e]
+        if stray or not hasattr(args, "overrides"):
+            ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.overrides = [*args.overrides, *extra]
     return args.func(args)
 
 

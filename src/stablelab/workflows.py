@@ -24,6 +24,27 @@ from typing import Any
 
 
 @dataclass
+class TrialOptions:
+    """How a workflow runs its trials: the Hydra overrides every trial gets, how many run
+    at once, torch threads per trial (None: the available cores / jobs), progress output,
+    and GPU ids (one trial per device at a time)."""
+
+    overrides: list[str] = field(default_factory=list)
+    jobs: int = 1
+    threads: int | None = None
+    progress: bool = True
+    devices: list[str] | None = None
+
+    def trials(self, trials: list[Trial], out_dir: str | Path, label: str, **kw: Any):
+        """:func:`run_trials` with these options (``kw`` overrides one, e.g. ``jobs=1``)."""
+        o = {"jobs": self.jobs, "devices": self.devices, **kw}
+        return run_trials(
+            trials, out_dir, list(self.overrides), o["jobs"], self.threads, label,
+            self.progress, o["devices"],
+        )  # fmt: skip
+
+
+@dataclass
 class Trial:
     name: str
     overrides: list[str] = field(default_factory=list)
@@ -267,30 +288,18 @@ def default_lrs(base_lr: float, below: int = 2, above: int = 3) -> list[float]:
 
 
 def lr_sweep(
-    lrs: list[float],
-    out_dir: str | Path,
-    overrides: list[str] = (),
-    jobs: int = 1,
-    threads: int | None = None,
-    progress: bool = True,
-    devices: list[str] | None = None,
+    lrs: list[float], out_dir: str | Path, opts: TrialOptions | None = None
 ) -> dict[str, Any]:
     """Train one trial per LR, then analyse the sweep (see analysis.sweep)."""
     from stablelab.analysis.sweep import analyze_lr_sweep
 
     trials = [Trial(lr_name(lr), [f"optimizer.lr={lr}"]) for lr in sorted(lrs)]
-    run_trials(trials, out_dir, list(overrides), jobs, threads, "LR sweep", progress, devices)
+    (opts or TrialOptions()).trials(trials, out_dir, "LR sweep")
     return analyze_lr_sweep(out_dir)
 
 
 def probe(
-    lr: float,
-    out_dir: str | Path,
-    overrides: list[str] = (),
-    steps: int = 500,
-    threads: int | None = None,
-    progress: bool = True,
-    devices: list[str] | None = None,
+    lr: float, out_dir: str | Path, opts: TrialOptions | None = None, *, steps: int = 500
 ) -> dict[str, Any]:
     """The playbook's check for early instability: a short run at ``lr`` (2 x lr*) that
     evaluates after every step. Returns the trial's summary plus its reading."""
@@ -303,16 +312,9 @@ def probe(
         f"callbacks.dense_eval.every_step_until={steps}",
         "test=false",
     ]
-    (r,) = run_trials(
-        [Trial(name, args)],
-        out_dir,
-        list(overrides),
-        1,
-        threads,
-        "probe",
-        progress,
-        devices[:1] if devices else None,
-    )
+    opts = opts or TrialOptions()
+    devices = opts.devices[:1] if opts.devices else None
+    (r,) = opts.trials([Trial(name, args)], out_dir, "probe", jobs=1, devices=devices)
     from stablelab.analysis.runs import has_summary
 
     if not has_summary(r["run_dir"]):
@@ -333,13 +335,10 @@ def warmup_sweep(
     unstable_lr: float,
     max_train_steps: int,
     out_dir: str | Path,
-    overrides: list[str] = (),
+    opts: TrialOptions | None = None,
+    *,
     factor: float = 10.0,
     grid: list[int] = (10, 1000, 10000, 100000),
-    jobs: int = 1,
-    threads: int | None = None,
-    progress: bool = True,
-    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """The playbook's warmup sweep at ``base_learning_rate = factor * unstable_lr``:
     ``warmup_steps`` over ``grid`` capped at 10% of ``max_train_steps``,
@@ -367,7 +366,7 @@ def warmup_sweep(
         )
         for w in values
     ]
-    run_trials(trials, out_dir, list(overrides), jobs, threads, "warmup sweep", progress, devices)
+    (opts or TrialOptions()).trials(trials, out_dir, "warmup sweep")
     rows = load_trials(out_dir)
     write_summary_csv(rows, Path(out_dir) / "sweep_summary.csv")
     if rows:
@@ -429,15 +428,12 @@ def clipping_study(
 
 def diagnose(
     out_dir: str | Path,
-    overrides: list[str] = (),
+    opts: TrialOptions | None = None,
+    *,
     lrs: list[float] | None = None,
     probe_steps: int = 500,
     factor: float = 10.0,
     grid: list[int] = (10, 1000, 10000, 100000),
-    jobs: int = 1,
-    threads: int | None = None,
-    progress: bool = True,
-    devices: list[str] | None = None,
 ) -> dict[str, Any]:
     """LR sweep -> lr* and the axis plot; probe at 2 x lr*; warmup sweep at 10x the
     unstable LR; clip threshold from lr*'s norms; one report (``diagnosis.md``)."""
@@ -447,7 +443,8 @@ def diagnose(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = list(overrides)
+    opts = opts or TrialOptions()
+    overrides, progress = list(opts.overrides), opts.progress
     plain = validate(compose([*overrides, f"paths.output_dir={out_dir}"]))  # fail early
     base_lr = float(plain["optimizer"]["lr"])
     max_steps = int(plain["max_train_steps"])
@@ -456,14 +453,12 @@ def diagnose(
     say = print if progress else (lambda *a, **k: None)
     say(f"diagnose: {len(lrs)}-trial LR sweep, probe at 2 x lr*, warmup sweep -> {out_dir}")
 
-    sweep = lr_sweep(lrs, out_dir / "lr_sweep", overrides, jobs, threads, progress, devices)
+    sweep = lr_sweep(lrs, out_dir / "lr_sweep", opts)
     say(f"diagnose: {sweep['verdict']}")
     result: dict[str, Any] = {"out_dir": str(out_dir), "lrs": lrs, "sweep": sweep}
     star = sweep["lr_star"]
     if star is not None:
-        result["probe"] = probe(
-            2 * star, out_dir / "probe", overrides, probe_steps, threads, progress, devices
-        )
+        result["probe"] = probe(2 * star, out_dir / "probe", opts, steps=probe_steps)
         result["clip_threshold"] = clip_threshold(sweep["lr_star_run"])
     unstable = sweep["unstable_base_learning_rate"]
     pr = result.get("probe")
@@ -471,16 +466,7 @@ def diagnose(
         unstable = pr["lr"]  # the probe found instability below the sweep's first bad LR
     if unstable is not None:
         result["warmup"] = warmup_sweep(
-            unstable,
-            max_steps,
-            out_dir / "warmup",
-            overrides,
-            factor,
-            grid,
-            jobs,
-            threads,
-            progress,
-            devices,
+            unstable, max_steps, out_dir / "warmup", opts, factor=factor, grid=grid
         )
     result["first_fix"] = first_fix(result)
     report = out_dir / "diagnosis.md"

@@ -288,3 +288,20 @@ def test_the_fix_policy_is_a_table_of_rules_with_keys():
     assert len(FIX_RULES) == 4
     probes = ({"early_instability": True, "unstable": True}, {"unstable": True}, {})
     assert [probe_verdict(p) for p in probes] == ["early_instability", "unstable_later", "stable"]
+
+
+def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
+    """`stablelab sweep warmup --unstable-lr X key=value` (README's order): argparse stops
+    the positional list at the first option; the rest is collected, and anything that is
+    not an override is still refused."""
+    from stablelab import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "sweep_cmd", lambda a: seen.setdefault("args", a) and 0)
+    argv = ["sweep", "warmup", "a=1", "--unstable-lr", "0.01", "b=2", "--out", "x", "c=3"]
+    cli.main(argv)
+    ap_args = seen.get("args")
+    assert ap_args is not None and ap_args.overrides == ["a=1", "b=2", "c=3"]
+    assert ap_args.unstable_lr == 0.01
+    with pytest.raises(SystemExit):
+        cli.main(["sweep", "warmup", "--unstable-lr", "0.01", "--bogus"])
