@@ -110,7 +110,7 @@ def finish_trackers(trainer, summary: dict[str, Any], report: Path | None = None
     Returns the web addresses of the online runs."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from stablelab.train import _scalar, json_safe
+    from stablelab.summary import _scalar, json_safe
 
     urls = []
     for lg in trainer.loggers:

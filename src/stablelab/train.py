@@ -7,9 +7,7 @@ stay fast.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -21,19 +19,17 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from stablelab import console, tracking
+from stablelab import console, launch, tracking
+from stablelab import summary as summary_mod
 from stablelab.config import ConfigError, register_resolvers, validate
 from stablelab.paths import config_dir
+from stablelab.summary import _finite, _scalar, json_safe, write_summary  # noqa: F401
 
 log = logging.getLogger("stablelab")
 register_resolvers()
 
 SUMMARY_FILE = "summary.json"
 RESOLVED_CONFIG_FILE = "config.yaml"
-
-
-def _finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 def build(plain: dict[str, Any]):
@@ -107,7 +103,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     from stablelab import checkpoints, preflight, runinfo
     from stablelab.stability import TrainingDiverged
 
-    _quiet_lightning_handlers()
+    launch.quiet_lightning_handlers()
     console.quiet_third_party()
     # the CSV logger writes into the fresh run dir that Hydra already populated (.hydra/)
     warnings.filterwarnings(
@@ -127,7 +123,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         problems += checkpoints.resume_problems(ckpt, plain)
     if problems:
         raise ConfigError(problems)
-    _ddp_children_run_this_trial_only()
+    launch.ddp_children_run_this_trial_only()
     L.seed_everything(plain["seed"], workers=True, verbose=False)
     datamodule, module, trainer, schedule, history = build(plain)
     problems = preflight.data_problems(plain, datamodule, trainer.world_size)
@@ -189,8 +185,8 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
             finally:  # trainer.test resets callback_metrics and reloads the callbacks'
                 # state from the best checkpoint: keep what fit measured
-                fit_metrics = _scalars(trainer.callback_metrics)
-                fit_reports = _callback_reports(trainer, history)
+                fit_metrics = summary_mod.scalars(trainer.callback_metrics)
+                fit_reports = summary_mod.callback_reports(trainer, history)
             ckpt_cb = trainer.checkpoint_callback
             test_ckpt = (getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else "") or None
         else:  # evaluate a checkpoint (or, without one, the initial weights)
@@ -201,7 +197,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
             trainer.validate(
                 module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True, verbose=False
             )
-            fit_metrics = _scalars(trainer.callback_metrics)
+            fit_metrics = summary_mod.scalars(trainer.callback_metrics)
             test_ckpt = ckpt_arg
         if plain["test"]:
             trainer.test(
@@ -228,8 +224,12 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         summary["interrupted"] = interrupted
         summary["resume_command"] = resume_command(run_dir, command)
     finally:
-        metrics = {**fit_metrics, **_scalars(trainer.callback_metrics)}
-        reports = fit_reports if fit_reports is not None else _callback_reports(trainer, history)
+        metrics = {**fit_metrics, **summary_mod.scalars(trainer.callback_metrics)}
+        reports = (
+            fit_reports
+            if fit_reports is not None
+            else summary_mod.callback_reports(trainer, history)
+        )
         best = reports.pop("_best")
         train_loss = fit_metrics.get("train/loss")
         summary.update(
@@ -253,7 +253,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
             summary["steps"] = ckpt.global_step if ckpt is not None else 0
             summary["best_step"] = summary["steps"] if best else None
             summary["best_checkpoint"] = ckpt_arg
-        summary.update(_task_metrics(summary, datamodule, module))
+        summary.update(summary_mod.task_metrics(summary, datamodule, module))
         if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU
             summary["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         summary["feasible"] = bool(
@@ -269,7 +269,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
             print("\n".join(console.closing_lines(summary, run_dir, report, urls)), flush=True)
     if torch.cuda.is_available():  # a multirun trains many runs in one process
         torch.cuda.empty_cache()
-    _release_process_group(trainer)
+    launch.release_process_group(trainer)
     if interrupted is not None:
         if rank_zero:
             log.warning("stablelab: to resume: %s", summary["resume_command"])
@@ -277,26 +277,6 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     if diverged is not None and diverged.fail:
         raise diverged
     return summary
-
-
-def _task_metrics(summary: dict[str, Any], datamodule, module) -> dict[str, Any]:
-    """Language modelling: bits per character, and the held-out loss over validation and
-    test together (nanoGPT's "val loss": the whole held-out text), from the best
-    checkpoint's two evaluations weighted by their characters; the data's own keys."""
-    if getattr(module, "task", None) != "next_token":
-        return {}
-    out = dict(datamodule.summary()) if callable(getattr(datamodule, "summary", None)) else {}
-    val, test = summary.get("val_loss"), summary.get("test_loss")
-    for split, loss in (("val", val), ("test", test)):
-        if _finite(loss):
-            out[f"{split}_bpc"] = loss / math.log(2)
-    if _finite(val) and _finite(test) and callable(getattr(datamodule, "split_tokens", None)):
-        n = datamodule.split_tokens()
-        held = (val * n["val"] + test * n["test"]) / (n["val"] + n["test"])
-        out.update(
-            heldout_loss=held, heldout_bpc=held / math.log(2), heldout_perplexity=math.exp(held)
-        )
-    return out
 
 
 def _interruption(trainer, error: BaseException) -> dict[str, Any] | None:
@@ -330,86 +310,6 @@ def resume_command(run_dir: Path, command: list[str] | None = None) -> str:
     )
 
 
-def json_safe(value: Any, where: str = "", nonfinite: dict[str, str] | None = None) -> Any:
-    """``value`` with every NaN / inf float replaced by None (strict JSON has neither);
-    the replaced keys and their values go into ``nonfinite``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        if nonfinite is not None:
-            nonfinite[where] = str(value)
-        return None
-    if isinstance(value, dict):
-        return {
-            k: json_safe(v, f"{where}.{k}" if where else str(k), nonfinite)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [json_safe(v, f"{where}[{i}]", nonfinite) for i, v in enumerate(value)]
-    return value
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """``summary.json``, atomically, as strict JSON: a NaN or infinite number (the final
-    loss of a diverged run, say) is written as null and named, with its value, under
-    ``nonfinite`` (e.g. ``{"final_train_loss": "nan"}``)."""
-    nonfinite: dict[str, str] = {}
-    data = json_safe({k: v for k, v in summary.items() if k != "nonfinite"}, "", nonfinite)
-    if nonfinite:
-        data["nonfinite"] = nonfinite
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-
-
-def _release_process_group(trainer) -> None:
-    """Lightning leaves the process group up after fit; the next trial of a multirun in this
-    process would reuse it although its peers (this trial's child processes) are gone.
-    Tear it down, and remove the variables Lightning's launcher put into this process's
-    environment (with LOCAL_RANK set, the next trial's launcher would think an external
-    launcher started the processes and start no children)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    launcher = trainer.strategy.launcher
-    dist.destroy_process_group()
-    if type(launcher).__name__ == "_SubprocessScriptLauncher":
-        for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE"):
-            os.environ.pop(key, None)
-
-
-def _ddp_children_run_this_trial_only() -> None:
-    """Lightning's DDP launcher starts ranks 1..N-1 by re-running ``sys.argv`` with
-    ``hydra.run.dir=<HydraConfig run.dir>``. In a Hydra multirun that would re-run the whole
-    sweep in every child (each child its own multirun, trials joining the wrong process
-    groups) and point them at the unused run dir. So, in a multirun: the children get this
-    trial's overrides only, and this trial's output directory."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-    except ImportError:  # pragma: no cover
-        return
-    if not HydraConfig.initialized():
-        return
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        return
-    from omegaconf import open_dict, read_write
-
-    sys.argv = [sys.argv[0], *hc.overrides.task]
-    with read_write(hc), open_dict(hc):
-        hc.run.dir = hc.runtime.output_dir
-
-
-def _callback_reports(trainer, history) -> dict[str, Any]:
-    """The summary keys of the callbacks that report (telemetry, stability, ...) and the
-    evaluation history's best record and count (as ``_best``, ``_evaluations``)."""
-    out: dict[str, Any] = {}
-    for cb in trainer.callbacks:
-        if callable(getattr(cb, "summary", None)):
-            out.update(cb.summary())
-    return {**out, "_best": history.best(), "_evaluations": len(history.records)}
-
-
 def _write_report(run_dir: Path, figures: bool = True) -> Path | None:
     """The stability report; a report that fails to draw never costs the run its summary."""
     from stablelab.analysis.report import verdict, write_report
@@ -422,22 +322,6 @@ def _write_report(run_dir: Path, figures: bool = True) -> Path | None:
         return None
     log.info("stability: %s; report: %s", verdict(read_summary(run_dir)), path)
     return path
-
-
-def _quiet_lightning_handlers() -> None:
-    """Lightning adds its own console handler when imported before logging is set up;
-    under Hydra the root logger already prints, so every line would appear twice."""
-    if logging.getLogger().handlers:
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).handlers.clear()
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-
-
-def _scalar(v: Any) -> bool:
-    return isinstance(v, bool | int | float | str) or v is None
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")

@@ -1,272 +1,30 @@
-"""The playbook's procedures as commands that run real trials.
+"""The playbook's procedures as commands that run real trials: the LR sweep, the probe,
+the warmup sweep, the clip threshold, ``diagnose`` and its report.
 
-Every trial is a normal ``stablelab-train`` run in its own process, writing its own run
-directory under the workflow's output directory (``<out>/<trial name>``); a trial that
-diverges ends cleanly (exit 0, ``feasible: false``) and the workflow goes on, a trial that
-crashes is recorded as failed (infeasible) and the workflow goes on too. ``jobs`` trials
-run at once, each with ``threads`` torch threads (default: the CPU count split between the
-jobs); the results do not depend on ``jobs`` for a fixed ``threads`` (tested). The
-analysis reads the run directories only (:mod:`stablelab.analysis.sweep`).
+Trials run in the pool of :mod:`stablelab.trials` (a ``stablelab-train`` process each,
+options in :class:`~stablelab.trials.TrialOptions`); a trial that diverges ends cleanly
+(exit 0, ``feasible: false``) and the workflow goes on, a trial that crashes is recorded as
+failed (infeasible) and the workflow goes on too; the results do not depend on ``jobs`` for
+a fixed ``threads`` (tested). The analysis reads the run directories only
+(:mod:`stablelab.analysis.sweep`); which fix to try first is :mod:`stablelab.policy`'s.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass
-class TrialOptions:
-    """How a workflow runs its trials: the Hydra overrides every trial gets, how many run
-    at once, torch threads per trial (None: the available cores / jobs), progress output,
-    and GPU ids (one trial per device at a time)."""
-
-    overrides: list[str] = field(default_factory=list)
-    jobs: int = 1
-    threads: int | None = None
-    progress: bool = True
-    devices: list[str] | None = None
-
-    def trials(self, trials: list[Trial], out_dir: str | Path, label: str, **kw: Any):
-        """:func:`run_trials` with these options (``kw`` overrides one, e.g. ``jobs=1``)."""
-        o = {"jobs": self.jobs, "devices": self.devices, **kw}
-        return run_trials(
-            trials, out_dir, list(self.overrides), o["jobs"], self.threads, label,
-            self.progress, o["devices"],
-        )  # fmt: skip
-
-
-@dataclass
-class Trial:
-    name: str
-    overrides: list[str] = field(default_factory=list)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-def run_trials(
-    trials: list[Trial],
-    out_dir: str | Path,
-    base: list[str] = (),
-    jobs: int = 1,
-    threads: int | None = None,
-    label: str = "trials",
-    progress: bool = True,
-    devices: list[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Run each trial as ``python -m stablelab.train <base> <overrides>`` writing to
-    ``out_dir/<name>``; return ``[{"name", "run_dir", "returncode", "seconds"}]`` in the
-    trials' order. Output of each goes to ``out_dir/<name>.log``.
-
-    ``devices`` (e.g. GPU ids ``["0", "1"]``): one trial per device at a time, each
-    process seeing only its own (``CUDA_VISIBLE_DEVICES``); ``jobs`` becomes their number.
-    """
-    import queue
-
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    free: queue.Queue[str | None] = queue.Queue()
-    if devices:
-        jobs = len(devices)
-        for d in devices:
-            free.put(str(d))
-    jobs = max(1, int(jobs))
-    from stablelab.threads import available_cores
-
-    threads = threads or max(1, available_cores() // jobs)  # the thread policy's cores
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
-        "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true"),
-        # the W&B group of every trial of this workflow (unless logger.wandb.group is set)
-        "STABLELAB_SWEEP_GROUP": f"{out_dir.resolve().parent.name}/{out_dir.name}",
-    }
-
-    def one(t: Trial) -> dict[str, Any]:
-        run_dir = out_dir / t.name
-        cmd = [
-            sys.executable,
-            "-m",
-            "stablelab.train",
-            *base,
-            *t.overrides,
-            # plain progress lines into the trial's log, which the workflow reads back
-            "callbacks.progress_bar.terminal=false",
-            f"hydra.run.dir={run_dir}",
-        ]
-        start = time.time()
-        device = free.get() if devices else None
-        trial_env = env if device is None else {**env, "CUDA_VISIBLE_DEVICES": device}
-        try:
-            with (out_dir / f"{t.name}.log").open("w") as log:
-                if device is not None:
-                    log.write(f"CUDA_VISIBLE_DEVICES={device}\n")
-                log.write(" ".join(cmd) + "\n")
-                log.flush()
-                rc = subprocess.run(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env=trial_env
-                ).returncode
-        finally:
-            if device is not None:
-                free.put(device)
-        return {
-            "name": t.name,
-            "run_dir": str(run_dir),
-            "returncode": rc,
-            "seconds": time.time() - start,
-        }
-
-    results: dict[str, dict[str, Any]] = {}
-    start = time.time()
-    interactive = progress and sys.stderr.isatty()  # a bar on a terminal, lines in logs
-    if progress:
-        print(
-            f"[{label}] {len(trials)} trial(s), {jobs} at a time, {threads} thread(s) each, "
-            f"in {out_dir}",
-            file=sys.stderr if interactive else sys.stdout,
-            flush=True,
-        )
-    bar = tqdm(
-        total=len(trials),
-        desc=label,
-        unit="trial",
-        disable=not interactive,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
-    stop = threading.Event()
-    watcher = threading.Thread(
-        target=_watch_trials,
-        # in a log, quarter lines only where every trial runs at once (one wave: otherwise
-        # the trials' own end lines come often enough)
-        args=(
-            out_dir,
-            [t.name for t in trials],
-            label,
-            bar,
-            interactive,
-            len(trials) > jobs,
-            stop,
-        ),  # fmt: skip
-        daemon=True,
-    )
-    if progress:
-        watcher.start()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(one, t): t for t in trials}
-        for k, fut in enumerate(as_completed(futures), start=1):
-            r = fut.result()
-            results[r["name"]] = r
-            elapsed = time.time() - start
-            eta = elapsed / k * (len(trials) - k)
-            bar.update(1)
-            bar.set_postfix_str(f"ETA {_fmt_time(eta)}")
-            if progress:
-                (bar.write if interactive else print)(
-                    f"[{label} {k}/{len(trials)}] {r['name']}: {_status(r)} "
-                    f"({_fmt_time(r['seconds'])}; elapsed {_fmt_time(elapsed)}, "
-                    f"ETA {_fmt_time(eta)})"
-                )
-    stop.set()
-    if watcher.is_alive():
-        watcher.join()
-    bar.close()
-    return [results[t.name] for t in trials]
-
-
-_STEP_LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\).*ETA (\S+)\s*$", re.M)
-
-
-def trial_progress(log: Path) -> tuple[int, int, int, str] | None:
-    """The last progress line of a running trial's log: (step, total, percent, ETA)."""
-    try:
-        with log.open("rb") as f:
-            f.seek(max(0, f.seek(0, 2) - 4096))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    found = _STEP_LINE.findall(tail)
-    if not found:
-        return None
-    step, total, pct, eta = found[-1]
-    return int(step), int(total), int(pct), eta
-
-
-def _watch_trials(
-    out_dir, names, label, bar, interactive, quiet_log, stop, every: float = 2.0
-) -> None:
-    """While trials run: on a terminal, the running trials' step and ETA in the bar;
-    in a log (unless ``quiet_log``), a line when a trial passes 25%, 50% and 75% of its
-    steps (a long trial, such as diagnose's probe, is not silent until it ends)."""
-    reported: dict[str, int] = {}
-    while not stop.wait(every):
-        running = []
-        for name in names:
-            p = trial_progress(out_dir / f"{name}.log")
-            if p is None or p[0] >= p[1]:
-                continue
-            step, total, pct, eta = p
-            running.append(f"{name} {pct}% (ETA {eta})")
-            quarter = pct // 25 * 25
-            if not interactive and not quiet_log and quarter > reported.get(name, 0):
-                reported[name] = quarter
-                print(f"[{label}] {name}: step {step}/{total} ({pct}%), ETA {eta}", flush=True)
-        if interactive and running:
-            bar.set_postfix_str("; ".join(running))
-
-
-def study_args(doc: str, study: str) -> Any:
-    """The command line every ``experiments/<study>/run.py`` shares: ``--out`` (the trials'
-    folder, default ``logs/experiments/<study>``), ``--jobs`` and ``--from-runs`` (train
-    nothing: rebuild the study's CSV and plot from the runs already in ``--out``). Without
-    ``--from-runs`` an existing ``--out`` is emptied first, so no old trial is mixed in."""
-    import argparse
-    import shutil
-
-    ap = argparse.ArgumentParser(
-        description=doc.split("\n")[0], epilog=doc, formatter_class=argparse.RawTextHelpFormatter
-    )
-    ap.add_argument("--out", type=Path, default=Path("logs/experiments") / study,
-                    help="where the trials run (default: %(default)s)")  # fmt: skip
-    ap.add_argument("--jobs", type=int, default=2, help="trials at once (default: 2)")
-    ap.add_argument("--from-runs", action="store_true",
-                    help="train nothing: rebuild CSV and plot from the runs in --out")  # fmt: skip
-    args = ap.parse_args()
-    if args.from_runs and not args.out.is_dir():
-        ap.error(f"--from-runs: no runs in {args.out}")
-    if not args.from_runs and args.out.exists():
-        shutil.rmtree(args.out)
-    return args
-
-
-def _status(r: dict[str, Any]) -> str:
-    from stablelab.analysis.runs import has_summary, read_summary
-
-    if not has_summary(r["run_dir"]):
-        return f"failed before writing a summary (exit {r['returncode']}, see {r['name']}.log)"
-    s = read_summary(r["run_dir"])
-    if s.get("status") == "diverged":
-        return f"diverged at step {s.get('diverged_at_step')} (infeasible)"
-    if s.get("status") != "completed":
-        return f"{s.get('status')} (exit {r['returncode']})"
-    val = s.get("val_loss")
-    tag = "unstable" if s.get("unstable") else "stable"
-    return f"val loss {val:.4g}, {tag}" if val is not None else tag
+# the trial pool lives in stablelab.trials; re-exported for the studies and older imports
+from stablelab.trials import (  # noqa: E402, F401
+    Trial,
+    TrialOptions,
+    _fmt_time,
+    _watch_trials,
+    run_trials,
+    study_args,
+    trial_progress,
+)
 
 
 def lr_name(lr: float) -> str:

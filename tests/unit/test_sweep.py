@@ -137,7 +137,7 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
     import threading
     import time
 
-    from stablelab import workflows
+    from stablelab import trials, workflows
 
     held, seen, lock = set(), [], threading.Lock()
 
@@ -152,7 +152,7 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
             held.discard(dev)
         return type("P", (), {"returncode": 0})()
 
-    monkeypatch.setattr(workflows.subprocess, "run", fake_run)
+    monkeypatch.setattr(trials.subprocess, "run", fake_run)
     trials = [workflows.Trial(f"t{i}") for i in range(6)]
     out = workflows.run_trials(trials, tmp_path, devices=["0", "1"], progress=False)
     assert [r["name"] for r in out] == [f"t{i}" for i in range(6)]
