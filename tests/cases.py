@@ -73,7 +73,10 @@ BAD = [
         ["callbacks.model_checkpoint.monitr: unknown key", "'monitor'"],
     ),
     (["model.pool=max"], ["model.pool = 'max'", "'avg', 'flatten'"]),
-    (["+trainer.strategy=fsdp", "compile=true"], ["compile = true", "'fsdp'"]),
+    (
+        ["+trainer.strategy=fsdp"],
+        ["trainer.strategy = 'fsdp'", "FSDP1 is not supported", "trainer=fsdp"],
+    ),
     (["trainer=fsdp_cpu", "compile=true"], ["compile = true", "FSDP2Strategy", "compile=false"]),
     (
         ["+trainer.strategy._target_=lightning.pytorch.strategies.ModelParallelStrategy"],

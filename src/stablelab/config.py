@@ -548,6 +548,12 @@ def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     if sharded is None:
         return trainer_problems
     problems = trainer_problems
+    if sharded not in ("FSDP2Strategy", "ModelParallelStrategy"):  # FSDP1: flat shards
+        problems.append(
+            f"trainer.strategy = {_fmt(sharded)}: Lightning's FSDP1 is not supported (its "
+            "gradients are flat shards that stablelab's gradient-norm telemetry and clipping "
+            "do not reduce); use trainer=fsdp (FSDP2, stablelab.strategies.FSDP2Strategy)"
+        )
     if plain.get("compile"):
         problems.append(
             f"compile = true: not available with trainer.strategy = {_fmt(sharded)} "
