@@ -19,13 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from vs_bare_loop import _children_cpu  # benchmarks/ is on sys.path for its scripts
+from vs_bare_loop import timed  # benchmarks/ is on sys.path for its scripts
 
 VARIANTS = {
     "all on (default)": [],
@@ -48,11 +46,7 @@ def run(overrides: list[str], steps: int, threads: int, out: Path) -> dict:
         f"threads={threads}", f"hydra.run.dir={out}",
     ]  # fmt: skip
     env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"))
-    t0, c0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    _, wall, cpu = timed(cmd, env)
     s = json.loads((out / "summary.json").read_text())
     return {"process": wall, "cpu": cpu, "fit_test": s["wall_seconds"]}
 

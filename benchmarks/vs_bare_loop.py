@@ -307,11 +307,7 @@ def run_stablelab(workload: dict, steps: int, out: Path, env: dict) -> dict:
         sys.executable, "-m", "stablelab.train", f"experiment={workload['experiment']}",
         *gpu, f"max_train_steps={steps}", f"hydra.run.dir={out}",
     ]  # fmt: skip
-    t0, c0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    proc, wall, cpu = timed(cmd, env)
     s = json.loads((out / "summary.json").read_text())
     return {
         "process": wall,
@@ -324,11 +320,7 @@ def run_stablelab(workload: dict, steps: int, out: Path, env: dict) -> dict:
 def run_bare(name: str, steps: int, out: Path, env: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--bare", name, "--steps", str(steps), "--out", str(out)]
-    t0, c0 = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    proc, wall, cpu = timed(cmd, env)
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     return {
         "process": wall,
@@ -336,6 +328,17 @@ def run_bare(name: str, steps: int, out: Path, env: dict) -> dict:
         "train": r["train_seconds"],
         "heldout_loss": r["heldout_loss"],
     }
+
+
+def timed(cmd: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float, float]:
+    """Run ``cmd`` to completion: (the process, its wall seconds, its CPU seconds); a failed
+    run raises with the end of its standard error."""
+    t0, c0 = time.perf_counter(), _children_cpu()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return proc, wall, cpu
 
 
 def _children_cpu() -> float:
