@@ -23,21 +23,17 @@ from typing import Any
 
 def schedule_plot(args: argparse.Namespace) -> int:
     """Plot the LR of every step for the composed config's optimizer.lr and schedule."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     from stablelab.analysis.plots import plot_schedule
-    from stablelab.config import ConfigError, compose, validate
+    from stablelab.analysis.runs import lr_per_step
+    from stablelab.config import ConfigError, checked
 
-    cfg = compose([*args.overrides, "paths.output_dir=."])
     try:
-        plain = validate(cfg)
+        plain = checked(args.overrides)
     except ConfigError as e:
         print(f"stablelab schedule-plot: {e}", file=sys.stderr)
         return 2
-    sched = instantiate(OmegaConf.create(plain["schedule"]))
+    sched, lrs = lr_per_step(plain)
     base = float(plain["optimizer"]["lr"])
-    lrs = [base * sched(s) for s in range(sched.total_steps)]
     out = plot_schedule(
         lrs,
         args.out,
@@ -60,16 +56,15 @@ def schedule_plot(args: argparse.Namespace) -> int:
 
 def clip_threshold(args: argparse.Namespace) -> int:
     """Print the recommended clip threshold: a percentile of a run's unclipped norms."""
-    from stablelab.analysis.runs import read_grad_norms
+    import numpy as np
+
+    from stablelab.analysis.runs import finite_grad_norms, read_grad_norms
 
     try:
-        norms = read_grad_norms(args.run_dir)
+        finite, steps = finite_grad_norms(args.run_dir), len(read_grad_norms(args.run_dir))
     except FileNotFoundError as e:
         print(f"stablelab clip-threshold: {e}", file=sys.stderr)
         return 2
-    import numpy as np
-
-    finite = np.array([n for n in norms if np.isfinite(n)])
     if not finite.size:
         print("stablelab clip-threshold: no finite gradient norms in that run", file=sys.stderr)
         return 2
@@ -78,7 +73,7 @@ def clip_threshold(args: argparse.Namespace) -> int:
         print(f"{value:.6g}")
         return 0
     print(f"run: {args.run_dir}")
-    print(f"steps with a finite unclipped gradient norm: {finite.size} of {len(norms)}")
+    print(f"steps with a finite unclipped gradient norm: {finite.size} of {steps}")
     for p in sorted({50.0, 90.0, 99.0, args.percentile}):
         print(f"  p{p:g}: {np.percentile(finite, p):.6g}")
     print(f"recommended clip threshold (p{args.percentile:g}): {value:.6g}")
@@ -160,10 +155,10 @@ def _out(args: argparse.Namespace, what: str) -> Path:
 
 def _check(overrides: list[str], prog: str) -> bool:
     """Validate the overrides once before any trial starts (exit 2 on a bad config)."""
-    from stablelab.config import ConfigError, compose, validate
+    from stablelab.config import ConfigError, checked
 
     try:
-        validate(compose([*overrides, "paths.output_dir=."]))
+        checked(overrides)
     except ConfigError as e:
         print(f"stablelab {prog}: {e}", file=sys.stderr)
         return False
@@ -184,23 +179,14 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         return 2
     out = _out(args, f"{args.kind}_sweep")
     if args.kind == "lr":
-        lrs = args.lrs
-        if not lrs:
-            from stablelab.config import compose
-
-            base = float(compose([*args.overrides, "paths.output_dir=."]).optimizer.lr)
-            lrs = workflows.default_lrs(base)
-        res = workflows.lr_sweep(lrs, out, _opts(args))
+        res = workflows.lr_sweep(args.lrs, out, _opts(args))
         print(res["verdict"])
         if res["lr_sensitivity"] is not None:
             print(f"LR sensitivity: {res['lr_sensitivity']:.4g}")
         print(_wrote_sweep(out))
         return 0
-    from stablelab.config import compose
-
-    steps = int(compose([*args.overrides, "paths.output_dir=."]).max_train_steps)
     res = workflows.warmup_sweep(
-        args.unstable_lr, steps, out, _opts(args), factor=args.factor, grid=args.grid
+        args.unstable_lr, None, out, _opts(args), factor=args.factor, grid=args.grid
     )
     print(f"warmup_steps tried: {res['grid']} at base_learning_rate {res['base_learning_rate']:g}")
     print(f"result: {res['advice']}")

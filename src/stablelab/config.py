@@ -612,3 +612,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))
+
+
+def checked(
+    overrides: list[str] | tuple[str, ...] = (), output_dir: str | os.PathLike[str] = "."
+) -> dict[str, Any]:
+    """The composed and validated config of ``overrides`` as a plain dict (raises
+    :class:`ConfigError` naming the key and the allowed values): what every workflow and
+    command checks before it starts anything."""
+    return validate(compose([*overrides, f"paths.output_dir={output_dir}"]))

@@ -6,13 +6,15 @@
   ``diagnose``, the first rule whose condition holds, as a structured :class:`Fix` (a key
   tests can assert on, the evidence, the fix and the command that applies it).
 
-(The per-run reading, :func:`stablelab.analysis.report.reading`, produces ``Finding``s
-with keys in the same spirit.)
+* :data:`READING_RULES` / :func:`reading`: the per-run reading (report.md, ``stablelab
+  report``, the diagnosis): every rule that holds for a run's summary, config and events
+  adds a :class:`Finding` (key, evidence, fix, step, command), in the playbook's order of
+  preference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,3 +110,360 @@ def choose_fix(result: dict[str, Any]) -> Fix:
     """The first rule of :data:`FIX_RULES` that holds for a ``diagnose`` result."""
     facts = _facts(result)
     return next(make(facts) for holds, make in FIX_RULES if holds(facts))
+
+
+# ====================================================================== the per-run reading
+EARLY_FRACTION = 0.1  # instability in the first 10% of the steps counts as early
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of a run's reading: what happened (``evidence``), what to try (``fix``),
+    the step it refers to and the overrides that apply the fix, when there are any."""
+
+    key: str  # one of READING_RULES' keys
+    evidence: str
+    fix: str = ""
+    step: int | None = None
+    command: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The finding as one Markdown paragraph (report.md, the console)."""
+        return f"{self.evidence} {self.fix}".strip()
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number (or flag) as the reports print it."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _counts(s: dict[str, Any]) -> str:
+    names = [
+        ("loss_spikes", "loss spike"),
+        ("grad_norm_spikes", "gradient-norm spike"),
+        ("loss_rises", "training-loss rise"),
+        ("val_loss_rises", "validation-loss rise"),
+    ]
+    parts = [f"{n} {what}{'s' if n != 1 else ''}" for key, what in names if (n := s.get(key) or 0)]
+    return ", ".join(parts) or "a rise of the loss"
+
+
+def _name(d: dict[str, Any]) -> str:
+    return str(d.get("_target_", "")).rsplit(".", 1)[-1]
+
+
+def run_facts(
+    summary: dict[str, Any], cfg: dict[str, Any], events: Iterable[tuple[int, str]] = ()
+) -> dict[str, Any]:
+    """What the reading's rules look at, computed once from a run's summary, config and
+    ``(step, kind)`` events (``stability.csv`` / ``dense_eval.csv``)."""
+    s = summary
+    total = s.get("total_steps") or s.get("steps") or 1
+    early_end = max(1, int(EARLY_FRACTION * total))
+    first = s.get("first_instability_step")
+    sched, clip, opt = (cfg.get(k) or {} for k in ("schedule", "clipping", "optimizer"))
+    residual = (cfg.get("model") or {}).get("residual")
+    residual = residual if isinstance(residual, dict) else {}
+    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise", "val_loss_rise", "diverged")
+    mid = sorted(step for step, k in events if k in mid_kinds and step >= early_end)
+    mid_at = mid[0] if mid else (first if first is not None and first >= early_end else None)
+    vr = s.get("val_loss_rise_step")
+    return {
+        "s": s,
+        "evaluation": "evaluated_checkpoint" in s,
+        "status": s.get("status"),
+        "telemetry": "unstable" in s,
+        "unstable": bool(s.get("unstable")),
+        "early_end": early_end,
+        "early_at": first if first is not None and first < early_end else None,
+        "mid_at": mid_at,
+        "early_val_rise": vr if vr is not None and vr < early_end else None,
+        "warmup": int(sched.get("warmup_steps") or 0),
+        "warmup_cap": max(1, int(0.1 * (sched.get("max_train_steps") or total))),
+        "clip_kind": _name(clip),
+        "clip_threshold": clip.get("clip_threshold"),
+        "p90": s.get("recommended_clip_threshold"),
+        "layout": residual.get("layout"),
+        "branch_init": residual.get("branch_init"),
+        "rule": _name(opt),
+        "lr": opt.get("lr"),
+    }
+
+
+def _evaluation(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    ev = s["evaluated_checkpoint"]
+    return Finding(
+        "evaluation",
+        f"An evaluation of `{ev.get('checkpoint')}` (trained for {ev.get('step')} steps): "
+        f"validation loss {fmt(s.get('val_loss'))}, accuracy {fmt(s.get('val_acc'))}; test "
+        f"loss {fmt(s.get('test_loss'))}, accuracy {fmt(s.get('test_acc'))}.",
+        "The stability reading is in the report of the run that trained it.",
+        step=ev.get("step"),
+    )
+
+
+def _interrupted(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    info = s.get("interrupted") or {}
+    step = info.get("step", s.get("steps"))
+    ckpt = info.get("checkpoint")
+    at = (
+        f"checkpointed at step {info.get('checkpoint_step')} (`{ckpt}`). Resume it from "
+        "there (same files, same numbers as an uninterrupted run) with"
+        if ckpt
+        else "no checkpoint had been saved, so it starts again; run it in place with"
+    )
+    return Finding(
+        "interrupted",
+        f"**Interrupted** by {info.get('signal', 'a signal')} at step {step} of "
+        f"{s.get('total_steps')}; {at} `{s.get('resume_command')}`.",
+        "The reading below covers the steps trained so far.",
+        step=step,
+        command=s.get("resume_command"),
+    )
+
+
+def _failed(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    return Finding(
+        "failed",
+        f"**The run failed** after {s.get('steps')} steps: `{s.get('error')}`.",
+        "Everything written before is kept (config, metrics, checkpoints); the reading below "
+        "covers the steps trained so far.",
+        step=s.get("steps"),
+    )
+
+
+def _attention_logits(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    return Finding(
+        "attention_logits",
+        f"**Attention-logit growth**: the largest attention logit grew "
+        f"{fmt(s.get('attn_logit_growth'), 3)}x, from {fmt(s.get('attn_logit_max_first'))} to "
+        f"{fmt(s.get('attn_logit_max'))} (`lm_monitor.csv`).",
+        "Wortsman et al. 2023 find this precedes divergence at high learning rates: try "
+        "`model.qk_norm=true` (or a soft-cap, `model.attn_logit_softcap=50`), or a lower "
+        "learning rate.",
+        command="model.qk_norm=true",
+    )
+
+
+def _logz(f: dict[str, Any]) -> Finding:
+    return Finding(
+        "logz",
+        "**Output-logit drift**: the mean log Z of the output logits reached "
+        f"{fmt(f['s'].get('logz_abs_max'))} in magnitude (`lm_monitor.csv`):",
+        "try z-loss, `loss.z_loss=1e-4` (PaLM, OLMo).",
+        command="loss.z_loss=1e-4",
+    )
+
+
+def _infeasible(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    return Finding(
+        "infeasible",
+        f"The run **diverged at step {s.get('diverged_at_step')}** "
+        f"({s.get('divergence_reason')}) and was stopped there; everything written before it "
+        "is kept.",
+        "In an LR sweep this trial is *infeasible* (NaN or abnormally high loss): the "
+        "learning rate is past the edge of feasibility.",
+        step=s.get("diverged_at_step"),
+    )
+
+
+def _stable(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    g = s.get("grad_norm_spikes") or 0
+    outliers = (
+        f" The {g} gradient-norm spike{'s' if g != 1 else ''} (first at step "
+        f"{s.get('first_grad_norm_spike_step')}) left the loss unmoved; if they ever do not, "
+        "clipping at the 90th percentile of the norms caps them."
+        if g
+        else ""
+    )
+    return Finding(
+        "stable",
+        "No divergence, no rise of the smoothed training loss above its margin and no loss "
+        f"spike: nothing to fix.{outliers}",
+        "Some models are unstable only in the first steps and recover, which infrequent "
+        "evaluation hides: the playbook's check is a ~500-step run at 2x this learning rate "
+        "with an evaluation after every step (`callbacks.dense_eval.every_step_until=500`).",
+        step=s.get("first_grad_norm_spike_step") if g else None,
+        command="callbacks.dense_eval.every_step_until=500",
+    )
+
+
+def _warmup(f: dict[str, Any]) -> Finding:
+    now = (
+        f"the schedule has {f['warmup']} warmup steps: try a longer warmup"
+        if f["warmup"]
+        else "the schedule has no warmup"
+    )
+    if f["early_val_rise"] is not None:
+        now += (
+            f"; the dense evaluation shows the validation loss rising at step "
+            f"{f['early_val_rise']}, which evaluating every few hundred steps would hide"
+        )
+    return Finding(
+        "warmup",
+        f"**Early instability** (first sign at step {f['early_at']}, within the first "
+        f"{EARLY_FRACTION:.0%} of training):",
+        f"the playbook's best fix is learning-rate warmup; {now}. Sweep "
+        "`schedule.warmup_steps` over orders of magnitude (the playbook's grid: 10, 1000, "
+        "10000, 100000), at most 10% of max_train_steps (here "
+        f"{f['warmup_cap']}), with `schedule.post_warmup_steps` = 2 x warmup_steps, and keep "
+        "the smallest warmup that trains stably. Gradient clipping also helps early "
+        "instability and can fix bad initialisations that warmup cannot.",
+        step=f["early_at"],
+        command=(
+            f"stablelab sweep warmup --unstable-lr {fmt(f['lr'])} --factor 1"
+            if f["lr"] is not None
+            else None
+        ),
+    )
+
+
+def _clipping(f: dict[str, Any]) -> Finding:
+    p90 = f["p90"]
+    command = f"clipping=fixed clipping.clip_threshold={fmt(p90)}" if p90 else None
+    if f["clip_kind"] == "FixedNorm":
+        how = (
+            f"clipping is on at {fmt(f['clip_threshold'])}: lower the threshold (the 90th "
+            f"percentile of this run's unclipped norms is {fmt(p90)})"
+        )
+        command = f"clipping.clip_threshold={fmt(p90)}" if p90 else None
+    elif p90:
+        how = (
+            f"clip gradients, starting from the 90th percentile of the unclipped norms: `{command}`"
+        )
+    else:
+        how = "clip gradients at the 90th percentile of the unclipped norms"
+    return Finding(
+        "clipping",
+        f"**Sudden instability mid-training** (from step {f['mid_at']}: {_counts(f['s'])}):",
+        f"{how}. Longer warmup can fix what clipping cannot.",
+        step=f["mid_at"],
+        command=command,
+    )
+
+
+def _lower_lr(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    return Finding(
+        "lower_lr",
+        f"**More than half of the updates were clipped** (clip fraction "
+        f"{fmt(s.get('clip_fraction'), 2)}, at most {fmt(s.get('clip_fraction_recent_max'), 2)} "
+        "over a recent window):",
+        "the playbook calls this a strange way of lowering the learning rate; lower the "
+        "learning rate instead (or raise the threshold).",
+    )
+
+
+def _residual_layout(f: dict[str, Any]) -> Finding:
+    return Finding(
+        "residual_layout",
+        "The model uses the **post-norm** residual layout `Norm(x + f(x))`, which the "
+        "playbook says is known to cause issues:",
+        "try `model.residual.layout=branch_norm` (`x + Norm(f(x))`, normalisation as the last "
+        "operation before the residual) or zero-initialised branches, "
+        "`model.residual.branch_init=rezero`.",
+        command="model.residual.layout=branch_norm",
+    )
+
+
+def _residual_init(f: dict[str, Any]) -> Finding:
+    return Finding(
+        "residual_init",
+        "Initialising the residual branches to zero often stabilises training:",
+        "try `model.residual.branch_init=rezero` (or `zero`).",
+        command="model.residual.branch_init=rezero",
+    )
+
+
+def _optimizer(f: dict[str, Any]) -> Finding:
+    return Finding(
+        "optimizer",
+        f"The update rule is {f['rule']}:",
+        "sometimes Adam handles instabilities that Momentum cannot (`optimizer=adam`, then "
+        "re-tune its learning rate).",
+        command="optimizer=adam",
+    )
+
+
+def _last_resort(f: dict[str, Any]) -> Finding:
+    than = f" than {fmt(f['lr'])}" if f["lr"] is not None else ""
+    return Finding(
+        "last_resort",
+        "Last resort:",
+        f"a lower learning rate{than} (the instability costs you if it forces you onto a "
+        "learning rate that is too small, so try the fixes above first).",
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    key: str
+    holds: Callable[[dict[str, Any]], bool]
+    make: Callable[[dict[str, Any]], Finding]
+    final: bool = False  # when it holds, no later rule is read
+
+
+# The per-run reading, in the playbook's order of preference: every rule that holds adds
+# its finding, until a final one holds. ``stablelab report`` / report.md render them; the
+# diagnosis lists them; tests assert on keys, steps and commands.
+READING_RULES: list[Rule] = [
+    Rule("evaluation", lambda f: f["evaluation"], _evaluation, final=True),
+    Rule("interrupted", lambda f: f["status"] == "interrupted", _interrupted),
+    Rule("failed", lambda f: f["status"] == "failed", _failed),
+    Rule(
+        "no_telemetry",
+        lambda f: not f["telemetry"],
+        lambda f: Finding(
+            "no_telemetry",
+            "No stability telemetry in this run (the `stability` callback was off),",
+            "so nothing can be said about its stability.",
+            command="callbacks=default",
+        ),
+        final=True,
+    ),
+    Rule("attention_logits", lambda f: bool(f["s"].get("attn_logit_growing")), _attention_logits),
+    Rule("logz", lambda f: bool(f["s"].get("logz_drifting")), _logz),
+    Rule("infeasible", lambda f: bool(f["s"].get("diverged")), _infeasible),
+    Rule("stable", lambda f: not f["unstable"], _stable, final=True),
+    # from here on the run is unstable
+    Rule("warmup", lambda f: f["early_at"] is not None, _warmup),
+    Rule("clipping", lambda f: f["mid_at"] is not None, _clipping),
+    Rule("lower_lr", lambda f: bool(f["s"].get("too_much_clipping")), _lower_lr),
+    Rule("residual_layout", lambda f: f["layout"] == "post_norm", _residual_layout),
+    Rule(
+        "residual_init",
+        lambda f: f["layout"] not in ("post_norm", "none") and f["branch_init"] == "default",
+        _residual_init,
+    ),
+    Rule("optimizer", lambda f: f["rule"] in ("SGD", "Momentum", "Nesterov"), _optimizer),
+    Rule("last_resort", lambda f: not f["s"].get("too_much_clipping"), _last_resort),
+]
+
+
+def reading(
+    summary: dict[str, Any], cfg: dict[str, Any], events: Iterable[tuple[int, str]] = ()
+) -> list[Finding]:
+    """A run's findings: every rule of :data:`READING_RULES` that holds, in order, up to
+    the first final one. ``events`` are ``(step, kind)`` pairs; "early" means within the
+    first ``EARLY_FRACTION`` of ``total_steps``."""
+    facts = run_facts(summary, cfg, events)
+    out = []
+    for rule in READING_RULES:
+        if rule.holds(facts):
+            out.append(rule.make(facts))
+            if rule.final:
+                break
+    return out

@@ -170,3 +170,44 @@ def finish_and_wait(run, timeout: float = 30.0) -> bool:
         stacklevel=2,
     )
     return False
+
+
+def log_diagnosis(result: dict[str, Any], out_dir: Path, report: Path) -> None:
+    """``stablelab diagnose``'s W&B run (offline unless WANDB_MODE says otherwise): the
+    workflow's plots as images, its findings in the summary, diagnosis.md in the files."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    images = {
+        "diagnose/axis_plot": out_dir / "lr_sweep" / "axis_plot.png",
+        "diagnose/curves_above_lr_star": out_dir / "lr_sweep" / "curves_above_lr_star.png",
+        "diagnose/warmup_curves": out_dir / "warmup" / "warmup_curves.png",
+    }
+    if result.get("probe"):
+        images["diagnose/probe_loss"] = Path(result["probe"]["run_dir"]) / "loss.png"
+    run = wandb.init(
+        dir=str(out_dir),
+        project="stablelab",
+        job_type="diagnose",
+        config={"lrs": result["lrs"]},
+        reinit="finish_previous",
+    )
+    try:
+        run.log({k: wandb.Image(str(p)) for k, p in images.items() if p.is_file()})
+        wu = result.get("warmup") or {}
+        run.summary.update(
+            {
+                "lr_star": result["sweep"]["lr_star"],
+                "edge_of_feasibility": result["sweep"]["edge_of_feasibility"],
+                "unstable_base_learning_rate": result["sweep"]["unstable_base_learning_rate"],
+                "lr_sensitivity": result["sweep"].get("lr_sensitivity"),
+                "probe_unstable": (result.get("probe") or {}).get("unstable"),
+                "warmup_steps": wu.get("warmup_steps"),
+                "clip_threshold": result.get("clip_threshold"),
+                "first_fix": result["first_fix"],
+            }
+        )
+        shutil.copyfile(report, Path(run.dir) / report.name)
+    finally:
+        finish_and_wait(run)

@@ -11,7 +11,6 @@ a fixed ``threads`` (tested). The analysis reads the run directories only
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,19 @@ def default_lrs(base_lr: float, below: int = 2, above: int = 3) -> list[float]:
 
 
 def lr_sweep(
-    lrs: list[float], out_dir: str | Path, opts: TrialOptions | None = None
+    lrs: list[float] | None, out_dir: str | Path, opts: TrialOptions | None = None
 ) -> dict[str, Any]:
-    """Train one trial per LR, then analyse the sweep (see analysis.sweep)."""
+    """Train one trial per LR, then analyse the sweep (see analysis.sweep). ``lrs=None``:
+    :func:`default_lrs` around the config's ``optimizer.lr``."""
     from stablelab.analysis.sweep import analyze_lr_sweep
 
+    opts = opts or TrialOptions()
+    if not lrs:
+        from stablelab.config import checked
+
+        lrs = default_lrs(float(checked(opts.overrides)["optimizer"]["lr"]))
     trials = [Trial(lr_name(lr), [f"optimizer.lr={lr}"]) for lr in sorted(lrs)]
-    (opts or TrialOptions()).trials(trials, out_dir, "LR sweep")
+    opts.trials(trials, out_dir, "LR sweep")
     return analyze_lr_sweep(out_dir)
 
 
@@ -78,8 +83,10 @@ def probe(
     if not has_summary(r["run_dir"]):
         return {"run_dir": r["run_dir"], "status": "failed", "findings": []}
     summary, findings = findings_for(r["run_dir"])
+    from stablelab.policy import EARLY_FRACTION
+
     early = summary.get("first_instability_step")
-    end = max(1, int(0.1 * (summary.get("total_steps") or steps)))
+    end = max(1, int(EARLY_FRACTION * (summary.get("total_steps") or steps)))
     return {
         **summary,
         "run_dir": r["run_dir"],
@@ -91,7 +98,7 @@ def probe(
 
 def warmup_sweep(
     unstable_lr: float,
-    max_train_steps: int,
+    max_train_steps: int | None,
     out_dir: str | Path,
     opts: TrialOptions | None = None,
     *,
@@ -100,7 +107,8 @@ def warmup_sweep(
 ) -> dict[str, Any]:
     """The playbook's warmup sweep at ``base_learning_rate = factor * unstable_lr``:
     ``warmup_steps`` over ``grid`` capped at 10% of ``max_train_steps``,
-    ``post_warmup_steps = 2 * warmup_steps``; the answer is the smallest stable one."""
+    ``post_warmup_steps = 2 * warmup_steps``; the answer is the smallest stable one.
+    ``max_train_steps=None``: the config's."""
     from stablelab.analysis.sweep import (
         load_trials,
         plot_curves,
@@ -110,6 +118,11 @@ def warmup_sweep(
         write_summary_csv,
     )
 
+    opts = opts or TrialOptions()
+    if max_train_steps is None:
+        from stablelab.config import checked
+
+        max_train_steps = int(checked(opts.overrides)["max_train_steps"])
     base_lr = float(f"{factor * unstable_lr:.6g}")
     values = warmup_grid(max_train_steps, list(grid))
     trials = [
@@ -124,7 +137,7 @@ def warmup_sweep(
         )
         for w in values
     ]
-    (opts or TrialOptions()).trials(trials, out_dir, "warmup sweep")
+    opts.trials(trials, out_dir, "warmup sweep")
     rows = load_trials(out_dir)
     write_summary_csv(rows, Path(out_dir) / "sweep_summary.csv")
     if rows:
@@ -149,13 +162,12 @@ def clip_threshold(run_dir: str | Path, percentile: float = 90.0) -> float | Non
     """The playbook's starting clip threshold: a percentile of a run's unclipped norms."""
     import numpy as np
 
-    from stablelab.analysis.runs import read_grad_norms
+    from stablelab.analysis.runs import finite_grad_norms
 
     try:
-        norms = np.array(read_grad_norms(run_dir))
+        finite = finite_grad_norms(run_dir)
     except FileNotFoundError:
         return None
-    finite = norms[np.isfinite(norms)]
     return float(np.percentile(finite, percentile)) if finite.size else None
 
 
@@ -197,18 +209,17 @@ def diagnose(
     unstable LR; clip threshold from lr*'s norms; one report (``diagnosis.md``)."""
     from omegaconf import OmegaConf
 
-    from stablelab.config import compose, validate
+    from stablelab.config import checked
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = opts or TrialOptions()
-    overrides, progress = list(opts.overrides), opts.progress
-    plain = validate(compose([*overrides, f"paths.output_dir={out_dir}"]))  # fail early
+    plain = checked(opts.overrides, out_dir)  # fail early
     base_lr = float(plain["optimizer"]["lr"])
     max_steps = int(plain["max_train_steps"])
     lrs = sorted(lrs or default_lrs(base_lr))
     OmegaConf.save(OmegaConf.create(plain), out_dir / "base_config.yaml")
-    say = print if progress else (lambda *a, **k: None)
+    say = print if opts.progress else (lambda *a, **k: None)
     say(f"diagnose: {len(lrs)}-trial LR sweep, probe at 2 x lr*, warmup sweep -> {out_dir}")
 
     sweep = lr_sweep(lrs, out_dir / "lr_sweep", opts)
@@ -227,9 +238,12 @@ def diagnose(
             unstable, max_steps, out_dir / "warmup", opts, factor=factor, grid=grid
         )
     result["first_fix"] = first_fix(result)
+    from stablelab.analysis.diagnosis import render_diagnosis
+    from stablelab.tracking import log_diagnosis
+
     report = out_dir / "diagnosis.md"
     report.write_text(render_diagnosis(result, out_dir))
-    _diagnosis_to_wandb(result, out_dir, report)
+    log_diagnosis(result, out_dir, report)
     say(f"diagnose: first fix to try: {result['first_fix']}")
     say(f"diagnose: wrote {report}")
     return result
@@ -243,144 +257,3 @@ def first_fix(result: dict[str, Any]) -> str:
     from stablelab.policy import choose_fix
 
     return choose_fix(result).text()
-
-
-def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
-    sweep, pr, wu = result["sweep"], result.get("probe"), result.get("warmup")
-
-    def rel(p: str | Path | None) -> str | None:
-        return os.path.relpath(p, out_dir) if p else None
-
-    lines = [
-        "# Diagnosis",
-        "",
-        f"**First fix to try: {result['first_fix']}**",
-        "",
-        "## 1. LR sweep",
-        "",
-        f"{sweep['verdict']}.",
-        "",
-        f"LRs tried: {', '.join(f'{x:.4g}' for x in result['lrs'])}; "
-        f"{sweep['infeasible']} infeasible, {sweep['unstable']} unstable. "
-        + (
-            f"LR sensitivity (Wortsman et al. 2023) {sweep['lr_sensitivity']:.4g}. "
-            if sweep.get("lr_sensitivity") is not None
-            else ""
-        )
-        + "Details: [lr_sweep/sweep_report.md](lr_sweep/sweep_report.md).",
-        "",
-        "![axis plot](lr_sweep/axis_plot.png)",
-        "",
-    ]
-    if sweep.get("curves"):
-        lines += ["![curves above lr*](lr_sweep/curves_above_lr_star.png)", ""]
-    lines += ["## 2. Stability probe (2 x lr*, evaluation after every step)", ""]
-    if pr is None:
-        lines += ["Not run: no feasible lr*.", ""]
-    else:
-        from stablelab.policy import PROBE_VERDICTS, probe_verdict
-
-        key = probe_verdict(pr)
-        verdict = (
-            f"**{PROBE_VERDICTS[key]}**" if key == "early_instability" else PROBE_VERDICTS[key]
-        )
-        lines += [
-            f"At lr = {pr['lr']:.4g} for {pr.get('total_steps')} steps: {verdict}"
-            + (f", diverged at step {pr['diverged_at_step']}" if pr.get("diverged") else "")
-            + f". Report: [{rel(pr['run_dir'])}/report.md]({rel(pr['run_dir'])}/report.md).",
-            "",
-            *(  # no figure when the trials ran with plots=false
-                [f"![probe loss]({rel(pr['run_dir'])}/loss.png)", ""]
-                if (Path(pr["run_dir"]) / "loss.png").is_file()
-                else []
-            ),
-            *[f"- [{k}] {t}" for k, t in pr.get("findings", [])],
-            "",
-        ]
-    lines += ["## 3. Warmup sweep", ""]
-    if wu is None:
-        lines += [
-            "Not run: no LR in the sweep (or the probe) was infeasible or unstable, so there "
-            "is no `unstable_base_learning_rate` to warm up from.",
-            "",
-        ]
-    else:
-        lines += [
-            f"unstable_base_learning_rate = {wu['unstable_base_learning_rate']:.4g}; "
-            f"base_learning_rate = {wu['base_learning_rate']:.4g}; warmup_steps tried "
-            f"(capped at 10% of max_train_steps) {wu['grid']}, post_warmup_steps = 2 x "
-            "warmup_steps.",
-            "",
-            f"Result: {wu['advice']}.",
-            "",
-            "| warmup_steps | feasible | unstable | best val loss |",
-            "|---|---|---|---|",
-            *[
-                f"| {r['warmup_steps']} | {'yes' if r['feasible'] else 'no'} | "
-                f"{'yes' if r['unstable'] else 'no'} | "
-                + (f"{r['val_loss']:.4g}" if r["val_loss"] is not None else "-")
-                + " |"
-                for r in wu["rows"]
-            ],
-            "",
-            "![warmup curves](warmup/warmup_curves.png)",
-            "",
-        ]
-    thr = result.get("clip_threshold")
-    lines += [
-        "## 4. Clip threshold",
-        "",
-        (
-            f"The 90th percentile of lr*'s unclipped gradient norms: **{thr:.4g}** "
-            f"(`clipping=fixed clipping.clip_threshold={thr:.4g}`); lower it if instability "
-            "remains, and lower the LR instead if more than 50% of updates get clipped."
-            if thr is not None
-            else "No gradient norms recorded for lr*."
-        ),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _diagnosis_to_wandb(result: dict[str, Any], out_dir: Path, report: Path) -> None:
-    """One W&B run (offline unless WANDB_MODE says otherwise) with the plots and report."""
-    import shutil
-
-    from stablelab.tracking import finish_and_wait
-
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    images = {
-        "diagnose/axis_plot": out_dir / "lr_sweep" / "axis_plot.png",
-        "diagnose/curves_above_lr_star": out_dir / "lr_sweep" / "curves_above_lr_star.png",
-        "diagnose/warmup_curves": out_dir / "warmup" / "warmup_curves.png",
-    }
-    if result.get("probe"):
-        images["diagnose/probe_loss"] = Path(result["probe"]["run_dir"]) / "loss.png"
-    run = wandb.init(
-        dir=str(out_dir),
-        project="stablelab",
-        job_type="diagnose",
-        config={"lrs": result["lrs"]},
-        reinit="finish_previous",
-    )
-    try:
-        run.log({k: wandb.Image(str(p)) for k, p in images.items() if p.is_file()})
-        wu = result.get("warmup") or {}
-        run.summary.update(
-            {
-                "lr_star": result["sweep"]["lr_star"],
-                "edge_of_feasibility": result["sweep"]["edge_of_feasibility"],
-                "unstable_base_learning_rate": result["sweep"]["unstable_base_learning_rate"],
-                "lr_sensitivity": result["sweep"].get("lr_sensitivity"),
-                "probe_unstable": (result.get("probe") or {}).get("unstable"),
-                "warmup_steps": wu.get("warmup_steps"),
-                "clip_threshold": result.get("clip_threshold"),
-                "first_fix": result["first_fix"],
-            }
-        )
-        shutil.copyfile(report, Path(run.dir) / report.name)
-    finally:
-        finish_and_wait(run)

@@ -268,3 +268,38 @@ def test_a_mistake_only_the_full_check_sees_is_still_refused_before_training(tmp
     )
     assert code == 2 and "trainer.max_epoch: unknown key" in err and "max_epochs" in err
     assert "lightning" in mods
+
+
+def test_rebuilding_a_report_never_runs_a_crafted_config(tmp_path):
+    """`stablelab report` builds the schedule from a run's config.yaml for lr.png: a
+    config.yaml naming a callable outside stablelab (Path.touch here, builtins.open with
+    mode "w" would truncate any file; Hydra blocks only some, such as os.system) is not
+    built; a genuine
+    schedule is (lr.png written, its values checked against the closed form)."""
+    import json
+
+    from stablelab.cli import main
+
+    pwned = tmp_path / "PWNED"
+    crafted = {
+        "_target_": "pathlib.Path.touch",
+        "_args_": [str(pwned)],
+    }
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 3}))
+    (run / "config.yaml").write_text(
+        json.dumps({"optimizer": {"lr": 0.1}, "schedule": crafted})  # JSON is YAML
+    )
+    assert main(["report", str(run)]) == 0
+    assert not pwned.exists() and not (run / "lr.png").exists()
+    assert (run / "report.md").is_file()
+    from stablelab.analysis.runs import lr_per_step
+
+    # a genuine schedule: linear warmup step / 4 over 4 steps, then constant (8 steps)
+    good = {"_target_": "stablelab.optim.schedules.Constant", "warmup_steps": 4,
+            "max_train_steps": 8}  # fmt: skip
+    sched, lrs = lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml")
+    assert lrs == pytest.approx([0.1 * min(1.0, s / 4) for s in range(8)], abs=1e-12)
+    good["_target_"] = "stablelab.optim.schedules.os.system"  # reached through a module
+    assert lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml") is None

@@ -1,5 +1,5 @@
 """Divergence, loss-rise and spike detection against closed forms and a numpy reference,
-the dense-evaluation schedule, and the report's reading of crafted runs."""
+the dense-evaluation schedule (the reading of crafted runs: test_policy.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from stablelab.analysis.report import reading
 from stablelab.callbacks.dense_eval import DenseEval
 from stablelab.stability import InstabilityDetector
 
@@ -235,107 +234,3 @@ def test_dense_schedule_is_every_step_then_every_k():
     only = DenseEval(every_step_until=4, then_every=None)
     assert [s for s in range(0, 100) if only.due(s)] == [1, 2, 3, 4]
     assert not DenseEval(every_step_until=0).due(1)
-
-
-# ------------------------------------------------------------------ the report's reading
-CFG = {
-    "optimizer": {"_target_": "stablelab.optim.Adam", "lr": 0.01},
-    "schedule": {"warmup_steps": 0, "max_train_steps": 1000},
-    "clipping": {"_target_": "stablelab.optim.clipping.NoClip"},
-    "model": {"residual": {"layout": "branch_norm", "branch_init": "rezero"}},
-}
-STABLE = {
-    "unstable": False,
-    "diverged": False,
-    "first_instability_step": None,
-    "total_steps": 1000,
-    "loss_spikes": 0,
-    "grad_norm_spikes": 0,
-    "loss_rises": 0,
-    "too_much_clipping": False,
-    "recommended_clip_threshold": 1.234,
-}
-
-
-def _keys(summary, cfg=CFG, events=()):
-    return [f.key for f in reading({**STABLE, **summary}, cfg, list(events))]
-
-
-def test_reading_stable_run():
-    assert _keys({}) == ["stable"]
-
-
-def test_reading_early_divergence_names_warmup_and_infeasible():
-    s = {"unstable": True, "diverged": True, "diverged_at_step": 3, "first_instability_step": 3}
-    keys = _keys(s, events=[(3, "diverged")])
-    assert keys[:2] == ["infeasible", "warmup"] and "clipping" not in keys
-    text = " ".join(f.text for f in reading({**STABLE, **s}, CFG, [(3, "diverged")]))
-    assert "no warmup" in text and "max_train_steps (here 100)" in text
-
-
-def test_reading_mid_run_spikes_name_clipping_with_the_p90_threshold():
-    s = {"unstable": True, "first_instability_step": 600, "loss_spikes": 2}
-    findings = reading({**STABLE, **s}, CFG, [(600, "loss_spike"), (610, "loss_spike")])
-    keys = [f.key for f in findings]
-    assert "clipping" in keys and "warmup" not in keys
-    assert "clipping=fixed clipping.clip_threshold=1.234" in findings[keys.index("clipping")].text
-
-
-def test_reading_mid_run_divergence_names_clipping_not_warmup():
-    s = {"unstable": True, "diverged": True, "diverged_at_step": 700, "first_instability_step": 700}
-    keys = _keys(s, events=[(700, "diverged")])
-    assert keys[0] == "infeasible" and "clipping" in keys and "warmup" not in keys
-
-
-def test_reading_stable_run_mentions_gradient_outliers():
-    (f,) = reading({**STABLE, "grad_norm_spikes": 3, "first_grad_norm_spike_step": 69}, CFG)
-    assert f.key == "stable" and "3 gradient-norm spikes (first at step 69)" in f.text
-
-
-def test_reading_early_and_mid_run_name_both():
-    s = {"unstable": True, "first_instability_step": 20, "loss_spikes": 1, "loss_rises": 1}
-    keys = _keys(s, events=[(20, "loss_rise"), (700, "loss_spike")])
-    assert keys.index("warmup") < keys.index("clipping")
-
-
-def test_reading_too_much_clipping_says_lower_the_lr():
-    s = {"unstable": True, "first_instability_step": 500, "too_much_clipping": True}
-    cfg = {**CFG, "clipping": {"_target_": "x.FixedNorm", "clip_threshold": 0.1}}
-    findings = reading({**STABLE, **s}, cfg, [(500, "loss_spike")])
-    keys = [f.key for f in findings]
-    assert "lower_lr" in keys and "last_resort" not in keys
-    assert "lower the threshold" in findings[keys.index("clipping")].text
-
-
-def test_reading_post_norm_suggests_branch_norm_or_rezero_only_when_unstable():
-    post = {**CFG, "model": {"residual": {"layout": "post_norm", "branch_init": "default"}}}
-    s = {"unstable": True, "first_instability_step": 5}
-    findings = reading({**STABLE, **s}, post, [(5, "loss_rise")])
-    text = {f.key: f.text for f in findings}
-    assert "layout=branch_norm" in text["residual_layout"] and "rezero" in text["residual_layout"]
-    assert _keys({}, cfg=post) == ["stable"]
-
-
-def test_reading_momentum_suggests_adam_and_no_telemetry_is_said():
-    mom = {**CFG, "optimizer": {"_target_": "stablelab.optim.Momentum", "lr": 0.1}}
-    assert "optimizer" in _keys({"unstable": True, "first_instability_step": 5}, cfg=mom)
-    assert [f.key for f in reading({"status": "completed"}, CFG)] == ["no_telemetry"]
-
-
-def test_reading_flags_the_language_model_monitors_and_how_a_run_ended():
-    lm = {"attn_logit_growing": True, "attn_logit_growth": 14.0, "attn_logit_max_first": 5.0,
-          "attn_logit_max": 70.0, "logz_drifting": True, "logz_abs_max": 31.0}  # fmt: skip
-    keys = _keys(lm)
-    assert keys == ["attention_logits", "logz", "stable"]
-    text = " ".join(f.text for f in reading({**STABLE, **lm}, CFG))
-    assert "model.qk_norm=true" in text and "loss.z_loss=1e-4" in text
-    assert _keys({**lm, "attn_logit_growing": False, "logz_drifting": False}) == ["stable"]
-    ended = {"status": "interrupted", "resume_command": "stablelab-train x ckpt_path=auto",
-             "interrupted": {"signal": "SIGTERM", "step": 40, "checkpoint": "c.ckpt",
-                             "checkpoint_step": 40}}  # fmt: skip
-    (first, *_) = reading({**STABLE, **ended}, CFG)
-    assert first.key == "interrupted" and "stablelab-train x ckpt_path=auto" in first.text
-    assert _keys({"status": "failed", "error": "RuntimeError: boom"})[0] == "failed"
-    assert [
-        f.key for f in reading({"evaluated_checkpoint": {"checkpoint": "c", "step": 9}}, CFG)
-    ] == ["evaluation"]

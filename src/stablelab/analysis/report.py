@@ -4,21 +4,22 @@
 callbacks wrote (``stability.csv``, ``evals.csv``, ``dense_eval.csv``, ``grad_norms.csv``,
 ``update_ratios.csv``), draws ``loss.png`` and ``lr.png`` (and the gradient-norm plots if
 they are missing), and writes ``report.md``: a verdict, the flags, and a short reading that
-maps what happened to the playbook's candidate fixes (:func:`reading`). ``train`` calls it
-at the end of every run, diverged or not; ``stablelab report RUN_DIR`` rebuilds it.
+maps what happened to the playbook's candidate fixes (:func:`stablelab.policy.reading`).
+``train`` calls it at the end of every run, diverged or not; ``stablelab report RUN_DIR``
+rebuilds it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stablelab.analysis.runs import read_config, read_csv, read_summary
+from stablelab.policy import Finding, reading
+from stablelab.policy import fmt as _fmt
 
 REPORT_FILE = "report.md"
-EARLY_FRACTION = 0.1  # instability in the first 10% of the steps counts as early
 FIGURES = [
     ("loss.png", "training loss (every step, EMA), validation loss, dense evaluations"),
     ("lr.png", "learning-rate schedule"),
@@ -26,15 +27,6 @@ FIGURES = [
     ("grad_norm_hist.png", "gradient-norm histogram with p50/p90/p99"),
     ("update_ratio.png", "update-to-weight ratio per parameter tensor"),
 ]
-
-
-@dataclass
-class Finding:
-    # interrupted | failed | evaluation | attention_logits | logz | stable | infeasible |
-    # warmup | clipping | lower_lr | residual_layout | residual_init | optimizer |
-    # last_resort | no_telemetry
-    key: str
-    text: str
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
@@ -48,271 +40,6 @@ def _f(x: str | None) -> float:
         return math.nan
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
-# ---------------------------------------------------------------------- the reading
-def _counts(summary: dict[str, Any]) -> str:
-    names = [
-        ("loss_spikes", "loss spike"),
-        ("grad_norm_spikes", "gradient-norm spike"),
-        ("loss_rises", "training-loss rise"),
-        ("val_loss_rises", "validation-loss rise"),
-    ]
-    parts = [
-        f"{n} {what}{'s' if n != 1 else ''}" for key, what in names if (n := summary.get(key) or 0)
-    ]
-    return ", ".join(parts) or "a rise of the loss"
-
-
-def _how_it_ended(summary: dict[str, Any]) -> list[Finding]:
-    """An interrupted or failed run: what stopped it, how to go on; the rest of the
-    reading covers the steps it trained."""
-    status = summary.get("status")
-    if "evaluated_checkpoint" in summary:
-        ev = summary["evaluated_checkpoint"]
-        return [
-            Finding(
-                "evaluation",
-                f"An evaluation of `{ev.get('checkpoint')}` (trained for {ev.get('step')} "
-                f"steps): validation loss {_fmt(summary.get('val_loss'))}, accuracy "
-                f"{_fmt(summary.get('val_acc'))}; test loss {_fmt(summary.get('test_loss'))}, "
-                f"accuracy {_fmt(summary.get('test_acc'))}. The stability reading is in the "
-                "report of the run that trained it.",
-            )
-        ]
-    if status == "interrupted":
-        info = summary.get("interrupted") or {}
-        ckpt = info.get("checkpoint")
-        at = (
-            f"checkpointed at step {info.get('checkpoint_step')} (`{ckpt}`). Resume it "
-            "from there (same files, same numbers as an uninterrupted run) with"
-            if ckpt
-            else "no checkpoint had been saved, so it starts again; run it in place with"
-        )
-        return [
-            Finding(
-                "interrupted",
-                f"**Interrupted** by {info.get('signal', 'a signal')} at step "
-                f"{info.get('step', summary.get('steps'))} of {summary.get('total_steps')}; "
-                f"{at}:\n\n  `{summary.get('resume_command')}`\n\n"
-                "  The reading below covers the steps trained so far.",
-            )
-        ]
-    if status == "failed":
-        return [
-            Finding(
-                "failed",
-                f"**The run failed** after {summary.get('steps')} steps: "
-                f"`{summary.get('error')}`. Everything written before is kept (config, "
-                "metrics, checkpoints); the reading below covers the steps trained so far.",
-            )
-        ]
-    return []
-
-
-def _lm_findings(summary: dict[str, Any]) -> list[Finding]:
-    """The language-model monitor's flags (Wortsman et al. 2023's instabilities)."""
-    out = []
-    if summary.get("attn_logit_growing"):
-        out.append(
-            Finding(
-                "attention_logits",
-                f"**Attention-logit growth**: the largest attention logit grew "
-                f"{_fmt(summary.get('attn_logit_growth'), 3)}x, from "
-                f"{_fmt(summary.get('attn_logit_max_first'))} to "
-                f"{_fmt(summary.get('attn_logit_max'))} (`lm_monitor.csv`). Wortsman et al. "
-                "2023 find this precedes divergence at high learning rates: try "
-                "`model.qk_norm=true` (or a soft-cap, `model.attn_logit_softcap=50`), or a "
-                "lower learning rate.",
-            )
-        )
-    if summary.get("logz_drifting"):
-        out.append(
-            Finding(
-                "logz",
-                f"**Output-logit drift**: the mean log Z of the output logits reached "
-                f"{_fmt(summary.get('logz_abs_max'))} in magnitude (`lm_monitor.csv`): try "
-                "z-loss, `loss.z_loss=1e-4` (PaLM, OLMo).",
-            )
-        )
-    return out
-
-
-def reading(
-    summary: dict[str, Any], cfg: dict[str, Any], events: list[tuple[int, str]] = ()
-) -> list[Finding]:
-    """What happened, mapped to the playbook's fixes (in the playbook's order of preference).
-
-    ``events`` are ``(step, kind)`` pairs from ``stability.csv``; "early" means within the
-    first ``EARLY_FRACTION`` of ``total_steps``.
-    """
-    if "evaluated_checkpoint" in summary:
-        return _how_it_ended(summary)
-    if "unstable" not in summary:
-        return [
-            *_how_it_ended(summary),
-            Finding(
-                "no_telemetry",
-                "No stability telemetry in this run (the `stability` callback was off), so "
-                "nothing can be said about its stability.",
-            ),
-        ]
-    total = summary.get("total_steps") or summary.get("steps") or 1
-    early_end = max(1, int(EARLY_FRACTION * total))
-    first = summary.get("first_instability_step")
-    diverged = summary.get("diverged_at_step")
-    sched = cfg.get("schedule") or {}
-    clip = cfg.get("clipping") or {}
-    model = cfg.get("model") or {}
-    opt = cfg.get("optimizer") or {}
-    lr = opt.get("lr")
-    warmup = int(sched.get("warmup_steps") or 0)
-    clip_kind = str(clip.get("_target_", "")).rsplit(".", 1)[-1]
-    out: list[Finding] = _how_it_ended(summary) + _lm_findings(summary)
-
-    if summary.get("diverged"):
-        out.append(
-            Finding(
-                "infeasible",
-                f"The run **diverged at step {diverged}** ({summary.get('divergence_reason')}) "
-                "and was stopped there; everything written before it is kept. In an LR "
-                "sweep this trial is *infeasible* (NaN or abnormally high loss): the "
-                "learning rate is past the edge of feasibility.",
-            )
-        )
-    if not summary.get("unstable"):
-        g = summary.get("grad_norm_spikes") or 0
-        outliers = (
-            f" The {g} gradient-norm spike{'s' if g != 1 else ''} (first at step "
-            f"{summary.get('first_grad_norm_spike_step')}) left the loss unmoved; if they "
-            "ever do not, clipping at the 90th percentile of the norms caps them."
-            if g
-            else ""
-        )
-        out.append(
-            Finding(
-                "stable",
-                "No divergence, no rise of the smoothed training loss above its margin and "
-                f"no loss spike: nothing to fix.{outliers} Some models are unstable "
-                "only in the first steps and recover, which infrequent evaluation hides: the "
-                "playbook's check is a ~500-step run at 2x this learning rate with an "
-                "evaluation after every step (`callbacks.dense_eval.every_step_until=500`).",
-            )
-        )
-        return out
-
-    mid_kinds = ("loss_spike", "grad_norm_spike", "loss_rise", "val_loss_rise", "diverged")
-    mid = sorted(s for s, k in events if k in mid_kinds and s >= early_end)
-    if first is not None and first < early_end:
-        now = (
-            f"the schedule has {warmup} warmup steps: try a longer warmup"
-            if warmup
-            else "the schedule has no warmup"
-        )
-        cap = max(1, int(0.1 * (sched.get("max_train_steps") or total)))
-        vr = summary.get("val_loss_rise_step")
-        if vr is not None and vr < early_end:
-            now += (
-                f"; the dense evaluation shows the validation loss rising at step {vr}, "
-                "which evaluating every few hundred steps would hide"
-            )
-        out.append(
-            Finding(
-                "warmup",
-                f"**Early instability** (first sign at step {first}, within the first "
-                f"{EARLY_FRACTION:.0%} of training): the playbook's best fix is "
-                f"learning-rate warmup; {now}. Sweep `schedule.warmup_steps` over orders of "
-                "magnitude (the playbook's grid: 10, 1000, 10000, 100000), at most 10% of "
-                f"max_train_steps (here {cap}), with `schedule.post_warmup_steps` = 2 x "
-                "warmup_steps, and keep the smallest "
-                "warmup that trains stably. Gradient clipping also helps early instability "
-                "and can fix bad initialisations that warmup cannot.",
-            )
-        )
-    if mid or (first is not None and first >= early_end):
-        at = mid[0] if mid else first
-        p90 = summary.get("recommended_clip_threshold")
-        if clip_kind == "FixedNorm":
-            how = (
-                f"clipping is on at {_fmt(clip.get('clip_threshold'))}: lower the threshold "
-                f"(the 90th percentile of this run's unclipped norms is {_fmt(p90)})"
-            )
-        else:
-            how = (
-                "clip gradients, starting from the 90th percentile of the unclipped norms: "
-                f"`clipping=fixed clipping.clip_threshold={_fmt(p90)}`"
-                if p90
-                else "clip gradients at the 90th percentile of the unclipped norms"
-            )
-        out.append(
-            Finding(
-                "clipping",
-                f"**Sudden instability mid-training** (from step {at}: {_counts(summary)}): "
-                f"{how}. "
-                "Longer warmup can fix what clipping cannot.",
-            )
-        )
-    if summary.get("too_much_clipping"):
-        out.append(
-            Finding(
-                "lower_lr",
-                f"**More than half of the updates were clipped** (clip fraction "
-                f"{_fmt(summary.get('clip_fraction'), 2)}, at most "
-                f"{_fmt(summary.get('clip_fraction_recent_max'), 2)} over a recent window): "
-                "the playbook calls this a strange way of lowering the learning rate; lower "
-                "the learning rate instead (or raise the threshold).",
-            )
-        )
-    residual = _residual(model)
-    if residual.get("layout") == "post_norm":
-        out.append(
-            Finding(
-                "residual_layout",
-                "The model uses the **post-norm** residual layout `Norm(x + f(x))`, which the "
-                "playbook says is known to cause issues: try "
-                "`model.residual.layout=branch_norm` (`x + Norm(f(x))`, normalisation as the "
-                "last operation before the residual) or zero-initialised branches, "
-                "`model.residual.branch_init=rezero`.",
-            )
-        )
-    elif residual.get("branch_init") == "default" and residual.get("layout") != "none":
-        out.append(
-            Finding(
-                "residual_init",
-                "Initialising the residual branches to zero often stabilises training: try "
-                "`model.residual.branch_init=rezero` (or `zero`).",
-            )
-        )
-    rule = str(opt.get("_target_", "")).rsplit(".", 1)[-1]
-    if rule in ("SGD", "Momentum", "Nesterov"):
-        out.append(
-            Finding(
-                "optimizer",
-                f"The update rule is {rule}: sometimes Adam handles instabilities that "
-                "Momentum cannot (`optimizer=adam`, then re-tune its learning rate).",
-            )
-        )
-    if not any(f.key == "lower_lr" for f in out):
-        out.append(
-            Finding(
-                "last_resort",
-                "Last resort: a lower learning rate"
-                + (f" than {_fmt(lr)}" if lr is not None else "")
-                + " (the instability costs you if it forces you onto a learning rate that "
-                "is too small, so try the fixes above first).",
-            )
-        )
-    return out
-
-
 # ---------------------------------------------------------------------- the report
 def load_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's config (see :func:`stablelab.analysis.runs.read_config`)."""
@@ -320,22 +47,21 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _lr_plot(cfg: dict[str, Any], run_dir: Path) -> Path | None:
-    try:
-        from hydra.utils import instantiate
-
-        sched = instantiate(cfg["schedule"])
-        base = float(cfg["optimizer"]["lr"])
-    except Exception:  # a config this version cannot rebuild: no LR plot, still a report
-        return None
+    """lr.png, when the schedule in the run's config.yaml may be built (see
+    :func:`stablelab.analysis.runs.lr_per_step`); no LR plot otherwise, still a report."""
     from stablelab.analysis.plots import plot_schedule
+    from stablelab.analysis.runs import lr_per_step
 
-    lrs = [base * sched(s) for s in range(sched.total_steps)]
+    built = lr_per_step(cfg, source=str(run_dir / "config.yaml"))
+    if built is None:
+        return None
+    sched, lrs = built
     return plot_schedule(
         lrs,
         run_dir / "lr.png",
         sched.warmup_steps,
         sched.post_warmup_steps,
-        title=f"{type(sched).__name__} schedule, base LR {base:g}",
+        title=f"{type(sched).__name__} schedule, base LR {float(cfg['optimizer']['lr']):g}",
     )
 
 

@@ -72,3 +72,34 @@ def read_grad_norms(run_dir: str | Path) -> list[float]:
     with path.open() as f:
         rows = sorted(csv.DictReader(f), key=lambda r: int(r["step"]))
     return [float(r["grad_norm"]) for r in rows]
+
+
+def finite_grad_norms(run_dir: str | Path):
+    """The finite unclipped gradient norms of a run (a float64 numpy array, step order)."""
+    import numpy as np
+
+    norms = np.array(read_grad_norms(run_dir), dtype=np.float64)
+    return norms[np.isfinite(norms)]
+
+
+def lr_per_step(cfg: dict[str, Any], source: str | None = None) -> tuple[Any, list[float]] | None:
+    """A config's schedule (built) and its learning rate at every step (``optimizer.lr``
+    times the schedule's multiplier). ``source`` names the file the config was read from:
+    then only the classes a checkpoint's config may name are built
+    (:func:`stablelab.checkpoints.target_problems`), so a crafted ``config.yaml`` runs no
+    code. None when it is refused or this version cannot build it."""
+    from stablelab.checkpoints import target_problems
+
+    schedule = cfg.get("schedule")
+    if source is not None and (
+        not isinstance(schedule, dict) or target_problems({"schedule": schedule}, source)
+    ):
+        return None
+    try:
+        from hydra.utils import instantiate
+
+        sched = instantiate(schedule)
+        base = float(cfg["optimizer"]["lr"])
+        return sched, [base * sched(s) for s in range(sched.total_steps)]
+    except Exception:  # a config this version cannot rebuild
+        return None

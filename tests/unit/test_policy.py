@@ -1,0 +1,148 @@
+"""The per-run reading (stablelab.policy.READING_RULES) on crafted runs: which findings,
+at which step, with which command; asserted on those fields, not on the prose."""
+
+from __future__ import annotations
+
+from stablelab.analysis.report import render
+from stablelab.policy import READING_RULES, reading
+
+CFG = {
+    "optimizer": {"_target_": "stablelab.optim.Adam", "lr": 0.01},
+    "schedule": {"warmup_steps": 0, "max_train_steps": 1000},
+    "clipping": {"_target_": "stablelab.optim.clipping.NoClip"},
+    "model": {"residual": {"layout": "branch_norm", "branch_init": "rezero"}},
+}
+STABLE = {
+    "unstable": False,
+    "diverged": False,
+    "first_instability_step": None,
+    "total_steps": 1000,
+    "loss_spikes": 0,
+    "grad_norm_spikes": 0,
+    "loss_rises": 0,
+    "too_much_clipping": False,
+    "recommended_clip_threshold": 1.234,
+}
+
+
+def _read(summary, cfg=CFG, events=()):
+    return {f.key: f for f in reading({**STABLE, **summary}, cfg, list(events))}
+
+
+def _keys(summary, cfg=CFG, events=()):
+    return [f.key for f in reading({**STABLE, **summary}, cfg, list(events))]
+
+
+def test_every_rule_key_is_unique_and_every_finding_carries_its_rules_key():
+    keys = [r.key for r in READING_RULES]
+    assert len(keys) == len(set(keys))
+    s = {"unstable": True, "diverged": True, "diverged_at_step": 3, "first_instability_step": 3,
+         "too_much_clipping": True, "attn_logit_growing": True, "logz_drifting": True}  # fmt: skip
+    mom = {**CFG, "optimizer": {"_target_": "x.Momentum", "lr": 0.1},
+           "model": {"residual": {"layout": "post_norm"}}}  # fmt: skip
+    for f in reading({**STABLE, **s}, mom, [(3, "diverged"), (900, "loss_spike")]):
+        assert f.key in keys and f.evidence and f.text.startswith(f.evidence)
+
+
+def test_reading_stable_run():
+    (f,) = reading(STABLE, CFG)
+    assert f.key == "stable" and f.step is None
+    assert f.command == "callbacks.dense_eval.every_step_until=500"
+
+
+def test_reading_early_divergence_names_warmup_and_infeasible():
+    s = {"unstable": True, "diverged": True, "diverged_at_step": 3, "first_instability_step": 3}
+    keys = _keys(s, events=[(3, "diverged")])
+    assert keys[:2] == ["infeasible", "warmup"] and "clipping" not in keys
+    found = _read(s, events=[(3, "diverged")])
+    assert found["infeasible"].step == 3 and found["warmup"].step == 3
+    assert found["warmup"].command == "stablelab sweep warmup --unstable-lr 0.01 --factor 1"
+    # the 10% cap of max_train_steps (1000) is named
+    assert "(here 100)" in found["warmup"].fix
+
+
+def test_reading_mid_run_spikes_name_clipping_with_the_p90_threshold():
+    s = {"unstable": True, "first_instability_step": 600, "loss_spikes": 2}
+    found = _read(s, events=[(600, "loss_spike"), (610, "loss_spike")])
+    assert "clipping" in found and "warmup" not in found
+    assert found["clipping"].step == 600
+    assert found["clipping"].command == "clipping=fixed clipping.clip_threshold=1.234"
+
+
+def test_reading_mid_run_divergence_names_clipping_not_warmup():
+    s = {"unstable": True, "diverged": True, "diverged_at_step": 700, "first_instability_step": 700}
+    keys = _keys(s, events=[(700, "diverged")])
+    assert keys[0] == "infeasible" and "clipping" in keys and "warmup" not in keys
+
+
+def test_reading_an_early_sign_and_a_later_event_name_both_in_the_playbooks_order():
+    s = {"unstable": True, "first_instability_step": 20, "loss_spikes": 1, "loss_rises": 1}
+    found = _read(s, events=[(20, "loss_rise"), (700, "loss_spike")])
+    keys = list(found)
+    assert keys.index("warmup") < keys.index("clipping")
+    assert found["warmup"].step == 20 and found["clipping"].step == 700
+    # the boundary: step 100 of 1000 is no longer early (EARLY_FRACTION = 10%)
+    assert "warmup" not in _read({"unstable": True, "first_instability_step": 100})
+    assert "warmup" in _read({"unstable": True, "first_instability_step": 99})
+
+
+def test_reading_stable_run_mentions_gradient_outliers():
+    (f,) = reading({**STABLE, "grad_norm_spikes": 3, "first_grad_norm_spike_step": 69}, CFG)
+    assert f.key == "stable" and f.step == 69
+
+
+def test_reading_too_much_clipping_says_lower_the_lr_and_lowers_the_set_threshold():
+    s = {"unstable": True, "first_instability_step": 500, "too_much_clipping": True}
+    cfg = {**CFG, "clipping": {"_target_": "x.FixedNorm", "clip_threshold": 0.1}}
+    found = _read(s, cfg, [(500, "loss_spike")])
+    assert "lower_lr" in found and "last_resort" not in found
+    assert found["clipping"].command == "clipping.clip_threshold=1.234"
+
+
+def test_reading_residual_and_optimizer_suggestions_only_when_unstable():
+    post = {**CFG, "model": {"residual": {"layout": "post_norm", "branch_init": "default"}}}
+    s = {"unstable": True, "first_instability_step": 5}
+    found = _read(s, post, [(5, "loss_rise")])
+    assert found["residual_layout"].command == "model.residual.layout=branch_norm"
+    assert "residual_init" not in found  # post-norm: the layout comes first
+    pre = {**CFG, "model": {"residual": {"layout": "pre_norm", "branch_init": "default"}}}
+    assert _read(s, pre)["residual_init"].command == "model.residual.branch_init=rezero"
+    assert "residual_init" not in _read(s)  # rezero already
+    assert "residual_init" not in _read(s, {**CFG, "model": {"residual": True}})  # not ours
+    mom = {**CFG, "optimizer": {"_target_": "stablelab.optim.Momentum", "lr": 0.1}}
+    assert _read(s, mom)["optimizer"].command == "optimizer=adam"
+    assert _keys({}, cfg=post) == _keys({}, cfg=mom) == ["stable"]
+
+
+def test_reading_without_telemetry_says_so_and_nothing_else():
+    assert [f.key for f in reading({"status": "completed"}, CFG)] == ["no_telemetry"]
+    assert _keys({"status": "failed", "error": "E"}) == ["failed", "stable"]
+    s = {"status": "failed", "error": "E", "steps": 7}
+    assert [f.key for f in reading(s, CFG)] == ["failed", "no_telemetry"]
+
+
+def test_reading_flags_the_language_model_monitors_and_how_a_run_ended():
+    lm = {"attn_logit_growing": True, "attn_logit_growth": 14.0, "attn_logit_max_first": 5.0,
+          "attn_logit_max": 70.0, "logz_drifting": True, "logz_abs_max": 31.0}  # fmt: skip
+    found = _read(lm)
+    assert list(found) == ["attention_logits", "logz", "stable"]
+    assert found["attention_logits"].command == "model.qk_norm=true"
+    assert found["logz"].command == "loss.z_loss=1e-4"
+    assert _keys({**lm, "attn_logit_growing": False, "logz_drifting": False}) == ["stable"]
+    ended = {"status": "interrupted", "resume_command": "stablelab-train x ckpt_path=auto",
+             "interrupted": {"signal": "SIGTERM", "step": 40, "checkpoint": "c.ckpt",
+                             "checkpoint_step": 40}}  # fmt: skip
+    (first, *_) = reading({**STABLE, **ended}, CFG)
+    assert first.key == "interrupted" and first.step == 40
+    assert first.command == "stablelab-train x ckpt_path=auto"
+    assert [
+        f.key for f in reading({"evaluated_checkpoint": {"checkpoint": "c", "step": 9}}, CFG)
+    ] == ["evaluation"]
+
+
+def test_the_report_renders_every_finding(tmp_path):
+    s = {"unstable": True, "first_instability_step": 20, "loss_spikes": 1}
+    findings = reading({**STABLE, **s}, CFG, [(20, "loss_rise"), (700, "loss_spike")])
+    md = render({**STABLE, **s}, CFG, findings, tmp_path)
+    for f in findings:
+        assert f"- {f.text}" in md
