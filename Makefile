@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.stablelab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer exp-lm-warmup exp-lm-lr-sensitivity exp-lm-depth exp-lm-clipping test test-all lint format clean
+.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer exp-lm-warmup exp-lm-lr-sensitivity exp-lm-depth exp-lm-clipping test test-unit test-all lint typecheck format clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -79,17 +79,24 @@ exp-lm-clipping: $(STAMP)  ## Figure 9 on the GPT: p90 and adaptive clipping vs 
 test: $(STAMP)  ## run the test suite (slow reproductions excluded)
 	$(BIN)/python -m pytest $(ARGS)
 
+test-unit: $(STAMP)  ## the unit tests only (about a minute): no training runs, no subprocesses
+	$(BIN)/python -m pytest tests/unit $(ARGS)
+
 test-all: $(STAMP)  ## run every test, the slow reproductions included
 	$(BIN)/python -m pytest -m "" $(ARGS)
 
-lint: $(STAMP)  ## ruff check + format check
+lint: $(STAMP)  ## ruff (style, complexity limits) + format check + mypy on src/ (CI runs it)
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
+	$(BIN)/mypy
+
+typecheck: $(STAMP)  ## mypy on src/ alone
+	$(BIN)/mypy
 
 format: $(STAMP)  ## ruff fix + format
 	$(BIN)/ruff check --fix src tests benchmarks experiments
 	$(BIN)/ruff format src tests benchmarks experiments
 
 clean:  ## remove outputs, caches and the virtual environment
-	rm -rf $(VENV) logs outputs multirun data build dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) logs outputs multirun data build dist .pytest_cache .ruff_cache .mypy_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

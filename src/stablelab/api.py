@@ -28,7 +28,7 @@ def compose_run(
     from stablelab.config import compose
 
     cfg = compose(with_search_path(overrides, config_dirs))
-    cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     if output_dir is None:
         stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
         run_dir = f"${{paths.log_dir}}/${{task_name}}/runs/{stamp}_{uuid.uuid4().hex[:8]}"

@@ -234,7 +234,7 @@ def _walk(target: str) -> Any:
     parts = target.split(".")
     for i in range(len(parts) - 1, 0, -1):
         try:
-            obj = importlib.import_module(".".join(parts[:i]))
+            obj: Any = importlib.import_module(".".join(parts[:i]))
         except ImportError:
             continue
         for name in parts[i:]:

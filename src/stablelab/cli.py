@@ -32,7 +32,11 @@ def schedule_plot(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"stablelab schedule-plot: {e}", file=sys.stderr)
         return 2
-    sched, lrs = lr_per_step(plain)
+    built = lr_per_step(plain)
+    if built is None:
+        print("stablelab schedule-plot: the schedule could not be built", file=sys.stderr)
+        return 2
+    sched, lrs = built
     base = float(plain["optimizer"]["lr"])
     out = plot_schedule(
         lrs,

@@ -19,7 +19,7 @@ import os
 import types
 import typing
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -143,86 +143,90 @@ def _type_name(tp: Any) -> str:
 
 
 def _check_value(key: str, value: Any, tp: Any, problems: list[str]) -> None:
-    """Append a problem if ``value`` does not fit annotation ``tp``. Unknown types pass."""
-    origin = get_origin(tp)
+    """Append a problem if ``value`` does not fit annotation ``tp``. Unknown types pass
+    (a tensor, a module, ...: not configurable from YAML)."""
     if tp is Any or tp is inspect.Parameter.empty or isinstance(tp, str):
         return
+    origin = get_origin(tp)
     if origin is Annotated:
-        base, *meta = get_args(tp)
-        before = len(problems)
-        _check_value(key, value, base, problems)
-        if len(problems) == before and isinstance(value, int | float) and value is not None:
-            for m in meta:
-                if isinstance(m, Range) and (msg := m.check(value)):
-                    problems.append(f"{key} = {_fmt(value)}: {msg}")
-        return
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
-            problems.append(
-                f"{key} = {_fmt(value)}: allowed values are "
-                + ", ".join(_fmt(a) for a in allowed)
-                + extra
-            )
-        return
-    if origin in (Union, types.UnionType):
-        alts = get_args(tp)
-        if value is None and type(None) in alts:
-            return
-        for alt in alts:
-            if alt is type(None):
-                continue
-            trial: list[str] = []
-            _check_value(key, value, alt, trial)
-            if not trial:
-                return
-        # report the first non-None alternative's complaint (usually the informative one)
-        non_none = [a for a in alts if a is not type(None)]
-        if len(non_none) == 1:
-            _check_value(key, value, non_none[0], problems)
-        else:
-            problems.append(f"{key} = {_fmt(value)}: expected {_type_name(tp)}")
-        return
-    if origin in (list, tuple, Sequence, typing.Sequence) or tp in (list, tuple):
-        if not isinstance(value, list | tuple):
-            problems.append(f"{key} = {_fmt(value)}: expected {_type_name(tp)}")
-            return
-        args = get_args(tp)
-        if args:
-            for i, item in enumerate(value):
-                _check_value(f"{key}[{i}]", item, args[0], problems)
-        return
-    if dataclasses.is_dataclass(tp):
+        _check_annotated(key, value, tp, problems)
+    elif origin is Literal:
+        _check_literal(key, value, get_args(tp), problems)
+    elif origin in (Union, types.UnionType):
+        _check_union(key, value, tp, problems)
+    elif origin in (list, tuple, Sequence, typing.Sequence) or tp in (list, tuple):
+        _check_sequence(key, value, tp, problems)
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             problems.append(f"{key} = {_fmt(value)}: expected a mapping with keys {_fields(tp)}")
-            return
-        _check_mapping(key, dict(value), _dataclass_params(tp), set(), problems, tp.__name__)
-        return
-    if tp is bool:
-        if not isinstance(value, bool):
-            problems.append(f"{key} = {_fmt(value)}: expected true or false")
-        return
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{key} = {_fmt(value)}: expected an integer")
-        return
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"{key} = {_fmt(value)}: expected a number")
-        elif not math.isfinite(value):  # inf, 1e309, nan: never a meaningful setting
+        else:
+            _check_mapping(key, dict(value), _dataclass_params(tp), set(), problems, tp.__name__)
+    elif tp in _SCALARS:
+        fits, expected = _SCALARS[tp]
+        if not fits(value):
+            problems.append(f"{key} = {_fmt(value)}: expected {expected}")
+        elif tp is float and not math.isfinite(value):  # inf, 1e309, nan: never meant
             problems.append(f"{key} = {_fmt(value)}: must be a finite number")
+
+
+# the scalar annotations: does the value fit, and what the message says was expected
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    type(None): (lambda v: v is None, "null"),
+}
+
+
+def _check_annotated(key: str, value: Any, tp: Any, problems: list[str]) -> None:
+    """The base type first, then the :class:`Range` constraints on a number."""
+    base, *meta = get_args(tp)
+    before = len(problems)
+    _check_value(key, value, base, problems)
+    if len(problems) == before and isinstance(value, int | float):
+        for m in meta:
+            if isinstance(m, Range) and (msg := m.check(value)):
+                problems.append(f"{key} = {_fmt(value)}: {msg}")
+
+
+def _check_literal(key: str, value: Any, allowed: tuple[Any, ...], problems: list[str]) -> None:
+    if value not in allowed:
+        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.append(
+            f"{key} = {_fmt(value)}: allowed values are "
+            + ", ".join(_fmt(a) for a in allowed)
+            + extra
+        )
+
+
+def _check_union(key: str, value: Any, tp: Any, problems: list[str]) -> None:
+    """Fits if any alternative fits; else the complaint of the only non-None alternative
+    (usually the informative one), or the list of alternatives."""
+    alts = get_args(tp)
+    non_none = [a for a in alts if a is not type(None)]
+    if value is None and len(non_none) < len(alts):
         return
-    if tp is str:
-        if not isinstance(value, str):
-            problems.append(f"{key} = {_fmt(value)}: expected a string")
+    for alt in non_none:
+        trial: list[str] = []
+        _check_value(key, value, alt, trial)
+        if not trial:
+            return
+    if len(non_none) == 1:
+        _check_value(key, value, non_none[0], problems)
+    else:
+        problems.append(f"{key} = {_fmt(value)}: expected {_type_name(tp)}")
+
+
+def _check_sequence(key: str, value: Any, tp: Any, problems: list[str]) -> None:
+    if not isinstance(value, list | tuple):
+        problems.append(f"{key} = {_fmt(value)}: expected {_type_name(tp)}")
         return
-    if tp is type(None):
-        if value is not None:
-            problems.append(f"{key} = {_fmt(value)}: expected null")
-        return
-    # any other class (a tensor, a module, ...): not configurable from YAML; accept
+    args = get_args(tp)
+    if args:
+        for i, item in enumerate(value):
+            _check_value(f"{key}[{i}]", item, args[0], problems)
 
 
 def _fields(dc: type) -> str:
@@ -287,7 +291,7 @@ def _callable_params(target: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
             return params, True
         if "__init__" not in vars(klass):
             continue
-        own, var_kw = _signature_params(klass.__init__)
+        own, var_kw = _signature_params(vars(klass)["__init__"])
         first = not params
         for name, (ann, required) in own.items():
             # a parent's required argument may be supplied by the child (save_dir -> root_dir)
@@ -392,7 +396,7 @@ def _check_target_entry(
 def _defaults(fn: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     klasses = [k for k in fn.__mro__ if "__init__" in vars(k)] if inspect.isclass(fn) else []
-    for f in reversed([k.__init__ for k in klasses] or [fn]):
+    for f in reversed([vars(k)["__init__"] for k in klasses] or [fn]):
         for name, p in inspect.signature(f).parameters.items():
             if p.default is not inspect.Parameter.empty:
                 out[name] = p.default
@@ -418,10 +422,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check a composed config; return it resolved as plain data. Raises ConfigError."""
     problems: list[str] = []
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as e:  # an interpolation that does not resolve, a ??? left unset
         raise ConfigError([f"{type(e).__name__}: {e}"]) from None
-    assert isinstance(plain, dict)
+    assert isinstance(container, dict)
+    plain: dict[str, Any] = {str(k): v for k, v in container.items()}
 
     root_values = {k: v for k, v in plain.items() if k not in GROUPS and k != "paths"}
     root_params = _dataclass_params(RootConfig)
@@ -468,7 +473,7 @@ def _static_problems(plain: dict[str, Any]) -> list[str]:
     stablelab's classes or functions readable from source (the rest: the full check)."""
     from stablelab.static_signatures import static_params
 
-    entries = []
+    entries: list[tuple[str, Any, set[str]]] = []
     for group in GROUPS:
         entry = plain.get(group)
         if group in MULTI_GROUPS:
@@ -480,7 +485,7 @@ def _static_problems(plain: dict[str, Any]) -> list[str]:
     for key, entry, provided in entries:
         target = entry.get("_target_") if isinstance(entry, Mapping) else None
         found = static_params(target) if isinstance(target, str) else None
-        if found is not None:
+        if found is not None and isinstance(target, str):
             params, var_kw = found
             _check_mapping(key, dict(entry), params, provided, problems, target, var_kw)
     return problems

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,10 @@ def config_tree(plain: dict[str, Any]) -> str:
         tree.add(name, style="bold").add(Syntax(text, "yaml", theme="ansi_dark"))
     import sys
 
-    color = "auto" if sys.stdout.isatty() else None  # no escape codes in log files
-    console = Console(width=100, color_system=color, highlight=False)
+    # no escape codes in log files
+    console = Console(
+        width=100, color_system="auto" if sys.stdout.isatty() else None, highlight=False
+    )
     with console.capture() as cap:
         console.print(tree)
     return cap.get().rstrip()
@@ -117,7 +120,7 @@ def _num(x: Any, digits: int = 4) -> str:
 
 
 def closing_lines(
-    summary: dict[str, Any], run_dir: Path, report: Path | None, urls: list[str] = ()
+    summary: dict[str, Any], run_dir: Path, report: Path | None, urls: Sequence[str] = ()
 ) -> list[str]:
     """stablelab's last words for a run (rank zero); ``urls``: online W&B runs."""
     from stablelab.analysis.report import verdict

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from stablelab.constraints import ConfigError
 
@@ -44,7 +44,7 @@ SPEC_KEYS = ("kind", "length", "channels", "vocab_size")
 SEE = "see README 'Your own model and data'"
 
 
-def _int(v: Any) -> bool:
+def _int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from stablelab.config import ConfigError
 
@@ -26,7 +27,9 @@ STORED = ("data", "model", "optimizer", "schedule", "clipping")
 STORED_ROOT = ("seed", "max_train_steps")
 
 
-def evaluate(checkpoint: str, overrides: list[str] = (), out: str | None = None) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str, overrides: Sequence[str] = (), out: str | None = None
+) -> dict[str, Any]:
     """Evaluate ``checkpoint``; return the run summary. Raises ConfigError (nothing run)."""
     from stablelab import checkpoints
     from stablelab.config import compose, run_id
@@ -43,6 +46,7 @@ def evaluate(checkpoint: str, overrides: list[str] = (), out: str | None = None)
         ["task_name=eval", "callbacks.model_checkpoint=null", "paths.output_dir=.", *overrides]
     )
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer, dict)
     devices, strategy = trainer.get("devices", 1), str(trainer.get("strategy", "auto"))
     if devices not in (1, "1", [0]) or "ddp" in strategy or "fsdp" in strategy.lower():
         raise ConfigError(
@@ -61,7 +65,9 @@ def evaluate(checkpoint: str, overrides: list[str] = (), out: str | None = None)
             cfg[key] = ckpt.cfg[key]
     mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in STORED]
     if mine:  # the user's own changes to the stored groups win
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in mine]))
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in mine]))
+        assert isinstance(merged, DictConfig)
+        cfg = merged
     if out is None:
         import time
 

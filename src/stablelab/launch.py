@@ -45,7 +45,7 @@ def ddp_children_run_this_trial_only() -> None:
     from omegaconf import open_dict, read_write
 
     sys.argv = [sys.argv[0], *hc.overrides.task]
-    with read_write(hc), open_dict(hc):
+    with read_write(hc), open_dict(hc):  # type: ignore[arg-type]  # a DictConfig at run time
         hc.run.dir = hc.runtime.output_dir
 
 

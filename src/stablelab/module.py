@@ -62,7 +62,9 @@ class StableModule(L.LightningModule):
         self._checked: set[str] = set()  # "shapes" (first batch), "labels" (first evaluation)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, strict=None, **kwargs):
+    def load_from_checkpoint(  # type: ignore[override]  # Lightning's is a restricted classmethod
+        cls, checkpoint_path, map_location=None, strict=None, **kwargs
+    ):
         """Rebuild the module from a checkpoint anywhere, without trusting it: it is loaded
         with ``weights_only=True`` only, and every ``_target_`` of its stored config must be
         a stablelab class (see :mod:`stablelab.checkpoints`) before anything is built.
@@ -74,6 +76,8 @@ class StableModule(L.LightningModule):
                 "StableModule checkpoints load with weights_only=True only (no hparams_file)"
             )
         path = checkpoints.resolve_path(str(checkpoint_path), Path("."), key="checkpoint_path")
+        if path is None:  # "auto" names no file here
+            raise FileNotFoundError(f"checkpoint_path = {checkpoint_path!r}: not a checkpoint file")
         ckpt = checkpoints.load(path, key="checkpoint_path")
         cfg = kwargs.get("cfg", ckpt.cfg)
         groups = {k: cfg.get(k) for k in ("model", "optimizer", "schedule", "clipping")}
@@ -114,7 +118,7 @@ class StableModule(L.LightningModule):
             self.telemetry.add_loss(loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         sched = self.lr_schedulers()
-        if sched is not None:
+        if isinstance(sched, torch.optim.lr_scheduler.LRScheduler):  # ours: one LambdaLR
             self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
         return objective
 
@@ -249,6 +253,7 @@ class StableModule(L.LightningModule):
 
         from stablelab.models.blocks import ResidualBlock
 
+        assert self.device_mesh is not None  # Lightning sets it before configure_model
         mesh = self.device_mesh["data_parallel"]
         for block in [m for m in self.model.modules() if isinstance(m, ResidualBlock)]:
             fully_shard(block, mesh=mesh)  # one all-gather / reduce-scatter unit each

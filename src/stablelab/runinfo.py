@@ -35,7 +35,7 @@ def git_state(where: str | Path | None = None) -> dict[str, object]:
     at the repository around that file or directory instead."""
     here = Path(where) if where is not None else Path(__file__).resolve()
     cwd = here if here.is_dir() else here.parent
-    none = {"git_sha": None, "git_dirty": None}
+    none: dict[str, object] = {"git_sha": None, "git_dirty": None}
     try:
         if where is None:  # is this very file part of the repository's tracked source?
             tracked = _git(["ls-files", "--error-unmatch", here.name], cwd)

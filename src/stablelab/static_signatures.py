@@ -18,6 +18,7 @@ import ast
 import builtins
 import collections.abc
 import typing
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -95,71 +96,104 @@ def _definition(module: str, name: str, depth: int = 0) -> tuple[str, Any] | Non
 
 
 def _evaluate(module: str, node: Any, depth: int = 0) -> Any:
-    """The value of an annotation expression, or _UNKNOWN."""
+    """The value of an annotation expression, or _UNKNOWN: one handler per node type."""
     if depth > 20:
-        return _UNKNOWN
-    ev = lambda n: _evaluate(module, n, depth + 1)  # noqa: E731
-    if isinstance(node, _External):
-        if node.module in ("typing", "typing_extensions"):
-            return getattr(typing, node.name, _UNKNOWN)
-        if node.module == "collections.abc":
-            return getattr(collections.abc, node.name, _UNKNOWN)
         return _UNKNOWN
     if isinstance(node, ast.Constant):
         return node.value
-    if isinstance(node, ast.Name):
-        if node.id in ("int", "float", "str", "bool", "list", "dict", "tuple", "type"):
-            return getattr(builtins, node.id)
-        if node.id == "None":
-            return None
-        found = _definition(module, node.id)
-        if found is None:
-            return getattr(typing, node.id, _UNKNOWN) if node.id in typing.__all__ else _UNKNOWN
-        where, value = found
-        if isinstance(value, ast.ClassDef | ast.FunctionDef):
-            if where in ("stablelab.constraints", "stablelab.config"):  # free of torch
-                import stablelab.constraints
+    handler = _HANDLERS.get(type(node))
+    return _UNKNOWN if handler is None else handler(module, node, depth + 1)
 
-                return getattr(stablelab.constraints, value.name, _UNKNOWN)
-            return _UNKNOWN  # a class of ours elsewhere (a module, ...): the full check
-        return _evaluate(where, value, depth + 1)
-    if isinstance(node, ast.Attribute):
-        if isinstance(node.value, ast.Name) and node.value.id == "typing":
-            return getattr(typing, node.attr, _UNKNOWN)
-        return _UNKNOWN
-    if isinstance(node, ast.Tuple | ast.List):
-        items = [ev(e) for e in node.elts]
-        return _UNKNOWN if any(i is _UNKNOWN for i in items) else tuple(items)
-    if isinstance(node, ast.Subscript):
-        base = ev(node.value)
-        index = ev(node.slice)
-        if base is _UNKNOWN or index is _UNKNOWN:
-            return _UNKNOWN
-        try:
-            return base[index]
-        except TypeError:
-            return _UNKNOWN
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        left, right = ev(node.left), ev(node.right)
-        if left is _UNKNOWN or right is _UNKNOWN:
-            return _UNKNOWN
-        try:
-            return typing.Union[left, right]  # noqa: UP007
-        except TypeError:
-            return _UNKNOWN
-    if isinstance(node, ast.Call) and not node.args:
-        fn = ev(node.func)
-        from stablelab.constraints import Range
 
-        if fn is Range:
-            kwargs = {k.arg: ev(k.value) for k in node.keywords}
-            if all(isinstance(v, int | float) and k for k, v in kwargs.items()):
-                return Range(**kwargs)
-        return _UNKNOWN
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        v = ev(node.operand)
-        return -v if isinstance(v, int | float) else _UNKNOWN
+def _ev_external(module: str, node: _External, depth: int) -> Any:
+    if node.module in ("typing", "typing_extensions"):
+        return getattr(typing, node.name, _UNKNOWN)
+    if node.module == "collections.abc":
+        return getattr(collections.abc, node.name, _UNKNOWN)
     return _UNKNOWN
+
+
+def _ev_name(module: str, node: ast.Name, depth: int) -> Any:
+    if node.id in ("int", "float", "str", "bool", "list", "dict", "tuple", "type"):
+        return getattr(builtins, node.id)
+    if node.id == "None":
+        return None
+    found = _definition(module, node.id)
+    if found is None:
+        return getattr(typing, node.id, _UNKNOWN) if node.id in typing.__all__ else _UNKNOWN
+    where, value = found
+    if isinstance(value, ast.ClassDef | ast.FunctionDef):
+        if where in ("stablelab.constraints", "stablelab.config"):  # free of torch
+            import stablelab.constraints
+
+            return getattr(stablelab.constraints, value.name, _UNKNOWN)
+        return _UNKNOWN  # a class of ours elsewhere (a module, ...): the full check
+    return _evaluate(where, value, depth)
+
+
+def _ev_attribute(module: str, node: ast.Attribute, depth: int) -> Any:
+    if isinstance(node.value, ast.Name) and node.value.id == "typing":
+        return getattr(typing, node.attr, _UNKNOWN)
+    return _UNKNOWN
+
+
+def _ev_items(module: str, node: ast.Tuple | ast.List, depth: int) -> Any:
+    items = [_evaluate(module, e, depth) for e in node.elts]
+    return _UNKNOWN if any(i is _UNKNOWN for i in items) else tuple(items)
+
+
+def _ev_subscript(module: str, node: ast.Subscript, depth: int) -> Any:
+    base, index = _evaluate(module, node.value, depth), _evaluate(module, node.slice, depth)
+    if base is _UNKNOWN or index is _UNKNOWN:
+        return _UNKNOWN
+    try:
+        return base[index]
+    except TypeError:
+        return _UNKNOWN
+
+
+def _ev_binop(module: str, node: ast.BinOp, depth: int) -> Any:
+    if not isinstance(node.op, ast.BitOr):  # only X | Y
+        return _UNKNOWN
+    left, right = _evaluate(module, node.left, depth), _evaluate(module, node.right, depth)
+    if left is _UNKNOWN or right is _UNKNOWN:
+        return _UNKNOWN
+    try:
+        return typing.Union[left, right]  # noqa: UP007
+    except TypeError:
+        return _UNKNOWN
+
+
+def _ev_call(module: str, node: ast.Call, depth: int) -> Any:
+    """Only ``Range(gt=..., le=...)`` with number keywords."""
+    from stablelab.constraints import Range
+
+    if node.args or _evaluate(module, node.func, depth) is not Range:
+        return _UNKNOWN
+    if not all(k.arg for k in node.keywords):  # a **mapping
+        return _UNKNOWN
+    kwargs = {str(k.arg): _evaluate(module, k.value, depth) for k in node.keywords}
+    if all(isinstance(v, int | float) for v in kwargs.values()):
+        return Range(**kwargs)
+    return _UNKNOWN
+
+
+def _ev_unary(module: str, node: ast.UnaryOp, depth: int) -> Any:
+    v = _evaluate(module, node.operand, depth)
+    return -v if isinstance(node.op, ast.USub) and isinstance(v, int | float) else _UNKNOWN
+
+
+_HANDLERS: dict[type, Callable[[str, Any, int], Any]] = {
+    _External: _ev_external,
+    ast.Name: _ev_name,
+    ast.Attribute: _ev_attribute,
+    ast.Tuple: _ev_items,
+    ast.List: _ev_items,
+    ast.Subscript: _ev_subscript,
+    ast.BinOp: _ev_binop,
+    ast.Call: _ev_call,
+    ast.UnaryOp: _ev_unary,
+}
 
 
 def _function_params(module: str, fn: ast.FunctionDef, skip_first: bool):

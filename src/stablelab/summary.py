@@ -24,7 +24,7 @@ def task_metrics(summary: dict[str, Any], datamodule, module) -> dict[str, Any]:
     val, test = summary.get("val_loss"), summary.get("test_loss")
     for split, loss in (("val", val), ("test", test)):
         if _finite(loss):
-            out[f"{split}_bpc"] = loss / math.log(2)
+            out[f"{split}_bpc"] = float(loss) / math.log(2)  # type: ignore[arg-type]
     if _finite(val) and _finite(test) and callable(getattr(datamodule, "split_tokens", None)):
         n = datamodule.split_tokens()
         held = (val * n["val"] + test * n["test"]) / (n["val"] + n["test"])

@@ -58,7 +58,7 @@ class StepTelemetry:
     def record(self, step: int, stats: ClipStats) -> None:
         """Close step ``step``: its gradient statistics and the mean of the losses added
         since the previous record (NaN if none was added)."""
-        self._allocate(stats.grad_norm.device)
+        buf = self._allocate(stats.grad_norm.device)
         if self.pending == self.every:  # never lose a step: flush early (one sync)
             self.overflow += self.flush()
         if self._loss_sum is None:
@@ -68,7 +68,7 @@ class StepTelemetry:
         row = torch.stack(
             [loss, stats.grad_norm, stats.grad_norm_clipped, stats.clipped, stats.threshold]
         ).float()
-        self.buf[self.pending].copy_(row)
+        buf[self.pending].copy_(row)
         self.steps.append(int(step))
         self._loss_sum, self._loss_count = None, 0
 
@@ -88,7 +88,7 @@ class StepTelemetry:
             self._reduced = 0
         return rows
 
-    def _allocate(self, device: torch.device) -> None:
+    def _allocate(self, device: torch.device) -> torch.Tensor:
         """The buffer, on the device of the first step recorded (rows restored from a
         checkpoint wait on the host until then)."""
         if self.buf is None:
@@ -96,6 +96,7 @@ class StepTelemetry:
             if self._restored is not None:
                 self.buf[: len(self._restored)].copy_(self._restored)
                 self._restored = None
+        return self.buf
 
     def _reduced_block(self) -> torch.Tensor:
         """The pending rows with the loss column reduced (a collective under DDP: every

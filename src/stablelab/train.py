@@ -7,6 +7,7 @@ stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -88,7 +89,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     Hydra's, or the command line).
     """
     if "hydra" in cfg:
-        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     plain = validate(cfg)
     os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks
 
@@ -100,9 +101,70 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     import lightning as L
     import torch
 
-    from stablelab import checkpoints, preflight, runinfo
     from stablelab.stability import TrainingDiverged
 
+    _quiet_libraries()
+    run_dir = Path(plain["paths"]["output_dir"])
+    ckpt = _checkpoint_or_refuse(plain, run_dir)  # before anything is written or trained
+    launch.ddp_children_run_this_trial_only()
+    L.seed_everything(plain["seed"], workers=True, verbose=False)
+    datamodule, module, trainer, schedule, history = build(plain)
+    _refuse_data_or_model(plain, datamodule, module, trainer, ckpt)
+
+    rank_zero = trainer.is_global_zero
+    summary = _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info, ckpt)
+    if rank_zero:  # the run exists from here on: its config and a summary first
+        _open_run(plain, module, trainer, run_dir, summary)
+    out = _Outcome()
+    start = time.time()
+    try:
+        _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out)
+        summary["status"] = "completed"
+    except TrainingDiverged as e:  # the divergence guard stopped fit: a clean end
+        out.diverged = e
+        summary["status"] = "diverged"
+        summary["diverged_at_step"] = e.step
+        summary["divergence_reason"] = e.reason
+        log.warning("stablelab: %s; stopped, run recorded as infeasible", e)
+    except BaseException as e:
+        out.interrupted = _interruption(trainer, e)
+        if out.interrupted is None:
+            summary["status"] = "failed"
+            summary["error"] = f"{type(e).__name__}: {e}"
+            raise
+        summary["status"] = "interrupted"
+        summary["interrupted"] = out.interrupted
+        summary["resume_command"] = resume_command(run_dir, command)
+    finally:
+        _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, out, start)
+        if rank_zero:
+            write_summary(run_dir / SUMMARY_FILE, summary)
+            report = _write_report(run_dir, figures=plain["plots"] and plain["train"])
+            urls = tracking.finish_trackers(trainer, summary, report)
+            print("\n".join(console.closing_lines(summary, run_dir, report, urls)), flush=True)
+    if torch.cuda.is_available():  # a multirun trains many runs in one process
+        torch.cuda.empty_cache()
+    launch.release_process_group(trainer)
+    if out.interrupted is not None:
+        if rank_zero:
+            log.warning("stablelab: to resume: %s", summary["resume_command"])
+        raise SystemExit(out.interrupted["exit_code"])
+    if out.diverged is not None and out.diverged.fail:
+        raise out.diverged
+    return summary
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What fit and test left behind, for the summary (fit's metrics survive the test)."""
+
+    fit_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    fit_reports: dict[str, Any] | None = None
+    diverged: Any = None  # the TrainingDiverged that stopped fit
+    interrupted: dict[str, Any] | None = None
+
+
+def _quiet_libraries() -> None:
     launch.quiet_lightning_handlers()
     console.quiet_third_party()
     # the CSV logger writes into the fresh run dir that Hydra already populated (.hydra/)
@@ -114,8 +176,13 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     # evaluating a checkpoint needs none of the callbacks that wrote it
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
 
-    run_dir = Path(plain["paths"]["output_dir"])
-    # ---- everything that can refuse the run, before anything is written or trained
+
+def _checkpoint_or_refuse(plain: dict[str, Any], run_dir: Path):
+    """The checkpoint to resume or evaluate (None: a fresh run); raises ConfigError for
+    everything that can refuse the run before anything is built: the checkpoint, the
+    machine (devices, strategy, precision)."""
+    from stablelab import checkpoints, preflight
+
     ckpt_file = checkpoints.resolve_path(plain["ckpt_path"], run_dir)
     ckpt = checkpoints.load(ckpt_file) if ckpt_file else None
     problems = preflight.environment_problems(plain)
@@ -123,16 +190,24 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         problems += checkpoints.resume_problems(ckpt, plain)
     if problems:
         raise ConfigError(problems)
-    launch.ddp_children_run_this_trial_only()
-    L.seed_everything(plain["seed"], workers=True, verbose=False)
-    datamodule, module, trainer, schedule, history = build(plain)
+    return ckpt
+
+
+def _refuse_data_or_model(plain, datamodule, module, trainer, ckpt) -> None:
+    """Once built: data that cannot fill a batch, a checkpoint of another model."""
+    from stablelab import checkpoints, preflight
+
     problems = preflight.data_problems(plain, datamodule, trainer.world_size)
     if ckpt is not None:
         problems += checkpoints.model_problems(ckpt, module)
     if problems:
         raise ConfigError(problems)
 
-    rank_zero = trainer.is_global_zero
+
+def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info, ckpt):
+    """summary.json as first written (``status: running``): where, what and on what."""
+    from stablelab import runinfo
+
     world = trainer.world_size
     run = {
         "run_dir": str(run_dir.resolve()),
@@ -160,123 +235,102 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
                 "numbers may differ from one (see README 'Your own model and data')",
                 type(datamodule).__name__,
             )
-    if rank_zero:
-        if plain.get("print_config", True):
-            print(console.config_tree(plain), flush=True)
-        print(console.model_line(module), flush=True)
-        print(console.run_line(run_dir, plain, schedule.total_steps, world, thread_info))
-    if rank_zero:  # the run exists from here on: its config and a summary first
-        run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
-        write_summary(run_dir / SUMMARY_FILE, summary)
-        tracking.connect_trackers(trainer)
-        for lg in trainer.loggers:
-            lg.log_hyperparams({**plain, "run": run})
-
-    fit_metrics: dict[str, float] = {}
-    fit_reports: dict[str, Any] | None = None
-    diverged: TrainingDiverged | None = None
-    interrupted: dict[str, Any] | None = None
-    ckpt_arg = str(ckpt.path) if ckpt is not None else None
-    start = time.time()
-    try:
-        if plain["train"]:
-            try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
-            finally:  # trainer.test resets callback_metrics and reloads the callbacks'
-                # state from the best checkpoint: keep what fit measured
-                fit_metrics = summary_mod.scalars(trainer.callback_metrics)
-                fit_reports = summary_mod.callback_reports(trainer, history)
-            ckpt_cb = trainer.checkpoint_callback
-            test_ckpt = (getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else "") or None
-        else:  # evaluate a checkpoint (or, without one, the initial weights)
-            if ckpt is None:
-                log.warning(
-                    "stablelab: train=false without ckpt_path: evaluating the initial weights"
-                )
-            trainer.validate(
-                module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True, verbose=False
-            )
-            fit_metrics = summary_mod.scalars(trainer.callback_metrics)
-            test_ckpt = ckpt_arg
-        if plain["test"]:
-            trainer.test(
-                module,
-                datamodule=datamodule,
-                ckpt_path=test_ckpt,
-                weights_only=True,
-                verbose=False,  # the closing lines say it
-            )
-        summary["status"] = "completed"
-    except TrainingDiverged as e:  # the divergence guard stopped fit: a clean end
-        diverged = e
-        summary["status"] = "diverged"
-        summary["diverged_at_step"] = e.step
-        summary["divergence_reason"] = e.reason
-        log.warning("stablelab: %s; stopped, run recorded as infeasible", e)
-    except BaseException as e:
-        interrupted = _interruption(trainer, e)
-        if interrupted is None:
-            summary["status"] = "failed"
-            summary["error"] = f"{type(e).__name__}: {e}"
-            raise
-        summary["status"] = "interrupted"
-        summary["interrupted"] = interrupted
-        summary["resume_command"] = resume_command(run_dir, command)
-    finally:
-        metrics = {**fit_metrics, **summary_mod.scalars(trainer.callback_metrics)}
-        reports = (
-            fit_reports
-            if fit_reports is not None
-            else summary_mod.callback_reports(trainer, history)
-        )
-        best = reports.pop("_best")
-        train_loss = fit_metrics.get("train/loss")
-        summary.update(
-            {
-                "steps": trainer.global_step,
-                "wall_seconds": round(time.time() - start, 3),
-                "val_loss": best["val_loss"] if best else None,
-                "val_acc": best["val_acc"] if best else None,
-                "best_step": best["step"] if best else None,
-                "test_acc": metrics.get("test/acc"),
-                "test_loss": metrics.get("test/loss"),
-                "final_train_loss": train_loss,
-                "evaluations": reports.pop("_evaluations"),
-                "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
-            }
-        )
-        if plain["train"]:
-            summary.update(reports)
-        else:  # an evaluation: the checkpoint's step; no training to report on (the
-            # callbacks' state is the checkpoint's, restored for the test)
-            summary["steps"] = ckpt.global_step if ckpt is not None else 0
-            summary["best_step"] = summary["steps"] if best else None
-            summary["best_checkpoint"] = ckpt_arg
-        summary.update(summary_mod.task_metrics(summary, datamodule, module))
-        if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU
-            summary["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-        summary["feasible"] = bool(
-            summary["status"] == "completed"
-            and _finite(summary["val_loss"])
-            and (_finite(train_loss) or not plain["train"])
-        )
-        report = None
-        if rank_zero:
-            write_summary(run_dir / SUMMARY_FILE, summary)
-            report = _write_report(run_dir, figures=plain["plots"] and plain["train"])
-            urls = tracking.finish_trackers(trainer, summary, report)
-            print("\n".join(console.closing_lines(summary, run_dir, report, urls)), flush=True)
-    if torch.cuda.is_available():  # a multirun trains many runs in one process
-        torch.cuda.empty_cache()
-    launch.release_process_group(trainer)
-    if interrupted is not None:
-        if rank_zero:
-            log.warning("stablelab: to resume: %s", summary["resume_command"])
-        raise SystemExit(interrupted["exit_code"])
-    if diverged is not None and diverged.fail:
-        raise diverged
     return summary
+
+
+RUN_KEYS = ("run_dir", "world_size", "global_batch_size", "total_steps", "git_sha",
+            "git_dirty", "versions", "machine", "threads", "argv")  # fmt: skip
+
+
+def _open_run(plain, module, trainer, run_dir: Path, summary: dict[str, Any]) -> None:
+    """Rank zero: the console's opening lines, config.yaml, the first summary.json, and
+    the trackers' hyperparameters."""
+    if plain.get("print_config", True):
+        print(console.config_tree(plain), flush=True)
+    print(console.model_line(module), flush=True)
+    total, world, threads = summary["total_steps"], summary["world_size"], summary["threads"]
+    print(console.run_line(run_dir, plain, total, world, threads))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(plain), run_dir / RESOLVED_CONFIG_FILE)
+    write_summary(run_dir / SUMMARY_FILE, summary)
+    tracking.connect_trackers(trainer)
+    run = {k: summary[k] for k in RUN_KEYS if k in summary}
+    for lg in trainer.loggers:
+        lg.log_hyperparams({**plain, "run": run})
+
+
+def _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out: _Outcome) -> None:
+    """fit (or, ``train=false``, validate the checkpoint), then test the best checkpoint."""
+    ckpt_arg = str(ckpt.path) if ckpt is not None else None
+    if plain["train"]:
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
+        finally:  # trainer.test resets callback_metrics and reloads the callbacks'
+            # state from the best checkpoint: keep what fit measured
+            out.fit_metrics = summary_mod.scalars(trainer.callback_metrics)
+            out.fit_reports = summary_mod.callback_reports(trainer, history)
+        ckpt_cb = trainer.checkpoint_callback
+        test_ckpt = (getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else "") or None
+    else:  # evaluate a checkpoint (or, without one, the initial weights)
+        if ckpt is None:
+            log.warning("stablelab: train=false without ckpt_path: evaluating the initial weights")
+        trainer.validate(
+            module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True, verbose=False
+        )
+        out.fit_metrics = summary_mod.scalars(trainer.callback_metrics)
+        test_ckpt = ckpt_arg
+    if plain["test"]:
+        trainer.test(
+            module,
+            datamodule=datamodule,
+            ckpt_path=test_ckpt,
+            weights_only=True,
+            verbose=False,  # the closing lines say it
+        )
+
+
+def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, out, start):
+    """The summary's numbers however the run ended (completed, diverged, interrupted,
+    failed): steps, time, the best evaluation, test, the callbacks' reports, feasibility."""
+    import torch
+
+    metrics = {**out.fit_metrics, **summary_mod.scalars(trainer.callback_metrics)}
+    reports = (
+        out.fit_reports
+        if out.fit_reports is not None
+        else summary_mod.callback_reports(trainer, history)
+    )
+    best = reports.pop("_best")
+    train_loss = out.fit_metrics.get("train/loss")
+    summary.update(
+        {
+            "steps": trainer.global_step,
+            "wall_seconds": round(time.time() - start, 3),
+            "val_loss": best["val_loss"] if best else None,
+            "val_acc": best["val_acc"] if best else None,
+            "best_step": best["step"] if best else None,
+            "test_acc": metrics.get("test/acc"),
+            "test_loss": metrics.get("test/loss"),
+            "final_train_loss": train_loss,
+            "evaluations": reports.pop("_evaluations"),
+            "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
+        }
+    )
+    if plain["train"]:
+        summary.update(reports)
+    else:  # an evaluation: the checkpoint's step; no training to report on (the
+        # callbacks' state is the checkpoint's, restored for the test)
+        summary["steps"] = ckpt.global_step if ckpt is not None else 0
+        summary["best_step"] = summary["steps"] if best else None
+        summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
+    summary.update(summary_mod.task_metrics(summary, datamodule, module))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU
+        summary["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    summary["feasible"] = bool(
+        summary["status"] == "completed"
+        and _finite(summary["val_loss"])
+        and (_finite(train_loss) or not plain["train"])
+    )
 
 
 def _interruption(trainer, error: BaseException) -> dict[str, Any] | None:
@@ -355,7 +409,7 @@ def objective(summary: dict[str, Any], metric: str = "val_loss") -> float:
 
     worst = float("inf") if OBJECTIVES[metric] == "minimize" else float("-inf")
     value = summary.get(metric)
-    if not summary.get("feasible") or not _finite(value):
+    if not summary.get("feasible") or value is None or not _finite(value):
         return worst
     return float(value)
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ def _fmt_time(seconds: float) -> str:
 def run_trials(
     trials: list[Trial],
     out_dir: str | Path,
-    base: list[str] = (),
+    base: Sequence[str] = (),
     jobs: int = 1,
     threads: int | None = None,
     label: str = "trials",

@@ -11,6 +11,7 @@ a fixed ``threads`` (tested). The analysis reads the run directories only
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def warmup_sweep(
     opts: TrialOptions | None = None,
     *,
     factor: float = 10.0,
-    grid: list[int] = (10, 1000, 10000, 100000),
+    grid: Sequence[int] = (10, 1000, 10000, 100000),
 ) -> dict[str, Any]:
     """The playbook's warmup sweep at ``base_learning_rate = factor * unstable_lr``:
     ``warmup_steps`` over ``grid`` capped at 10% of ``max_train_steps``,
@@ -172,7 +173,7 @@ def clip_threshold(run_dir: str | Path, percentile: float = 90.0) -> float | Non
 
 
 def clipping_study(
-    out_dir: Path, base: list[str], jobs: int, extra: list[Trial] = (), train: bool = True
+    out_dir: Path, base: list[str], jobs: int, extra: Sequence[Trial] = (), train: bool = True
 ) -> list[str]:
     """The playbook's Figure 9 as a procedure: the unclipped run first, its 90th percentile
     of the unclipped norms, then a fixed threshold 100x that, a fixed threshold at it,
@@ -183,6 +184,12 @@ def clipping_study(
     if train:
         run_trials([Trial("none", ["clipping=none"])], out_dir, base, threads=1, label="unclipped")
     p90 = clip_threshold(out_dir / "none")
+    if p90 is None:
+        raise RuntimeError(
+            f"{out_dir / 'none'}: the unclipped run recorded no finite gradient norm (did it "
+            "diverge at its first step, or run with callbacks.grad_norm=null?), so there is "
+            "no 90th percentile to clip at"
+        )
     trials = [
         Trial("fixed_far_above", ["clipping=fixed", f"clipping.clip_threshold={100 * p90:.4g}"]),
         Trial("fixed_p90", ["clipping=fixed", f"clipping.clip_threshold={p90:.4g}"]),
@@ -203,7 +210,7 @@ def diagnose(
     lrs: list[float] | None = None,
     probe_steps: int = 500,
     factor: float = 10.0,
-    grid: list[int] = (10, 1000, 10000, 100000),
+    grid: Sequence[int] = (10, 1000, 10000, 100000),
 ) -> dict[str, Any]:
     """LR sweep -> lr* and the axis plot; probe at 2 x lr*; warmup sweep at 10x the
     unstable LR; clip threshold from lr*'s norms; one report (``diagnosis.md``)."""

@@ -46,3 +46,18 @@ def test_wandb_floor_has_the_api_we_use():
     assert floor >= Version("0.19.10")
     assert Version(version("wandb")) >= floor
     assert wandb.Settings(reinit="finish_previous").reinit == "finish_previous"
+
+
+def test_ci_runs_the_quality_gates_and_the_tests():
+    """.ci/run: `make lint` (ruff with the complexity limits, the format check, mypy) and
+    `make test`, in that order; pytest's cache is on (`--lf` works); `make test-unit`."""
+    ci = [ln for ln in (ROOT / ".ci" / "run").read_text().splitlines() if ln.startswith("make")]
+    assert ci == ["make lint", "make test"]
+    make = (ROOT / "Makefile").read_text()
+    lint = make.split("\nlint:", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check" in lint and "ruff format --check" in lint and "mypy" in lint
+    assert "\ntest-unit:" in make
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "cacheprovider" not in cfg["tool"]["pytest"]["ini_options"]["addopts"]
+    assert cfg["tool"]["mypy"]["files"] == ["src/stablelab"]
+    assert {"C901", "PLR0912", "PLR0915"} <= set(cfg["tool"]["ruff"]["lint"]["select"])

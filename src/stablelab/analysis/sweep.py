@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ def unstable_base_learning_rate(rows: list[dict[str, Any]]) -> float | None:
 
 
 def warmup_grid(
-    max_train_steps: int, grid: list[int] = (10, 1000, 10000, 100000), cap_fraction: float = 0.1
+    max_train_steps: int, grid: Sequence[int] = (10, 1000, 10000, 100000), cap_fraction: float = 0.1
 ) -> list[int]:
     """The grid values allowed by the playbook's cap (10% of ``max_train_steps``); when the
     cap cuts the grid, the cap itself is added as the largest value tried."""

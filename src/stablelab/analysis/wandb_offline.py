@@ -69,7 +69,7 @@ def records(path: str | Path) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2
 
     for payload in _payloads(Path(path).read_bytes()):
-        rec = wandb_internal_pb2.Record()
+        rec = wandb_internal_pb2.Record()  # type: ignore[attr-defined]  # generated code
         rec.ParseFromString(payload)
         yield rec
 

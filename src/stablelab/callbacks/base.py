@@ -77,7 +77,8 @@ class CsvRows:
 
 
 def telemetry_callbacks(trainer: L.Trainer) -> list[TelemetryCallback]:
-    return [cb for cb in trainer.callbacks if isinstance(cb, TelemetryCallback)]
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set in Trainer.__init__
+    return [cb for cb in callbacks if isinstance(cb, TelemetryCallback)]
 
 
 def flush_telemetry(trainer: L.Trainer, pl_module: L.LightningModule, final: bool = False):
@@ -111,22 +112,23 @@ class TelemetryCallback(L.Callback):
         self._finished = False
         self.dir = Path(trainer.default_root_dir)
         if getattr(pl_module, "telemetry", None) is None:  # the first of us sets it up
-            default = trainer.log_every_n_steps or 1
+            default = trainer.log_every_n_steps or 1  # type: ignore[attr-defined]
             asks = [
                 cb.flush_every or default for cb in telemetry_callbacks(trainer) if cb.sets_interval
             ]
-            tel = pl_module.telemetry = StepTelemetry(min(asks, default=default))
+            tel = StepTelemetry(min(asks, default=default))
+            pl_module.telemetry = tel  # type: ignore[assignment]  # the module reads it
             if trainer.world_size > 1:
                 tel.reduce_loss = lambda t: trainer.strategy.reduce(t, reduce_op="mean")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            pl_module.telemetry = None  # a later fit builds a fresh one
+            pl_module.telemetry = None  # type: ignore[assignment]  # a later fit: a fresh one
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """After a checkpoint was restored (or not): the file holds exactly the restored rows."""
         if self.csv is not None and trainer.is_global_zero:
-            self.csv.rewrite(self.dir)
+            self.csv.rewrite(Path(trainer.default_root_dir))
 
     # ------------------------------------------------------------------ hooks
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

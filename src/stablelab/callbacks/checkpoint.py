@@ -102,7 +102,7 @@ class ModelCheckpoint(_LightningModelCheckpoint):
         return {"resume_problems": self.resume_problems} if self.resume_problems else {}
 
 
-def _same(a: str, b: str) -> bool:
+def _same(a: str | Path, b: str | Path) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 

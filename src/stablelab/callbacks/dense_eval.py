@@ -42,7 +42,7 @@ class DenseEval(TelemetryCallback):
         self.every_step_until = every_step_until
         self.then_every = then_every
         self.subset = subset
-        self.csv = CsvRows(filename, CSV_FIELDS)
+        self.csv: CsvRows = CsvRows(filename, CSV_FIELDS)
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._pending: list[tuple[int, torch.Tensor]] = []
         self._last_step = -1
@@ -112,7 +112,7 @@ class DenseEval(TelemetryCallback):
         total = torch.zeros(3, dtype=torch.float64, device=pl_module.device)
         with trainer.strategy.precision_plugin.forward_context():
             for x, y in self._eval_batches(trainer, pl_module):
-                total += pl_module.eval_sums(x, y)
+                total += pl_module.eval_sums(x, y)  # type: ignore[operator]  # StableModule
         pl_module.train(was_training)
         if trainer.world_size > 1:
             total = trainer.strategy.reduce(total, reduce_op="sum")

@@ -59,7 +59,7 @@ class GradNormMonitor(TelemetryCallback):
         self.recent_window = recent_window
         self.max_clip_fraction = max_clip_fraction
         self.plots = plots
-        self.csv = CsvRows(filename, ["step", *GRAD_FIELDS])
+        self.csv: CsvRows = CsvRows(filename, ["step", *GRAD_FIELDS])
         self._clipped_total = 0.0
         self._recent: deque[float] = deque(maxlen=recent_window)
         self._recent_max = 0.0
@@ -124,11 +124,12 @@ class GradNormMonitor(TelemetryCallback):
             return
         from stablelab.analysis.plots import plot_grad_norm_hist, plot_grad_norms
 
+        run_dir = Path(trainer.default_root_dir)
         steps = [r["step"] for r in self.rows]
         norms = [r["grad_norm"] for r in self.rows]
         thresholds = [r["clip_threshold"] for r in self.rows]
-        line = plot_grad_norms(steps, norms, thresholds, self.dir / "grad_norm.png")
-        hist = plot_grad_norm_hist(norms, self.dir / "grad_norm_hist.png")
+        line = plot_grad_norms(steps, norms, thresholds, run_dir / "grad_norm.png")
+        hist = plot_grad_norm_hist(norms, run_dir / "grad_norm_hist.png")
         self._log_images(trainer, line, hist, norms)
 
     def _log_images(self, trainer, line: Path, hist: Path, norms: list[float]) -> None:

@@ -88,16 +88,16 @@ class Interruption(L.Callback):
             ckpt_dir = getattr(ckpt_cb, "dirpath", None) or Path(trainer.default_root_dir)
             checkpoint = Path(ckpt_dir) / "last.ckpt"
             trainer.save_checkpoint(checkpoint)  # every rank: the strategy writes once
-        self.info = describe(trainer, exception, self.received, checkpoint)
-        if trainer.is_global_zero:
+        self.info = info = describe(trainer, exception, self.received, checkpoint)
+        if trainer.is_global_zero and info is not None:
             log.warning(
                 "stablelab: interrupted by %s at step %d%s",
-                self.info["signal"],
-                self.info["step"],
-                f"; checkpoint: {self.info['checkpoint']}" if self.info["checkpoint"] else "",
+                info["signal"],
+                info["step"],
+                f"; checkpoint: {info['checkpoint']}" if info["checkpoint"] else "",
             )
             if self.requeue and os.environ.get("SLURM_JOB_ID"):
-                self.info["requeued"] = _requeue()
+                info["requeued"] = _requeue()
 
 
 def describe(
@@ -114,7 +114,9 @@ def describe(
         signum = signal.SIGINT if isinstance(exception, KeyboardInterrupt) else signal.SIGTERM
     last = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
     checkpoint = saved if saved is not None else (Path(last) if last else None)
-    found = checkpoint is not None and checkpoint.is_file()
+    if checkpoint is not None and not checkpoint.is_file():
+        checkpoint = None
+    found = checkpoint is not None
     step = int(trainer.global_step)
     return {
         "signal": signal.Signals(signum).name,
@@ -122,7 +124,7 @@ def describe(
         "step": step,
         "checkpoint": str(checkpoint) if found else None,
         "checkpoint_step": (step if saved is not None else _global_step(checkpoint))
-        if found
+        if checkpoint is not None
         else None,
         "during_validation": bool(trainer.validating or trainer.sanity_checking),
     }

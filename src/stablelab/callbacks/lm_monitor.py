@@ -48,7 +48,7 @@ class LMMonitor(TelemetryCallback):
         self.growth_factor = growth_factor
         self.logit_alarm = logit_alarm
         self.logz_alarm = logz_alarm
-        self.csv = CsvRows(filename)
+        self.csv: CsvRows = CsvRows(filename)
         self.layers: list[str] = []
         self._probe: torch.Tensor | None = None
         self._pending: list[tuple[int, torch.Tensor]] = []

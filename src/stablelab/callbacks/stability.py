@@ -43,7 +43,7 @@ class StabilityMonitor(TelemetryCallback):
     ) -> None:
         self.flush_every = check_every_n_steps
         self.fail_on_divergence = fail_on_divergence
-        self.csv = CsvRows(filename, CSV_FIELDS)
+        self.csv: CsvRows = CsvRows(filename, CSV_FIELDS)
         self.detector = InstabilityDetector(
             max_loss_ratio=max_loss_ratio,
             ema_decay=ema_decay,

@@ -15,6 +15,7 @@ costs a copy of the parameters.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,10 @@ class UpdateRatioMonitor(TelemetryCallback):
     ) -> None:
         self.every_n_steps = every_n_steps
         self.plots = plots
-        self.csv = CsvRows(filename)
+        self.csv: CsvRows = CsvRows(filename)
         self.names: list[str] = []
         self._params: list[torch.Tensor] = []
-        self._before: list[torch.Tensor] | None = None
+        self._before: list[torch.Tensor] | tuple[torch.Tensor, ...] | None = None
         self._step = -1
         self._pending: list[tuple[int, torch.Tensor]] = []
 
@@ -120,7 +121,9 @@ class UpdateRatioMonitor(TelemetryCallback):
         if self.plots and self.rows and trainer.is_global_zero:
             from stablelab.analysis.plots import plot_update_ratios
 
-            plot_update_ratios(self.rows, self.names, self.dir / "update_ratio.png")
+            plot_update_ratios(
+                self.rows, self.names, Path(trainer.default_root_dir) / "update_ratio.png"
+            )
 
     def summary(self) -> dict[str, Any]:
         if not self.rows:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from stablelab.constraints import OpenUnit, PosInt, raise_problems
-from stablelab.data.loader import InMemoryLoader
+from stablelab.data.loader import InMemoryLoader, StatefulLoader
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +125,7 @@ class InMemoryDataModule(L.LightningDataModule):
             world_size=world,
         )
 
-    def train_dataloader(self) -> InMemoryLoader:
+    def train_dataloader(self) -> StatefulLoader:
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> InMemoryLoader:
@@ -379,66 +379,12 @@ class NpzDataModule(InMemoryDataModule):
         }
 
     def _read(self, num_classes: int | None) -> dict[str, np.ndarray]:
+        """The six arrays (x_/y_ train, val, test) of the file, checked; sets num_classes."""
         from stablelab.constraints import ConfigError
 
         where = f"data.path = {self.path!r}"
-        p = Path(self.path).expanduser()
-        if not p.is_file():
-            raise ConfigError([f"{where}: no such file (a .npz with arrays x and y)"])
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                raw = {k: f[k] for k in f.files}
-        except Exception as e:  # noqa: BLE001 - not a readable npz, or object arrays
-            raise ConfigError(
-                [f"{where}: not a readable .npz without pickled objects ({e})"]
-            ) from None
-        six = [f"{a}_{s}" for s in NPZ_SPLITS for a in "xy"]
-        if all(k in raw for k in six):
-            data = {k: raw[k] for k in six}
-        elif all(k in raw for k in ("x_train", "y_train", "x_test", "y_test")):
-            keep, val = _split(len(raw["y_train"]), self.val_fraction, self.split_seed)
-            data = {
-                "x_train": raw["x_train"][keep], "y_train": raw["y_train"][keep],
-                "x_val": raw["x_train"][val], "y_val": raw["y_train"][val],
-                "x_test": raw["x_test"], "y_test": raw["y_test"],
-            }  # fmt: skip
-        elif "x" in raw and "y" in raw:
-            if len(raw["x"]) != len(raw["y"]):
-                raise ConfigError([f"{where}: x has {len(raw['x'])} examples, y {len(raw['y'])}"])
-            rest, test = _split(len(raw["y"]), self.test_fraction, self.split_seed)
-            keep_i, val_i = _split(len(rest), self.val_fraction, self.split_seed + 1)
-            idx = {"train": rest[keep_i], "val": rest[val_i], "test": test}
-            data = {f"{a}_{s}": raw[a][i] for s, i in idx.items() for a in "xy"}
-        else:
-            raise ConfigError(
-                [
-                    f"{where}: arrays {sorted(raw)}; expected x and y, or x_train, y_train, "
-                    "x_test, y_test, or x_/y_ train, val and test"
-                ]
-            )
-        problems = []
-        for s in NPZ_SPLITS:
-            x, y = data[f"x_{s}"], data[f"y_{s}"]
-            if len(x) != len(y):
-                problems.append(f"{where}: x_{s} has {len(x)} examples, y_{s} {len(y)}")
-            if len(y) == 0:
-                problems.append(f"{where}: the {s} split is empty (adjust the split fractions)")
-            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-                problems.append(
-                    f"{where}: y_{s} has dtype {y.dtype} and shape {y.shape}; class labels "
-                    "are one integer per example"
-                )
-            if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-                problems.append(f"{where}: x_{s} has dtype {x.dtype}; floats or integer ids")
-            elif x.ndim not in (2, 3) or (np.issubdtype(x.dtype, np.integer) and x.ndim != 2):
-                problems.append(
-                    f"{where}: x_{s} has shape {x.shape}; (N, length) or (N, channels, length) "
-                    "for floats, (N, length) for token ids"
-                )
-            elif np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                problems.append(f"{where}: x_{s} holds NaN or infinite values")
-            elif np.issubdtype(x.dtype, np.integer) and x.size and x.min() < 0:
-                problems.append(f"{where}: x_{s} holds negative token ids")
+        data = self._splits(self._load(where), where)
+        problems = [p for s in NPZ_SPLITS for p in _split_problems(data, s, where)]
         if problems:
             raise ConfigError(problems)
         shapes = {x.shape[1:] for k, x in data.items() if k[0] == "x"}
@@ -455,6 +401,50 @@ class NpzDataModule(InMemoryDataModule):
         self.num_classes = num_classes if num_classes is not None else hi + 1
         return data
 
+    def _load(self, where: str) -> dict[str, np.ndarray]:
+        """Every array of the file (never a pickled object)."""
+        from stablelab.constraints import ConfigError
+
+        p = Path(self.path).expanduser()
+        if not p.is_file():
+            raise ConfigError([f"{where}: no such file (a .npz with arrays x and y)"])
+        try:
+            with np.load(p, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except Exception as e:  # noqa: BLE001 - not a readable npz, or object arrays
+            raise ConfigError(
+                [f"{where}: not a readable .npz without pickled objects ({e})"]
+            ) from None
+
+    def _splits(self, raw: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+        """The six arrays from whichever layout the file has: all six, train + test (val
+        split off train), or x + y (test, then val split off)."""
+        from stablelab.constraints import ConfigError
+
+        six = [f"{a}_{s}" for s in NPZ_SPLITS for a in "xy"]
+        if all(k in raw for k in six):
+            return {k: raw[k] for k in six}
+        if all(k in raw for k in ("x_train", "y_train", "x_test", "y_test")):
+            keep, val = _split(len(raw["y_train"]), self.val_fraction, self.split_seed)
+            return {
+                "x_train": raw["x_train"][keep], "y_train": raw["y_train"][keep],
+                "x_val": raw["x_train"][val], "y_val": raw["y_train"][val],
+                "x_test": raw["x_test"], "y_test": raw["y_test"],
+            }  # fmt: skip
+        if "x" in raw and "y" in raw:
+            if len(raw["x"]) != len(raw["y"]):
+                raise ConfigError([f"{where}: x has {len(raw['x'])} examples, y {len(raw['y'])}"])
+            rest, test = _split(len(raw["y"]), self.test_fraction, self.split_seed)
+            keep_i, val_i = _split(len(rest), self.val_fraction, self.split_seed + 1)
+            idx = {"train": rest[keep_i], "val": rest[val_i], "test": test}
+            return {f"{a}_{s}": raw[a][i] for s, i in idx.items() for a in "xy"}
+        raise ConfigError(
+            [
+                f"{where}: arrays {sorted(raw)}; expected x and y, or x_train, y_train, "
+                "x_test, y_test, or x_/y_ train, val and test"
+            ]
+        )
+
     def _arrays(self) -> dict[str, np.ndarray]:
         return self._data
 
@@ -462,3 +452,32 @@ class NpzDataModule(InMemoryDataModule):
         if np.issubdtype(x.dtype, np.integer):
             return torch.as_tensor(x, dtype=torch.long)
         return torch.as_tensor(x, dtype=torch.float32)
+
+
+def _split_problems(data: dict[str, np.ndarray], s: str, where: str) -> list[str]:
+    """What is wrong with one split of an npz: lengths, labels, the inputs' dtype, shape
+    and values."""
+    x, y = data[f"x_{s}"], data[f"y_{s}"]
+    problems = []
+    if len(x) != len(y):
+        problems.append(f"{where}: x_{s} has {len(x)} examples, y_{s} {len(y)}")
+    if len(y) == 0:
+        problems.append(f"{where}: the {s} split is empty (adjust the split fractions)")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        problems.append(
+            f"{where}: y_{s} has dtype {y.dtype} and shape {y.shape}; class labels "
+            "are one integer per example"
+        )
+    ints = np.issubdtype(x.dtype, np.integer)
+    if not (ints or np.issubdtype(x.dtype, np.floating)):
+        problems.append(f"{where}: x_{s} has dtype {x.dtype}; floats or integer ids")
+    elif x.ndim not in (2, 3) or (ints and x.ndim != 2):
+        problems.append(
+            f"{where}: x_{s} has shape {x.shape}; (N, length) or (N, channels, length) "
+            "for floats, (N, length) for token ids"
+        )
+    elif not ints and not np.isfinite(x).all():
+        problems.append(f"{where}: x_{s} holds NaN or infinite values")
+    elif ints and x.size and x.min() < 0:
+        problems.append(f"{where}: x_{s} holds negative token ids")
+    return problems

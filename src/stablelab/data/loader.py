@@ -35,7 +35,7 @@ class _EpochSampler:
         self.epoch = int(epoch)
 
 
-class _StatefulLoader:
+class StatefulLoader:
     """Lightning's stateful-loader protocol over numbered batches: ``len(self)`` batches an
     epoch, batch ``b`` of the current epoch from :meth:`_batch`; the epoch (set by
     Lightning through ``loader.sampler.set_epoch``) and the batches consumed are saved in
@@ -85,7 +85,7 @@ def _rank_slice(chunk: torch.Tensor, rank: int, world_size: int) -> torch.Tensor
     return chunk[lo : lo + base + (rank < extra)]
 
 
-class InMemoryLoader(_StatefulLoader):
+class InMemoryLoader(StatefulLoader):
     """Iterate ``(x, y)`` batches from in-memory tensors.
 
     Args:
@@ -156,7 +156,7 @@ class InMemoryLoader(_StatefulLoader):
         return tuple(t[idx] for t in self.tensors)
 
 
-class RandomWindowLoader(_StatefulLoader):
+class RandomWindowLoader(StatefulLoader):
     """Training batches of a language model: random windows of ``block_size + 1`` tokens
     of one long token sequence, ``x`` the first ``block_size`` and ``y`` the next token of
     each (the window shifted by one).

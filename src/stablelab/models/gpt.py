@@ -83,6 +83,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (the branch of an attention block)."""
 
+    rope_cos: torch.Tensor  # buffers, with rope=true
+    rope_sin: torch.Tensor
+
     def __init__(
         self,
         n_embd: int,
@@ -114,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         configured: what the attention logits are made of."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             q, k = (
@@ -182,7 +185,7 @@ class GPT(nn.Module):
         self.pos = None if rope else nn.Embedding(block, n_embd)
         self.drop = nn.Dropout(dropout)
         qk_kind = (norm if norm in ("layernorm", "rmsnorm") else "layernorm") if qk_norm else None
-        layers: list[nn.Module] = []
+        layers: list[ResidualBlock] = []
         for _ in range(n_layer):
             attn = CausalSelfAttention(
                 n_embd, n_head, block, dropout, bias, qk_kind, attn_logit_softcap, rope
@@ -199,11 +202,11 @@ class GPT(nn.Module):
         self.final_norm = Norm(final_norm_kind(norm, spec.layout), n_embd, bias=bias)
         self.head = nn.Linear(n_embd, num_classes, bias=False)
         self.final_logit_softcap = final_logit_softcap
-        standard_init(self, init, self.blocks)
+        standard_init(self, init, layers)
         if tie_weights:
             self.head.weight = self.tok.weight
         if spec.branch_init == "zero":  # init above overwrote the zeroed last layers
-            for b in self.blocks:
+            for b in layers:
                 b._zero_last_layer()
 
     @staticmethod
@@ -216,9 +219,9 @@ class GPT(nn.Module):
                        f"{c['n_embd'] // c['n_head']}")  # fmt: skip
         return out
 
-    def residual_projections(self) -> list[nn.Linear]:
+    def residual_projections(self) -> list[nn.Linear | nn.Conv1d]:
         """The two residual output projections of each layer (attention out, MLP out)."""
-        return [b.output_layer() for b in self.blocks]
+        return [b.output_layer() for b in self.blocks if isinstance(b, ResidualBlock)]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]

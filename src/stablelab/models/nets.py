@@ -236,7 +236,7 @@ class Transformer(nn.Module):
             self.embed = nn.Linear(input_spec["channels"], d_model)
         self.tokens = input_spec["kind"] == "tokens"
         self.pos = nn.Parameter(torch.randn(input_spec["length"], d_model) * 0.02)
-        layers: list[nn.Module] = []
+        layers: list[ResidualBlock] = []
         for _ in range(num_layers):
             layers.append(
                 ResidualBlock(
@@ -254,9 +254,9 @@ class Transformer(nn.Module):
         self.final_norm = Norm(final_norm_kind(norm, spec.layout), d_model)
         self.pool = pool
         self.head = nn.Linear(d_model, num_classes)
-        standard_init(self, init, self.layers)
+        standard_init(self, init, layers)
         if spec.branch_init == "zero":  # the init above overwrote the zeroed last layers
-            for b in self.layers:
+            for b in layers:
                 b._zero_last_layer()
 
     @staticmethod

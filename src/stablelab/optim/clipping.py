@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeGuard
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ class ClipStats:
     threshold: Tensor  # the global-norm threshold used (inf: none; nan: not global, AGC)
 
 
-def is_dtensor(t: Tensor) -> bool:
+def is_dtensor(t: Tensor) -> TypeGuard[DTensor]:
     return bool(DTensor) and isinstance(t, DTensor)
 
 

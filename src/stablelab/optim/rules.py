@@ -51,7 +51,8 @@ def weight_decay_groups(
     def excluded(name: str) -> bool:
         return any(name == k or name.startswith(k + ".") for k in skip)
 
-    decay, rest = [], []
+    decay: list[torch.Tensor] = []
+    rest: list[torch.Tensor] = []
     for name, p in named_params:
         if not p.requires_grad:
             continue
