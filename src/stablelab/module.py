@@ -10,6 +10,7 @@ class count), and it rebuilds the model, optimizer, schedule and clipper from th
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from stablelab.config import ConfigError, instantiate
+
+log = logging.getLogger("stablelab")
 
 
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -55,6 +58,9 @@ class StableModule(L.LightningModule):
         # per-example losses add up exactly in float64, in any order (ranks, batch sizes),
         # so a resumed or re-evaluated run reports the same bits. A NaN loss stays NaN.
         self._eval_totals: dict[str, torch.Tensor] = {}
+        # examples an evaluation counted twice: Lightning's DistributedSampler pads a plain
+        # DataLoader's split to a multiple of the processes (stablelab's loaders never do)
+        self.eval_duplicates: dict[str, int] = {}
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
         self._sharded = False  # configure_model has applied FSDP2
@@ -178,11 +184,33 @@ class StableModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def _note_padding(self, split: str, loaders: Any) -> None:
+        from torch.utils.data import DistributedSampler
+
+        for dl in loaders if isinstance(loaders, list | tuple) else [loaders]:
+            sampler = getattr(dl, "sampler", None)
+            if isinstance(sampler, DistributedSampler) and not sampler.drop_last:
+                extra = sampler.total_size - len(sampler.dataset)  # type: ignore[arg-type]
+                if extra > 0 and split not in self.eval_duplicates and self.trainer.is_global_zero:
+                    log.warning(
+                        "stablelab: the %s split has %d examples, not a multiple of the %d "
+                        "processes: Lightning's DistributedSampler repeats %d of them, so "
+                        "%s/loss counts those twice (summary.json: eval_duplicates); give "
+                        "the split a multiple of the processes for exact numbers",
+                        split, len(sampler.dataset), sampler.num_replicas, extra, split,  # type: ignore[arg-type]
+                    )  # fmt: skip
+                if extra > 0:
+                    self.eval_duplicates[split] = extra
+
     def on_validation_epoch_start(self) -> None:
         self._eval_totals.pop("val", None)
+        if self.trainer.world_size > 1 and not self.trainer.sanity_checking:
+            self._note_padding("val", self.trainer.val_dataloaders)
 
     def on_test_epoch_start(self) -> None:
         self._eval_totals.pop("test", None)
+        if self.trainer.world_size > 1:
+            self._note_padding("test", self.trainer.test_dataloaders)
 
     def on_validation_epoch_end(self) -> None:
         self._log_eval("val")

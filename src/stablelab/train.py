@@ -175,6 +175,10 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
     # evaluating a checkpoint needs none of the callbacks that wrote it
     warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`")
+    # the evaluation sums are all-reduced by the module itself (sync_dist would reduce twice),
+    # and a padded evaluation split is reported precisely (module.eval_duplicates)
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist")
+    warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
 
 
 def _checkpoint_or_refuse(plain: dict[str, Any], run_dir: Path):
@@ -324,6 +328,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         summary["best_step"] = summary["steps"] if best else None
         summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
     summary.update(summary_mod.task_metrics(summary, datamodule, module))
+    if getattr(module, "eval_duplicates", None):  # examples a padded split counted twice
+        summary["eval_duplicates"] = dict(module.eval_duplicates)
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU
         summary["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     summary["feasible"] = bool(

@@ -53,6 +53,35 @@ def test_resume_continues_the_same_trajectory(tmp_path):
     assert resumed["val_loss"] == full["val_loss"] and resumed["best_step"] == full["best_step"]
 
 
+def test_resume_with_weight_decay_groups_continues_exactly(tmp_path):
+    """optimizer.weight_decay > 0 builds two parameter groups (decayed weights; biases, norm
+    gains and the Transformer's position table without): a 16-step cosine run of the
+    recall Transformer that crashes at step 10, resumed from its step-8 checkpoint, ends
+    with every weight equal to an uninterrupted run's; the checkpoint holds both groups
+    with their own decay."""
+    args = ["experiment=recall_transformer", "schedule.warmup_steps=4", "test=false",
+            "max_train_steps=16", "trainer.val_check_interval=8", "plots=false",
+            "callbacks.dense_eval=null", "optimizer.weight_decay=0.1"]  # fmt: skip
+    _, rf = _train(tmp_path, "full", args)
+    boom = ["+callbacks.boom._target_=helpers.RaiseAtStep", "+callbacks.boom.step=10"]
+    with pytest.raises(RuntimeError, match="boom at step 10"):
+        _train(tmp_path, "crashed", [*args, *boom])
+    ckpt = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 8
+    decays = sorted(g["weight_decay"] for g in saved["optimizer_states"][0]["param_groups"])
+    assert decays == [0.0, 0.1]
+    resumed, rb = _train(tmp_path, "resumed", [*args, f"ckpt_path={ckpt}"])
+    assert resumed["steps"] == 16 and resumed["resumed_from"]["step"] == 8
+    a = torch.load(rf / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(rb / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the decay did act: the same run without it ends elsewhere
+    _, r0 = _train(tmp_path, "no_decay", [*args[:-1]])
+    c = torch.load(r0 / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
 def test_the_last_step_is_validated_and_checkpointed(tmp_path):
     """13 steps, validation every 5: Lightning alone would validate after steps 5 and 10
     only, leaving the final weights unevaluated and last.ckpt at step 10."""

@@ -108,6 +108,36 @@ def test_resuming_a_plain_dataloader_says_it_is_not_exact(
     assert "WavesDataModule does not declare exact_resume" in caplog.text
 
 
+@pytest.mark.slow  # two DDP launches (~40 s on 2 cores)
+@pytest.mark.parametrize("num_val,duplicates", [(500, None), (501, {"val": 1})])
+def test_example_under_ddp_reports_what_one_process_measures(tmp_path, num_val, duplicates):
+    """The example's plain DataLoaders under trainer=ddp_cpu (Lightning inserts its
+    DistributedSampler): with a validation split that divides among the 2 processes, the
+    reported best validation loss is what `stablelab eval` of that checkpoint measures in
+    one process; with 501 examples the sampler repeats one, and the summary says so."""
+    out = tmp_path / "ddp"
+    proc = _cli(
+        ["--config-dir", str(EXAMPLE / "configs"), "experiment=waves", *SMALL, "logger=csv",
+         "trainer=ddp_cpu", f"data.num_val={num_val}", "callbacks.dense_eval=null",
+         f"hydra.run.dir={out}"],
+        tmp_path,
+    )  # fmt: skip
+    assert_ok(proc)
+    s = _summary(out)
+    assert s["world_size"] == 2 and s["global_batch_size"] == 2 * 64 and s["steps"] == 60
+    assert s.get("eval_duplicates") == duplicates
+    if duplicates:
+        assert "repeats 1 of them" in proc.stderr + proc.stdout
+        return
+    proc = _cli(["eval", s["best_checkpoint"], "logger=csv", "--out", str(tmp_path / "eval")],
+                tmp_path, module="stablelab.cli", trusted=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    e = _summary(tmp_path / "eval")
+    # float64 sums, added in another order across the two ranks
+    assert e["val_loss"] == pytest.approx(s["val_loss"], rel=1e-12)
+    assert e["val_acc"] == s["val_acc"]
+
+
 def _npz(tmp: Path) -> Path:
     import numpy as np
 
