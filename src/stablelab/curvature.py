@@ -109,15 +109,22 @@ def top_eigenvalue(
     """The sharpness of ``loss`` at ``params``; with ``precondition`` = the diagonal of
     P^-1/2 (one tensor per parameter), the top eigenvalue of P^-1 H instead."""
     hvp = hessian_operator(loss, params)
-    if precondition is None:
-        return lanczos_top(hvp, params, iterations, seed)
-    d = list(precondition)
+    if precondition is not None:
+        hvp = preconditioned_operator(hvp, precondition)
+    return lanczos_top(hvp, params, iterations, seed)
 
-    def scaled(v: list[Tensor]) -> list[Tensor]:
+
+def preconditioned_operator(
+    hvp: Callable[[list[Tensor]], list[Tensor]], d: Sequence[Tensor]
+) -> Callable[[list[Tensor]], list[Tensor]]:
+    """v -> D H D v with D = P^-1/2 (one tensor per parameter): symmetric, with the
+    eigenvalues of P^-1 H."""
+
+    def op(v: list[Tensor]) -> list[Tensor]:
         hv = hvp([di * vi for di, vi in zip(d, v, strict=True)])
         return [di * h for di, h in zip(d, hv, strict=True)]
 
-    return lanczos_top(scaled, params, iterations, seed)
+    return op
 
 
 # ---------------------------------------------------------------------- the rules
@@ -157,6 +164,8 @@ def thresholds(optimizer: torch.optim.Optimizer, lr: float) -> dict[str, float |
     from stablelab.optim.rules import SGD, Adam, Momentum, NAdam
 
     group = optimizer.param_groups[0]
+    if lr <= 0:  # (the first warmup step) every curvature is stable at a zero LR
+        return {"sharpness": None, "preconditioned": None}
     if type(optimizer) is SGD:
         return {"sharpness": 2.0 / lr, "preconditioned": None}
     if type(optimizer) is Momentum:

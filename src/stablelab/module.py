@@ -117,9 +117,7 @@ class StableModule(L.LightningModule):
         logits = self(x)
         if "shapes" not in self._checked:
             self._check_first(x, logits, y, labels=False)
-        # classification: (B, C) vs (B,); next token: (B, T, V) vs (B, T), every position
-        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
-        objective = loss + self.z_loss * z_loss(logits) if self.z_loss else loss
+        loss, objective = self.loss_terms(logits, y)
         if self.telemetry is not None:  # every step's loss, kept on the device
             self.telemetry.add_loss(loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
@@ -127,6 +125,15 @@ class StableModule(L.LightningModule):
         if isinstance(sched, torch.optim.lr_scheduler.LRScheduler):  # ours: one LambdaLR
             self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
         return objective
+
+    def loss_terms(
+        self, logits: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the cross-entropy, the objective minimised: plus z-loss when set).
+        Classification: (B, C) vs (B,); next token: (B, T, V) vs (B, T), every position."""
+        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+        objective = loss + self.z_loss * z_loss(logits) if self.z_loss else loss
+        return loss, objective
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Validate (and checkpoint) after the last step too. Lightning validates at the

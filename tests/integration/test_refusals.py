@@ -100,6 +100,11 @@ CASES = [
     (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val = 1.0", "clipping=fixed"]),
     (["+trainer.gradient_clip_algorithm=norm"], ["trainer.gradient_clip_algorithm", "clipping"]),
     (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps = 0", "must be >= 1"]),
+    (
+        ["trainer=fsdp_cpu", "callbacks.sharpness.every_n_steps=10"],
+        ["callbacks.sharpness.every_n_steps = 10", "Hessian-vector", "FSDP2Strategy"],
+    ),
+    (["callbacks.sharpness.iterations=0"], ["callbacks.sharpness.iterations = 0", "must be > 0"]),
     (["+trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches = 0", ">= 1"]),
     # data that cannot fill one batch
     (["data.batch_size=100000"], ["data.batch_size = 100000", "training split (3600"]),

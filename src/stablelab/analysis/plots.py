@@ -173,6 +173,46 @@ def plot_update_ratios(rows, names, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_sharpness(rows, path: str | Path) -> Path:
+    """The sharpness measurements against the rule's stability threshold over the run (log
+    scale): one panel for the Hessian (threshold 2 / lr, (2 + 2 gamma) / lr with momentum),
+    one for the preconditioned Hessian of an adaptive rule (38 / lr for Adam), where
+    measured. A threshold follows the LR schedule, so it is a curve, not a line."""
+    panels = [
+        (key, limit, title)
+        for key, limit, title in (
+            ("sharpness", "threshold", "sharpness (top Hessian eigenvalue)"),
+            ("precond_sharpness", "precond_threshold", "preconditioned sharpness (P^-1 H)"),
+        )
+        if any(_pos(r[key]) for r in rows)
+    ]
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        len(panels) or 1,
+        1,
+        figsize=(7, 3.2 * max(1, len(panels))),
+        dpi=120,
+        squeeze=False,
+        sharex=True,
+    )
+    for ax, (key, limit, title) in zip(axes[:, 0], panels, strict=False):
+        pts = [(r["step"], r[key]) for r in rows if _pos(r[key])]
+        ax.plot(*zip(*pts, strict=True), "o-", ms=3, lw=1.5, color="C0", label="measured")
+        lim = [(r["step"], r[limit]) for r in rows if _pos(r[limit])]
+        if lim:
+            ax.plot(*zip(*lim, strict=True), "--", lw=1.2, color="C3",
+                    label="stability threshold of the rule at the current LR")  # fmt: skip
+        else:
+            title += "; no threshold for this rule"
+        ax.set_yscale("log")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(loc="best", fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    return _save(fig, path)
+
+
 def _pos(x) -> bool:
     import math
 

@@ -1,0 +1,81 @@
+"""The curvature instruments in real runs: they measure what an independent computation
+on the run's own checkpoint gives, and a run with them trains exactly as one without."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_cfg
+from stablelab.train import train
+
+TINY = ["data=digits", "model=mlp", "model.width=8", "model.depth=1", "model.hidden_mult=1",
+        "optimizer=momentum", "optimizer.lr=0.05", "max_train_steps=30",
+        "trainer.val_check_interval=30", "schedule.warmup_steps=5", "test=false",
+        "logger=csv", "callbacks.progress_bar.refresh_rate=0", "callbacks.dense_eval=null",
+        "print_config=false", "plots=false"]  # fmt: skip
+PROBE = 256
+
+
+def _run(tmp_path: Path, name: str, extra: list[str]) -> tuple[dict, Path]:
+    out = tmp_path / name
+    return train(compose_cfg([*TINY, *extra], out)), out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("curv")
+    on = ["callbacks.sharpness.every_n_steps=10", f"callbacks.sharpness.probe_examples={PROBE}",
+          "callbacks.sharpness.iterations=40"]  # fmt: skip
+    return _run(tmp, "on", on), _run(tmp, "off", [])
+
+
+def test_a_run_with_the_sharpness_monitor_trains_exactly_as_one_without(runs):
+    (_, on), (_, off) = runs
+    a = torch.load(on / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(off / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_measured_sharpness_is_the_exact_hessians_top_eigenvalue(runs):
+    """At step 30, from the run's own checkpoint: the probe batch (the first 256 examples
+    of a fresh training loader), the exact Hessian of the mean cross-entropy in float64
+    (torch.autograd.functional.hessian), its largest eigenvalue; and the threshold is
+    (2 + 2 x 0.9) / lr at the logged LR."""
+    from stablelab.config import instantiate
+    from stablelab.module import StableModule
+
+    (s, on), _ = runs
+    rows = list(csv.DictReader((on / "sharpness.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 10, 20, 30]
+    last = rows[-1]
+    assert float(last["threshold"]) == pytest.approx(3.8 / float(last["lr"]), rel=1e-12)
+    assert last["precond_sharpness"] == ""  # momentum has no preconditioner
+
+    module = StableModule.load_from_checkpoint(on / "checkpoints" / "last.ckpt")
+    dm = instantiate(module.cfg["data"])
+    xs, ys = zip(*list(dm.train_dataloader()), strict=True)
+    x, y = torch.cat(xs)[:PROBE].double(), torch.cat(ys)[:PROBE]
+    model = module.model.double().train()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def loss_of(flat):
+        chunks = [c.view(sh) for c, sh in zip(torch.split(flat, sizes), shapes, strict=True)]
+        params = dict(zip(names, chunks, strict=True))
+        logits = torch.func.functional_call(model, params, (x,))
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    exact = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat))[-1].item()
+    # the run measured in float32 (40 Lanczos steps): float32 tolerance
+    assert float(last["sharpness"]) == pytest.approx(exact, rel=2e-3)
+    assert s["sharpness_last"] == pytest.approx(float(last["sharpness"]))
+    assert s["sharpness_measurements"] == 4
+    assert rows[0]["threshold"] == ""  # step 0 of the warmup: LR 0, no threshold
+    ratio = max(float(r["sharpness"]) / float(r["threshold"]) for r in rows[1:])
+    assert s["sharpness_max_ratio"] == pytest.approx(ratio)
