@@ -565,14 +565,15 @@ def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
             "(stablelab compiles the whole model, FSDP wraps its blocks): use compile=false, "
             "or one process / DDP"
         )
-    sharp = ((plain.get("callbacks") or {}).get("sharpness") or {}).get("every_n_steps")
-    if sharp:
-        problems.append(
-            f"callbacks.sharpness.every_n_steps = {sharp}: the sharpness needs Hessian-vector "
-            f"products through the whole model, not available with trainer.strategy = "
-            f"{_fmt(sharded)}; use callbacks.sharpness.every_n_steps=null, or one process / "
-            "DDP"
-        )
+    for name, what in (("sharpness", "Hessian-vector products"), ("noise_scale", "gradients")):
+        every = ((plain.get("callbacks") or {}).get(name) or {}).get("every_n_steps")
+        if every:
+            problems.append(
+                f"callbacks.{name}.every_n_steps = {every}: the instrument needs {what} "
+                f"through the whole, unsharded model, not available with trainer.strategy = "
+                f"{_fmt(sharded)}; use callbacks.{name}.every_n_steps=null, or one process / "
+                "DDP"
+            )
     # (AGC works on shards: FSDP2 shards along dim 0, so each rank holds whole rows)
     if sharded == "ModelParallelStrategy":  # Lightning's default "auto" is one TP group/node
         tp = strategy.get("tensor_parallel_size", "auto")

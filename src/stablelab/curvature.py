@@ -192,3 +192,32 @@ def noise_scale_terms(
     g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
     trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
     return g2, trace
+
+
+def piece_gradient_norms(
+    objective: Callable[[Tensor, Tensor], Tensor],
+    params: Sequence[Tensor],
+    x: Tensor,
+    y: Tensor,
+    pieces: int,
+) -> tuple[Tensor, list[Tensor], int]:
+    """The batch split into ``pieces`` equal pieces (the remainder dropped): the mean over
+    pieces of each piece's squared gradient norm (float64, on the device), the mean of the
+    pieces' gradients (the gradient of the batch, one tensor per parameter) and the piece
+    size. ``objective(x, y)`` is the mean loss of a batch."""
+    b = len(x) // pieces
+    if b < 1:
+        raise ValueError(f"a batch of {len(x)} cannot be split into {pieces} pieces")
+    small_sq = torch.zeros((), dtype=torch.float64, device=x.device)
+    total: list[Tensor] | None = None
+    for i in range(pieces):
+        sl = slice(i * b, (i + 1) * b)
+        grads = torch.autograd.grad(objective(x[sl], y[sl]), list(params))
+        small_sq += sum(g.double().square().sum() for g in grads)
+        total = (
+            [g.double() for g in grads]
+            if total is None
+            else [t + g.double() for t, g in zip(total, grads, strict=True)]
+        )
+    assert total is not None
+    return small_sq / pieces, [t / pieces for t in total], b

@@ -408,6 +408,55 @@ def _last_resort(f: dict[str, Any]) -> Finding:
     )
 
 
+def _curvature(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    pre = (s.get("precond_sharpness_above_threshold") or 0) > 0
+    key = "precond_sharpness" if pre else "sharpness"
+    step = s.get(f"{key}_first_above_step")
+    what = "preconditioned sharpness (of P^-1 H)" if pre else "sharpness"
+    return Finding(
+        "curvature",
+        f"**At the edge of stability**: the {what} rose above the update rule's stability "
+        f"threshold at step {step} ({s.get(f'{key}_above_threshold')} of "
+        f"{s.get('sharpness_measurements')} measurements; at most "
+        f"{fmt(s.get(f'{key}_max_ratio'), 3)}x the threshold; `sharpness.csv`, "
+        "`sharpness.png`).",
+        "Above it a quadratic model of the loss diverges; full-batch training hovers there "
+        "and still makes progress (Cohen et al. 2021, 2022), but a run that turns unstable "
+        "with it early needs the curvature lowered or the threshold raised: warmup keeps the "
+        "early sharpness down (Gilmer et al. 2021), a lower learning rate raises the "
+        "threshold.",
+        step=step,
+    )
+
+
+def _noise_scale(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    b, noise = s.get("global_batch_size"), s.get("noise_scale")
+    if isinstance(b, int) and b > 0 and noise:
+        ratio = noise / b
+        where = (
+            "well below the noise scale: a larger batch would take fewer steps at almost "
+            "the same number of examples"
+            if ratio > 4
+            else "well above the noise scale: a smaller batch would need fewer examples "
+            "for about the same number of steps"
+            if ratio < 0.25
+            else "near the noise scale, the compromise McCandlish et al. suggest"
+        )
+        text = f"the batch ({b} examples) is {where}."
+    else:
+        text = "compare it with the batch size: McCandlish et al. 2018 find it predicts the "
+        text += "largest batch that still pays."
+    return Finding(
+        "noise_scale",
+        f"The gradient noise scale B_simple was {fmt(noise, 3)} examples at the last "
+        "measurement (`noise_scale.csv`, `noise_scale.png`):",
+        text,
+        command=None,
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str
@@ -437,6 +486,15 @@ READING_RULES: list[Rule] = [
     Rule("attention_logits", lambda f: bool(f["s"].get("attn_logit_growing")), _attention_logits),
     Rule("logz", lambda f: bool(f["s"].get("logz_drifting")), _logz),
     Rule("infeasible", lambda f: bool(f["s"].get("diverged")), _infeasible),
+    Rule(
+        "curvature",
+        lambda f: (
+            (f["s"].get("sharpness_above_threshold") or 0) > 0
+            or (f["s"].get("precond_sharpness_above_threshold") or 0) > 0
+        ),
+        _curvature,
+    ),
+    Rule("noise_scale", lambda f: f["s"].get("noise_scale") is not None, _noise_scale),
     Rule("stable", lambda f: not f["unstable"], _stable, final=True),
     # from here on the run is unstable
     Rule("warmup", lambda f: f["early_at"] is not None, _warmup),

@@ -29,12 +29,18 @@ def _run(tmp_path: Path, name: str, extra: list[str]) -> tuple[dict, Path]:
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("curv")
     on = ["callbacks.sharpness.every_n_steps=10", f"callbacks.sharpness.probe_examples={PROBE}",
-          "callbacks.sharpness.iterations=40"]  # fmt: skip
+          "callbacks.sharpness.iterations=40", "callbacks.noise_scale.every_n_steps=5"]  # fmt: skip
     return _run(tmp, "on", on), _run(tmp, "off", [])
 
 
-def test_a_run_with_the_sharpness_monitor_trains_exactly_as_one_without(runs):
-    (_, on), (_, off) = runs
+def test_a_run_with_the_instruments_trains_exactly_as_one_without(runs):
+    """Sharpness and noise scale on (dropout masks forked, normalisation statistics
+    restored): the same weights, bit for bit; the noise scale measured its 6 points."""
+    (s, on), (_, off) = runs
+    assert s["noise_scale_measurements"] == 6 and s["noise_scale"] > 0
+    rows = list(csv.DictReader((on / "noise_scale.csv").open()))
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20, 25, 30]
+    assert {(r["b_small"], r["b_big"]) for r in rows} == {("16", "64")}  # digits: batch 64
     a = torch.load(on / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     b = torch.load(off / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

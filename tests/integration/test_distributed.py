@@ -57,12 +57,18 @@ def runs(tmp_path_factory, module_env):
     root = tmp_path_factory.mktemp("runs")
     one, two = root / "one", root / "two"
     steps = ["max_train_steps=30", *F64]
-    _one_process([*COMMON, *steps, "logger=csv", "data.batch_size=256"], one)
+    noise = ["callbacks.noise_scale.every_n_steps=10"]  # pieces of 32 in both runs
+    _one_process(
+        [*COMMON, *steps, *noise, "callbacks.noise_scale.pieces=8", "logger=csv",
+         "data.batch_size=256"], one,
+    )  # fmt: skip
     assert_ok(
         run_cli(
             [
-                *COMMON, *steps, "logger=wandb", "trainer=ddp_cpu", "data.batch_size=128",
-                "plots=true", f"hydra.run.dir={two}",
+                *COMMON, *steps, *noise, "callbacks.noise_scale.pieces=4", "logger=wandb",
+                "trainer=ddp_cpu", "data.batch_size=128", "plots=true",
+                "callbacks.sharpness.every_n_steps=15", "callbacks.sharpness.iterations=8",
+                f"hydra.run.dir={two}",
             ],
             root,
         )
@@ -78,8 +84,16 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     np.testing.assert_allclose(
         _col(two, "loss", "stability.csv"), _col(one, "loss", "stability.csv"), rtol=1e-6
     )
+    # the noise scale: the ranks' pieces of 32 and the all-reduced gradient of 256 are one
+    # process's 8 pieces and its whole batch (each rank holds half of the global batch)
+    for col in ("small_sq", "big_sq", "b_simple"):
+        np.testing.assert_allclose(
+            _col(two, col, "noise_scale.csv"), _col(one, col, "noise_scale.csv"), rtol=1e-6
+        )
+    assert set(_col(two, "b_big", "noise_scale.csv")) == {256.0}
     s = json.loads((two / "summary.json").read_text())
     assert s["world_size"] == 2 and s["global_batch_size"] == 256
+    assert s["sharpness_measurements"] == 3  # steps 0, 15, 30, on rank 0, nothing hung
     # the thread policy: $OMP_NUM_THREADS if set, else this machine's cores split between
     # the two ranks on the node
     env = os.environ.get("OMP_NUM_THREADS")
@@ -91,7 +105,8 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     assert sorted(p.name for p in runs.iterdir()) == ["one", "two"]
     assert len(list(two.rglob("summary.json"))) == 1
     assert sorted(p.name for p in runs.rglob("*.png") if "wandb" not in p.parts) == [
-        "grad_norm.png", "grad_norm_hist.png", "loss.png", "lr.png",
+        "grad_norm.png", "grad_norm_hist.png", "loss.png", "lr.png", "noise_scale.png",
+        "sharpness.png",
     ]  # fmt: skip
     assert (two / "report.md").is_file()
     (f,) = wandb_offline.run_files(two)

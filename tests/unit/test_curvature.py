@@ -159,3 +159,36 @@ def test_noise_scale_estimator_recovers_trace_sigma_over_g_squared():
     assert trace == pytest.approx(torch.trace(Sigma).item(), rel=0.03)
     with pytest.raises(ValueError):
         noise_scale_terms(1.0, 1.0, 64, 8)
+
+
+def test_piece_gradient_norms_match_per_example_gradients():
+    """A second implementation: per-example gradients by torch.func (vmap of grad) in
+    float64, averaged within each piece by hand."""
+    from stablelab.curvature import piece_gradient_norms
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    net = net.double()
+    x = torch.randn(26, 4, dtype=torch.float64)  # 26 = 4 pieces of 6, 2 dropped
+    y = torch.randint(0, 3, (26,))
+    params = dict(net.named_parameters())
+
+    def one(p, xi, yi):
+        out = torch.func.functional_call(net, p, (xi[None],))
+        return torch.nn.functional.cross_entropy(out, yi[None])
+
+    per = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(params, x, y)
+    flat = torch.cat([g.reshape(26, -1) for g in per.values()], dim=1)  # (26, n_params)
+    pieces = flat[:24].reshape(4, 6, -1).mean(1)  # each piece's mean gradient
+    want_small = pieces.square().sum(1).mean().item()
+    want_big = pieces.mean(0)
+
+    def objective(xb, yb):
+        return torch.nn.functional.cross_entropy(net(xb), yb)
+
+    small, grads, b = piece_gradient_norms(objective, list(net.parameters()), x, y, 4)
+    assert b == 6
+    assert small.item() == pytest.approx(want_small, rel=1e-12)
+    torch.testing.assert_close(torch.cat([g.reshape(-1) for g in grads]), want_big)
+    with pytest.raises(ValueError, match="cannot be split"):
+        piece_gradient_norms(objective, list(net.parameters()), x[:3], y[:3], 4)

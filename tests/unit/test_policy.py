@@ -146,3 +146,20 @@ def test_the_report_renders_every_finding(tmp_path):
     md = render({**STABLE, **s}, CFG, findings, tmp_path)
     for f in findings:
         assert f"- {f.text}" in md
+
+
+def test_reading_reports_the_edge_of_stability_and_the_noise_scale():
+    curv = {"sharpness_measurements": 5, "sharpness_above_threshold": 2,
+            "sharpness_first_above_step": 40, "sharpness_max_ratio": 1.3}  # fmt: skip
+    found = _read(curv)
+    assert list(found) == ["curvature", "stable"] and found["curvature"].step == 40
+    pre = {"sharpness_measurements": 5, "sharpness_above_threshold": 0,
+           "precond_sharpness_above_threshold": 1,
+           "precond_sharpness_first_above_step": 70}  # fmt: skip
+    assert _read(pre)["curvature"].step == 70
+    assert "curvature" not in _read({"sharpness_measurements": 5, "sharpness_above_threshold": 0})
+    # the noise scale against the batch: below, near, above
+    for noise, words in ((2000.0, "well below"), (150.0, "near"), (10.0, "well above")):
+        f = _read({"noise_scale": noise, "global_batch_size": 128})["noise_scale"]
+        assert words in f.fix
+    assert "noise_scale" not in _read({})

@@ -213,6 +213,33 @@ def plot_sharpness(rows, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def plot_noise_scale(rows, batch_size: int | None, path: str | Path) -> Path:
+    """The gradient noise scale B_simple over the run (smoothed, and each measurement's raw
+    estimate, which is noisy and can be negative: those are left out), with the global
+    batch size for comparison (log scale)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    raw = [(r["step"], r["b_simple_raw"]) for r in rows if _pos(r["b_simple_raw"])]
+    if raw:
+        ax.plot(*zip(*raw, strict=True), ".", ms=4, color="C0", alpha=0.4,
+                label="one measurement")  # fmt: skip
+    smooth = [(r["step"], r["b_simple"]) for r in rows if _pos(r["b_simple"])]
+    if smooth:
+        ax.plot(*zip(*smooth, strict=True), "-", lw=2, color="C0",
+                label="B_simple (numerator and denominator smoothed)")  # fmt: skip
+    if batch_size:
+        ax.axhline(batch_size, color="C3", ls="--", lw=1.2,
+                   label=f"the run's global batch size ({batch_size})")  # fmt: skip
+    if raw or smooth:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("examples")
+    ax.set_title("gradient noise scale tr(Sigma) / |G|^2 (McCandlish et al. 2018)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
 def _pos(x) -> bool:
     import math
 

@@ -26,6 +26,8 @@ FIGURES = [
     ("grad_norm.png", "unclipped gradient norm per step"),
     ("grad_norm_hist.png", "gradient-norm histogram with p50/p90/p99"),
     ("update_ratio.png", "update-to-weight ratio per parameter tensor"),
+    ("sharpness.png", "sharpness against the update rule's stability threshold"),
+    ("noise_scale.png", "gradient noise scale against the batch size"),
 ]
 
 
@@ -190,6 +192,19 @@ def render(
         ),
         ("mean log Z first / last", several("logz_mean_first", "logz_mean_last")),
         ("held-out loss (bits per character)", several("heldout_loss", "heldout_bpc")),
+        (
+            "sharpness first / max / last",
+            several("sharpness_first", "sharpness_max", "sharpness_last"),
+        ),
+        ("sharpness / threshold, at most", summary.get("sharpness_max_ratio")),
+        (
+            "preconditioned sharpness / threshold, at most",
+            summary.get("precond_sharpness_max_ratio"),
+        ),
+        (
+            "gradient noise scale B_simple (global batch)",
+            several("noise_scale", "global_batch_size") if "noise_scale" in summary else None,
+        ),
     ]
     lines = [
         f"# Stability report: {run_dir.name}",
@@ -208,7 +223,11 @@ def render(
         "",
         "| | |",
         "|---|---|",
-        *[f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None and v != "- / -"],
+        *[
+            f"| {k} | {_fmt(v)} |"
+            for k, v in rows
+            if v is not None and set(str(v).split(" / ")) != {"-"}
+        ],
         "",
         "## Figures",
         "",

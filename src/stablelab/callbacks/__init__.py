@@ -3,7 +3,7 @@ and instability detection, dense early evaluation, update-to-weight ratios, and 
 checkpoint callbacks that make a resumed run end as an uninterrupted one."""
 
 from stablelab.callbacks.checkpoint import MetricsFile, ModelCheckpoint
-from stablelab.callbacks.curvature import SharpnessMonitor
+from stablelab.callbacks.curvature import NoiseScaleMonitor, SharpnessMonitor
 from stablelab.callbacks.dense_eval import DenseEval
 from stablelab.callbacks.grad_norm import GradNormMonitor
 from stablelab.callbacks.history import EvalHistory
@@ -21,6 +21,7 @@ __all__ = [
     "LMMonitor",
     "MetricsFile",
     "ModelCheckpoint",
+    "NoiseScaleMonitor",
     "RunProgress",
     "SharpnessMonitor",
     "StabilityMonitor",

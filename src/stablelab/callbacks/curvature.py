@@ -1,4 +1,6 @@
-"""``callbacks.sharpness``: the top Hessian eigenvalue of the training loss on a fixed probe
+"""The curvature and noise instruments (:mod:`stablelab.curvature`), off by default.
+
+``callbacks.sharpness``: the top Hessian eigenvalue of the training loss on a fixed probe
 batch every N updates, against the rule's stability threshold (Cohen et al. 2021, 2022).
 
 What is measured (:mod:`stablelab.curvature`): the sharpness, and for the adaptive rules
@@ -16,20 +18,30 @@ with a retained graph and ``iterations`` (x2 with ``preconditioned``) double bac
 one host read; it runs on rank 0 only (the other ranks go on; nothing here is a
 collective). Rows go to ``sharpness.csv``, the loggers (``curvature/...``), ``sharpness.png``
 (the measurements against the threshold over the run) and ``summary.json``.
+
+``callbacks.noise_scale``: the gradient noise scale B_simple (McCandlish et al. 2018) every
+N updates, from the batch just trained on: split into ``pieces`` equal pieces on each
+process, the squared gradient norm of a piece (batch b) and of the whole global batch
+(b x pieces x processes; under DDP the mean of the ranks' gradients, one all-reduce),
+both turned into |G|^2 and tr(Sigma) and smoothed separately (EMA ``ema``) before
+dividing. Reported beside the global batch size: a batch well below B_simple wastes steps,
+well above it wastes examples (the playbook's batch-size question).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
-from stablelab.constraints import PosInt
+from stablelab.constraints import PosInt, Range
 
 FIELDS = ["step", "lr", "sharpness", "threshold", "precond_sharpness", "precond_threshold"]
+NOISE_FIELDS = ["step", "b_small", "b_big", "small_sq", "big_sq", "g2", "trace",
+                "b_simple_raw", "b_simple"]  # fmt: skip
 
 
 class SharpnessMonitor(TelemetryCallback):
@@ -66,6 +78,7 @@ class SharpnessMonitor(TelemetryCallback):
                 if n >= self.probe_examples:
                     break
             x, y = torch.cat(xs)[: self.probe_examples], torch.cat(ys)[: self.probe_examples]
+            x = trainer.strategy.precision_plugin.convert_input(x)  # float64 under 64-true
             self._probe = (x.to(pl_module.device), y.to(pl_module.device))
         return self._probe
 
@@ -78,26 +91,15 @@ class SharpnessMonitor(TelemetryCallback):
         optimizer = trainer.optimizers[0]
         lr = float(optimizer.param_groups[0]["lr"])
         params = [p for p in pl_module.parameters() if p.requires_grad]
-        saved = {n: b.detach().clone() for n, b in pl_module.named_buffers()}
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        was_training = pl_module.training
-        pl_module.train()
-        try:
-            with torch.random.fork_rng(devices=devices), torch.enable_grad():
-                torch.manual_seed(self.seed)
-                _, objective = pl_module.loss_terms(pl_module(x), y)
-                hvp = curvature.hessian_operator(objective, params)
-                sharp = curvature.lanczos_top(hvp, params, self.iterations, self.seed)
-                d = curvature.inverse_sqrt_preconditioner(optimizer)
-                pre = None
-                if self.preconditioned and d is not None:
-                    op = curvature.preconditioned_operator(hvp, d)
-                    pre = curvature.lanczos_top(op, params, self.iterations, self.seed)
-        finally:
-            with torch.no_grad():
-                for n, b in pl_module.named_buffers():
-                    b.copy_(saved[n])
-            pl_module.train(was_training)
+        with _Frozen(pl_module, self.seed):
+            _, objective = pl_module.loss_terms(pl_module(x), y)
+            hvp = curvature.hessian_operator(objective, params)
+            sharp = curvature.lanczos_top(hvp, params, self.iterations, self.seed)
+            d = curvature.inverse_sqrt_preconditioner(optimizer)
+            pre = None
+            if self.preconditioned and d is not None:
+                op = curvature.preconditioned_operator(hvp, d)
+                pre = curvature.lanczos_top(op, params, self.iterations, self.seed)
         limits = curvature.thresholds(optimizer, lr)
         return {
             "step": int(trainer.global_step),
@@ -171,3 +173,139 @@ class SharpnessMonitor(TelemetryCallback):
 
 def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Frozen:
+    """The module in training mode with a fixed dropout mask (the training run's random
+    generator untouched) and its normalisation statistics restored afterwards."""
+
+    def __init__(self, pl_module, seed: int) -> None:
+        self.m, self.seed = pl_module, seed
+
+    def __enter__(self):
+        m = self.m
+        self.saved = {n: b.detach().clone() for n, b in m.named_buffers()}
+        self.was_training = m.training
+        devices = [m.device] if m.device.type == "cuda" else []
+        self.rng = torch.random.fork_rng(devices=devices)
+        self.rng.__enter__()
+        torch.manual_seed(self.seed)
+        self.grad = torch.enable_grad()
+        self.grad.__enter__()
+        m.train()
+        return m
+
+    def __exit__(self, *exc):
+        self.grad.__exit__(*exc)
+        self.rng.__exit__(*exc)
+        with torch.no_grad():
+            for n, b in self.m.named_buffers():
+                b.copy_(self.saved[n])
+        self.m.train(self.was_training)
+        return False
+
+
+class NoiseScaleMonitor(TelemetryCallback):
+    sets_interval = False
+
+    def __init__(
+        self,
+        every_n_steps: PosInt | None = None,
+        pieces: PosInt = 4,
+        ema: Annotated[float, Range(ge=0, lt=1)] = 0.9,
+        seed: int = 0,
+        plots: bool = True,
+        filename: str = "noise_scale.csv",
+    ) -> None:
+        self.every_n_steps = every_n_steps
+        self.pieces = pieces
+        self.ema = ema
+        self.seed = seed
+        self.plots = plots
+        self.csv: CsvRows = CsvRows(filename, NOISE_FIELDS)
+        self._avg: tuple[float, float] | None = None  # smoothed (|G|^2, tr Sigma)
+        self._last_step = -1
+
+    def measure(self, trainer, pl_module, batch) -> dict[str, Any]:
+        from stablelab import curvature
+
+        x, y = batch
+        x = trainer.strategy.precision_plugin.convert_input(x)  # float64 under 64-true
+        params = [p for p in pl_module.parameters() if p.requires_grad]
+
+        def objective(xb, yb):
+            return pl_module.loss_terms(pl_module(xb), yb)[1]
+
+        with _Frozen(pl_module, self.seed):
+            small_sq, grads, b = curvature.piece_gradient_norms(
+                objective, params, x, y, self.pieces
+            )
+        world = trainer.world_size
+        if world > 1:  # the ranks' mean gradient is the global batch's; small: their mean
+            flat = torch.cat([g.reshape(-1) for g in grads] + [small_sq.reshape(1)])
+            flat = trainer.strategy.reduce(flat, reduce_op="mean")
+            big_sq, small_sq = flat[:-1].square().sum(), flat[-1]
+        else:
+            big_sq = sum(g.square().sum() for g in grads)
+        small, big = float(small_sq), float(big_sq)  # the one host read
+        b_big = b * self.pieces * world
+        g2, trace = curvature.noise_scale_terms(small, big, b, b_big)
+        a = self.ema
+        self._avg = (g2, trace) if self._avg is None else (
+            a * self._avg[0] + (1 - a) * g2, a * self._avg[1] + (1 - a) * trace
+        )  # fmt: skip
+        return {
+            "step": int(trainer.global_step), "b_small": b, "b_big": b_big,
+            "small_sq": small, "big_sq": big, "g2": g2, "trace": trace,
+            "b_simple_raw": trace / g2 if g2 > 0 else None,
+            "b_simple": self._avg[1] / self._avg[0] if self._avg[0] > 0 else None,
+        }  # fmt: skip
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, every = trainer.global_step, self.every_n_steps
+        if every and step != self._last_step and step % every == 0:
+            self._last_step = step
+            row = self.measure(trainer, pl_module, batch)  # every rank: a collective
+            self.csv.add(self.dir, [row], write=trainer.is_global_zero)
+            if trainer.is_global_zero:
+                m = {f"noise/{k}": v for k, v in row.items() if k != "step" and v is not None}
+                for lg in trainer.loggers:
+                    lg.log_metrics(m, step=step)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def finish(self, trainer, pl_module) -> None:
+        if self.plots and self.csv.rows and trainer.is_global_zero:
+            from stablelab.analysis.plots import plot_noise_scale
+
+            batch = self._global_batch(trainer)
+            plot_noise_scale(
+                self.csv.rows, batch, Path(trainer.default_root_dir) / "noise_scale.png"
+            )
+
+    @staticmethod
+    def _global_batch(trainer) -> int | None:
+        dm = getattr(trainer, "datamodule", None)
+        b = getattr(dm, "batch_size", None)
+        if not isinstance(b, int):
+            return None
+        return b * trainer.world_size * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        avg = list(self._avg) if self._avg is not None else None
+        return {"csv": self.csv.state_dict(), "avg": avg, "last_step": self._last_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.csv.load_state_dict(state_dict["csv"])
+        avg = state_dict["avg"]
+        self._avg = (float(avg[0]), float(avg[1])) if avg is not None else None
+        self._last_step = state_dict["last_step"]
+
+    def summary(self) -> dict[str, Any]:
+        rows = [r for r in self.csv.rows if _num(r["b_simple"])]
+        if not rows:
+            return {}
+        return {
+            "noise_scale": rows[-1]["b_simple"],
+            "noise_scale_max": max(r["b_simple"] for r in rows),
+            "noise_scale_measurements": len(rows),
+        }
