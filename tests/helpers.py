@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 
 
 class RaiseAtStep(L.Callback):
@@ -211,3 +212,37 @@ class WrongOutputMLP:
         from stablelab.models import MLP
 
         return MLP(input_spec=input_spec, num_classes=num_classes + 1, **kwargs)
+
+
+class SpikeAtStep(L.Callback):
+    """At update ``step`` (global_step before it), multiply the model's output by
+    ``factor``: a crafted loss and gradient-norm spike. Keeps copies of the parameters and
+    optimizer state from just before that update and just after it."""
+
+    def __init__(self, step: int, factor: float = 50.0) -> None:
+        self.step, self.factor = step, factor
+        self.before: dict | None = None
+        self.after: dict | None = None
+        self._hook = None
+
+    @staticmethod
+    def _copy(pl_module, trainer) -> dict:
+        opt = trainer.optimizers[0]
+        state = {
+            (i, k): (v.clone() if isinstance(v, torch.Tensor) else v)
+            for i, p in enumerate(pl_module.parameters())
+            for k, v in opt.state.get(p, {}).items()
+        }
+        params = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        return {"params": params, "state": state}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.before = self._copy(pl_module, trainer)
+            self._hook = pl_module.model.register_forward_hook(lambda m, a, out: out * self.factor)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+            self.after = self._copy(pl_module, trainer)

@@ -57,6 +57,17 @@ class LossConfig:
 
 
 @dataclass
+class SkipSpikesConfig:
+    """``skip_spikes``: skip the update of a step whose loss or unclipped gradient norm
+    is a spike (OLMo-core's rule; :mod:`stablelab.remedies`)."""
+
+    enabled: bool = False
+    window: PosInt = 128  # the previous 128 steps ...
+    min_history: PosInt = 64  # ... once 64 are known ...
+    zscore: PosFloat = 6.0  # ... above 6 standard deviations
+
+
+@dataclass
 class RootConfig:
     """The keys of ``train.yaml`` that are not config groups."""
 
@@ -75,6 +86,7 @@ class RootConfig:
     # run the model under torch.compile (nn.Module.compile: checkpoints keep their keys)
     compile: bool = False
     loss: LossConfig = field(default_factory=LossConfig)
+    skip_spikes: SkipSpikesConfig = field(default_factory=SkipSpikesConfig)
     # the summary value a sweeper optimises (stablelab-train's return value; see OBJECTIVES)
     optimized_metric: Literal["val_loss", "val_acc", "val_bpc", "final_train_loss"] = "val_loss"
     print_config: bool = True  # the resolved config as a tree at the start of a run
@@ -545,9 +557,34 @@ def _trainer_problems(t: dict[str, Any]) -> list[str]:
     return out
 
 
+def _skip_problems(plain: dict[str, Any]) -> list[str]:
+    skip = plain.get("skip_spikes") or {}
+    if not skip.get("enabled"):
+        return []
+    out = []
+    if skip.get("min_history", 64) > skip.get("window", 128):
+        out.append(
+            f"skip_spikes.min_history = {skip.get('min_history')}: must be <= "
+            f"skip_spikes.window = {skip.get('window')}"
+        )
+    target = str((plain.get("optimizer") or {}).get("_target_", ""))
+    if not target.startswith("stablelab.optim."):
+        out.append(
+            f"skip_spikes.enabled = true: needs one of the playbook's update rules (they undo "
+            f"a skipped update on the device); optimizer._target_ = {target!r} is not one "
+            "(choose an option of the 'optimizer' group)"
+        )
+    if sharded_strategy((plain.get("trainer") or {}).get("strategy", "")):
+        out.append(
+            "skip_spikes.enabled = true: not available with a sharded trainer.strategy "
+            "(untested on FSDP shards); use one process or DDP"
+        )
+    return out
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
-    trainer_problems = _trainer_problems(plain.get("trainer") or {})
+    trainer_problems = _trainer_problems(plain.get("trainer") or {}) + _skip_problems(plain)
     strategy = (plain.get("trainer") or {}).get("strategy", "")
     sharded = sharded_strategy(strategy)
     if sharded is None:

@@ -52,6 +52,17 @@ class StableModule(L.LightningModule):
                 ]
             )
         self.clipper = instantiate(cfg["clipping"])
+        skip = cfg.get("skip_spikes") or {}
+        self.skipper = None  # stablelab.remedies.SpikeSkipper when skip_spikes.enabled
+        if skip.get("enabled"):
+            from stablelab.remedies import SpikeSkipper
+
+            self.skipper = SpikeSkipper(
+                self.build_schedule().total_steps,
+                skip.get("window", 128),
+                skip.get("min_history", 64),
+                skip.get("zscore", 6.0),
+            )
         # evaluation: per split, [summed loss, correct predictions, examples] in float64 on
         # the device, reduced over ranks once per evaluation and divided then: the mean over
         # every example of the split, however unevenly the ranks' shares split. Float32
@@ -120,6 +131,8 @@ class StableModule(L.LightningModule):
         loss, objective = self.loss_terms(logits, y)
         if self.telemetry is not None:  # every step's loss, kept on the device
             self.telemetry.add_loss(loss)
+        if self.skipper is not None:
+            self.skipper.add_loss(loss)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         sched = self.lr_schedulers()
         if isinstance(sched, torch.optim.lr_scheduler.LRScheduler):  # ours: one LambdaLR
@@ -257,13 +270,19 @@ class StableModule(L.LightningModule):
         # Lightning calls this once per optimizer step, after DDP's all-reduce, AMP
         # unscaling and gradient accumulation; we own the norm and the clip so the unclipped
         # norm is kept (Lightning's discards it). Nothing here waits on the device.
-        if self.telemetry is None and not getattr(self.clipper, "clips", True):
+        skipper = self.skipper
+        if self.telemetry is None and skipper is None and not getattr(self.clipper, "clips", True):
             return  # nothing to clip and nobody listening: skip even the norm
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
         stats = self.clipper(self._named_params)
         if self.telemetry is not None:
             self.telemetry.record(self.trainer.global_step, stats)
+        if skipper is not None:  # a spike's update is computed, then undone, on the device
+            if skipper.reduce_loss is None and self.trainer.world_size > 1:
+                skipper.reduce_loss = lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
+            opt = getattr(optimizer, "optimizer", optimizer)  # (a LightningOptimizer)
+            opt.skip = skipper.decide(self.trainer.global_step, stats.grad_norm)
 
     def configure_model(self) -> None:
         """Under FSDP2 (``trainer=fsdp`` / ``fsdp_cpu``: Lightning's ModelParallelStrategy)
@@ -296,12 +315,16 @@ class StableModule(L.LightningModule):
         self._sharded = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.skipper is not None:
+            checkpoint["skipper"] = self.skipper.state_dict()
         if hasattr(self.clipper, "state_dict"):  # adaptive clippers' running statistics
             checkpoint["clipper"] = self.clipper.state_dict()
         if self.telemetry is not None:  # steps recorded, not yet read back
             checkpoint["telemetry"] = self.telemetry.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "skipper" in checkpoint and self.skipper is not None:
+            self.skipper.load_state_dict(checkpoint["skipper"])
         if "clipper" in checkpoint and hasattr(self.clipper, "load_state_dict"):
             self.clipper.load_state_dict(checkpoint["clipper"])
         if "telemetry" in checkpoint and self.telemetry is not None:

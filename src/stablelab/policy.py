@@ -194,6 +194,7 @@ def run_facts(
         "branch_init": residual.get("branch_init"),
         "rule": _name(opt),
         "lr": opt.get("lr"),
+        "cfg_skip": cfg.get("skip_spikes") or {},
     }
 
 
@@ -457,6 +458,25 @@ def _noise_scale(f: dict[str, Any]) -> Finding:
     )
 
 
+def _skipped(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    steps = s.get("skipped_step_list") or []
+    n = s.get("skipped_steps") or 0
+    shown = ", ".join(str(x) for x in steps[:10]) + (", ..." if n > 10 else "")
+    skip = f["cfg_skip"]
+    at = "at steps" if n != 1 else "at step"
+    return Finding(
+        "skip_step",
+        f"**{n} update{'s were' if n != 1 else ' was'} skipped** (`skip_spikes`: the loss or "
+        f"the unclipped gradient norm above {fmt(skip.get('zscore', 6.0))} sigma of the "
+        f"previous {skip.get('window', 128)} steps), {at} {shown}.",
+        "The weights and optimizer state were left as before each of them. Occasional "
+        "skips are the remedy working; many mean the instability is not rare: treat its "
+        "cause (warmup, clipping, a lower learning rate).",
+        step=steps[0] if steps else None,
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str
@@ -495,6 +515,7 @@ READING_RULES: list[Rule] = [
         _curvature,
     ),
     Rule("noise_scale", lambda f: f["s"].get("noise_scale") is not None, _noise_scale),
+    Rule("skip_step", lambda f: (f["s"].get("skipped_steps") or 0) > 0, _skipped),
     Rule("stable", lambda f: not f["unstable"], _stable, final=True),
     # from here on the run is unstable
     Rule("warmup", lambda f: f["early_at"] is not None, _warmup),

@@ -328,6 +328,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         summary["best_step"] = summary["steps"] if best else None
         summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
     summary.update(summary_mod.task_metrics(summary, datamodule, module))
+    if getattr(module, "skipper", None) is not None:  # skip_spikes: one host read, here
+        summary.update(module.skipper.summary())
     if getattr(module, "eval_duplicates", None):  # examples a padded split counted twice
         summary["eval_duplicates"] = dict(module.eval_duplicates)
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # this process's GPU

@@ -83,13 +83,17 @@ def test_logged_norm_is_the_unclipped_norm_of_the_full_gradient(tmp_path, extra)
     ).stat().st_size > 0
 
 
-def test_no_host_sync_inside_training_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("remedy", [[], ["skip_spikes.enabled=true", "skip_spikes.min_history=5"]])
+def test_no_host_sync_inside_training_steps(tmp_path, monkeypatch, remedy):
+    """Also with the skip-step remedy on (its decision and the undoing of an update stay
+    on the device)."""
     helpers.install_sync_counter(monkeypatch)
     helpers.SYNC_EVENTS.clear()
     out = tmp_path / "run"
     cfg = compose_cfg(
         [
             *BASE,
+            *remedy,
             "logger=csv",
             "max_train_steps=30",
             "trainer.val_check_interval=100",

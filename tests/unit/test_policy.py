@@ -163,3 +163,10 @@ def test_reading_reports_the_edge_of_stability_and_the_noise_scale():
         f = _read({"noise_scale": noise, "global_batch_size": 128})["noise_scale"]
         assert words in f.fix
     assert "noise_scale" not in _read({})
+
+
+def test_reading_lists_the_skipped_updates():
+    cfg = {**CFG, "skip_spikes": {"enabled": True, "window": 128, "zscore": 6.0}}
+    f = _read({"skipped_steps": 2, "skipped_step_list": [70, 300]}, cfg)["skip_step"]
+    assert f.step == 70 and "70, 300" in f.evidence
+    assert "skip_step" not in _read({"skipped_steps": 0, "skipped_step_list": []}, cfg)

@@ -299,3 +299,66 @@ def test_parameters_without_grad_are_skipped():
     assert opt.state[a]["step"] == 1 and b not in opt.state
     opt2 = copy.deepcopy(opt)
     assert opt2.state_dict()["state"][0]["step"] == 1
+
+
+# ------------------------------------------------------------------ skip-step mode
+SKIP_RULES = [
+    (SGD, {}), (Momentum, {}), (Nesterov, {}), (RMSProp, {"momentum": 0.9}),
+    (Adam, {}), (NAdam, {}), (Adam, {"weight_decay": 0.1}),
+]  # fmt: skip
+
+
+def _grads(step: int, shapes) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def _trajectory(opt_cls, kw, skips: list[bool | None], foreach: bool = True):
+    """Parameters after one step per entry: None = normal mode, True/False = skip mode."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    opt = opt_cls(params, lr=0.01, foreach=foreach, **kw)
+    for t, skip in enumerate(skips):
+        for p, g in zip(params, _grads(t, [p.shape for p in params]), strict=True):
+            p.grad = g
+        opt.skip = None if skip is None else torch.tensor(skip)
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("opt_cls,kw", SKIP_RULES)
+def test_a_skipped_step_leaves_parameters_and_state_untouched(opt_cls, kw, foreach):
+    """Skip-step mode, step 3 skipped: parameters, every state tensor and the step count
+    are bit for bit those after step 2; and the run then continues as if step 3's gradient
+    had never come (against the same run without that step)."""
+    before, ob = _trajectory(opt_cls, kw, [False, False, False], foreach)
+    after, oa = _trajectory(opt_cls, kw, [False, False, False, True], foreach)
+    for p, q in zip(before, after, strict=True):
+        assert torch.equal(p, q)
+        for k, v in ob.state[p].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(oa.state[q][k])), k
+    # skip mode without a skip: the update of normal mode (Adam's bias correction is then
+    # computed on the device, in float64: float32 rounding apart)
+    normal, _ = _trajectory(opt_cls, kw, [None] * 5, foreach)
+    skipping, _ = _trajectory(opt_cls, kw, [False] * 5, foreach)
+    for p, q in zip(normal, skipping, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_a_skipped_step_is_as_if_its_gradient_never_came():
+    """Adam: steps with gradients g0, g1, [g2 skipped], g3 end where g0, g1, g3 do (step
+    counts, hence the bias correction, included)."""
+    torch.manual_seed(0)
+
+    def run(grads_at: list[int], skip_at: int | None):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(5))
+        opt = Adam([p], lr=0.01)
+        for i, t in enumerate(grads_at):
+            p.grad = _grads(t, [(5,)])[0]
+            opt.skip = torch.tensor(i == skip_at)
+            opt.step()
+        return p
+
+    torch.testing.assert_close(run([0, 1, 2, 3], skip_at=2), run([0, 1, 3], None), rtol=0, atol=0)

@@ -83,6 +83,11 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
     """
 
     buffers: dict[str, float] = {}
+    # Skip-step mode (stablelab.remedies.SpikeSkipper sets it, inside the closure, for the
+    # update about to be made): a 0-dim bool tensor on the device; when true the update is
+    # computed and then undone, parameters and every state tensor restored bit for bit,
+    # and the step count (a device tensor in this mode) not advanced. Never read on the host.
+    skip: Tensor | None = None
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -90,6 +95,43 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        skip, saved = self.skip, []
+        if skip is not None:
+            self.skip = None  # for this step only
+            saved = self._snapshot()
+        self._update()
+        if skip is not None:
+            self._restore_if(skip, saved)
+        return loss
+
+    def _snapshot(self) -> list[tuple[Tensor, Tensor]]:
+        """(tensor, copy) for every parameter with a gradient and its state tensors (the
+        state created first: a fresh state is part of what a skipped step leaves alone)."""
+        out = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                self._init_state(p, state)
+                if not isinstance(state["step"], Tensor):  # counts on the device from here
+                    state["step"] = torch.tensor(float(state["step"]), device=p.device)
+                out += [(t, t.clone()) for t in (p, *(state[n] for n in self.buffers))]
+                out.append((state["step"], state["step"].clone()))
+        return out
+
+    @staticmethod
+    def _restore_if(skip: Tensor, saved: list[tuple[Tensor, Tensor]]) -> None:
+        for t, old in saved:
+            t.copy_(torch.where(skip, old, t))  # exact either way, NaN-safe
+
+    def _init_state(self, p: Tensor, state: dict) -> None:
+        if not state:
+            state["step"] = 0
+            for name, fill in self.buffers.items():
+                state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+
+    def _update(self) -> None:
         for group in self.param_groups:
             buckets: dict[tuple, list[tuple[Tensor, Tensor, dict]]] = defaultdict(list)
             for p in group["params"]:
@@ -101,10 +143,7 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
                         "use dense gradients (e.g. nn.Embedding(sparse=False))"
                     )
                 state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    for name, fill in self.buffers.items():
-                        state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+                self._init_state(p, state)
                 state["step"] += 1
                 buckets[(p.device, p.dtype)].append((p, p.grad, state))
             lr, wd = group["lr"], group["weight_decay"]
@@ -121,7 +160,6 @@ class _PlaybookOptimizer(torch.optim.Optimizer):
                         if wd:
                             p.mul_(1 - lr * wd)
                         self._single(group, p, g, s)
-        return loss
 
     def _single(self, group: dict, p: Tensor, g: Tensor, state: dict) -> None:
         raise NotImplementedError
@@ -263,8 +301,12 @@ class RMSProp(_PlaybookOptimizer):
         torch._foreach_sub_(params, ms)
 
 
-def _bias_correction(beta1: float, beta2: float, step: int) -> float:
-    """b_{t+1} = sqrt(1 - beta2^{t+1}) / (1 - beta1^{t+1}) with step = t + 1."""
+def _bias_correction(beta1: float, beta2: float, step: int | Tensor) -> float | Tensor:
+    """b_{t+1} = sqrt(1 - beta2^{t+1}) / (1 - beta1^{t+1}) with step = t + 1 (a 0-dim
+    device tensor in skip-step mode: then so is the result, in float64)."""
+    if isinstance(step, Tensor):
+        t = step.double()
+        return torch.sqrt(1 - beta2**t) / (1 - beta1**t)
     return math.sqrt(1 - beta2**step) / (1 - beta1**step)
 
 
@@ -317,9 +359,11 @@ class Adam(_PlaybookOptimizer):
     def _single(self, group, p, g, state):
         m, v = self._moments(group, g, state)
         b = _bias_correction(group["beta1"], group["beta2"], state["step"])
-        p.addcdiv_(
-            self._numerator(group, g, m), v.sqrt().add_(group["eps"]), value=-group["lr"] * b
-        )
+        denom = v.sqrt().add_(group["eps"])
+        if isinstance(b, Tensor):  # skip-step mode: b on the device
+            denom.div_(b.to(denom.dtype))
+            b = 1.0
+        p.addcdiv_(self._numerator(group, g, m), denom, value=-group["lr"] * b)
 
     def _multi_update(self, group, params, grads, ms, denom, steps: list[float]) -> None:
         # theta <- theta + step * m / (sqrt(v) + eps), step = -alpha * b_{t+1}
@@ -334,7 +378,13 @@ class Adam(_PlaybookOptimizer):
         torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
         denom = torch._foreach_sqrt(vs)
         torch._foreach_add_(denom, eps)
-        steps = [-lr * _bias_correction(b1, b2, s["step"]) for s in states]
+        if isinstance(states[0]["step"], Tensor):  # skip-step mode: b on the device
+            b = _bias_correction(b1, b2, states[0]["step"])  # (the bucket steps together)
+            assert isinstance(b, Tensor)
+            torch._foreach_div_(denom, b.to(denom[0].dtype))
+            steps = [-lr] * len(params)
+        else:
+            steps = [-lr * _bias_correction(b1, b2, s["step"]) for s in states]
         self._multi_update(group, params, grads, ms, denom, steps)
 
 

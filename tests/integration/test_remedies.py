@@ -1,0 +1,78 @@
+"""Automatic spike remedies in real runs: the skipped update of a crafted spike."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import compose_cfg
+from stablelab.train import train
+
+SPIKE = 70  # past the stability detector's 64 steps of history
+BASE = ["data=digits", "model=mlp", "model.width=32", "optimizer=adam", "optimizer.lr=3e-3",
+        "max_train_steps=90", "trainer.val_check_interval=45", "test=false", "plots=false",
+        "logger=csv", "callbacks.progress_bar.refresh_rate=0", "callbacks.dense_eval=null",
+        "print_config=false", "+callbacks.spike._target_=helpers.SpikeAtStep",
+        f"+callbacks.spike.step={SPIKE}"]  # fmt: skip
+SKIP = ["skip_spikes.enabled=true", "skip_spikes.window=32", "skip_spikes.min_history=16"]
+
+
+def _spike_cb(trainer):
+    from helpers import SpikeAtStep
+
+    (cb,) = [c for c in trainer.callbacks if isinstance(c, SpikeAtStep)]
+    return cb
+
+
+def _run(tmp_path, name, extra):
+    import stablelab.train as T
+
+    seen = {}
+    build = T.build
+
+    def keep(plain):  # the trainer, to read the crafted-spike callback afterwards
+        out = build(plain)
+        seen["trainer"] = out[2]
+        return out
+
+    T.build = keep
+    try:
+        s = train(compose_cfg([*BASE, *extra], tmp_path / name))
+    finally:
+        T.build = build
+    return s, _spike_cb(seen["trainer"])
+
+
+def test_a_crafted_spike_is_skipped_leaving_weights_and_state_untouched(tmp_path):
+    s, cb = _run(tmp_path, "skip", SKIP)
+    assert s["status"] == "completed"
+    assert s["skipped_steps"] == 1 and s["skipped_step_list"] == [SPIKE]
+    for n, p in cb.before["params"].items():
+        assert torch.equal(p, cb.after["params"][n]), n
+    assert cb.before["state"].keys() == cb.after["state"].keys()
+    for k, v in cb.before["state"].items():
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(cb.after["state"][k])), k
+    assert s["grad_norm_spikes"] >= 1  # the telemetry saw the spike the remedy skipped
+
+    # the same run without the remedy: the spike's update is applied
+    s0, cb0 = _run(tmp_path, "noskip", [])
+    assert "skipped_steps" not in s0
+    moved = [
+        n for n, p in cb0.before["params"].items() if not torch.equal(p, cb0.after["params"][n])
+    ]
+    assert moved
+
+
+def test_no_step_is_skipped_without_a_spike_and_the_run_is_the_same(tmp_path):
+    """Skip mode on, no spike: nothing skipped; the weights equal the run without the
+    remedy up to rounding (Adam's bias correction is then computed on the device, and Adam
+    amplifies float32 rounding over 90 steps: compared in float64)."""
+    base = [a for a in BASE if "spike" not in a] + ["trainer.precision=64-true"]
+    on = train(compose_cfg([*base, *SKIP], tmp_path / "on"))
+    off = train(compose_cfg(base, tmp_path / "off"))
+    assert on["skipped_steps"] == 0 and on["skipped_step_list"] == []
+    a = torch.load(tmp_path / "on" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "off" / "checkpoints" / "last.ckpt", weights_only=True)
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=1e-9, atol=1e-12)
+    assert on["val_loss"] == pytest.approx(off["val_loss"], rel=1e-9)
