@@ -246,3 +246,25 @@ class SpikeAtStep(L.Callback):
             self._hook.remove()
             self._hook = None
             self.after = self._copy(pl_module, trainer)
+
+
+class DivergeAt(L.Callback):
+    """From update ``step`` on (global_step before it), for ``times`` batches in all,
+    multiply the model's output by ``factor`` (negative: the likeliest class becomes the
+    least likely): a crafted divergence (the loss far above
+    10x the first step's). ``times=1``: transient, gone after a rollback; a large ``times``:
+    it comes back."""
+
+    def __init__(self, step: int, factor: float = -100.0, times: int = 1) -> None:
+        self.step, self.factor, self.left = step, factor, times
+        self._hook = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and self.left > 0:
+            self.left -= 1
+            self._hook = pl_module.model.register_forward_hook(lambda m, a, out: out * self.factor)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None

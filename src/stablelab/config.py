@@ -582,9 +582,30 @@ def _skip_problems(plain: dict[str, Any]) -> list[str]:
     return out
 
 
+def _rollback_problems(plain: dict[str, Any]) -> list[str]:
+    stab = (plain.get("callbacks") or {}).get("stability") or {}
+    n = stab.get("rollbacks") or 0
+    t = plain.get("trainer") or {}
+    strategy = t.get("strategy", "auto")
+    name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
+    devices, nodes = t.get("devices", 1), t.get("num_nodes", 1)
+    many = (isinstance(devices, int) and devices > 1) or (isinstance(nodes, int) and nodes > 1)
+    if n and (many or "ddp" in name.lower() or sharded_strategy(strategy)):
+        return [
+            f"callbacks.stability.rollbacks = {n}: rollbacks run in one process only (a refit "
+            "would relaunch the processes); use callbacks.stability.rollbacks=0 with "
+            f"trainer.strategy = {_fmt(name)}, or one process"
+        ]
+    return []
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
-    trainer_problems = _trainer_problems(plain.get("trainer") or {}) + _skip_problems(plain)
+    trainer_problems = (
+        _trainer_problems(plain.get("trainer") or {})
+        + _skip_problems(plain)
+        + _rollback_problems(plain)
+    )
     strategy = (plain.get("trainer") or {}).get("strategy", "")
     sharded = sharded_strategy(strategy)
     if sharded is None:

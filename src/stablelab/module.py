@@ -52,6 +52,9 @@ class StableModule(L.LightningModule):
                 ]
             )
         self.clipper = instantiate(cfg["clipping"])
+        # rollbacks so far (StabilityMonitor's `rollbacks`): each one's record, the training
+        # batches skipped in all (the data order's offset) and the LR scale; kept in checkpoints
+        self.rollback: dict[str, Any] = {"log": [], "offset": 0, "lr_scale": 1.0}
         skip = cfg.get("skip_spikes") or {}
         self.skipper = None  # stablelab.remedies.SpikeSkipper when skip_spikes.enabled
         if skip.get("enabled"):
@@ -258,7 +261,10 @@ class StableModule(L.LightningModule):
         # a plain function, so LambdaLR checkpoints no state of it: the schedule is a pure
         # function of the step and this run's config (LambdaLR would otherwise restore the
         # attributes of the checkpoint's schedule object over this config's)
-        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step))
+        # (lr_scale: 1.0 unless a rollback lowered it, and 1.0 * x is x, bit for bit)
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.rollback["lr_scale"] * schedule(step)
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "frequency": 1},
@@ -314,7 +320,24 @@ class StableModule(L.LightningModule):
         fully_shard(self.model, mesh=mesh)
         self._sharded = True
 
+    def on_train_start(self) -> None:
+        """After a rollback that lowered the LR: the restored optimizer holds the LR of the
+        checkpoint's step at the old scale; set it as the scheduler computes it now."""
+        if self.rollback["lr_scale"] != 1.0:
+            sched = self.lr_schedulers()
+            opt = self.optimizers(use_pl_optimizer=False)
+            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR) and not isinstance(opt, list):
+                for g, base, fn in zip(
+                    opt.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True
+                ):
+                    g["lr"] = base * fn(sched.last_epoch)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rollback"] = {
+            "log": [dict(r) for r in self.rollback["log"]],
+            "offset": int(self.rollback["offset"]),
+            "lr_scale": float(self.rollback["lr_scale"]),
+        }
         if self.skipper is not None:
             checkpoint["skipper"] = self.skipper.state_dict()
         if hasattr(self.clipper, "state_dict"):  # adaptive clippers' running statistics
@@ -323,6 +346,13 @@ class StableModule(L.LightningModule):
             checkpoint["telemetry"] = self.telemetry.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("rollback")
+        # a rollback reloads a checkpoint older than itself: the live record (longer) wins
+        if saved and len(saved["log"]) > len(self.rollback["log"]):
+            self.rollback.update({**saved, "log": list(saved["log"])})
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "batch_offset"):  # before its training loader
+            dm.batch_offset = int(self.rollback["offset"])
         if "skipper" in checkpoint and self.skipper is not None:
             self.skipper.load_state_dict(checkpoint["skipper"])
         if "clipper" in checkpoint and hasattr(self.clipper, "load_state_dict"):

@@ -477,6 +477,25 @@ def _skipped(f: dict[str, Any]) -> Finding:
     )
 
 
+def _rolled_back(f: dict[str, Any]) -> Finding:
+    log = f["s"].get("rollbacks") or []
+    parts = [
+        f"diverged at step {r.get('diverged_at_step')} -> back to step {r.get('to_step')}, "
+        f"{r.get('skip_batches')} batches skipped, LR x {fmt(r.get('lr_factor'))}"
+        for r in log
+    ]
+    n = len(log)
+    return Finding(
+        "rollback",
+        f"**{n} rollback{'s' if n != 1 else ''}** (`callbacks.stability.rollbacks`, PaLM's "
+        f"practice): {'; '.join(parts)}.",
+        "The rows of the rolled-back steps were replaced by the continuation's; the run's "
+        "numbers are those of the continuation. A divergence that needs rollbacks is a "
+        "stability problem of its own: the findings below still apply.",
+        step=log[0].get("diverged_at_step") if log else None,
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str
@@ -505,6 +524,7 @@ READING_RULES: list[Rule] = [
     ),
     Rule("attention_logits", lambda f: bool(f["s"].get("attn_logit_growing")), _attention_logits),
     Rule("logz", lambda f: bool(f["s"].get("logz_drifting")), _logz),
+    Rule("rollback", lambda f: bool(f["s"].get("rollbacks")), _rolled_back),
     Rule("infeasible", lambda f: bool(f["s"].get("diverged")), _infeasible),
     Rule(
         "curvature",

@@ -271,8 +271,16 @@ class InstabilityDetector:
 class TrainingDiverged(RuntimeError):
     """Raised by the divergence guard to stop ``trainer.fit`` cleanly."""
 
-    def __init__(self, step: int, reason: str, fail: bool = False) -> None:
+    def __init__(
+        self,
+        step: int,
+        reason: str,
+        fail: bool = False,
+        rollback: tuple[int, float] | None = None,
+    ) -> None:
         super().__init__(f"training diverged at step {step}: {reason}")
         self.step = step
         self.reason = reason
         self.fail = fail
+        # (batches to skip, LR factor) when the guard asks for a rollback instead of an end
+        self.rollback = rollback

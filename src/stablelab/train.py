@@ -60,13 +60,18 @@ def build(plain: dict[str, Any]):
     callbacks.sort(key=lambda cb: not isinstance(cb, Interruption))
     callbacks += [history, MetricsFile()]
     loggers = [instantiate(lg) for lg in (plain["logger"] or {}).values() if lg]
-    trainer = instantiate(
-        plain["trainer"],
-        callbacks=callbacks,
-        logger=loggers if loggers else False,
-        max_steps=schedule.total_steps,
-    )
+    trainer = _trainer(plain, callbacks, loggers, schedule.total_steps)
     return datamodule, module, trainer, schedule, history
+
+
+def _trainer(plain: dict[str, Any], callbacks: list, loggers: list, max_steps: int):
+    from stablelab.config import instantiate
+
+    trainer = instantiate(
+        plain["trainer"], callbacks=callbacks, logger=loggers or False, max_steps=max_steps
+    )
+    trainer._stablelab_parts = (plain, callbacks, loggers, max_steps)  # (a rollback's refit)
+    return trainer
 
 
 def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
@@ -115,7 +120,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     summary = _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info, ckpt)
     if rank_zero:  # the run exists from here on: its config and a summary first
         _open_run(plain, module, trainer, run_dir, summary)
-    out = _Outcome()
+    out = _Outcome(trainer=trainer)
     start = time.time()
     try:
         _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out)
@@ -127,7 +132,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         summary["divergence_reason"] = e.reason
         log.warning("stablelab: %s; stopped, run recorded as infeasible", e)
     except BaseException as e:
-        out.interrupted = _interruption(trainer, e)
+        out.interrupted = _interruption(out.trainer, e)
         if out.interrupted is None:
             summary["status"] = "failed"
             summary["error"] = f"{type(e).__name__}: {e}"
@@ -136,6 +141,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
         summary["interrupted"] = out.interrupted
         summary["resume_command"] = resume_command(run_dir, command)
     finally:
+        trainer = out.trainer
         _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, out, start)
         if rank_zero:
             write_summary(run_dir / SUMMARY_FILE, summary)
@@ -162,6 +168,7 @@ class _Outcome:
     fit_reports: dict[str, Any] | None = None
     diverged: Any = None  # the TrainingDiverged that stopped fit
     interrupted: dict[str, Any] | None = None
+    trainer: Any = None  # the Trainer that ran last (a rollback refits in a fresh one)
 
 
 def _quiet_libraries() -> None:
@@ -268,9 +275,10 @@ def _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out: _Outco
     ckpt_arg = str(ckpt.path) if ckpt is not None else None
     if plain["train"]:
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
+            trainer = _fit_with_rollbacks(trainer, module, datamodule, ckpt_arg, out)
         finally:  # trainer.test resets callback_metrics and reloads the callbacks'
             # state from the best checkpoint: keep what fit measured
+            trainer = out.trainer
             out.fit_metrics = summary_mod.scalars(trainer.callback_metrics)
             out.fit_reports = summary_mod.callback_reports(trainer, history)
         ckpt_cb = trainer.checkpoint_callback
@@ -291,6 +299,66 @@ def _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out: _Outco
             weights_only=True,
             verbose=False,  # the closing lines say it
         )
+
+
+def _fit_with_rollbacks(trainer, module, datamodule, ckpt_arg: str | None, out: _Outcome):
+    """``trainer.fit``; when the divergence guard asks for a rollback (its ``rollbacks``
+    option, PaLM's practice), fit again from the last checkpoint saved before the
+    divergence, with the training data order moved on by ``rollback_skip_batches`` and the
+    LR scaled by ``rollback_lr_factor``; each rollback is recorded on the module (and so in
+    checkpoints and summary.json). Deterministic: the same run rolls back the same way.
+    Each refit runs in a fresh Trainer (the same callbacks and loggers): Lightning's loops
+    do not restart cleanly after a fit that raised. Returns the Trainer that ran last."""
+    from stablelab.stability import TrainingDiverged
+
+    while True:
+        out.trainer = trainer
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_arg, weights_only=True)
+            return trainer
+        except TrainingDiverged as e:
+            ckpt_arg = _rollback(trainer, module, datamodule, e)
+            if ckpt_arg is None:
+                raise
+            trainer = _trainer(*trainer._stablelab_parts)
+
+
+def _rollback(trainer, module, datamodule, e) -> str | None:
+    """Record a rollback and return the checkpoint to fit again from; None when the guard
+    did not ask for one or there is no checkpoint from before the divergence."""
+    from stablelab import checkpoints
+
+    if e.rollback is None:
+        return None
+    path = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+    if not path or not Path(path).is_file():
+        log.warning("stablelab: diverged at step %d; no checkpoint to roll back to", e.step)
+        return None
+    to_step = checkpoints.load(Path(path)).global_step
+    if to_step >= e.step:
+        return None
+    skip, factor = e.rollback
+    if not hasattr(datamodule, "batch_offset"):
+        log.warning(
+            "stablelab: %s has no batch_offset: the rollback cannot skip batches",
+            type(datamodule).__name__,
+        )
+        skip = 0
+    rb = module.rollback
+    rb["log"].append(
+        {"diverged_at_step": int(e.step), "reason": str(e.reason), "to_step": int(to_step),
+         "skip_batches": int(skip), "lr_factor": float(factor)}
+    )  # fmt: skip
+    rb["offset"] = int(rb["offset"]) + int(skip)
+    rb["lr_scale"] = float(rb["lr_scale"]) * float(factor)
+    if skip:
+        datamodule.batch_offset = rb["offset"]
+    log.warning(
+        "stablelab: diverged at step %d (%s): rollback %d, to step %d (%s), skipping %d "
+        "batches, LR x %g",
+        e.step, e.reason, len(rb["log"]), to_step, path, skip, rb["lr_scale"],
+    )  # fmt: skip
+    return path
 
 
 def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, out, start):
@@ -328,6 +396,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         summary["best_step"] = summary["steps"] if best else None
         summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
     summary.update(summary_mod.task_metrics(summary, datamodule, module))
+    if getattr(module, "rollback", None) and module.rollback["log"]:
+        summary["rollbacks"] = [dict(r) for r in module.rollback["log"]]
     if getattr(module, "skipper", None) is not None:  # skip_spikes: one host read, here
         summary.update(module.skipper.summary())
     if getattr(module, "eval_duplicates", None):  # examples a padded split counted twice

@@ -105,6 +105,18 @@ CASES = [
         ["callbacks.sharpness.every_n_steps = 10", "Hessian-vector", "FSDP2Strategy"],
     ),
     (["callbacks.sharpness.iterations=0"], ["callbacks.sharpness.iterations = 0", "must be > 0"]),
+    (
+        ["trainer=ddp_cpu", "callbacks.stability.rollbacks=2"],
+        ["callbacks.stability.rollbacks = 2", "one process only"],
+    ),
+    (
+        ["skip_spikes.enabled=true", "skip_spikes.min_history=200"],
+        ["skip_spikes.min_history = 200", "<= skip_spikes.window = 128"],
+    ),
+    (
+        ["callbacks.stability.rollback_lr_factor=2"],
+        ["callbacks.stability.rollback_lr_factor = 2", "<= 1"],
+    ),
     (["+trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches = 0", ">= 1"]),
     # data that cannot fill one batch
     (["data.batch_size=100000"], ["data.batch_size = 100000", "training split (3600"]),

@@ -296,3 +296,30 @@ def test_text_file_vocabulary_from_training_text_and_unknown_characters(tmp_path
     (tmp_path / "short.txt").write_text("x" * 50)
     with pytest.raises(ConfigError, match="block_size = 64: the val part"):
         CharTextDataModule(path=str(tmp_path / "short.txt"), block_size=64)
+
+
+@pytest.mark.parametrize("kind", ["memory", "windows"])
+def test_a_batch_offset_runs_the_data_order_ahead_across_epochs(kind):
+    """With batch_offset W, batch b of epoch e is the plain order's global batch
+    e * len + b + W (a rollback's skipped batches), also past the end of an epoch."""
+    from stablelab.data.loader import InMemoryLoader, RandomWindowLoader
+
+    def make():
+        if kind == "memory":
+            x = torch.arange(40).float()[:, None]
+            return InMemoryLoader(x, torch.arange(40), batch_size=4, shuffle=True,
+                                  drop_last=True, seed=3)  # fmt: skip
+        return RandomWindowLoader(torch.arange(500), block_size=8, batch_size=3, seed=3)
+
+    plain = make()
+    order = []
+    for e in range(4):
+        plain.sampler.set_epoch(e)
+        order += [b[0].clone() for b in plain]
+    n = len(plain)
+    ahead = make()
+    ahead.batch_offset = 13
+    for e in range(2):
+        ahead.sampler.set_epoch(e)
+        for b, batch in enumerate(ahead):
+            assert torch.equal(batch[0], order[e * n + b + 13]), (e, b)

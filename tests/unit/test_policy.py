@@ -170,3 +170,10 @@ def test_reading_lists_the_skipped_updates():
     f = _read({"skipped_steps": 2, "skipped_step_list": [70, 300]}, cfg)["skip_step"]
     assert f.step == 70 and "70, 300" in f.evidence
     assert "skip_step" not in _read({"skipped_steps": 0, "skipped_step_list": []}, cfg)
+
+
+def test_reading_lists_the_rollbacks_first():
+    rb = [{"diverged_at_step": 47, "to_step": 40, "skip_batches": 30, "lr_factor": 0.5}]
+    found = _read({"rollbacks": rb})
+    assert list(found)[0] == "rollback" and found["rollback"].step == 47
+    assert "back to step 40, 30 batches skipped" in found["rollback"].evidence

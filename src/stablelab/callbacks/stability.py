@@ -14,12 +14,12 @@ and no validation or checkpoint ran in between. ``train`` turns that into a clea
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import lightning as L
 
 from stablelab.callbacks.base import CsvRows, TelemetryCallback
-from stablelab.constraints import PosFloat, PosInt, Prob
+from stablelab.constraints import NonNegInt, PosFloat, PosInt, Prob, Range
 from stablelab.stability import InstabilityDetector, TrainingDiverged
 
 log = logging.getLogger("stablelab")
@@ -39,10 +39,18 @@ class StabilityMonitor(TelemetryCallback):
         spike_min_history: PosInt = 64,
         spike_zscore: PosFloat = 6.0,
         grad_norm_spikes_are_instability: bool = False,
+        rollbacks: NonNegInt = 0,
+        rollback_skip_batches: NonNegInt = 200,
+        rollback_lr_factor: Annotated[float, Range(gt=0, le=1)] = 1.0,
         filename: str = "stability.csv",
     ) -> None:
         self.flush_every = check_every_n_steps
         self.fail_on_divergence = fail_on_divergence
+        # PaLM's practice: on divergence, restart from the last checkpoint, skip the
+        # batches around the spike (and lower the LR), at most `rollbacks` times
+        self.rollbacks = rollbacks
+        self.rollback_skip_batches = rollback_skip_batches
+        self.rollback_lr_factor = rollback_lr_factor
         self.csv: CsvRows = CsvRows(filename, CSV_FIELDS)
         self.detector = InstabilityDetector(
             max_loss_ratio=max_loss_ratio,
@@ -108,11 +116,22 @@ class StabilityMonitor(TelemetryCallback):
                     )
                     log.log(level, "stability: %s at step %d: %s", e.kind, e.step, e.detail)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit":
+            self._raised = False  # (a rollback fits again)
+
     def after_flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         d = self.detector.diverged
         if d is not None and not self._raised:
             self._raised = True
-            raise TrainingDiverged(d.step, d.detail, fail=self.fail_on_divergence)
+            done = len((getattr(pl_module, "rollback", None) or {}).get("log", []))
+            back = (
+                (self.rollback_skip_batches, self.rollback_lr_factor)
+                if done < self.rollbacks
+                else None
+            )
+            raise TrainingDiverged(d.step, d.detail, fail=self.fail_on_divergence, rollback=back)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
         from lightning.pytorch.loggers import WandbLogger

@@ -78,6 +78,9 @@ class InMemoryDataModule(L.LightningDataModule):
     # the training order is a pure function of (seed, step), restored mid-epoch from a
     # checkpoint (stablelab.contract: a resumed run sees the batches an uninterrupted one would)
     exact_resume = True
+    # training batches the data order runs ahead of the steps (set by a rollback: the
+    # batches around a divergence are skipped; see StableModule.rollback)
+    batch_offset = 0
 
     def __init__(self, batch_size: int, eval_batch_size: int, shuffle_seed: int) -> None:
         super().__init__()
@@ -126,7 +129,9 @@ class InMemoryDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> StatefulLoader:
-        return self._loader("train", train=True)
+        loader = self._loader("train", train=True)
+        loader.batch_offset = self.batch_offset
+        return loader
 
     def val_dataloader(self) -> InMemoryLoader:
         return self._loader("val", train=False)

@@ -46,6 +46,10 @@ class StatefulLoader:
         self.batch_sampler = None  # Lightning inspects both attributes of a loader
         self._yielded = 0  # batches handed out in the current pass
         self._skip = 0  # batches to skip on the next pass (mid-epoch resume)
+        # global batches the data order runs ahead of the steps (a rollback skips the
+        # batches around a divergence: stablelab.callbacks.StabilityMonitor's rollbacks);
+        # batch b of epoch e is then the order's global batch e * len + b + batch_offset
+        self.batch_offset = 0
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -55,6 +59,16 @@ class StatefulLoader:
 
     def _batch(self, b: int) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
+
+    def _batch_of_epoch(self, epoch: int, b: int) -> tuple[torch.Tensor, ...]:
+        """Batch ``b`` of the order's epoch ``epoch`` (not the current one)."""
+        raise NotImplementedError
+
+    def _next(self, b: int) -> tuple[torch.Tensor, ...]:
+        if not self.batch_offset:
+            return self._batch(b)
+        epoch, b = divmod(self.sampler.epoch * len(self) + b + self.batch_offset, len(self))
+        return self._batch(b) if epoch == self.sampler.epoch else self._batch_of_epoch(epoch, b)
 
     def state_dict(self) -> dict[str, int]:
         """Epoch and batches consumed. Lightning's fetcher does not read ahead on a sized
@@ -73,7 +87,7 @@ class StatefulLoader:
         self._yielded = start
         for b in range(start, len(self)):
             self._yielded += 1
-            yield self._batch(b)
+            yield self._next(b)
 
 
 def _rank_slice(chunk: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -140,20 +154,29 @@ class InMemoryLoader(StatefulLoader):
         n = self.num_examples
         return n // global_bs if self.drop_last else -(-n // global_bs)
 
-    def _order(self) -> torch.Tensor:
+    def _order(self, epoch: int | None = None) -> torch.Tensor:
         n = self.num_examples
         if not self.shuffle:
             return torch.arange(n)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.sampler.epoch)
+        epoch = self.sampler.epoch if epoch is None else epoch
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(n, generator=g)
 
     def _start_epoch(self) -> None:
         self._order_now = self._order()
+        self._order_next: tuple[int, torch.Tensor] | None = None
 
-    def _batch(self, b: int) -> tuple[torch.Tensor, ...]:
+    def _batch(self, b: int, order: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         gbs = self.batch_size * self.world_size
-        idx = _rank_slice(self._order_now[b * gbs : (b + 1) * gbs], self.rank, self.world_size)
+        order = self._order_now if order is None else order
+        idx = _rank_slice(order[b * gbs : (b + 1) * gbs], self.rank, self.world_size)
         return tuple(t[idx] for t in self.tensors)
+
+    def _batch_of_epoch(self, epoch: int, b: int) -> tuple[torch.Tensor, ...]:
+        cached = getattr(self, "_order_next", None)
+        if cached is None or cached[0] != epoch:
+            cached = self._order_next = (epoch, self._order(epoch))
+        return self._batch(b, cached[1])
 
 
 class RandomWindowLoader(StatefulLoader):
@@ -203,8 +226,13 @@ class RandomWindowLoader(StatefulLoader):
         high = self.data.numel() - self.block_size  # a window needs block_size + 1 tokens
         return torch.randint(high, (self.batch_size * self.world_size,), generator=gen)
 
+    def _batch_of_epoch(self, epoch: int, b: int) -> tuple[torch.Tensor, ...]:
+        return self._windows(epoch * len(self) + b)
+
     def _batch(self, b: int) -> tuple[torch.Tensor, ...]:
-        g = self.sampler.epoch * len(self) + b
+        return self._windows(self.sampler.epoch * len(self) + b)
+
+    def _windows(self, g: int) -> tuple[torch.Tensor, ...]:
         starts = _rank_slice(self.offsets(g), self.rank, self.world_size)
         windows = self.data[starts[:, None] + self._window]  # one gather: (B, block + 1)
         return windows[:, :-1], windows[:, 1:]

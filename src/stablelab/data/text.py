@@ -168,7 +168,7 @@ class CharTextDataModule(InMemoryDataModule):
         self.setup()
         assert self._tensors is not None
         rank, world = self._rank_world()
-        return RandomWindowLoader(
+        loader = RandomWindowLoader(
             self._tensors["train"][0],
             self.block_size,
             self.batch_size,
@@ -176,6 +176,8 @@ class CharTextDataModule(InMemoryDataModule):
             rank=rank,
             world_size=world,
         )
+        loader.batch_offset = self.batch_offset
+        return loader
 
     def split_sizes(self) -> dict[str, int]:
         """Windows per split (training: the distinct window starts)."""
