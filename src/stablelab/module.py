@@ -282,13 +282,14 @@ class StableModule(L.LightningModule):
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
         stats = self.clipper(self._named_params)
-        if self.telemetry is not None:
-            self.telemetry.record(self.trainer.global_step, stats)
+        skip = None
         if skipper is not None:  # a spike's update is computed, then undone, on the device
             if skipper.reduce_loss is None and self.trainer.world_size > 1:
                 skipper.reduce_loss = lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
             opt = getattr(optimizer, "optimizer", optimizer)  # (a LightningOptimizer)
-            opt.skip = skipper.decide(self.trainer.global_step, stats.grad_norm)
+            opt.skip = skip = skipper.decide(self.trainer.global_step, stats.grad_norm)
+        if self.telemetry is not None:
+            self.telemetry.record(self.trainer.global_step, stats, skip)
 
     def configure_model(self) -> None:
         """Under FSDP2 (``trainer=fsdp`` / ``fsdp_cpu``: Lightning's ModelParallelStrategy)

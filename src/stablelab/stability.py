@@ -44,12 +44,13 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
-DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE, VAL_LOSS_RISE = (
+DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE, VAL_LOSS_RISE, UPDATE_SKIPPED = (
     "diverged",
     "loss_rise",
     "loss_spike",
     "grad_norm_spike",
     "val_loss_rise",
+    "update_skipped",  # skip_spikes undid the step's update: its loss does not count
 )
 
 
@@ -113,10 +114,19 @@ class InstabilityDetector:
     def diverged(self) -> Event | None:
         return next((e for e in self.events if e.kind == DIVERGED), None)
 
-    def update(self, step: int, loss: float, grad_norm: float | None = None) -> list[Event]:
-        """Analyse one step; return the events it raised (none once diverged)."""
+    def update(
+        self, step: int, loss: float, grad_norm: float | None = None, skipped: bool = False
+    ) -> list[Event]:
+        """Analyse one step; return the events it raised (none once diverged). A step whose
+        update was skipped (``skip_spikes``) left the model as it was: it raises one
+        ``update_skipped`` event and enters neither the divergence check nor the windows."""
         if self.diverged is not None:
             return []
+        if skipped:
+            value = loss if grad_norm is None else grad_norm
+            new = [Event(step, UPDATE_SKIPPED, value, f"loss {loss:.4g}: update skipped")]
+            self.events += new
+            return new
         self.steps_seen += 1
         new = self._divergence(step, loss, grad_norm)
         if new:

@@ -18,7 +18,8 @@ import torch
 from stablelab.optim.clipping import ClipStats
 
 GRAD_FIELDS = ("grad_norm", "grad_norm_clipped", "clipped", "clip_threshold")
-FIELDS = ("loss", *GRAD_FIELDS)
+# "skipped": 1.0 where skip_spikes undid the step's update (stablelab.remedies)
+FIELDS = ("loss", *GRAD_FIELDS, "skipped")
 
 
 class StepTelemetry:
@@ -55,9 +56,10 @@ class StepTelemetry:
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_count += 1
 
-    def record(self, step: int, stats: ClipStats) -> None:
-        """Close step ``step``: its gradient statistics and the mean of the losses added
-        since the previous record (NaN if none was added)."""
+    def record(self, step: int, stats: ClipStats, skipped: torch.Tensor | None = None) -> None:
+        """Close step ``step``: its gradient statistics, the mean of the losses added
+        since the previous record (NaN if none was added) and whether its update was
+        skipped (a 0-dim device tensor, or None: not)."""
         buf = self._allocate(stats.grad_norm.device)
         if self.pending == self.every:  # never lose a step: flush early (one sync)
             self.overflow += self.flush()
@@ -65,8 +67,9 @@ class StepTelemetry:
             loss = torch.full((), float("nan"), device=stats.grad_norm.device)
         else:
             loss = self._loss_sum.to(stats.grad_norm.device) / self._loss_count
+        skip = torch.zeros_like(loss) if skipped is None else skipped.to(loss.device, loss.dtype)
         row = torch.stack(
-            [loss, stats.grad_norm, stats.grad_norm_clipped, stats.clipped, stats.threshold]
+            [loss, stats.grad_norm, stats.grad_norm_clipped, stats.clipped, stats.threshold, skip]
         ).float()
         buf[self.pending].copy_(row)
         self.steps.append(int(step))
@@ -130,4 +133,7 @@ class StepTelemetry:
         self.overflow = list(state["overflow"])
         self.steps = steps
         self._reduced = len(steps)
-        self._restored = state["rows"].float() if steps else None
+        rows = state["rows"].float()
+        if rows.dim() == 2 and rows.shape[1] == len(FIELDS) - 1:  # written before "skipped"
+            rows = torch.cat([rows, rows.new_zeros(len(rows), 1)], dim=1)
+        self._restored = rows if steps else None

@@ -52,7 +52,11 @@ def test_a_crafted_spike_is_skipped_leaving_weights_and_state_untouched(tmp_path
     assert cb.before["state"].keys() == cb.after["state"].keys()
     for k, v in cb.before["state"].items():
         assert torch.equal(torch.as_tensor(v), torch.as_tensor(cb.after["state"][k])), k
-    assert s["grad_norm_spikes"] >= 1  # the telemetry saw the spike the remedy skipped
+    # the detector sees the step as skipped, not as a spike of a model that moved
+    import csv
+
+    rows = {int(r["step"]): r for r in csv.DictReader((tmp_path / "skip" / "stability.csv").open())}
+    assert rows[SPIKE]["events"] == "update_skipped"
 
     # the same run without the remedy: the spike's update is applied
     s0, cb0 = _run(tmp_path, "noskip", [])
@@ -126,3 +130,20 @@ def test_a_divergence_that_comes_back_ends_the_run_after_the_allowed_rollbacks(t
     s = train(compose_cfg([*ROLL, "+callbacks.diverge.times=1000"], tmp_path / "r"))
     assert s["status"] == "diverged" and not s["feasible"]
     assert len(s["rollbacks"]) == 1 and s["rollbacks"][0]["to_step"] == 40
+
+
+def test_a_skipped_blow_up_does_not_end_the_run_as_diverged(tmp_path):
+    """A loss far above 10x the initial one (the divergence guard's line) whose update
+    skip_spikes undid: the model never moved, so the guard does not stop the run; the step
+    is an `update_skipped` event in stability.csv."""
+    import csv
+
+    args = [a for a in ROLL if "rollback" not in a] + SKIP
+    s = train(compose_cfg(args, tmp_path / "r"))
+    assert s["status"] == "completed" and not s["diverged"] and s["steps"] == 80
+    assert s["skipped_step_list"] == [47]
+    rows = {int(r["step"]): r for r in csv.DictReader((tmp_path / "r" / "stability.csv").open())}
+    assert rows[47]["events"] == "update_skipped" and float(rows[47]["loss"]) > 100
+    # without the remedy the same blow-up ends the run
+    s0 = train(compose_cfg([a for a in ROLL if "rollback" not in a], tmp_path / "n"))
+    assert s0["status"] == "diverged" and s0["diverged_at_step"] == 47

@@ -78,7 +78,7 @@ class StabilityMonitor(TelemetryCallback):
         for r in rows:
             if det.diverged is not None:
                 break  # nothing after the divergence is analysed
-            events = det.update(r["step"], r["loss"], r["grad_norm"])
+            events = det.update(r["step"], r["loss"], r["grad_norm"], bool(r.get("skipped")))
             ema = det.ema if det.ema is not None else float("nan")
             out.append(
                 {
