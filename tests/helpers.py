@@ -268,3 +268,6 @@ class DivergeAt(L.Callback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.on_train_batch_end(trainer, pl_module, None, None, 0)

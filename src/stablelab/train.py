@@ -304,7 +304,9 @@ def _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out: _Outco
 def _fit_with_rollbacks(trainer, module, datamodule, ckpt_arg: str | None, out: _Outcome):
     """``trainer.fit``; when the divergence guard asks for a rollback (its ``rollbacks``
     option, PaLM's practice), fit again from the last checkpoint saved before the
-    divergence, with the training data order moved on by ``rollback_skip_batches`` and the
+    divergence, with the training data order moved past the diverging batch and
+    ``rollback_skip_batches`` more (the batches between the checkpoint and the divergence
+    are skipped too), and the
     LR scaled by ``rollback_lr_factor``; each rollback is recorded on the module (and so in
     checkpoints and summary.json). Deterministic: the same run rolls back the same way.
     Each refit runs in a fresh Trainer (the same callbacks and loggers): Lightning's loops
@@ -335,9 +337,11 @@ def _rollback(trainer, module, datamodule, e) -> str | None:
         log.warning("stablelab: diverged at step %d; no checkpoint to roll back to", e.step)
         return None
     to_step = checkpoints.load(Path(path)).global_step
-    if to_step >= e.step:
+    if to_step > e.step:  # (one at e.step holds the weights before the diverging update)
         return None
-    skip, factor = e.rollback
+    after, factor = e.rollback
+    # the batches from the checkpoint through the diverging one, and `after` more
+    skip = int(e.step) - int(to_step) + 1 + int(after)
     if not hasattr(datamodule, "batch_offset"):
         log.warning(
             "stablelab: %s has no batch_offset: the rollback cannot skip batches",

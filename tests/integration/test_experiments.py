@@ -247,3 +247,36 @@ def test_edge_of_stability_sharpness_rises_to_2_over_lr_and_adams_to_38_over_lr(
     adam = ratios("adam", "precond_sharpness", "precond_threshold")
     assert any(r >= 0.9 for s, r in adam if s <= 60)
     assert max(r for _, r in adam) <= 1.2
+
+
+def test_spike_remedies_every_remedy_keeps_the_run_and_none_does_not(tmp_path):
+    """The study shortened to 500 steps (the bad batches at 200 and 450 as in the study):
+    without a remedy the best validation loss is the one before the first bad batch, and
+    every remedy ends with a lower one and a training loss at least 3x lower; skip-step
+    skips both bad updates; the rollback run rolls back twice and its curves hold no
+    spike."""
+    trials = [
+        Trial("none", []),
+        Trial("clipping", ["clipping=percentile"]),
+        Trial("skip_step", ["skip_spikes.enabled=true"]),
+        Trial("rollback", ["callbacks.stability.max_loss_ratio=10",
+                           "callbacks.stability.rollbacks=3",
+                           "callbacks.stability.rollback_skip_batches=20"]),
+    ]  # fmt: skip
+    base = ["experiment=study_spike_remedies", "max_train_steps=500", *QUIET]
+    run_trials(trials, tmp_path, base, jobs=2, threads=1)
+    s = {t.name: json.loads((tmp_path / t.name / "summary.json").read_text()) for t in trials}
+    assert all(v["status"] == "completed" for v in s.values())
+    assert s["none"]["best_step"] == 200
+
+    def final_ema(name):
+        rows = list(csv.DictReader((tmp_path / name / "stability.csv").open()))
+        return float(rows[-1]["loss_ema"])
+
+    for name in ("clipping", "skip_step", "rollback"):
+        assert s[name]["val_loss"] < 0.8 * s["none"]["val_loss"], name
+        assert final_ema(name) * 3 < final_ema("none"), name
+    assert {200, 450} <= set(s["skip_step"]["skipped_step_list"])
+    assert len(s["rollback"]["rollbacks"]) == 2
+    rows = csv.DictReader((tmp_path / "rollback" / "stability.csv").open())
+    assert max(float(r["loss"]) for r in rows) < 10

@@ -100,13 +100,14 @@ def _lr_by_step(run) -> dict[int, float]:
 
 def test_a_divergence_rolls_back_skips_batches_lowers_the_lr_and_is_reproducible(tmp_path):
     """Diverged at step 47 (a crafted, transient blow-up): back to the step-40 checkpoint,
-    30 batches skipped, LR halved, on to step 80; recorded in summary.json; the same run
-    twice gives the same weights and metrics bit for bit."""
+    the 8 batches through the diverging one and 30 more skipped, LR halved, on to step 80;
+    recorded in summary.json; the same run twice gives the same weights and metrics bit
+    for bit."""
     s = train(compose_cfg(ROLL, tmp_path / "a"))
     assert s["status"] == "completed" and s["steps"] == 80 and s["feasible"]
     (rb,) = s["rollbacks"]
     assert (rb["diverged_at_step"], rb["to_step"], rb["skip_batches"], rb["lr_factor"]) == (
-        47, 40, 30, 0.5,
+        47, 40, 8 + 30, 0.5,
     )  # fmt: skip
     assert not s["diverged"]  # the detector's state is the checkpoint's, then the new steps'
     lrs = _lr_by_step(tmp_path / "a")
@@ -120,7 +121,7 @@ def test_a_divergence_rolls_back_skips_batches_lowers_the_lr_and_is_reproducible
     a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
-    assert a["rollback"]["offset"] == 30 and a["rollback"]["lr_scale"] == 0.5
+    assert a["rollback"]["offset"] == 38 and a["rollback"]["lr_scale"] == 0.5
     assert (tmp_path / "a" / "metrics.csv").read_bytes() == (
         tmp_path / "b" / "metrics.csv"
     ).read_bytes()
@@ -147,3 +148,17 @@ def test_a_skipped_blow_up_does_not_end_the_run_as_diverged(tmp_path):
     # without the remedy the same blow-up ends the run
     s0 = train(compose_cfg([a for a in ROLL if "rollback" not in a], tmp_path / "n"))
     assert s0["status"] == "diverged" and s0["diverged_at_step"] == 47
+
+
+def test_a_corrupt_batch_is_skipped_by_the_rollback_not_met_again(tmp_path):
+    """InjectSpikes picks its batch by place in the data order (with the rollback's
+    offset): after one rollback the corrupt batch is behind the run, so one rollback is
+    enough (a spike tied to the step would come back and end the run)."""
+    args = [a for a in ROLL if "diverge" not in a] + [
+        "+callbacks.spikes._target_=stablelab.callbacks.InjectSpikes",
+        "+callbacks.spikes.batches=[47]",
+    ]
+    s = train(compose_cfg(args, tmp_path / "r"))
+    assert s["status"] == "completed" and s["steps"] == 80
+    (rb,) = s["rollbacks"]
+    assert (rb["diverged_at_step"], rb["to_step"]) == (47, 40)

@@ -5,6 +5,7 @@ checkpoint callbacks that make a resumed run end as an uninterrupted one."""
 from stablelab.callbacks.checkpoint import MetricsFile, ModelCheckpoint
 from stablelab.callbacks.curvature import NoiseScaleMonitor, SharpnessMonitor
 from stablelab.callbacks.dense_eval import DenseEval
+from stablelab.callbacks.faults import InjectSpikes
 from stablelab.callbacks.grad_norm import GradNormMonitor
 from stablelab.callbacks.history import EvalHistory
 from stablelab.callbacks.interruption import Interruption
@@ -17,6 +18,7 @@ __all__ = [
     "DenseEval",
     "EvalHistory",
     "GradNormMonitor",
+    "InjectSpikes",
     "Interruption",
     "LMMonitor",
     "MetricsFile",

@@ -47,7 +47,8 @@ class StabilityMonitor(TelemetryCallback):
         self.flush_every = check_every_n_steps
         self.fail_on_divergence = fail_on_divergence
         # PaLM's practice: on divergence, restart from the last checkpoint, skip the
-        # batches around the spike (and lower the LR), at most `rollbacks` times
+        # batches from it through the spike and `rollback_skip_batches` more (and lower
+        # the LR), at most `rollbacks` times
         self.rollbacks = rollbacks
         self.rollback_skip_batches = rollback_skip_batches
         self.rollback_lr_factor = rollback_lr_factor
