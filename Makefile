@@ -9,7 +9,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.stablelab-installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer exp-lm-warmup exp-lm-lr-sensitivity exp-lm-depth exp-lm-clipping exp-edge-of-stability exp-spike-remedies test test-unit test-all lint typecheck format clean
+.PHONY: help install train diagnose experiments exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer exp-lm-warmup exp-lm-lr-sensitivity exp-lm-depth exp-lm-clipping exp-edge-of-stability exp-spike-remedies exp-warmup-curvature test test-unit test-all lint typecheck format clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ diagnose: $(STAMP)  ## LR sweep -> probe -> warmup sweep -> clip threshold on th
 # experiments/: each study writes its runs under $(EXP_OUT) and copies the small results
 # (plots, CSV summaries, reports) into experiments/<study>/
 EXP_OUT ?= logs/experiments
-experiments: exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer exp-lm-warmup exp-lm-lr-sensitivity exp-lm-depth exp-lm-clipping exp-edge-of-stability exp-spike-remedies  ## every study in experiments/ (see experiments/README.md)
+experiments: exp-axis-plot exp-early-eval exp-clipping exp-residual-layouts exp-optimizers exp-stride exp-warmup-transformer exp-lm-warmup exp-lm-lr-sensitivity exp-lm-depth exp-lm-clipping exp-edge-of-stability exp-spike-remedies exp-warmup-curvature  ## every study in experiments/ (see experiments/README.md)
 
 exp-axis-plot: $(STAMP)  ## Figure 7: LR sweep, axis plot with infeasible trials (~5 min)
 	rm -rf $(EXP_OUT)/axis_plot
@@ -81,6 +81,9 @@ exp-edge-of-stability: $(STAMP)  ## Cohen et al.: sharpness rises to 2/lr (GD) a
 
 exp-spike-remedies: $(STAMP)  ## two corrupt batches: none / clipping / skip-step / rollback (~2 min)
 	$(BIN)/python experiments/spike_remedies/run.py --out $(EXP_OUT)/spike_remedies
+
+exp-warmup-curvature: $(STAMP)  ## Gilmer et al.: warmup keeps the early sharpness below the edge (~5 min)
+	$(BIN)/python experiments/warmup_curvature/run.py --out $(EXP_OUT)/warmup_curvature
 
 test: $(STAMP)  ## run the test suite (slow reproductions excluded)
 	$(BIN)/python -m pytest $(ARGS)

@@ -481,3 +481,25 @@ def test_language_model_under_fsdp_matches_one_process(tmp_path):
     assert s2["world_size"] == 2 and math.isclose(
         s1["heldout_loss"], s2["heldout_loss"], rel_tol=1e-3
     )
+
+
+@pytest.mark.slow  # one DDP launch and a one-process reference (~60 s)
+def test_skip_step_under_ddp_decides_alike_on_every_rank(tmp_path):
+    """skip_spikes under ddp_cpu (2 x 128) against one process with the global batch of
+    256, float64, a corrupt batch at data batch 15: both skip step 15 alone, and the
+    weights agree (a rank that decided otherwise would drift from the others)."""
+    args = [*COMMON, *F64, "max_train_steps=30", "logger=csv", "skip_spikes.enabled=true",
+            "skip_spikes.min_history=10",
+            "+callbacks.spikes._target_=stablelab.callbacks.InjectSpikes",
+            "+callbacks.spikes.batches=[15]"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    _one_process([*args, "data.batch_size=256"], one)
+    assert_ok(run_cli([*args, "trainer=ddp_cpu", "data.batch_size=128",
+                       f"hydra.run.dir={two}"], tmp_path))  # fmt: skip
+    for run in (one, two):
+        s = json.loads((run / "summary.json").read_text())
+        assert s["skipped_step_list"] == [15], run.name
+    a = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(two / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), rtol=1e-6, atol=1e-9)

@@ -177,7 +177,9 @@ def _num(v: Any) -> bool:
 
 class _Frozen:
     """The module in training mode with a fixed dropout mask (the training run's random
-    generator untouched) and its normalisation statistics restored afterwards."""
+    generator untouched) and its normalisation statistics restored afterwards; attention
+    through the math kernel of scaled_dot_product_attention (the fused CPU and GPU
+    kernels have no double backward, which Hessian-vector products need)."""
 
     def __init__(self, pl_module, seed: int) -> None:
         self.m, self.seed = pl_module, seed
@@ -192,10 +194,15 @@ class _Frozen:
         torch.manual_seed(self.seed)
         self.grad = torch.enable_grad()
         self.grad.__enter__()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        self.kernel = sdpa_kernel(SDPBackend.MATH)
+        self.kernel.__enter__()
         m.train()
         return m
 
     def __exit__(self, *exc):
+        self.kernel.__exit__(*exc)
         self.grad.__exit__(*exc)
         self.rng.__exit__(*exc)
         with torch.no_grad():
