@@ -14,6 +14,15 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def global_batch_size(batch_size: Any, trainer) -> int | None:
+    """Examples per optimizer update: the per-process batch x processes x accumulated
+    batches (None when the batch size is not a number)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool):
+        return None
+    accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+    return batch_size * trainer.world_size * accumulate
+
+
 def task_metrics(summary: dict[str, Any], datamodule, module) -> dict[str, Any]:
     """Language modelling: bits per character, and the held-out loss over validation and
     test together (nanoGPT's "val loss": the whole held-out text), from the best

@@ -223,10 +223,9 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
     run = {
         "run_dir": str(run_dir.resolve()),
         "world_size": world,
-        # examples per optimizer update: per-process batch x processes x accumulation
-        "global_batch_size": plain["data"].get("batch_size", 0)
-        * world
-        * int(getattr(trainer, "accumulate_grad_batches", 1) or 1),
+        "global_batch_size": summary_mod.global_batch_size(
+            plain["data"].get("batch_size", 0), trainer
+        ),
         "total_steps": schedule.total_steps,
         **runinfo.git_state(),
         "versions": runinfo.versions(),

@@ -85,3 +85,24 @@ def test_the_measured_sharpness_is_the_exact_hessians_top_eigenvalue(runs):
     assert rows[0]["threshold"] == ""  # step 0 of the warmup: LR 0, no threshold
     ratio = max(float(r["sharpness"]) / float(r["threshold"]) for r in rows[1:])
     assert s["sharpness_max_ratio"] == pytest.approx(ratio)
+
+
+def test_the_instruments_and_skip_step_resume_exactly(tmp_path):
+    """A run that crashes at step 25 and resumes from its step-20 checkpoint ends with the
+    sharpness and noise-scale files and the skipped-step record of an uninterrupted run,
+    byte for byte (the noise scale's smoothing and the skip windows come from the
+    checkpoint)."""
+    args = [*TINY, "trainer.val_check_interval=10", "callbacks.sharpness.every_n_steps=10",
+            "callbacks.noise_scale.every_n_steps=5", "skip_spikes.enabled=true",
+            "skip_spikes.min_history=5"]  # fmt: skip
+    full, rf = _run(tmp_path, "full", args)
+    boom = ["+callbacks.boom._target_=helpers.RaiseAtStep", "+callbacks.boom.step=25"]
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(tmp_path, "crashed", [*args, *boom])
+    ckpt = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    resumed, rb = _run(tmp_path, "resumed", [*args, f"ckpt_path={ckpt}"])
+    assert resumed["resumed_from"]["step"] == 20 and resumed["steps"] == 30
+    for name in ("sharpness.csv", "noise_scale.csv", "grad_norms.csv"):
+        assert (rb / name).read_bytes() == (rf / name).read_bytes(), name
+    for key in ("skipped_step_list", "noise_scale", "sharpness_last", "val_loss"):
+        assert resumed[key] == full[key], key

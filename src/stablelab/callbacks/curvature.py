@@ -283,19 +283,13 @@ class NoiseScaleMonitor(TelemetryCallback):
     def finish(self, trainer, pl_module) -> None:
         if self.plots and self.csv.rows and trainer.is_global_zero:
             from stablelab.analysis.plots import plot_noise_scale
+            from stablelab.summary import global_batch_size
 
-            batch = self._global_batch(trainer)
+            dm = getattr(trainer, "datamodule", None)
+            batch = global_batch_size(getattr(dm, "batch_size", None), trainer)
             plot_noise_scale(
                 self.csv.rows, batch, Path(trainer.default_root_dir) / "noise_scale.png"
             )
-
-    @staticmethod
-    def _global_batch(trainer) -> int | None:
-        dm = getattr(trainer, "datamodule", None)
-        b = getattr(dm, "batch_size", None)
-        if not isinstance(b, int):
-            return None
-        return b * trainer.world_size * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
 
     def state_dict(self) -> dict[str, Any]:
         avg = list(self._avg) if self._avg is not None else None
