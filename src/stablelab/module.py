@@ -136,11 +136,24 @@ class StableModule(L.LightningModule):
             self.telemetry.add_loss(loss)
         if self.skipper is not None:
             self.skipper.add_loss(loss)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        sched = self.lr_schedulers()
-        if isinstance(sched, torch.optim.lr_scheduler.LRScheduler):  # ours: one LambdaLR
-            self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
+        if self._logged_step():
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            sched = self.lr_schedulers()
+            if isinstance(sched, torch.optim.lr_scheduler.LRScheduler):  # ours: one LambdaLR
+                self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
         return objective
+
+    def _logged_step(self) -> bool:
+        """Whether Lightning sends this step's ``self.log`` values to the loggers: every
+        ``trainer.log_every_n_steps`` updates (its rule: ``(step + 1) % n == 0``), and the
+        run's last update (which the summary's ``final_train_loss`` reads). ``self.log``
+        costs ~0.3 ms a call in Lightning's bookkeeping, a few percent of a small model's
+        step, for values that on the other steps nobody would see."""
+        trainer = self.trainer
+        every = max(1, int(trainer.log_every_n_steps or 1))  # type: ignore[attr-defined]
+        step = trainer.global_step
+        last = trainer.max_steps > 0 and step + 1 >= trainer.max_steps
+        return (step + 1) % every == 0 or last
 
     def loss_terms(
         self, logits: torch.Tensor, y: torch.Tensor

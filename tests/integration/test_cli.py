@@ -207,6 +207,16 @@ def test_default_run_directory_and_wandb_offline(tmp_path):
     hist = wandb_offline.history(files[0])
     train_steps = [h["trainer/global_step"] for h in hist if "train/loss" in h]
     assert train_steps == [9, 19, 29]  # log_every_n_steps=10
+    # the per-step series: one W&B record a step, the gradient norm and the stability
+    # signals together, as in grad_norms.csv and stability.csv
+    series = [h for h in hist if "train/grad_norm" in h]
+    assert [h["trainer/global_step"] for h in series] == list(range(30))
+    import csv
+
+    grad_csv = list(csv.DictReader((run / "grad_norms.csv").open()))
+    stab_csv = list(csv.DictReader((run / "stability.csv").open()))
+    assert [h["train/grad_norm"] for h in series] == [float(r["grad_norm"]) for r in grad_csv]
+    assert [h["stability/loss"] for h in series] == [float(r["loss"]) for r in stab_csv]
     val = [h for h in hist if "val/loss" in h]
     # Lightning logs validation at (updates done - 1): after 15 and 30 updates
     assert [h["trainer/global_step"] for h in val] == [14, 29]
@@ -219,8 +229,6 @@ def test_default_run_directory_and_wandb_offline(tmp_path):
     wsum = wandb_offline.summary(files[0])
     assert wsum["summary/feasible"] is True and wsum["summary/steps"] == 30
     # the metrics.csv rows agree with what W&B recorded
-    import csv
-
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     csv_val = [float(r["val/loss"]) for r in rows if r["val/loss"]]
     assert csv_val == [h["val/loss"] for h in val]

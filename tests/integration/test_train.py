@@ -94,6 +94,14 @@ def test_the_last_step_is_validated_and_checkpointed(tmp_path):
     assert s["val_loss"] == min(float(r["val_loss"]) for r in evals)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 13
+    # the training loss reaches the loggers every log_every_n_steps (5) and at the last
+    # step; the summary's final_train_loss is the last step's (stability.csv: every step)
+    logged = {int(r["step"]): float(r["train/loss"]) for r in _rows(run) if r["train/loss"]}
+    per_step = {int(r["step"]): float(r["loss"]) for r in csv.DictReader(
+        (run / "stability.csv").open())}  # fmt: skip
+    assert sorted(logged) == [4, 9, 12] and sorted(per_step) == list(range(13))
+    assert all(logged[k] == per_step[k] for k in logged)
+    assert s["final_train_loss"] == per_step[12]
 
 
 def test_failed_run_keeps_what_it_wrote(tmp_path):

@@ -117,8 +117,7 @@ class SharpnessMonitor(TelemetryCallback):
         row = self.measure(trainer, pl_module)
         self.csv.add(self.dir, [row], write=True)
         metrics = {f"curvature/{k}": v for k, v in row.items() if k != "step" and v is not None}
-        for lg in trainer.loggers:
-            lg.log_metrics(metrics, step=row["step"])
+        self.log_step(trainer, row["step"], metrics)
 
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, trainer, pl_module) -> None:
@@ -274,10 +273,8 @@ class NoiseScaleMonitor(TelemetryCallback):
             self._last_step = step
             row = self.measure(trainer, pl_module, batch)  # every rank: a collective
             self.csv.add(self.dir, [row], write=trainer.is_global_zero)
-            if trainer.is_global_zero:
-                m = {f"noise/{k}": v for k, v in row.items() if k != "step" and v is not None}
-                for lg in trainer.loggers:
-                    lg.log_metrics(m, step=step)
+            m = {f"noise/{k}": v for k, v in row.items() if k != "step" and v is not None}
+            self.log_step(trainer, step, m)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def finish(self, trainer, pl_module) -> None:

@@ -138,13 +138,9 @@ class DenseEval(TelemetryCallback):
                     kinds += cb.observe_eval(trainer, r["step"], r["val_loss"])
             r["events"] = ";".join(kinds)
         self.csv.add(self.dir, new, write=trainer.is_global_zero)
-        if trainer.is_global_zero:
-            for lg in trainer.loggers:
-                for r in new:
-                    lg.log_metrics(
-                        {"val_dense/loss": r["val_loss"], "val_dense/acc": r["val_acc"]},
-                        step=r["step"],
-                    )
+        for r in new:
+            m = {"val_dense/loss": r["val_loss"], "val_dense/acc": r["val_acc"]}
+            self.log_step(trainer, r["step"], m)
 
     @property
     def records(self) -> list[dict[str, Any]]:

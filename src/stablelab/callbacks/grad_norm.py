@@ -93,15 +93,12 @@ class GradNormMonitor(TelemetryCallback):
                 self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
-        for lg in trainer.loggers:
-            # the full per-step series to W&B; the interval's last step to the others
-            for r in rows if isinstance(lg, WandbLogger) else rows[-1:]:
-                metrics = {f"train/{k}": v for k, v in r.items() if k != "step"}
-                if not math.isfinite(metrics["train/clip_threshold"]):
-                    metrics.pop("train/clip_threshold")
-                lg.log_metrics(metrics, step=r["step"])
+        """Every step to W&B; the interval's last step to the other loggers."""
+        for r in rows:
+            metrics = {f"train/{k}": v for k, v in r.items() if k != "step"}
+            if not math.isfinite(metrics["train/clip_threshold"]):
+                metrics.pop("train/clip_threshold")
+            self.log_step(trainer, r["step"], metrics, others=r is rows[-1])
 
     def _check_clip_fraction(self, final: bool = False) -> None:
         """During training: the fraction over the last ``recent_window`` steps; at the end:

@@ -139,12 +139,8 @@ class LMMonitor(TelemetryCallback):
             }
             new.append(row)
         self.csv.add(self.dir, new, write=trainer.is_global_zero)
-        if trainer.is_global_zero:
-            for lg in trainer.loggers:
-                for r in new:
-                    lg.log_metrics(
-                        {f"lm/{k}": v for k, v in r.items() if k != "step"}, step=r["step"]
-                    )
+        for r in new:
+            self.log_step(trainer, r["step"], {f"lm/{k}": v for k, v in r.items() if k != "step"})
 
     def state_dict(self) -> dict[str, Any]:
         pending = [(s, t.cpu().tolist()) for s, t in self._pending]

@@ -135,23 +135,23 @@ class StabilityMonitor(TelemetryCallback):
             raise TrainingDiverged(d.step, d.detail, fail=self.fail_on_divergence, rollback=back)
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
-        from lightning.pytorch.loggers import WandbLogger
-
+        """Every step to W&B (with its loss); the interval's last step to the others."""
         det = self.detector
         counts = {
             "stability/loss_spikes": det.count("loss_spike"),
             "stability/grad_norm_spikes": det.count("grad_norm_spike"),
             "stability/loss_rises": det.count("loss_rise"),
         }
-        for lg in trainer.loggers:
-            per_step = isinstance(lg, WandbLogger)  # every step to W&B, the last to others
-            for r in rows if per_step else rows[-1:]:
-                m = {"stability/loss_ema": r["loss_ema"], "stability/loss_rise": r["loss_rise"]}
-                if per_step:
-                    m["stability/loss"] = r["loss"]
-                if r is rows[-1]:
-                    m.update(counts)
-                lg.log_metrics(m, step=r["step"])
+        for r in rows:
+            m = {
+                "stability/loss_ema": r["loss_ema"],
+                "stability/loss_rise": r["loss_rise"],
+                "stability/loss": r["loss"],
+            }
+            last = r is rows[-1]
+            if last:
+                m.update(counts)
+            self.log_step(trainer, r["step"], m, others=last, wandb_only=("stability/loss",))
 
     def summary(self) -> dict[str, Any]:
         if not self.detector.steps_seen:

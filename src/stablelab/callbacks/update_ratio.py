@@ -92,18 +92,15 @@ class UpdateRatioMonitor(TelemetryCallback):
         self.csv.add(self.dir, new, write=trainer.is_global_zero)
         if not trainer.is_global_zero:
             return
-        from lightning.pytorch.loggers import WandbLogger
-
-        for lg in trainer.loggers:
-            for r in new:
-                finite = [r[n] for n in self.names if math.isfinite(r[n])]
-                m = {
-                    "update_ratio/median": float(np.median(finite)) if finite else math.nan,
-                    "update_ratio/max": max(finite) if finite else math.nan,
-                }
-                if isinstance(lg, WandbLogger):
-                    m.update({f"update_ratio/{n}": r[n] for n in self.names})
-                lg.log_metrics(m, step=r["step"])
+        for r in new:  # every parameter to W&B, the median and max to every logger
+            finite = [r[n] for n in self.names if math.isfinite(r[n])]
+            per_param = {f"update_ratio/{n}": r[n] for n in self.names}
+            m = {
+                "update_ratio/median": float(np.median(finite)) if finite else math.nan,
+                "update_ratio/max": max(finite) if finite else math.nan,
+                **per_param,
+            }
+            self.log_step(trainer, r["step"], m, wandb_only=per_param)
 
     @property
     def rows(self) -> list[dict[str, Any]]:
