@@ -12,14 +12,17 @@ slow each other down several times over. The policy, first match wins:
    processes this run starts on the node (DDP on CPU: ``trainer.devices``), at least 1.
 
 Inter-op threads: 1 (the models run one op at a time). The chosen values are exported as
-``OMP_NUM_THREADS`` for the processes the run starts (DDP ranks) and recorded in
-``summary.json`` (``threads``).
+``OMP_NUM_THREADS`` for the processes the run starts (DDP ranks), for the duration of the
+run only (:func:`applied`: a later run in the same process, a multirun's next trial or a
+second ``stablelab.run`` call, chooses for itself), and recorded in ``summary.json``
+(``threads``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -53,6 +56,22 @@ def choose(requested: int | None, local: int = 1) -> dict[str, Any]:
         "inter_op": 1,
         "source": f"{cores} available cores / {local} process(es)",
     }
+
+
+@contextlib.contextmanager
+def applied(requested: int | None, trainer_cfg: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """:func:`apply` for one run: ``$OMP_NUM_THREADS`` is put back as it was afterwards
+    (unset if it was unset). Without this the first run's export would become every later
+    run's "user-set" count in the same process: a ``threads=1`` trial would pin the next
+    trial to 1, and a one-process trial's count would be handed to a DDP trial's ranks."""
+    before = os.environ.get("OMP_NUM_THREADS")
+    try:
+        yield apply(requested, trainer_cfg)
+    finally:
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
 
 
 def apply(requested: int | None, trainer_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -100,9 +100,14 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
 
     from stablelab import threads
 
-    # before Lightning and the data start any thread pool (and exported for DDP ranks)
-    thread_info = threads.apply(plain.get("threads"), plain["trainer"])
+    # before Lightning and the data start any thread pool (and exported for DDP ranks,
+    # for this run only: the next run in this process chooses for itself)
+    with threads.applied(plain.get("threads"), plain["trainer"]) as thread_info:
+        return _run(plain, command, thread_info)
 
+
+def _run(plain: dict[str, Any], command: list[str] | None, thread_info: dict) -> dict[str, Any]:
+    """:func:`train` once the config is valid and the threads are set."""
     import lightning as L
     import torch
 

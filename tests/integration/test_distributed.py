@@ -64,16 +64,21 @@ def runs(tmp_path_factory, module_env):
     )  # fmt: skip
     assert_ok(
         run_cli(
-            [
-                *COMMON, *steps, *noise, "callbacks.noise_scale.pieces=4", "logger=wandb",
-                "trainer=ddp_cpu", "data.batch_size=128", "plots=true",
-                "callbacks.sharpness.every_n_steps=15", "callbacks.sharpness.iterations=8",
-                f"hydra.run.dir={two}",
-            ],
+            [*COMMON, *steps, *TWO_INSTRUMENTS, "logger=wandb", "trainer=ddp_cpu",
+             "data.batch_size=128", "plots=true", f"hydra.run.dir={two}"],
             root,
         )
     )  # fmt: skip
     return root
+
+
+# the instruments of the ddp_cpu run ``two`` (the resume tests continue it with them on)
+TWO_INSTRUMENTS = [
+    "callbacks.noise_scale.every_n_steps=10",
+    "callbacks.noise_scale.pieces=4",
+    "callbacks.sharpness.every_n_steps=15",
+    "callbacks.sharpness.iterations=8",
+]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(runs):
@@ -121,7 +126,15 @@ def test_two_processes_match_one_with_the_same_global_batch(runs):
     ]
 
 
-RESUMED_FILES = ("grad_norms.csv", "stability.csv", "evals.csv", "dense_eval.csv", "metrics.csv")
+RESUMED_FILES = (
+    "grad_norms.csv",
+    "stability.csv",
+    "evals.csv",
+    "dense_eval.csv",
+    "metrics.csv",
+    "noise_scale.csv",
+    "sharpness.csv",
+)
 
 
 def _same_files(run, ref) -> None:
@@ -137,8 +150,8 @@ def test_ddp_run_killed_mid_run_resumes_into_a_new_directory_exactly(tmp_path, r
     """ddp_cpu, both ranks SIGKILLed at step 17 (no handler runs), resumed from the
     checkpoint of step 10 into a new directory: the uninterrupted 2-process run's files,
     byte for byte."""
-    args = [*COMMON, *F64, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128",
-            "max_train_steps=30"]  # fmt: skip
+    args = [*COMMON, *F64, *TWO_INSTRUMENTS, "logger=csv", "trainer=ddp_cpu",
+            "data.batch_size=128", "max_train_steps=30"]  # fmt: skip
     full, killed, resumed = runs / "two", tmp_path / "killed", tmp_path / "resumed"
     kill = ["+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=17"]
     proc = run_cli([*args, *kill, f"hydra.run.dir={killed}"], tmp_path)
@@ -154,8 +167,8 @@ def test_ddp_sigterm_stops_every_rank_exits_143_and_resumes_in_place(tmp_path, r
     """SIGTERM to rank 0 at step 23 (a real signal): Lightning forwards it to rank 1, both
     stop after the same step, the step is checkpointed, the run exits 143; resumed in
     place with ckpt_path=auto it ends as the uninterrupted run."""
-    args = [*COMMON, *F64, "logger=csv", "trainer=ddp_cpu", "data.batch_size=128",
-            "max_train_steps=30"]  # fmt: skip
+    args = [*COMMON, *F64, *TWO_INSTRUMENTS, "logger=csv", "trainer=ddp_cpu",
+            "data.batch_size=128", "max_train_steps=30"]  # fmt: skip
     full, run = runs / "two", tmp_path / "run"
     kill = ["+callbacks.kill._target_=helpers.KillAtStep", "+callbacks.kill.step=23",
             "+callbacks.kill.signal=15", "+callbacks.kill.rank=0"]  # fmt: skip

@@ -57,3 +57,23 @@ def test_apply_sets_torch_and_exports_the_count_for_the_ranks(four_cores, monkey
         assert got["inter_op"] == torch.get_num_interop_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_applied_exports_for_the_run_only(four_cores, monkeypatch):
+    """The export lasts one run: afterwards $OMP_NUM_THREADS is as before (unset, or the
+    user's value), so a second run in the same process chooses from the cores again
+    instead of reporting the first run's count as the user's."""
+    before = torch.get_num_threads()
+    try:
+        with threads.applied(1, {"accelerator": "cpu", "devices": 1}) as got:
+            assert got["source"] == "config threads" and os.environ["OMP_NUM_THREADS"] == "1"
+        assert "OMP_NUM_THREADS" not in os.environ
+        with threads.applied(None, {"accelerator": "cpu", "devices": 2}) as got:
+            assert got == {"intra_op": 2, "inter_op": got["inter_op"],
+                           "source": "4 available cores / 2 process(es)"}  # fmt: skip
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        with threads.applied(1, {}) as got:
+            assert os.environ["OMP_NUM_THREADS"] == "1"
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    finally:
+        torch.set_num_threads(before)
