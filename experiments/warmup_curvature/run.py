@@ -75,19 +75,16 @@ def plot(out: Path, path: Path) -> None:
                 label=f"{t.name}: 38 / lr(t)")  # fmt: skip
         bx.plot(steps, [p["pre"] / p["limit"] for p in pts], color=f"C{i}", lw=1.6,
                 label=t.name)  # fmt: skip
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("preconditioned sharpness")
-    ax.set_title("Adam's preconditioned sharpness and its threshold 38 / lr(t)", fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
     bx.axhline(1.0, color="k", lw=1, ls=":")
-    bx.set_yscale("log")
-    bx.set_xlabel("step")
-    bx.set_ylabel("sharpness / threshold")
-    bx.set_title("above 1: past the edge of stability", fontsize=10)
-    bx.grid(alpha=0.3, which="both")
-    bx.legend(fontsize=8)
+    for a, ylabel, title, legend in (
+        (ax, "preconditioned sharpness",
+         "Adam's preconditioned sharpness and its threshold 38 / lr(t)", 7),
+        (bx, "sharpness / threshold", "above 1: past the edge of stability", 8),
+    ):  # fmt: skip
+        a.set(yscale="log", xlabel="step", ylabel=ylabel)
+        a.set_title(title, fontsize=10)
+        a.grid(alpha=0.3, which="both")
+        a.legend(fontsize=legend)
     print(f"wrote {save_figure(fig, path)}")
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import runpy
 from pathlib import Path
 
 import pytest
 
-from conftest import QUIET, assert_ok, run_cli
+from conftest import QUIET, ROOT, assert_ok, run_cli
 from stablelab.analysis.sweep import edge_of_feasibility, load_trials, select_lr_star
 from stablelab.workflows import Trial, clip_threshold, run_trials
 
@@ -255,15 +256,10 @@ def test_spike_remedies_every_remedy_keeps_the_run_and_none_does_not(tmp_path):
     every remedy ends with a lower one and a training loss at least 3x lower; skip-step
     skips both bad updates; the rollback run rolls back twice and its curves hold no
     spike."""
-    trials = [
-        Trial("none", []),
-        Trial("clipping", ["clipping=percentile"]),
-        Trial("skip_step", ["skip_spikes.enabled=true"]),
-        Trial("rollback", ["callbacks.stability.max_loss_ratio=10",
-                           "callbacks.stability.rollbacks=3",
-                           "callbacks.stability.rollback_skip_batches=20"]),
-    ]  # fmt: skip
-    base = ["experiment=study_spike_remedies", "max_train_steps=500", *QUIET]
+    study = runpy.run_path(str(ROOT / "experiments" / "spike_remedies" / "run.py"))
+    trials = study["TRIALS"]  # the study's own trials (none, clipping, skip-step, rollback)
+    assert [t.name for t in trials] == ["none", "clipping", "skip_step", "rollback"]
+    base = [*study["BASE"], "max_train_steps=500", *QUIET]
     run_trials(trials, tmp_path, base, jobs=2, threads=1)
     s = {t.name: json.loads((tmp_path / t.name / "summary.json").read_text()) for t in trials}
     assert all(v["status"] == "completed" for v in s.values())
