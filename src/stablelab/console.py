@@ -119,6 +119,12 @@ def _num(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+def _subset(summary: dict[str, Any], split: str) -> str:
+    """' (on 1 of 4 batches of the split)' where the evaluation covered part of it."""
+    part = (summary.get("eval_subset") or {}).get(split)
+    return f" (on {part['batches']} of {part['of']} batches of the split)" if part else ""
+
+
 def closing_lines(
     summary: dict[str, Any], run_dir: Path, report: Path | None, urls: Sequence[str] = ()
 ) -> list[str]:
@@ -133,14 +139,14 @@ def closing_lines(
         best = f"  best val loss {_num(summary['val_loss'])}"
         if summary.get("val_acc") is not None:
             best += f", accuracy {summary['val_acc']:.1%}"
-        lines.append(best + f" at step {summary.get('best_step')}")
+        lines.append(best + f" at step {summary.get('best_step')}" + _subset(summary, "val"))
     if summary.get("test_loss") is not None:
         test = f"  test loss {_num(summary['test_loss'])}"
         if summary.get("test_acc") is not None:
             test += f", accuracy {summary['test_acc']:.1%}"
         if summary.get("heldout_loss") is not None:
             test += f"; held-out loss {_num(summary['heldout_loss'])}"
-        lines.append(test)
+        lines.append(test + _subset(summary, "test"))
     if summary.get("resume_command"):
         lines.append(f"  resume: {summary['resume_command']}")
     for url in urls:

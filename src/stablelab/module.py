@@ -75,6 +75,10 @@ class StableModule(L.LightningModule):
         # examples an evaluation counted twice: Lightning's DistributedSampler pads a plain
         # DataLoader's split to a multiple of the processes (stablelab's loaders never do)
         self.eval_duplicates: dict[str, int] = {}
+        # splits evaluated on fewer batches than they have (trainer.limit_val_batches /
+        # limit_test_batches): {"val": {"batches": 1, "of": 4}}; their losses are not the
+        # split's, and the summary says so
+        self.eval_subset: dict[str, dict[str, int]] = {}
         self.telemetry = None  # a StepTelemetry, attached by the telemetry callbacks
         self._named_params: list | None = None
         self._sharded = False  # configure_model has applied FSDP2
@@ -238,13 +242,36 @@ class StableModule(L.LightningModule):
                 if extra > 0:
                     self.eval_duplicates[split] = extra
 
+    def _note_subset(self, split: str, loaders: Any, limits: list) -> None:
+        """Record (and say once) that ``split`` is evaluated on fewer batches than it has."""
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        for dl, n in zip(loaders, limits, strict=False):
+            try:
+                full = len(dl)
+            except TypeError:  # an iterable without a length: nothing to compare
+                continue
+            if n >= full or split in self.eval_subset:
+                continue
+            self.eval_subset[split] = {"batches": int(n), "of": int(full)}
+            if self.trainer.is_global_zero:
+                log.warning(
+                    "stablelab: %s runs on %d of the %s split's %d batches "
+                    "(trainer.limit_%s_batches): %s/loss is not the whole split's "
+                    "(summary.json: eval_subset)",
+                    "validation" if split == "val" else "the test", n, split, full,
+                    split, split,
+                )  # fmt: skip
+
     def on_validation_epoch_start(self) -> None:
         self._eval_totals.pop("val", None)
-        if self.trainer.world_size > 1 and not self.trainer.sanity_checking:
-            self._note_padding("val", self.trainer.val_dataloaders)
+        if not self.trainer.sanity_checking:
+            self._note_subset("val", self.trainer.val_dataloaders, self.trainer.num_val_batches)
+            if self.trainer.world_size > 1:
+                self._note_padding("val", self.trainer.val_dataloaders)
 
     def on_test_epoch_start(self) -> None:
         self._eval_totals.pop("test", None)
+        self._note_subset("test", self.trainer.test_dataloaders, self.trainer.num_test_batches)
         if self.trainer.world_size > 1:
             self._note_padding("test", self.trainer.test_dataloaders)
 

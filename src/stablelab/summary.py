@@ -26,7 +26,8 @@ def global_batch_size(batch_size: Any, trainer) -> int | None:
 def task_metrics(summary: dict[str, Any], datamodule, module) -> dict[str, Any]:
     """Language modelling: bits per character, and the held-out loss over validation and
     test together (nanoGPT's "val loss": the whole held-out text), from the best
-    checkpoint's two evaluations weighted by their characters; the data's own keys."""
+    checkpoint's two evaluations weighted by their characters (only when both covered their
+    whole split: see ``eval_subset``); the data's own keys."""
     if getattr(module, "task", None) != "next_token":
         return {}
     out = dict(datamodule.summary()) if callable(getattr(datamodule, "summary", None)) else {}
@@ -34,7 +35,13 @@ def task_metrics(summary: dict[str, Any], datamodule, module) -> dict[str, Any]:
     for split, loss in (("val", val), ("test", test)):
         if _finite(loss):
             out[f"{split}_bpc"] = float(loss) / math.log(2)  # type: ignore[arg-type]
-    if _finite(val) and _finite(test) and callable(getattr(datamodule, "split_tokens", None)):
+    whole = not summary.get("eval_subset")  # the held-out text, not part of it
+    if (
+        whole
+        and _finite(val)
+        and _finite(test)
+        and callable(getattr(datamodule, "split_tokens", None))
+    ):
         n = datamodule.split_tokens()
         held = (val * n["val"] + test * n["test"]) / (n["val"] + n["test"])
         out.update(

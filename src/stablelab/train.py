@@ -403,6 +403,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         summary["steps"] = ckpt.global_step if ckpt is not None else 0
         summary["best_step"] = summary["steps"] if best else None
         summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
+    if getattr(module, "eval_subset", None):  # evaluated on part of a split
+        summary["eval_subset"] = {k: dict(v) for k, v in module.eval_subset.items()}
     summary.update(summary_mod.task_metrics(summary, datamodule, module))
     if getattr(module, "rollback", None) and module.rollback["log"]:
         summary["rollbacks"] = [dict(r) for r in module.rollback["log"]]

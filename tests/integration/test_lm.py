@@ -121,6 +121,26 @@ def test_text_file_runs_and_the_checkpoint_carries_its_vocabulary(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["heldout_loss"] > 0
 
 
+def test_no_held_out_loss_from_part_of_the_held_out_text(tmp_path):
+    """The held-out loss is the whole held-out text's (nanoGPT's number): a test limited to
+    its first batch gives test_loss and test_bpc for that batch, and no held-out loss."""
+    text = tmp_path / "poem.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 300, encoding="utf-8")
+    s = train(
+        compose_cfg(
+            [*LM, "data=text_file", f"data.path={text}", "max_train_steps=10",
+             "trainer.val_check_interval=10", "callbacks.dense_eval.every_step_until=0",
+             "data.eval_batch_size=4", "+trainer.limit_test_batches=1"],
+            tmp_path / "run",
+        )
+    )  # fmt: skip
+    assert s["status"] == "completed"
+    assert s["eval_subset"]["test"]["batches"] == 1 and s["eval_subset"]["test"]["of"] > 1
+    assert "val" not in s["eval_subset"]
+    assert math.isclose(s["test_bpc"], s["test_loss"] / math.log(2), rel_tol=1e-12)
+    assert "heldout_loss" not in s and "heldout_bpc" not in s
+
+
 def test_lm_monitor_matches_a_float64_recomputation(lm_run):
     """lm_monitor.csv's last row (step 200: the weights of last.ckpt): the max attention
     logit of each layer, recomputed here in float64 from the qkv weights and the input of

@@ -288,3 +288,35 @@ def test_wandb_online_without_a_server_falls_back_to_offline(tmp_path, monkeypat
     assert len(warned) == 1 and f"127.0.0.1:{port}" in warned[0] and "wandb sync" in warned[0]
     (f,) = wandb_offline.run_files(out)
     assert wandb_offline.summary(f)["summary/status"] == "completed"
+
+
+def test_an_evaluation_on_part_of_a_split_says_so(tmp_path):
+    """trainer.limit_val_batches / limit_test_batches: the losses are those of the first
+    batches (float64 recomputation from last.ckpt on those examples), and the summary and
+    closing lines say that they are not the split's (eval_subset)."""
+    from helpers import float64_reference
+    from stablelab.console import closing_lines
+
+    s, run = _train(tmp_path, "run", [
+        "max_train_steps=10", "trainer.val_check_interval=10", "plots=false",
+        "data.eval_batch_size=100", "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=3",
+    ])  # fmt: skip
+    # MNIST-1D's default split: 400 validation and 1,000 test examples, 100 per batch
+    assert s["eval_subset"] == {"val": {"batches": 1, "of": 4}, "test": {"batches": 3, "of": 10}}
+    assert s["best_step"] == 10  # the only validation: last.ckpt holds the evaluated weights
+    val, _, n_val = float64_reference(run, "val", 100)
+    test, _, n_test = float64_reference(run, "test", 300)
+    whole, _, _ = float64_reference(run, "test")
+    assert (n_val, n_test) == (400, 1000)
+    assert s["val_loss"] == pytest.approx(val, rel=1e-5)
+    assert s["test_loss"] == pytest.approx(test, rel=1e-5)
+    assert abs(whole - test) > 1e-3  # the part is not the whole: the check can fail
+    lines = "\n".join(closing_lines(s, run, None))
+    assert "(on 1 of 4 batches of the split)" in lines
+    assert "(on 3 of 10 batches of the split)" in lines
+    report = (run / "report.md").read_text()
+    assert "| evaluated on part of a split (batches of) | test 3 of 10, val 1 of 4 |" in report
+    full, _ = _train(tmp_path, "full", ["max_train_steps=10", "trainer.val_check_interval=10",
+                                        "plots=false", "data.eval_batch_size=100"])  # fmt: skip
+    assert "eval_subset" not in full

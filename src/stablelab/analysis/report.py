@@ -152,6 +152,12 @@ def verdict(summary: dict[str, Any]) -> str:
     return "UNSTABLE" if summary.get("unstable") else "STABLE"
 
 
+def _subset_text(summary: dict[str, Any]) -> str | None:
+    """'val 1 of 4, test 3 of 10' where an evaluation covered part of its split."""
+    parts = summary.get("eval_subset") or {}
+    return ", ".join(f"{k} {v['batches']} of {v['of']}" for k, v in parts.items()) or None
+
+
 def render(
     summary: dict[str, Any], cfg: dict[str, Any], findings: list[Finding], run_dir: Path
 ) -> str:
@@ -171,6 +177,7 @@ def render(
         ("feasible", summary.get("feasible")),
         ("best val loss (at step)", several("val_loss", "best_step")),
         ("test accuracy", summary.get("test_acc")),
+        ("evaluated on part of a split (batches of)", _subset_text(summary)),
         ("initial training loss", summary.get("initial_loss")),
         ("diverged at step", summary.get("diverged_at_step")),
         ("first instability step", summary.get("first_instability_step")),
