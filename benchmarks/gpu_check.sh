@@ -6,7 +6,8 @@
 #      (benchmarks/vs_bare_loop.py --device cuda; goal <= 1.10x).
 # Each step has a time limit, and all of them end within GPU_CHECK_BUDGET_S (560 s: the
 # device tool's 600 s per command); what finished is in OUT whatever stops later.
-# Everything goes to OUT (default: ./gpu_check_out) and a summary to OUT/gpu_check.md.
+# A summary goes to OUT/gpu_check.md (OUT default: ./gpu_check_out), with a few small files
+# beside it; the runs themselves stay in GPU_CHECK_WORK (default: a fresh /tmp folder).
 #
 #   bash benchmarks/gpu_check.sh --prepare   # here, with PyPI: the wheels that a GPU image
 #                                            # without network lacks -> .whl/gpu (git-ignored;
@@ -58,9 +59,13 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 OUT=${1:-gpu_check_out}
-mkdir -p "$OUT"
+# the runs write into WORK; OUT gets a few small files (the device tool returns at most 8,
+# no deeper than two folders): gpu_check.md, the pytest log, the recipe's console log,
+# summary.json and evals.csv, the two benchmark logs
+WORK=${GPU_CHECK_WORK:-$(mktemp -d /tmp/stablelab_gpu_check.XXXXXX)}
+mkdir -p "$OUT" "$WORK"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export WANDB_MODE=offline STABLELAB_DATA_DIR="$OUT/data"
+export WANDB_MODE=offline STABLELAB_DATA_DIR="$WORK/data"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.md"; }
 
 missing=$("$PY" - <<'EOF'
@@ -109,16 +114,21 @@ BUDGET_S=${GPU_CHECK_BUDGET_S:-560}
 left() { local l=$((BUDGET_S - SECONDS)); echo $((l < $1 ? (l > 10 ? l : 10) : $1)); }
 
 log "## 1. GPU-marked tests"
-timeout "$(left 90)" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -5 \
-  | tee -a "$OUT/gpu_check.md" || log "(timed out or failed)"
+timeout -k 20 "$(left 90)" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/ \
+  > "$OUT/pytest_gpu.log" 2>&1 || log "(timed out or failed: see pytest_gpu.log)"
+tail -3 "$OUT/pytest_gpu.log" | tee -a "$OUT/gpu_check.md"
 
 log "## 2. experiment=shakespeare_char_gpu (nanoGPT: 1.4697 val loss in ~3 min on an A100)"
-timeout "$(left 300)" "$PY" -m stablelab.train experiment=shakespeare_char_gpu logger=csv \
-  "trainer=$TRAINER" "max_train_steps=$RECIPE_STEPS" ${RECIPE_EXTRA[@]+"${RECIPE_EXTRA[@]}"} \
-  callbacks.progress_bar.terminal=false \
-  "hydra.run.dir=$OUT/shakespeare_char_gpu" > "$OUT/shakespeare_char_gpu.log" 2>&1 \
+RUN="$WORK/shakespeare_char_gpu"
+timeout -k 20 "$(left 300)" "$PY" -m stablelab.train experiment=shakespeare_char_gpu \
+  logger=csv "trainer=$TRAINER" "max_train_steps=$RECIPE_STEPS" \
+  ${RECIPE_EXTRA[@]+"${RECIPE_EXTRA[@]}"} callbacks.progress_bar.terminal=false \
+  "hydra.run.dir=$RUN" > "$OUT/shakespeare_char_gpu.log" 2>&1 \
   || log "(timed out or failed: see shakespeare_char_gpu.log; the summary says how far it got)"
-"$PY" - "$OUT/shakespeare_char_gpu/summary.json" <<'EOF' | tee -a "$OUT/gpu_check.md"
+for f in summary.json evals.csv; do
+  if [[ -f "$RUN/$f" ]]; then cp "$RUN/$f" "$OUT/shakespeare_char_gpu_$f"; fi
+done
+"$PY" - "$RUN/summary.json" <<'EOF' | tee -a "$OUT/gpu_check.md"
 import json, sys
 try:
     s = json.load(open(sys.argv[1]))
@@ -134,7 +144,7 @@ EOF
 log "## 3. trainer=$TRAINER vs a bare loop on the same device"
 for w in "default --steps $STEPS_DEFAULT" "lm --steps $STEPS_LM"; do
   # shellcheck disable=SC2086
-  timeout "$(left 150)" "$PY" benchmarks/vs_bare_loop.py --workload $w --device "$DEVICE" \
+  timeout -k 20 "$(left 150)" "$PY" benchmarks/vs_bare_loop.py --workload $w --device "$DEVICE" \
     --repeats 2 2> "$OUT/vs_bare_${w%% *}.log" | tee -a "$OUT/gpu_check.md" \
     || log "(timed out or failed: see vs_bare_${w%% *}.log)"
 done

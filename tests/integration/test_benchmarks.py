@@ -79,7 +79,8 @@ def test_the_gpu_check_script_runs_every_step_in_smoke_mode(tmp_path):
     import sys
 
     out = tmp_path / "out"
-    env = {**os.environ, "GPU_CHECK_SMOKE": "1", "PYTHON": sys.executable}
+    env = {**os.environ, "GPU_CHECK_SMOKE": "1", "PYTHON": sys.executable,
+           "GPU_CHECK_WORK": str(tmp_path / "work")}  # fmt: skip
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out)],
                           env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     report = (out / "gpu_check.md").read_text()
@@ -88,3 +89,7 @@ def test_the_gpu_check_script_runs_every_step_in_smoke_mode(tmp_path):
     assert "| completed | 4 |" in report  # the recipe's summary row
     assert report.count("ratio within each adjacent pair") == 2  # default and lm tables
     assert "done in" in report
+    # what the device tool returns: at most 8 files, none in a sub-folder here
+    files = sorted(p.name for p in out.rglob("*"))
+    assert all(p.is_file() for p in out.iterdir()) and len(files) <= 8, files
+    assert "shakespeare_char_gpu_summary.json" in files
