@@ -136,7 +136,8 @@ def closing_lines(
     v = verdict(summary)
     lines.append(f"  verdict: {v}" + (f"  (report: {report.name})" if report else ""))
     if summary.get("val_loss") is not None:
-        best = f"  best val loss {_num(summary['val_loss'])}"
+        what = "val loss" if summary.get("evaluated_checkpoint") else "best val loss"
+        best = f"  {what} {_num(summary['val_loss'])}"
         if summary.get("val_acc") is not None:
             best += f", accuracy {summary['val_acc']:.1%}"
         lines.append(best + f" at step {summary.get('best_step')}" + _subset(summary, "val"))

@@ -401,7 +401,12 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
     else:  # an evaluation: the checkpoint's step; no training to report on (the
         # callbacks' state is the checkpoint's, restored for the test)
         summary["steps"] = ckpt.global_step if ckpt is not None else 0
-        summary["best_step"] = summary["steps"] if best else None
+        # this evaluation's numbers, not the best of the history the checkpoint carries (for
+        # last.ckpt of a run whose best came earlier, that history's best is another step's)
+        summary["val_loss"] = out.fit_metrics.get("val/loss")
+        summary["val_acc"] = out.fit_metrics.get("val/acc")
+        summary["best_step"] = summary["steps"] if summary["val_loss"] is not None else None
+        summary["evaluations"] = 1 if summary["val_loss"] is not None else 0
         summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
     if getattr(module, "eval_subset", None):  # evaluated on part of a split
         summary["eval_subset"] = {k: dict(v) for k, v in module.eval_subset.items()}

@@ -320,3 +320,34 @@ def test_an_evaluation_on_part_of_a_split_says_so(tmp_path):
     full, _ = _train(tmp_path, "full", ["max_train_steps=10", "trainer.val_check_interval=10",
                                         "plots=false", "data.eval_batch_size=100"])  # fmt: skip
     assert "eval_subset" not in full
+
+
+def test_an_evaluation_reports_its_own_validation_not_the_checkpoints_history(tmp_path):
+    """`stablelab eval CKPT` reports the validation it just ran on CKPT's weights (float64
+    recomputation), not the best of the evaluation history stored in the checkpoint. With
+    another validation split (data.split_seed=1) no stored record can stand in for it."""
+    import torch.nn.functional as F
+
+    from stablelab.cli import main as cli_main
+    from stablelab.data import MNIST1DDataModule
+    from stablelab.module import StableModule
+
+    args = ["max_train_steps=20", "trainer.val_check_interval=10", "plots=false"]
+    trained, run = _train(tmp_path, "trained", args)
+    last = run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    assert cli_main(["eval", str(last), "logger=csv", *FAST[1:], "data.split_seed=1",
+                     "--out", str(out)]) == 0  # fmt: skip
+    s = json.loads((out / "summary.json").read_text())
+    module = StableModule.load_from_checkpoint(last, weights_only=True).double().eval()
+    dm = MNIST1DDataModule(data_dir=module.cfg["data"]["data_dir"], split_seed=1)
+    dm.setup()
+    x, y = dm._tensors["val"]
+    with torch.no_grad():
+        logits = module(x.double())
+    assert s["val_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert s["val_acc"] == pytest.approx((logits.argmax(-1) == y).double().mean().item())
+    assert (s["steps"], s["best_step"], s["evaluations"]) == (20, 20, 1)
+    recorded = [float(r["val_loss"]) for r in csv.DictReader((run / "evals.csv").open())]
+    assert all(abs(s["val_loss"] - v) > 1e-6 for v in recorded)  # the check can fail
+    assert "| val loss (at step) |" in (out / "report.md").read_text()

@@ -175,7 +175,12 @@ def render(
         ("status", summary.get("status")),
         ("steps (of total)", several("steps", "total_steps")),
         ("feasible", summary.get("feasible")),
-        ("best val loss (at step)", several("val_loss", "best_step")),
+        (
+            "val loss (at step)"
+            if summary.get("evaluated_checkpoint")
+            else "best val loss (at step)",
+            several("val_loss", "best_step"),
+        ),
         ("test accuracy", summary.get("test_acc")),
         ("evaluated on part of a split (batches of)", _subset_text(summary)),
         ("initial training loss", summary.get("initial_loss")),
