@@ -385,8 +385,14 @@ class StableModule(L.LightningModule):
             checkpoint["clipper"] = self.clipper.state_dict()
         if self.telemetry is not None:  # steps recorded, not yet read back
             checkpoint["telemetry"] = self.telemetry.state_dict()
+        if "val" in self.eval_subset:  # the validations so far covered part of the split
+            checkpoint["eval_subset_val"] = dict(self.eval_subset["val"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if fitting and "eval_subset_val" in checkpoint:  # a resume: the run's validations
+            # so far were partial, even if none is left to run (an evaluation measures anew)
+            self.eval_subset.setdefault("val", dict(checkpoint["eval_subset_val"]))
         saved = checkpoint.get("rollback")
         # a rollback reloads a checkpoint older than itself: the live record (longer) wins
         if saved and len(saved["log"]) > len(self.rollback["log"]):

@@ -320,6 +320,22 @@ def test_an_evaluation_on_part_of_a_split_says_so(tmp_path):
     full, _ = _train(tmp_path, "full", ["max_train_steps=10", "trainer.val_check_interval=10",
                                         "plots=false", "data.eval_batch_size=100"])  # fmt: skip
     assert "eval_subset" not in full
+    # resumed from its last checkpoint with nothing left to train (no validation runs): the
+    # summary still says what the uninterrupted run's does; an evaluation of that checkpoint
+    # without the limits measures the whole splits and says nothing of the training's
+    last = run / "checkpoints" / "last.ckpt"
+    resumed, _ = _train(tmp_path, "resumed", [
+        "max_train_steps=10", "trainer.val_check_interval=10", "plots=false",
+        "data.eval_batch_size=100", "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=3", f"ckpt_path={last}",
+    ])  # fmt: skip
+    assert resumed["eval_subset"] == s["eval_subset"]
+    assert (resumed["val_loss"], resumed["test_loss"]) == (s["val_loss"], s["test_loss"])
+    evaluated, _ = _train(tmp_path, "evaluated", [
+        "plots=false", "data.eval_batch_size=100", "train=false", f"ckpt_path={last}",
+    ])  # fmt: skip
+    assert "eval_subset" not in evaluated
+    assert evaluated["val_loss"] == pytest.approx(float64_reference(run, "val")[0], rel=1e-5)
 
 
 def test_an_evaluation_reports_its_own_validation_not_the_checkpoints_history(tmp_path):
