@@ -127,6 +127,23 @@ def eval_cmd(args: argparse.Namespace) -> int:
     return 0 if s.get("status") == "completed" else 1
 
 
+def _at_least(low: float, kind: type):
+    """An argparse type: a ``kind`` (int / float) >= ``low``, finite; says so otherwise."""
+
+    def parse(text: str):
+        import math
+
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse
+
+
 def sample_cmd(args: argparse.Namespace) -> int:
     """Print text sampled from a language model run's best checkpoint."""
     from stablelab.checkpoints import CheckpointError
@@ -369,9 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     sa.add_argument("run_dir", type=Path, nargs="?", default=Path("."), help="a run directory")
     sa.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint instead")
-    sa.add_argument("--chars", type=int, default=500, help="characters to generate (500)")
-    sa.add_argument("--temperature", type=float, default=0.8, help="0: greedy (0.8)")
-    sa.add_argument("--top-k", type=int, default=None, help="sample from the k most likely")
+    sa.add_argument("--chars", type=_at_least(0, int), default=500,
+                    help="characters to generate (500)")  # fmt: skip
+    sa.add_argument("--temperature", type=_at_least(0.0, float), default=0.8,
+                    help="0: greedy (0.8)")  # fmt: skip
+    sa.add_argument("--top-k", type=_at_least(1, int), default=None,
+                    help="sample from the k most likely")  # fmt: skip
     sa.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
     sa.add_argument("--prompt", default="\n", help="text to continue (a newline)")
     sa.set_defaults(func=sample_cmd)

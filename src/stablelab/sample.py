@@ -36,6 +36,16 @@ def generate(
     seed: int = 1337,
 ) -> str:
     """``chars`` characters after ``prompt`` (the prompt itself not included)."""
+    import math
+
+    if chars < 0:
+        raise ValueError(f"chars = {chars}: must be >= 0")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature = {temperature}: must be >= 0 (0: greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k = {top_k}: must be >= 1 (or None: every character)")
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one character (default: a newline)")
     spec = module.hparams["input_spec"]
     vocab, block = spec.get("vocab"), int(spec["length"])
     if spec.get("task") != "next_token" or not vocab:

@@ -95,6 +95,36 @@ def test_sampling_is_deterministic_for_a_seed(lm_run, capsys):
     assert main(["sample", str(run), "--prompt", "ROMEO\u00e9"]) == 2  # not in the vocabulary
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [("--chars", "-5", "--chars: must be >= 0"), ("--temperature", "-1", "--temperature: must"),
+     ("--temperature", "nan", "--temperature: must"), ("--top-k", "0", "--top-k: must be >= 1"),
+     ("--chars", "x", "--chars: not a number")],
+)  # fmt: skip
+def test_sample_refuses_bad_options_by_name(lm_run, capsys, option, value, says):
+    from stablelab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sample", str(lm_run[1]), option, value])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_sample_refuses_an_empty_prompt_and_the_api_checks_its_arguments(lm_run, capsys):
+    from stablelab.cli import main
+    from stablelab.module import StableModule
+    from stablelab.sample import checkpoint_of, generate
+
+    assert main(["sample", str(lm_run[1]), "--prompt", ""]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+    module = StableModule.load_from_checkpoint(checkpoint_of(lm_run[1]), map_location="cpu")
+    bad = [({"chars": -1}, "chars = -1"), ({"temperature": -0.5}, "temperature"),
+           ({"top_k": 0}, "top_k = 0"), ({"prompt": ""}, "prompt is empty")]  # fmt: skip
+    for kwargs, says in bad:
+        with pytest.raises(ValueError, match=says):
+            generate(module, **{"prompt": "A", **kwargs})
+    assert generate(module, "A", 0) == ""  # zero characters: nothing, not an error
+
+
 def test_gpt_on_classification_data_is_refused(tmp_path):
     from stablelab.config import ConfigError
 
