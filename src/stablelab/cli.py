@@ -127,8 +127,9 @@ def eval_cmd(args: argparse.Namespace) -> int:
     return 0 if s.get("status") == "completed" else 1
 
 
-def _at_least(low: float, kind: type):
-    """An argparse type: a ``kind`` (int / float) >= ``low``, finite; says so otherwise."""
+def _number(kind: type, low: float, high: float | None = None, above: bool = False):
+    """An argparse type: a finite ``kind`` (int / float) >= ``low`` (> ``low`` if ``above``)
+    and <= ``high``; a usage error naming the option otherwise."""
 
     def parse(text: str):
         import math
@@ -137,11 +138,17 @@ def _at_least(low: float, kind: type):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        bad = not math.isfinite(value) or value < low or (above and value == low)
+        if bad or (high is not None and value > high):
+            want = f"> {low}" if above else f">= {low}"
+            want += f" and <= {high}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
         return value
 
     return parse
+
+
+POSITIVE = _number(float, 0, above=True)  # learning rates, factors
 
 
 def sample_cmd(args: argparse.Namespace) -> int:
@@ -301,10 +308,10 @@ def _trial_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="output directory (default: logs/<workflow>/<time>_<id>)",
     )
-    p.add_argument("--jobs", type=int, default=1, help="trials run at once (default 1)")
+    p.add_argument("--jobs", type=_number(int, 1), default=1, help="trials run at once (default 1)")
     p.add_argument(
         "--threads",
-        type=int,
+        type=_number(int, 1),
         default=None,
         help="torch threads per trial "
         "(default: available cores / jobs); results are identical for a fixed value",
@@ -350,7 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         "norm) and print its percentile: the playbook's starting point for clip_threshold.",
     )
     cp.add_argument("run_dir", type=Path, help="a run directory (holding grad_norms.csv)")
-    cp.add_argument("--percentile", type=float, default=90.0, help="default: 90 (the playbook's)")
+    cp.add_argument(
+        "--percentile",
+        type=_number(float, 0, 100),
+        default=90.0,
+        help="default: 90 (the playbook's)",
+    )
     cp.add_argument("-q", "--quiet", action="store_true", help="print only the threshold")
     cp.set_defaults(func=clip_threshold)
     rp = sub.add_parser(
@@ -386,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     sa.add_argument("run_dir", type=Path, nargs="?", default=Path("."), help="a run directory")
     sa.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint instead")
-    sa.add_argument("--chars", type=_at_least(0, int), default=500,
+    sa.add_argument("--chars", type=_number(int, 0), default=500,
                     help="characters to generate (500)")  # fmt: skip
-    sa.add_argument("--temperature", type=_at_least(0.0, float), default=0.8,
+    sa.add_argument("--temperature", type=_number(float, 0), default=0.8,
                     help="0: greedy (0.8)")  # fmt: skip
-    sa.add_argument("--top-k", type=_at_least(1, int), default=None,
+    sa.add_argument("--top-k", type=_number(int, 1), default=None,
                     help="sample from the k most likely")  # fmt: skip
     sa.add_argument("--seed", type=int, default=1337, help="random seed (1337)")
     sa.add_argument("--prompt", default="\n", help="text to continue (a newline)")
@@ -408,22 +420,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     sw.add_argument("kind", choices=["lr", "warmup"])
     _trial_args(sw)
-    sw.add_argument("--lrs", type=float, nargs="+", default=None, help="lr: the LRs to try")
+    sw.add_argument("--lrs", type=POSITIVE, nargs="+", default=None, help="lr: the LRs to try")
     sw.add_argument(
         "--unstable-lr",
-        type=float,
+        type=POSITIVE,
         default=None,
         help="warmup: unstable_base_learning_rate (from an LR sweep)",
     )
     sw.add_argument(
         "--factor",
-        type=float,
+        type=POSITIVE,
         default=10.0,
         help="warmup: base_learning_rate = factor x unstable LR (10; 100 may be tried)",
     )
     sw.add_argument(
         "--grid",
-        type=int,
+        type=_number(int, 0),
         nargs="+",
         default=[10, 1000, 10000, 100000],
         help="warmup: warmup_steps to try before the 10%% cap",
@@ -435,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Train --steps steps at --lr (the playbook: 2 x lr*) with an evaluation "
         "after every update, then print the stability verdict and the report's reading.",
     )
-    pr.add_argument("--lr", type=float, required=True, help="the LR to probe (2 x lr*)")
-    pr.add_argument("--steps", type=int, default=500, help="steps (default 500)")
+    pr.add_argument("--lr", type=POSITIVE, required=True, help="the LR to probe (2 x lr*)")
+    pr.add_argument("--steps", type=_number(int, 1), default=500, help="steps (default 500)")
     _trial_args(pr)
     pr.set_defaults(func=probe_cmd)
     an = sub.add_parser(
@@ -458,16 +470,16 @@ def main(argv: list[str] | None = None) -> int:
     _trial_args(dg)
     dg.add_argument(
         "--lrs",
-        type=float,
+        type=POSITIVE,
         nargs="+",
         default=None,
         help="the LR sweep (default: the half-decade grid 1, 3, 10 x 10^k around the config's LR)",
     )
-    dg.add_argument("--probe-steps", type=int, default=500, help="probe length (500)")
-    dg.add_argument("--factor", type=float, default=10.0, help="warmup base LR factor (10)")
+    dg.add_argument("--probe-steps", type=_number(int, 1), default=500, help="probe length (500)")
+    dg.add_argument("--factor", type=POSITIVE, default=10.0, help="warmup base LR factor (10)")
     dg.add_argument(
         "--grid",
-        type=int,
+        type=_number(int, 0),
         nargs="+",
         default=[10, 1000, 10000, 100000],
         help="warmup grid before the 10%% cap",
@@ -481,7 +493,17 @@ def main(argv: list[str] | None = None) -> int:
         if stray or not hasattr(args, "overrides"):
             ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*args.overrides, *extra]
+    _refuse_repeats(ap, args)
     return args.func(args)
+
+
+def _refuse_repeats(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A value given twice in --lrs / --grid: one trial directory per value would collide."""
+    for name in ("lrs", "grid"):
+        values = getattr(args, name, None) or []
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            ap.error(f"--{name}: {', '.join(map(str, repeated))} given more than once")
 
 
 if __name__ == "__main__":

@@ -305,3 +305,35 @@ def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
     assert ap_args.unstable_lr == 0.01
     with pytest.raises(SystemExit):
         cli.main(["sweep", "warmup", "--unstable-lr", "0.01", "--bogus"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sweep", "lr", "--lrs", "-1", "0.01"], "--lrs: must be > 0, got -1"),
+        (["sweep", "lr", "--lrs", "0"], "--lrs: must be > 0, got 0"),
+        (["sweep", "lr", "--lrs", "inf"], "--lrs: must be > 0, got inf"),
+        (["sweep", "lr", "--lrs", "0.01", "1e-2"], "--lrs: 0.01 given more than once"),
+        (["sweep", "lr", "--lrs", "0.01", "--jobs", "0"], "--jobs: must be >= 1, got 0"),
+        (["sweep", "lr", "--lrs", "0.01", "--threads", "-1"], "--threads: must be >= 1"),
+        (["sweep", "warmup", "--unstable-lr", "0"], "--unstable-lr: must be > 0"),
+        (["sweep", "warmup", "--unstable-lr", "1", "--grid", "10", "10"], "--grid: 10 given"),
+        (["sweep", "warmup", "--unstable-lr", "1", "--grid", "-10"], "--grid: must be >= 0"),
+        (["probe", "--lr", "0.01", "--steps", "0"], "--steps: must be >= 1, got 0"),
+        (["probe", "--lr", "-0.01"], "--lr: must be > 0, got -0.01"),
+        (["diagnose", "--factor", "0"], "--factor: must be > 0, got 0"),
+        (["diagnose", "--probe-steps", "x"], "--probe-steps: not a number: 'x'"),
+        (["clip-threshold", ".", "--percentile", "150"], "--percentile: must be >= 0 and <= 100"),
+    ],
+)
+def test_workflow_options_are_refused_by_name_before_any_trial(monkeypatch, capsys, argv, says):
+    """A bad number in a workflow's options is a usage error naming the option (exit 2),
+    before any trial starts (the commands themselves are replaced: none may run)."""
+    from stablelab import cli
+
+    for name in ("sweep_cmd", "probe_cmd", "diagnose_cmd", "clip_threshold"):
+        if hasattr(cli, name):
+            monkeypatch.setattr(cli, name, lambda a: pytest.fail(f"ran {a}"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
