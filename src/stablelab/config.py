@@ -554,6 +554,17 @@ def _trainer_problems(t: dict[str, Any]) -> list[str]:
         v = t.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and v < low:
             out.append(f"trainer.{key} = {v}: must be >= {low}")
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches",
+                "overfit_batches"):  # fmt: skip
+        v = t.get(key)
+        if isinstance(v, bool) or (
+            isinstance(v, int | float)
+            and not ((isinstance(v, int) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1))
+        ):
+            out.append(
+                f"trainer.{key} = {_fmt(v)}: must be a number of batches >= 0 or a fraction "
+                "in [0.0, 1.0] (1.0: all)"
+            )
     return out
 
 

@@ -118,6 +118,8 @@ CASES = [
         ["callbacks.stability.rollback_lr_factor = 2", "<= 1"],
     ),
     (["+trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches = 0", ">= 1"]),
+    (["+trainer.limit_val_batches=-1"], ["trainer.limit_val_batches = -1", "batches >= 0"]),
+    (["+trainer.limit_test_batches=1.5"], ["trainer.limit_test_batches = 1.5", "[0.0, 1.0]"]),
     # data that cannot fill one batch
     (["data.batch_size=100000"], ["data.batch_size = 100000", "training split (3600"]),
     (["data.num_samples=10"], ["data.batch_size = 128", "training split (7 examples)"]),
