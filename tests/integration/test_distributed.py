@@ -77,7 +77,7 @@ TWO_INSTRUMENTS = [
     "callbacks.noise_scale.every_n_steps=10",
     "callbacks.noise_scale.pieces=4",
     "callbacks.sharpness.every_n_steps=15",
-    "callbacks.sharpness.iterations=8",
+    "callbacks.sharpness.iterations=4",
 ]
 
 
