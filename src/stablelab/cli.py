@@ -137,7 +137,8 @@ def _number(kind: type, low: float, high: float | None = None, above: bool = Fal
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
         bad = not math.isfinite(value) or value < low or (above and value == low)
         if bad or (high is not None and value > high):
             want = f"> {low}" if above else f">= {low}"

@@ -99,7 +99,7 @@ def test_sampling_is_deterministic_for_a_seed(lm_run, capsys):
     ("option", "value", "says"),
     [("--chars", "-5", "--chars: must be >= 0"), ("--temperature", "-1", "--temperature: must"),
      ("--temperature", "nan", "--temperature: must"), ("--top-k", "0", "--top-k: must be >= 1"),
-     ("--chars", "x", "--chars: not a number")],
+     ("--chars", "x", "--chars: not an integer")],
 )  # fmt: skip
 def test_sample_refuses_bad_options_by_name(lm_run, capsys, option, value, says):
     from stablelab.cli import main

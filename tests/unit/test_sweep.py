@@ -322,7 +322,8 @@ def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
         (["probe", "--lr", "0.01", "--steps", "0"], "--steps: must be >= 1, got 0"),
         (["probe", "--lr", "-0.01"], "--lr: must be > 0, got -0.01"),
         (["diagnose", "--factor", "0"], "--factor: must be > 0, got 0"),
-        (["diagnose", "--probe-steps", "x"], "--probe-steps: not a number: 'x'"),
+        (["diagnose", "--probe-steps", "1e3"], "--probe-steps: not an integer: '1e3'"),
+        (["diagnose", "--factor", "ten"], "--factor: not a number: 'ten'"),
         (["clip-threshold", ".", "--percentile", "150"], "--percentile: must be >= 0 and <= 100"),
     ],
 )
