@@ -531,13 +531,18 @@ def _trainer_problems(t: dict[str, Any]) -> list[str]:
                 f"trainer.{key} null"
             )
     vci = t.get("val_check_interval")
+    by_epoch = t.get("check_val_every_n_epoch") is not None  # Lightning's epoch counting
     if isinstance(vci, bool) or (
         isinstance(vci, int | float)
-        and not ((isinstance(vci, int) and vci >= 1) or (isinstance(vci, float) and 0 < vci <= 1))
+        and not (
+            (isinstance(vci, int) and vci >= 1)
+            or (by_epoch and isinstance(vci, float) and 0 < vci <= 1)
+        )
     ):
         out.append(
-            f"trainer.val_check_interval = {_fmt(vci)}: must be a number of steps >= 1 "
-            "(or a fraction of an epoch in (0, 1])"
+            f"trainer.val_check_interval = {_fmt(vci)}: must be a whole number of steps >= 1 "
+            "(validation every N updates, counted across epochs; a fraction of an epoch "
+            "only with trainer.check_val_every_n_epoch set)"
         )
     devices = t.get("devices")
     if devices in (0, [], "0") or (isinstance(devices, int) and devices < -1):

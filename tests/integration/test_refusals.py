@@ -119,6 +119,7 @@ CASES = [
     ),
     (["+trainer.accumulate_grad_batches=0"], ["trainer.accumulate_grad_batches = 0", ">= 1"]),
     (["+trainer.limit_val_batches=-1"], ["trainer.limit_val_batches = -1", "batches >= 0"]),
+    (["trainer.val_check_interval=0.5"], ["trainer.val_check_interval = 0.5", "whole number"]),
     (["+trainer.limit_test_batches=1.5"], ["trainer.limit_test_batches = 1.5", "[0.0, 1.0]"]),
     # data that cannot fill one batch
     (["data.batch_size=100000"], ["data.batch_size = 100000", "training split (3600"]),
