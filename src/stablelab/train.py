@@ -380,7 +380,16 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         if out.fit_reports is not None
         else summary_mod.callback_reports(trainer, history)
     )
-    best = reports.pop("_best")
+    best, evaluations = reports.pop("_best"), reports.pop("_evaluations")
+    if not plain["train"]:  # an evaluation reports its own validation, not the best of the
+        # history the checkpoint carries (for last.ckpt of a run whose best came earlier,
+        # that record is another step's)
+        val = out.fit_metrics.get("val/loss")
+        step = ckpt.global_step if ckpt is not None else 0
+        best = None if val is None else {
+            "val_loss": val, "val_acc": out.fit_metrics.get("val/acc"), "step": step
+        }  # fmt: skip
+        evaluations = int(best is not None)
     train_loss = out.fit_metrics.get("train/loss")
     summary.update(
         {
@@ -392,7 +401,7 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
             "test_acc": metrics.get("test/acc"),
             "test_loss": metrics.get("test/loss"),
             "final_train_loss": train_loss,
-            "evaluations": reports.pop("_evaluations"),
+            "evaluations": evaluations,
             "best_checkpoint": getattr(trainer.checkpoint_callback, "best_model_path", None),
         }
     )
@@ -401,12 +410,6 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
     else:  # an evaluation: the checkpoint's step; no training to report on (the
         # callbacks' state is the checkpoint's, restored for the test)
         summary["steps"] = ckpt.global_step if ckpt is not None else 0
-        # this evaluation's numbers, not the best of the history the checkpoint carries (for
-        # last.ckpt of a run whose best came earlier, that history's best is another step's)
-        summary["val_loss"] = out.fit_metrics.get("val/loss")
-        summary["val_acc"] = out.fit_metrics.get("val/acc")
-        summary["best_step"] = summary["steps"] if summary["val_loss"] is not None else None
-        summary["evaluations"] = 1 if summary["val_loss"] is not None else 0
         summary["best_checkpoint"] = str(ckpt.path) if ckpt is not None else None
     if getattr(module, "eval_subset", None):  # evaluated on part of a split
         summary["eval_subset"] = {k: dict(v) for k, v in module.eval_subset.items()}
