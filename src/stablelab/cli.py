@@ -138,7 +138,12 @@ def _number(kind: type, low: float, high: float | None = None, above: bool = Fal
             value = kind(text)
         except ValueError:
             what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+            hint = (
+                " (an override after a list of numbers: put the overrides before the option)"
+                if "=" in text
+                else ""
+            )
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}{hint}") from None
         bad = not math.isfinite(value) or value < low or (above and value == low)
         if bad or (high is not None and value > high):
             want = f"> {low}" if above else f">= {low}"
@@ -383,8 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer, schedule, clipping: every _target_ checked, nothing in the file runs), "
         "load its weights (weights_only) and evaluate them on the validation and test "
         "splits. Writes a run directory (config.yaml, summary.json, report.md): "
-        "logs/eval/runs/<time>_<id>/ or --out. Overrides change the trainer, the logger or "
-        "the stored groups (e.g. data.eval_batch_size=500 logger=csv).",
+        "logs/eval/runs/<time>_<id>/ or --out. Overrides change the trainer or the logger "
+        "(logger=csv), or keys of the stored groups (data.eval_batch_size=500, "
+        "+model.key=..., ~model.key); another option of a stored group (model=gpt) is "
+        "refused: use stablelab-train train=false ckpt_path=CHECKPOINT with your config.",
     )
     ev.add_argument("checkpoint", type=Path, help="a stablelab checkpoint (.ckpt)")
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. logger=csv")

@@ -693,13 +693,74 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
     from stablelab.paths import config_dir
 
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+        try:
+            return hydra_compose("train", overrides=list(overrides))
+        except HydraException as e:  # a bad override: a usage error, not a traceback
+            keys: list[str] | None = None
+            bad = _unknown_key(e)
+            if bad is not None:  # list the keys beside it (the config without it composes)
+                rest = [o for o in overrides if o.split("=", 1)[0] != bad]
+                try:
+                    parent = OmegaConf.select(
+                        hydra_compose("train", overrides=rest), bad.rpartition(".")[0]
+                    )
+                    keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else None
+                except HydraException:
+                    keys = None
+            raise ConfigError([composition_problem(e, overrides, keys)]) from e
+
+
+def _unknown_key(e: BaseException) -> str | None:
+    first = str(e).strip().split("\n")[0]
+    if first.startswith("Could not override '") and first.endswith("'."):
+        return first[len("Could not override '") : -2]
+    return None
+
+
+def composition_problem(
+    e: BaseException, overrides: Sequence[str] = (), keys: Sequence[str] | None = None
+) -> str:
+    """One line naming the override Hydra could not compose, and what it accepts
+    (``keys``: the keys beside an unknown one, where known)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(e).strip()
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
+        group, _, name = str(e.missing_cfg_file).rpartition("/")
+        if group:
+            close = difflib.get_close_matches(name, list(e.options), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return (
+                f"{group} = {name!r}: no such option of the {group!r} config group "
+                f"(choose one of: {', '.join(e.options)}){hint}"
+            )
+    if isinstance(e, OverrideParseException):
+        return (
+            f"{e.override!r}: not a valid override ({text.splitlines()[0]}; the grammar: "
+            "https://hydra.cc/docs/advanced/override_grammar/basic/)"
+        )
+    key = _unknown_key(e)
+    if key is not None:
+        given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
+        parent, _, leaf = key.rpartition(".")
+        where = f"of {parent!r}" if parent else "at the top level"
+        mean, listed = "", ""
+        if keys:
+            close = difflib.get_close_matches(leaf, list(keys), n=1)
+            mean = (
+                f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
+            )
+            listed = f"keys {where}: {', '.join(keys)}; "
+        return f"{key}: not a key {where}{mean} ({listed}to add a new key write +{given})"
+    lines = text.split("Config search path:")[0].split("\n")
+    return " ".join(line.strip() for line in lines if line.strip())
 
 
 def checked(

@@ -13,13 +13,14 @@ config you compose (its model must match the checkpoint's).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from stablelab.config import ConfigError
 
@@ -41,9 +42,12 @@ def evaluate(
     stored = {k: ckpt.cfg[k] for k in STORED if k in ckpt.cfg}
     checkpoints.check_targets(stored, f"checkpoint {path}")
 
+    # overrides of the stored groups apply to the checkpoint's config, the rest to train.yaml
+    mine = [o for o in overrides if _root(o) in STORED]
+    rest = [o for o in overrides if _root(o) not in STORED]
     # nothing to checkpoint in an evaluation
     cfg = compose(
-        ["task_name=eval", "callbacks.model_checkpoint=null", "paths.output_dir=.", *overrides]
+        ["task_name=eval", "callbacks.model_checkpoint=null", "paths.output_dir=.", *rest]
     )
     trainer = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(trainer, dict)
@@ -63,11 +67,7 @@ def evaluate(
     for key in STORED_ROOT:
         if key in ckpt.cfg:
             cfg[key] = ckpt.cfg[key]
-    mine = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in STORED]
-    if mine:  # the user's own changes to the stored groups win
-        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.lstrip("+") for o in mine]))
-        assert isinstance(merged, DictConfig)
-        cfg = merged
+    apply_stored_overrides(cfg, mine)  # the user's own changes to the stored groups win
     if out is None:
         import time
 
@@ -75,13 +75,80 @@ def evaluate(
         out = str(Path(cfg.paths.log_dir) / "eval" / "runs" / f"{stamp}_{run_id()}")
     cfg.paths.output_dir = str(Path(out).resolve())
     cfg.train, cfg.test, cfg.ckpt_path = False, True, str(path.resolve())
-    handlers = _log_to(Path(out))
+    existed = Path(out).exists()
+    handlers, refused = _log_to(Path(out)), False
     try:
         return train(cfg)
+    except ConfigError:
+        refused = True
+        raise
     finally:
         for h in handlers:
             logging.getLogger().removeHandler(h)
             h.close()
+        if refused and not existed:  # a refused evaluation leaves nothing behind
+            from stablelab.train import _remove_if_untouched
+
+            _remove_if_untouched(Path(out))
+
+
+def _root(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~").split(".")[0].split("/")[0]
+
+
+def apply_stored_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply ``key.sub=value`` / ``+key.sub=value`` / ``~key.sub`` overrides (Hydra's
+    grammar) to the checkpoint's stored groups in ``cfg``; raise ConfigError naming each
+    that cannot apply: a group choice (the stored group is the checkpoint's), a key the
+    stored config does not have (without ``+``), a sweep."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from stablelab.config import composition_problem
+
+    problems: list[str] = []
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            (ov,) = parser.parse_overrides([text])
+        except HydraException as e:
+            problems.append(composition_problem(e, [text]))
+            continue
+        key = ov.key_or_group
+        if "." not in key:
+            problems.append(
+                f"{text}: stablelab eval takes the {key} config from the checkpoint; change "
+                f"its keys ({key}.<key>=...), or compose your own config with "
+                "stablelab-train train=false ckpt_path=<checkpoint>"
+            )
+            continue
+        if ov.is_sweep_override():
+            problems.append(f"{text}: stablelab eval evaluates one config, not a sweep")
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if not isinstance(node, DictConfig):
+            problems.append(f"{key}: the checkpoint's config has no {parent!r} mapping")
+            continue
+        if ov.is_delete():
+            if leaf not in node:
+                problems.append(f"{text}: the checkpoint's {parent!r} has no key {leaf!r}")
+            else:
+                with open_dict(node):
+                    del node[leaf]
+            continue
+        if leaf not in node and not (ov.is_add() or ov.is_force_add()):
+            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+            mean = f"; did you mean {parent + '.' + close[0]!r}?" if close else ""
+            problems.append(
+                f"{key}: not a key of the checkpoint's {parent!r}{mean} (its keys: "
+                f"{', '.join(str(k) for k in node)}; to add a new key write +{text})"
+            )
+            continue
+        with open_dict(node):
+            node[leaf] = ov.value()
+    if problems:
+        raise ConfigError(problems)
 
 
 FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"

@@ -182,6 +182,72 @@ def test_bad_value_exits_2_naming_the_key_before_anything_trains(
     assert not (files / "PWNED").exists()
 
 
+EVAL_CASES = [
+    (["model=resnet"], ["model=resnet: stablelab eval takes the model config from the checkpoint",
+                        "train=false ckpt_path"]),
+    (["data=digits"], ["data=digits: stablelab eval takes the data config"]),
+    (["model.widht=64"], ["model.widht: not a key of the checkpoint's 'model'",
+                          "did you mean 'model.width'?", "+model.widht=64"]),
+    (["~model.nosuch"], ["~model.nosuch: the checkpoint's 'model' has no key 'nosuch'"]),
+    (["data.eval_batch_size=10,20"], ["data.eval_batch_size=10,20", "not a sweep"]),
+    (["model.width=[1"], ["'model.width=[1': not a valid override"]),
+    (["nosuch=1"], ["nosuch: not a key at the top level", "+nosuch=1"]),
+    (["sed=1"], ["did you mean 'seed'?"]),
+    (["trainer.max_epoch=1"], ["trainer.max_epoch: not a key of 'trainer'",
+                               "did you mean 'trainer.max_epochs'?"]),
+    (["trainer=nosuch"], ["trainer = 'nosuch': no such option of the 'trainer' config group",
+                          "cpu, ddp, ddp_cpu"]),
+    # the stored groups, validated as usual
+    (["model.width=-3"], ["model.width = -3"]),
+    (["+data.note=x"], ["data.note: unknown key", "allowed keys: data_dir, batch_size"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides,expected", EVAL_CASES, ids=[_ids(c) for c in EVAL_CASES])
+def test_eval_refuses_overrides_it_cannot_apply_naming_them(
+    tmp_path, capsys, files, overrides, expected
+):
+    """`stablelab eval CKPT OVERRIDES`: the stored groups come from the checkpoint, so a
+    group choice for one is refused, and a key the stored config lacks is named with the
+    keys it has; Hydra's composition errors are one line each (no traceback); exit 2, no
+    output directory."""
+    from stablelab.cli import main as cli_main
+
+    out = tmp_path / "eval"
+    ckpt = files / "mlp" / "checkpoints" / "last.ckpt"
+    code = cli_main(["eval", str(ckpt), *FAST, *overrides, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    for text in expected:
+        assert text in err, f"{text!r} not in:\n{err}"
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_eval_applies_overrides_of_keys_only_the_checkpoints_model_has(tmp_path, files):
+    """model.dropout exists in the MLP's config, not in the default model's (the ResNet):
+    the override reaches the stored config, and evaluation (dropout off) gives the numbers
+    of an evaluation without it; a key deleted with ~ falls back to its default."""
+    import json
+
+    import yaml
+
+    from stablelab.cli import main as cli_main
+
+    ckpt = str(files / "mlp" / "checkpoints" / "last.ckpt")
+    plain, changed = tmp_path / "plain", tmp_path / "changed"
+    assert cli_main(["eval", ckpt, *FAST, "logger=csv", "--out", str(plain)]) == 0
+    argv = ["model.dropout=0.5", "~model.embed_dim", "data.eval_batch_size=7"]
+    assert cli_main(["eval", ckpt, *FAST, "logger=csv", *argv, "--out", str(changed)]) == 0
+    cfg = yaml.safe_load((changed / "config.yaml").read_text())
+    assert cfg["model"]["dropout"] == 0.5 and cfg["model"]["_target_"] == "stablelab.models.MLP"
+    assert "embed_dim" not in cfg["model"] and cfg["data"]["eval_batch_size"] == 7
+    a = json.loads((plain / "summary.json").read_text())
+    b = json.loads((changed / "summary.json").read_text())
+    assert b["val_acc"] == a["val_acc"] and b["test_acc"] == a["test_acc"]
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)  # other batch sums
+
+
 def test_the_table_is_large_enough():
     assert len(CASES) >= 40
 

@@ -106,6 +106,36 @@ def test_unresolvable_interpolation_is_a_config_error(tmp_path):
         validate(compose_cfg(["+run_name=${nope}"], tmp_path))
 
 
+COMPOSITION = [
+    (["optimizer=adamw"], ["optimizer = 'adamw': no such option of the 'optimizer' config "
+                           "group", "nadam", "did you mean 'adam'?"]),
+    (["schedule.warmup=3"], ["schedule.warmup: not a key of 'schedule'",
+                             "did you mean 'schedule.warmup_steps'?", "+schedule.warmup=3"]),
+    (["seeed=1"], ["seeed: not a key at the top level", "did you mean 'seed'?"]),
+    (["model.width=[1"], ["'model.width=[1': not a valid override"]),
+    (["~nosuch"], ["nosuch", "does not exist"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides,expected", COMPOSITION, ids=[o[0] for o, _ in COMPOSITION])
+def test_an_override_hydra_cannot_compose_is_one_named_config_error(
+    tmp_path, capsys, overrides, expected
+):
+    """What Hydra refuses while composing (an unknown key or group option, bad grammar) is
+    a ConfigError naming the override, for the API and every command that composes: the
+    workflow commands exit 2 with it, no traceback."""
+    from stablelab.cli import main as cli_main
+
+    with pytest.raises(ConfigError) as err:
+        compose_cfg(overrides, tmp_path)
+    assert len(err.value.problems) == 1
+    for text in expected:
+        assert text in str(err.value), f"{text!r} not in:\n{err.value}"
+    assert cli_main(["probe", "--lr", "1e-3", *overrides]) == 2
+    printed = capsys.readouterr().err
+    assert "stablelab probe: Invalid config" in printed and expected[0] in printed
+
+
 def test_signatures_read_from_source_equal_the_imported_ones():
     """The fast pass's reading of every stablelab target in configs/ (ast, no import) gives
     the parameters, required flags and annotations that inspecting the imported class

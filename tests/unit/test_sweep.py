@@ -324,6 +324,11 @@ def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
         (["diagnose", "--factor", "0"], "--factor: must be > 0, got 0"),
         (["diagnose", "--probe-steps", "1e3"], "--probe-steps: not an integer: '1e3'"),
         (["diagnose", "--factor", "ten"], "--factor: not a number: 'ten'"),
+        (
+            ["sweep", "lr", "--lrs", "0.01", "seed=1"],
+            "--lrs: not a number: 'seed=1' (an override after a list of numbers: put the "
+            "overrides before the option)",
+        ),
         (["clip-threshold", ".", "--percentile", "150"], "--percentile: must be >= 0 and <= 100"),
     ],
 )
