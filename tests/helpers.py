@@ -177,23 +177,35 @@ class KillAtStep(L.Callback):
     """Send ``signal`` (default SIGKILL: no handler, no cleanup, as a crash or an OOM
     kill) to this process when training reaches ``step``: at the start of that step's
     batch, or, with ``during_validation``, in the middle of the validation run at that
-    step. With ``rank``, only that DDP rank."""
+    step. With ``rank``, only that DDP rank. With ``once`` (a file path), only while that
+    file does not exist (it is created first): the run resumed with the same config (the
+    README's way) is not stopped again."""
 
     def __init__(
-        self, step: int, signal: int = 9, during_validation: bool = False, rank: int | None = None
+        self,
+        step: int,
+        signal: int = 9,
+        during_validation: bool = False,
+        rank: int | None = None,
+        once: str | None = None,
     ) -> None:
-        self.step, self.signal, self.during_validation, self.rank = (
-            step, signal, during_validation, rank,
+        self.step, self.signal, self.during_validation, self.rank, self.once = (
+            step, signal, during_validation, rank, once,
         )  # fmt: skip
         self.sent = False
 
     def _fire(self, trainer) -> None:
         import os
+        from pathlib import Path
 
         if self.sent or (self.rank is not None and trainer.global_rank != self.rank):
             return
+        if self.once is not None and Path(self.once).exists():
+            return
         if trainer.global_step >= self.step:
             self.sent = True
+            if self.once is not None:
+                Path(self.once).touch()
             os.kill(os.getpid(), self.signal)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

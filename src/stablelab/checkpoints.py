@@ -132,15 +132,63 @@ def load(path: Path, key: str = "ckpt_path") -> Checkpoint:
 def resume_problems(ckpt: Checkpoint, plain: dict[str, Any], key: str = "ckpt_path") -> list[str]:
     """Why this config cannot resume training from ``ckpt`` (the optimizer state must be
     the same update rule's)."""
-    old = (ckpt.cfg.get("optimizer") or {}).get("_target_")
-    new = (plain.get("optimizer") or {}).get("_target_")
+    stored, mine = ckpt.cfg.get("optimizer") or {}, plain.get("optimizer") or {}
+    old, new = stored.get("_target_"), mine.get("_target_")
     if ckpt.optimizer_states and old != new:
         return [
             f"{key} = '{ckpt.path}': the checkpoint's optimizer is {old}, this config's "
             f"is {new}; resuming needs the same update rule (optimizer=... as when it was "
             "trained), or evaluate it with train=false"
         ]
+
+    def groups(opt: Mapping[str, Any]) -> tuple[bool, bool]:  # how the tensors are grouped
+        decays = bool(opt.get("weight_decay"))
+        return decays, decays and bool(opt.get("decay_norms_and_biases", False))
+
+    if ckpt.optimizer_states and groups(stored) != groups(mine):
+        return [
+            f"optimizer.weight_decay = {mine.get('weight_decay')} / "
+            f"optimizer.decay_norms_and_biases = {mine.get('decay_norms_and_biases')}: the "
+            f"checkpoint '{ckpt.path}' was trained with {stored.get('weight_decay')} / "
+            f"{stored.get('decay_norms_and_biases')}, which groups the tensors differently "
+            "(decay on or off, norms and biases in or out); a resume keeps the grouping: "
+            "change the decay's size only, or start a new run"
+        ]
     return []
+
+
+# settings that change no number of a run (where it writes, what it prints, how it is
+# labelled and launched); every other leaf of the config is compared on resume
+_PRESENTATION = (
+    "task_name", "run_name", "tags", "train", "test", "ckpt_path", "threads", "print_config",
+    "plots", "optimized_metric", "logger", "paths", "hydra", "data.data_dir",
+    "data.num_workers", "callbacks.interruption", "callbacks.progress_bar",
+    "callbacks.model_checkpoint.dirpath", "trainer.default_root_dir",
+    "trainer.enable_model_summary", "trainer.enable_progress_bar", "trainer.logger",
+)  # fmt: skip
+
+
+def _leaves(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, Mapping) and node:
+        for k, v in node.items():
+            yield from _leaves(v, f"{where}.{k}" if where else str(k))
+    else:
+        yield where, list(node) if isinstance(node, list | tuple) else node
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """``{dotted key: [checkpoint's value, this config's value]}`` for every setting that
+    differs between a checkpoint's stored config and the config resuming from it, but
+    for those that change no number (:data:`_PRESENTATION`). A key only one side has
+    shows ``None`` on the other."""
+    a, b = dict(_leaves(old)), dict(_leaves(new))
+    out: dict[str, list[Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        if any(key == p or key.startswith(p + ".") for p in _PRESENTATION):
+            continue
+        if a.get(key) != b.get(key):
+            out[key] = [a.get(key), b.get(key)]
+    return out
 
 
 def model_problems(ckpt: Checkpoint, module, key: str = "ckpt_path") -> list[str]:

@@ -148,6 +148,14 @@ def closing_lines(
         if summary.get("heldout_loss") is not None:
             test += f"; held-out loss {_num(summary['heldout_loss'])}"
         lines.append(test + _subset(summary, "test"))
+    resumed = summary.get("resumed_from")
+    if isinstance(resumed, dict) and resumed.get("changed"):
+        changed = resumed["changed"]
+        lines.append(
+            f"  resumed from step {resumed.get('step')} with {len(changed)} setting(s) "
+            f"changed ({', '.join(list(changed)[:4])}{', ...' if len(changed) > 4 else ''}): "
+            "the numbers after it need not be an uninterrupted run's"
+        )
     if summary.get("resume_command"):
         lines.append(f"  resume: {summary['resume_command']}")
     for url in urls:

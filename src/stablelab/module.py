@@ -305,6 +305,12 @@ class StableModule(L.LightningModule):
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: self.rollback["lr_scale"] * schedule(step)
         )
+        # this config's hyperparameters of every group (lr as initial_lr): a resume restores
+        # the checkpoint's over them, and on_train_start puts these back
+        self._configured_groups = [
+            {k: v for k, v in g.items() if k not in ("params", "lr")}
+            for g in optimizer.param_groups
+        ]
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "frequency": 1},
@@ -362,16 +368,23 @@ class StableModule(L.LightningModule):
         self._sharded = True
 
     def on_train_start(self) -> None:
-        """After a rollback that lowered the LR: the restored optimizer holds the LR of the
-        checkpoint's step at the old scale; set it as the scheduler computes it now."""
-        if self.rollback["lr_scale"] != 1.0:
-            sched = self.lr_schedulers()
-            opt = self.optimizers(use_pl_optimizer=False)
-            if isinstance(sched, torch.optim.lr_scheduler.LambdaLR) and not isinstance(opt, list):
-                for g, base, fn in zip(
-                    opt.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True
-                ):
-                    g["lr"] = base * fn(sched.last_epoch)
+        """The run follows its own config: a resumed optimizer holds the checkpoint's
+        hyperparameters (lr, betas, eps, weight decay, ...) and the scheduler its base LRs;
+        put this config's back (equal values for an unchanged config, so an exact resume
+        stays bit for bit), and set the LR of the step as the scheduler computes it now
+        (after a rollback that lowered the LR scale too)."""
+        sched = self.lr_schedulers()
+        opt = self.optimizers(use_pl_optimizer=False)
+        configured = getattr(self, "_configured_groups", None)
+        if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR) or isinstance(opt, list):
+            return
+        if configured is not None and len(configured) == len(opt.param_groups):
+            for g, mine in zip(opt.param_groups, configured, strict=True):
+                g.update(mine)
+            sched.base_lrs = [float(mine["initial_lr"]) for mine in configured]
+        for g, base, fn in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas, strict=True):
+            g["lr"] = base * fn(sched.last_epoch)
+        sched._last_lr = [g["lr"] for g in opt.param_groups]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rollback"] = {

@@ -222,7 +222,7 @@ def _refuse_data_or_model(plain, datamodule, module, trainer, ckpt) -> None:
 
 def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info, ckpt):
     """summary.json as first written (``status: running``): where, what and on what."""
-    from stablelab import runinfo
+    from stablelab import checkpoints, runinfo
 
     world = trainer.world_size
     run = {
@@ -242,6 +242,19 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
     if ckpt is not None:
         key = "resumed_from" if plain["train"] else "evaluated_checkpoint"
         summary[key] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.global_step}
+        changed = checkpoints.changed_settings(ckpt.cfg, plain) if plain["train"] else {}
+        if changed:
+            summary["resumed_from"].update(exact=False, changed=changed)
+            shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changed.items())[:8])
+            more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
+            log.warning(
+                "stablelab: resuming with settings that differ from the checkpoint's (%s%s): "
+                "the numbers after step %d need not be those an uninterrupted run of either "
+                "config would report (summary.json: resumed_from.changed)",
+                shown,
+                more,
+                ckpt.global_step,
+            )
         if plain["train"] and not getattr(datamodule, "exact_resume", False):
             summary["resumed_from"]["exact"] = False
             log.warning(

@@ -46,12 +46,17 @@ RNG = random.Random(16)
 STEPS = sorted(RNG.sample(range(11, 40), 2))  # two more kill steps, anywhere after one ckpt
 
 
-def _kill(step: int, sig: int = signal.SIGKILL, during_validation: bool = False) -> list[str]:
+def _kill(
+    step: int, sig: int = signal.SIGKILL, during_validation: bool = False, once: Path | None = None
+) -> list[str]:
+    """The overrides of a stop at ``step``; with ``once``, the resume passes them too (the
+    same config, as README says) and is not stopped again."""
     return [
         "+callbacks.kill._target_=helpers.KillAtStep",
         f"+callbacks.kill.step={step}",
         f"+callbacks.kill.signal={int(sig)}",
         f"+callbacks.kill.during_validation={str(during_validation).lower()}",
+        *([f"+callbacks.kill.once={once}"] if once is not None else []),
     ]
 
 
@@ -61,6 +66,8 @@ def assert_same_run(run: Path, ref: Path) -> None:
     if (ref / "lm_monitor.csv").is_file():  # its row at initialisation once, then every 5
         assert (run / "lm_monitor.csv").read_bytes() == (ref / "lm_monitor.csv").read_bytes()
     a, b = (json.loads((d / "summary.json").read_text()) for d in (run, ref))
+    resumed = a.get("resumed_from", {})  # (none: killed before the first checkpoint)
+    assert "changed" not in resumed and resumed.get("exact") is not False  # the same config
     assert {k: v for k, v in a.items() if k not in RUN_KEYS} == {
         k: v for k, v in b.items() if k not in RUN_KEYS
     }
@@ -120,19 +127,20 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, reference, case):
     step, during_val, new_dir, config = case
     extra = CONFIGS[config]
     run = tmp_path / "run"
-    proc = run_cli([*BASE, *extra, *_kill(step, during_validation=during_val),
-                    f"hydra.run.dir={run}"], tmp_path)  # fmt: skip
+    kill = _kill(step, during_validation=during_val, once=tmp_path / "killed")
+    proc = run_cli([*BASE, *extra, *kill, f"hydra.run.dir={run}"], tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "running"  # as left
     into = tmp_path / "resumed" if new_dir else run
-    _resume(run, into, tmp_path, extra)
+    _resume(run, into, tmp_path, [*extra, *kill])
     assert_same_run(into, reference[config])
 
 
 def test_sigterm_checkpoints_the_step_exits_143_and_resumes_exactly(tmp_path, reference):
     run = tmp_path / "run"
     step = STEPS[1]
-    proc = run_cli([*BASE, *_kill(step, signal.SIGTERM), f"hydra.run.dir={run}"], tmp_path)
+    kill = _kill(step, signal.SIGTERM, once=tmp_path / "stopped")
+    proc = run_cli([*BASE, *kill, f"hydra.run.dir={run}"], tmp_path)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "interrupted" and s["feasible"] is False
@@ -145,7 +153,7 @@ def test_sigterm_checkpoints_the_step_exits_143_and_resumes_exactly(tmp_path, re
     report = (run / "report.md").read_text()
     assert "INTERRUPTED" in report and s["resume_command"] in report
     assert "to resume: stablelab-train" in proc.stdout + proc.stderr
-    _resume(run, run, tmp_path)
+    _resume(run, run, tmp_path, kill)
     assert_same_run(run, reference["default"])
 
 

@@ -145,6 +145,10 @@ CASES = [
         ["model=mlp", "optimizer=sgd", "ckpt_path={f}/mlp/checkpoints/last.ckpt"],
         ["ckpt_path", "optimizer is stablelab.optim.Adam", "stablelab.optim.SGD"],
     ),
+    (
+        ["model=mlp", "optimizer.weight_decay=0.1", "ckpt_path={f}/mlp/checkpoints/last.ckpt"],
+        ["optimizer.weight_decay = 0.1", "groups the tensors differently", "trained with 0.0"],
+    ),
     # the language model's data and model
     (["data=text_file"], ["data.path", "Missing mandatory value"]),
     (
@@ -248,8 +252,13 @@ def test_eval_applies_overrides_of_keys_only_the_checkpoints_model_has(tmp_path,
     assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)  # other batch sums
 
 
-def test_the_table_is_large_enough():
+def test_the_table_is_large_enough_and_readme_quotes_its_size():
+    from conftest import ROOT
+
     assert len(CASES) >= 40
+    readme = (ROOT / "README.md").read_text()
+    assert f"tested as a table of {len(CASES)} cases" in " ".join(readme.split())
+    assert f"| {len(CASES)} | {len(CASES)} refused" in readme
 
 
 def test_crafted_target_in_a_checkpoint_is_refused_by_load_from_checkpoint(files):

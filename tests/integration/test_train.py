@@ -82,6 +82,48 @@ def test_resume_with_weight_decay_groups_continues_exactly(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_resume_follows_its_own_config_and_says_the_numbers_are_not_an_uninterrupted_runs(
+    tmp_path, caplog
+):
+    """Resumed from step 10 with another LR and beta2: the run trains with them (the LR
+    it logs, the hyperparameters its optimizer saves; Lightning alone restores the
+    checkpoint's over the config's), the summary lists the changes with both values and is
+    marked not exact, the console warns, the report says so, and the numbers differ from
+    the uninterrupted run of the checkpoint's config."""
+    args = ["max_train_steps=20", "trainer.val_check_interval=10", "plots=false",
+            "callbacks.dense_eval=null", "test=false"]  # fmt: skip
+    full, _ = _train(tmp_path, "full", args)
+    _, first = _train(tmp_path, "first", [*args, "max_train_steps=10"])
+    ckpt = first / "checkpoints" / "last.ckpt"
+    changed = [*args, "optimizer.lr=1e-3", "optimizer.beta2=0.99", f"ckpt_path={ckpt}"]
+    with caplog.at_level("WARNING", logger="stablelab"):
+        resumed, rb = _train(tmp_path, "resumed", changed)
+    assert resumed["resumed_from"]["changed"] == {
+        "max_train_steps": [10, 20], "optimizer.beta2": [0.999, 0.99],
+        "optimizer.lr": [0.003, 0.001], "schedule.max_train_steps": [10, 20],
+    }  # fmt: skip
+    assert resumed["resumed_from"]["exact"] is False and resumed["steps"] == 20
+    assert "settings that differ from the checkpoint's" in caplog.text
+    assert "optimizer.lr: 0.003 -> 0.001" in caplog.text
+    lrs = {int(r["step"]): float(r["train/lr"]) for r in _rows(rb) if r.get("train/lr")}
+    assert lrs and all(
+        lr == pytest.approx(3e-3 if step < 10 else 1e-3, rel=1e-6) for step, lr in lrs.items()
+    ), lrs
+    assert max(lrs) >= 10
+    (group,) = torch.load(rb / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][
+        0
+    ]["param_groups"]
+    assert (group["lr"], group["initial_lr"], group["beta2"]) == (1e-3, 1e-3, 0.99)
+    report = (rb / "report.md").read_text()
+    assert "| resumed from | step 10; settings changed since the checkpoint: " in report
+    assert "optimizer.lr" in report and "need not be an uninterrupted run's" in report
+    assert resumed["val_loss"] != full["val_loss"]
+    # resumed with the checkpoint's own settings: nothing flagged (test_faults.py: and exact)
+    same, rs = _train(tmp_path, "same", [*args, "max_train_steps=10", f"ckpt_path={ckpt}"])
+    assert "changed" not in same["resumed_from"]
+    assert "resumed from" not in (rs / "report.md").read_text()
+
+
 def test_the_last_step_is_validated_and_checkpointed(tmp_path):
     """13 steps, validation every 5: Lightning alone would validate after steps 5 and 10
     only, leaving the final weights unevaluated and last.ckpt at step 10."""

@@ -50,3 +50,43 @@ def test_last_checkpoint_follows_every_validation_not_only_improvements(tmp_path
     assert seen == [2, 4, 6]  # Lightning 2.6 alone: [2, 2, 2]
     assert torch.load(tmp_path / "best.ckpt", weights_only=True)["global_step"] == 2
     assert ckpt.best_model_path == str(tmp_path / "best.ckpt")
+
+
+def test_changed_settings_lists_every_number_changing_leaf_and_skips_presentation():
+    """The settings a resume compares, on hand-written configs: changed, added and removed
+    leaves (nested, lists) with both values; where the run writes, what it logs and how it
+    prints are not settings that change a number."""
+    from stablelab.checkpoints import changed_settings
+
+    old = {
+        "seed": 1,
+        "optimizer": {"lr": 0.003, "betas": [0.9, 0.999]},
+        "model": {"residual": {"layout": "pre_norm"}, "dropout": 0.0},
+        "callbacks": {"kill": {"step": 3}, "progress_bar": {"refresh_rate": 10}},
+        "trainer": {"default_root_dir": "/a", "devices": 1},
+        "paths": {"output_dir": "/a"},
+        "logger": {"csv": {}},
+        "task_name": "train",
+        "ckpt_path": None,
+        "data": {"data_dir": "/x", "batch_size": 128},
+    }
+    new = {
+        "seed": 1,
+        "optimizer": {"lr": 0.001, "betas": [0.9, 0.99]},
+        "model": {"residual": {"layout": "pre_norm"}, "dropout": 0.0, "bias": False},
+        "callbacks": {"progress_bar": {"refresh_rate": 1}},
+        "trainer": {"default_root_dir": "/b", "devices": 2},
+        "paths": {"output_dir": "/b"},
+        "logger": {},
+        "task_name": "resumed",
+        "ckpt_path": "/a/checkpoints/last.ckpt",
+        "data": {"data_dir": "/y", "batch_size": 128},
+    }
+    assert changed_settings(old, new) == {
+        "callbacks.kill.step": [3, None],
+        "model.bias": [None, False],
+        "optimizer.betas": [[0.9, 0.999], [0.9, 0.99]],
+        "optimizer.lr": [0.003, 0.001],
+        "trainer.devices": [1, 2],
+    }
+    assert changed_settings(old, old) == {}

@@ -158,6 +158,20 @@ def _subset_text(summary: dict[str, Any]) -> str | None:
     return ", ".join(f"{k} {v['batches']} of {v['of']}" for k, v in parts.items()) or None
 
 
+def resumed_text(summary: dict[str, Any]) -> str | None:
+    """'step 20; settings changed since the checkpoint: optimizer.lr, ...' for a run
+    resumed in a way an uninterrupted run cannot reproduce; None otherwise (an exact
+    resume's report is the uninterrupted run's)."""
+    r = summary.get("resumed_from")
+    if not isinstance(r, dict) or r.get("exact") is not False:
+        return None
+    if r.get("changed"):
+        why = "settings changed since the checkpoint: " + ", ".join(r["changed"])
+    else:
+        why = "the data module does not declare exact_resume"
+    return f"step {r.get('step')}; {why} (the numbers after it need not be an uninterrupted run's)"
+
+
 def render(
     summary: dict[str, Any], cfg: dict[str, Any], findings: list[Finding], run_dir: Path
 ) -> str:
@@ -183,6 +197,7 @@ def render(
         ),
         ("test accuracy", summary.get("test_acc")),
         ("evaluated on part of a split (batches of)", _subset_text(summary)),
+        ("resumed from", resumed_text(summary)),
         ("initial training loss", summary.get("initial_loss")),
         ("diverged at step", summary.get("diverged_at_step")),
         ("first instability step", summary.get("first_instability_step")),
