@@ -124,16 +124,16 @@ class StepTelemetry:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         steps = list(state["steps"])
-        if len(steps) > self.every:
-            raise ValueError(
-                f"the checkpoint holds {len(steps)} telemetry rows not yet read back; this "
-                f"run reads them back every {self.every} steps: resume with the same "
-                "trainer.log_every_n_steps"
-            )
         self.overflow = list(state["overflow"])
-        self.steps = steps
-        self._reduced = len(steps)
         rows = state["rows"].float()
         if rows.dim() == 2 and rows.shape[1] == len(FIELDS) - 1:  # written before "skipped"
             rows = torch.cat([rows, rows.new_zeros(len(rows), 1)], dim=1)
+        if len(steps) > self.every:  # resumed with a shorter interval: more rows than fit
+            self.overflow += [  # (already reduced over ranks) read back at the next flush
+                {"step": s, **dict(zip(FIELDS, v, strict=True))}
+                for s, v in zip(steps, rows.tolist(), strict=True)
+            ]
+            steps = []
+        self.steps = steps
+        self._reduced = len(steps)
         self._restored = rows if steps else None

@@ -293,3 +293,33 @@ def test_clipping_and_recording_do_not_sync(monkeypatch, clipper):
     # each step's loss is the mean of its micro-batches (float64 reference)
     ref = losses.double().mean(dim=1).tolist()
     assert [r["loss"] for r in rows] == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("new_every", [7, 3, 1])
+def test_telemetry_restored_into_a_shorter_interval_keeps_every_row(new_every):
+    """A checkpoint taken with 5 rows pending (interval 7) restored by a run that reads
+    back every 3 or every step: every row comes back once, in step order, with its values
+    (written by hand), then the new rows (no refusal, nothing lost)."""
+    one = torch.ones(())
+    before = StepTelemetry(every=7)
+    for step in range(12):  # flushed at 7 rows; 5 pending at the checkpoint
+        if before.pending == 7:
+            before.flush()
+        before.add_loss(one * (100 + step))
+        before.record(step, ClipStats(one * step, one * step / 2, one * (step % 2), one * 3))
+    state = before.state_dict()
+    assert state["steps"] == [7, 8, 9, 10, 11]
+    after = StepTelemetry(every=new_every)
+    after.load_state_dict(state)
+    rows: list[dict] = []
+    for step in range(12, 16):
+        after.add_loss(one * (100 + step))
+        after.record(step, ClipStats(one * step, one * step / 2, one * (step % 2), one * 3))
+        if after.pending == new_every:
+            rows += after.flush()
+    rows += after.flush()
+    assert [r["step"] for r in rows] == list(range(7, 16))
+    for r in rows:
+        s = r["step"]
+        assert (r["loss"], r["grad_norm"], r["grad_norm_clipped"]) == (100 + s, s, s / 2)
+        assert (r["clipped"], r["clip_threshold"], r["skipped"]) == (s % 2, 3, 0)
