@@ -62,11 +62,11 @@ def clip_threshold(args: argparse.Namespace) -> int:
     """Print the recommended clip threshold: a percentile of a run's unclipped norms."""
     import numpy as np
 
-    from stablelab.analysis.runs import finite_grad_norms, read_grad_norms
+    from stablelab.analysis.runs import RunFileError, finite_grad_norms, read_grad_norms
 
     try:
         finite, steps = finite_grad_norms(args.run_dir), len(read_grad_norms(args.run_dir))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunFileError) as e:
         print(f"stablelab clip-threshold: {e}", file=sys.stderr)
         return 2
     if not finite.size:
@@ -90,7 +90,7 @@ def clip_threshold(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     """(Re)build a run's stability report from its files and print its verdict."""
     from stablelab.analysis.report import findings_for, verdict, write_report
-    from stablelab.analysis.runs import has_summary
+    from stablelab.analysis.runs import RunFileError, has_summary
 
     if not has_summary(args.run_dir):
         print(
@@ -99,8 +99,12 @@ def report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    path = write_report(args.run_dir)
-    summary, findings = findings_for(args.run_dir)
+    try:
+        path = write_report(args.run_dir)
+        summary, findings = findings_for(args.run_dir)
+    except RunFileError as e:
+        print(f"stablelab report: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     print(f"verdict: {verdict(summary)}")
     for f in findings:

@@ -257,7 +257,10 @@ def _status(r: dict[str, Any]) -> str:
 
     if not has_summary(r["run_dir"]):
         return f"failed before writing a summary (exit {r['returncode']}, see {r['name']}.log)"
-    s = read_summary(r["run_dir"])
+    try:
+        s = read_summary(r["run_dir"])
+    except ValueError as e:  # RunFileError: a damaged summary
+        return f"unreadable summary ({e})"
     if s.get("status") == "diverged":
         return f"diverged at step {s.get('diverged_at_step')} (infeasible)"
     if s.get("status") != "completed":

@@ -398,3 +398,62 @@ def test_rebuilding_a_report_never_runs_a_crafted_config(tmp_path):
     assert lrs == pytest.approx([0.1 * min(1.0, s / 4) for s in range(8)], abs=1e-12)
     good["_target_"] = "stablelab.optim.schedules.os.system"  # reached through a module
     assert lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml") is None
+
+
+DAMAGED = [
+    # (file, content, command, texts)
+    ("summary.json", "[]", "report", ["summary.json: not a stablelab summary (a JSON list"]),
+    ("summary.json", "{", "report", ["summary.json: not a stablelab summary (not JSON"]),
+    ("summary.json", "", "report", ["summary.json: not a stablelab summary (not JSON"]),
+    ("config.yaml", ": : :", "report", ["config.yaml: not a readable run config"]),
+    ("config.yaml", "- a\n- b\n", "report", ["config.yaml: not a run config (a YAML list"]),
+    ("evals.csv", "step,val_loss\n1,0.5\n,\n", "report", ["evals.csv, row 2: step '' is not"]),
+    ("stability.csv", b"\x9c\xff\x00", "report", ["stability.csv: not a readable CSV file"]),
+    ("grad_norms.csv", "step,grad_norm\nx,1\n", "clip-threshold",
+     ["grad_norms.csv, row 1: step 'x' is not an integer"]),
+    ("grad_norms.csv", "step,grad_norm\n1,zz\n", "clip-threshold",
+     ["grad_norms.csv: a row without a numeric grad_norm"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name,content,command,texts", DAMAGED, ids=[f"{d[2]}-{d[0]}-{i}" for i, d in enumerate(DAMAGED)]
+)
+def test_a_damaged_run_file_is_named_not_a_traceback(
+    tmp_path, capsys, files, name, content, command, texts
+):
+    """`stablelab report` / `clip-threshold` on a run directory whose file was edited or
+    damaged: exit 2 with the file and what is wrong, no traceback; the same run reads
+    fine before the damage (the fixture's real run)."""
+    import shutil
+
+    from stablelab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(files / "mlp", run)
+    assert main([command, str(run)]) == 0  # the genuine files
+    capsys.readouterr()
+    if isinstance(content, bytes):
+        (run / name).write_bytes(content)
+    else:
+        (run / name).write_text(content)
+    assert main([command, str(run)]) == 2
+    err = capsys.readouterr().err
+    for text in texts:
+        assert text in err, err
+    assert "Traceback" not in err and str(run) in err
+
+
+def test_a_sweep_leaves_out_a_trial_it_cannot_read_and_says_so(tmp_path, files):
+    """The sweep's table and plot over runs on disk: a trial with a damaged summary is
+    left out with a warning naming it; the readable trial stays."""
+    import shutil
+
+    from stablelab.analysis.sweep import load_trials
+
+    for name in ("a", "b"):
+        shutil.copytree(files / "mlp", tmp_path / name)
+    (tmp_path / "b" / "summary.json").write_text("{")
+    with pytest.warns(UserWarning, match=r"left out of the sweep: .*b: .*not JSON"):
+        rows = load_trials(tmp_path)
+    assert [Path(r["run_dir"]).name for r in rows] == ["a"]

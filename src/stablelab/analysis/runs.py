@@ -17,8 +17,22 @@ def has_summary(run_dir: str | Path) -> bool:
     return (Path(run_dir) / SUMMARY).is_file()
 
 
+class RunFileError(ValueError):
+    """A file of a run directory that cannot be read as what stablelab writes there (edited,
+    truncated, or not a stablelab run): the message names the file and what is wrong."""
+
+
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / SUMMARY).read_text())
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunFileError(f"{path}: not a stablelab summary (not JSON: {e})") from None
+    if not isinstance(summary, dict):
+        raise RunFileError(
+            f"{path}: not a stablelab summary (a JSON {type(summary).__name__}, not an object)"
+        )
+    return summary
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -29,17 +43,39 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         return {}
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)  # type: ignore[return-value]
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # noqa: BLE001 - YAML's and OmegaConf's errors: not a config
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunFileError(f"{path}: not a readable run config ({first})") from None
+    if not isinstance(cfg, dict):
+        raise RunFileError(f"{path}: not a run config (a YAML list, not a mapping)")
+    return cfg  # type: ignore[return-value]
 
 
 def read_csv(run_dir: str | Path, name: str) -> list[dict[str, str]]:
     """The rows of one of the run's CSV files (``stability.csv``, ``evals.csv``, ...);
-    [] when the run has no such file (its callback was off)."""
+    [] when the run has no such file (its callback was off). Every row's ``step`` must be
+    an integer (RunFileError naming the file and line otherwise)."""
     path = Path(run_dir) / name
     if not path.is_file():
         return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise RunFileError(f"{path}: not a readable CSV file ({e})") from None
+    for i, row in enumerate(rows):
+        if "step" in row:
+            try:
+                int(row["step"])
+            except (TypeError, ValueError):
+                raise RunFileError(
+                    f"{path}, row {i + 1}: step {row['step']!r} is not an integer (an edited "
+                    "or damaged file?)"
+                ) from None
+    return rows
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -69,9 +105,11 @@ def read_grad_norms(run_dir: str | Path) -> list[float]:
             f"{path} not found: is {run_dir} a stablelab run directory with the grad_norm "
             "callback enabled (callbacks=default)?"
         )
-    with path.open() as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: int(r["step"]))
-    return [float(r["grad_norm"]) for r in rows]
+    rows = sorted(read_csv(run_dir, "grad_norms.csv"), key=lambda r: int(r["step"]))
+    try:
+        return [float(r["grad_norm"]) for r in rows]
+    except (KeyError, TypeError, ValueError):
+        raise RunFileError(f"{path}: a row without a numeric grad_norm") from None
 
 
 def finite_grad_norms(run_dir: str | Path):

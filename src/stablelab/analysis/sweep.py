@@ -63,17 +63,23 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
 
 def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trial (the FIELDS), sorted by LR then warmup."""
-    from stablelab.analysis.runs import read_config, read_summary
+    import warnings
+
+    from stablelab.analysis.runs import RunFileError, read_config, read_summary
 
     rows = []
     for run in find_runs(sweep_dir):
-        s = read_summary(run)
-        cfg = read_config(run)
-        row = {k: s.get(k) for k in FIELDS}
+        try:
+            s = read_summary(run)
+            cfg = read_config(run)
+            row = {k: s.get(k) for k in FIELDS}
+            row["lr"] = float((cfg.get("optimizer") or {}).get("lr", math.nan))
+            row["warmup_steps"] = int((cfg.get("schedule") or {}).get("warmup_steps") or 0)
+            row["final_val_loss"] = _last_val_loss(run)
+        except (RunFileError, TypeError, ValueError, AttributeError) as e:
+            warnings.warn(f"left out of the sweep: {run}: {e}", stacklevel=2)
+            continue
         row["run_dir"] = str(run)
-        row["lr"] = float((cfg.get("optimizer") or {}).get("lr", math.nan))
-        row["warmup_steps"] = int((cfg.get("schedule") or {}).get("warmup_steps") or 0)
-        row["final_val_loss"] = _last_val_loss(run)
         row["feasible"] = bool(s.get("feasible"))
         row["unstable"] = bool(s.get("unstable"))
         l0, val = s.get("initial_loss"), s.get("val_loss")
