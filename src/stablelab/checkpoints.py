@@ -56,6 +56,8 @@ class Checkpoint:
     cfg: dict[str, Any]  # the resolved config it was trained with (untrusted data)
     state_dict: dict[str, Any]
     optimizer_states: list[dict[str, Any]]
+    input_spec: dict[str, Any] | None = None  # the data's description the model was built on
+    data_sha256: str | None = None  # of the data file it was trained on (data.path), if any
 
 
 def is_url(path: str) -> bool:
@@ -126,6 +128,8 @@ def load(path: Path, key: str = "ckpt_path") -> Checkpoint:
         cfg=dict(cfg),
         state_dict=dict(raw["state_dict"]),
         optimizer_states=list(raw.get("optimizer_states") or []),
+        input_spec=dict(spec) if isinstance(spec := hp.get("input_spec"), Mapping) else None,
+        data_sha256=sha if isinstance(sha := raw.get("data_sha256"), str) else None,
     )
 
 
@@ -189,6 +193,29 @@ def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
         if a.get(key) != b.get(key):
             out[key] = [a.get(key), b.get(key)]
     return out
+
+
+def vocabulary_problems(ckpt: Checkpoint, datamodule, key: str = "ckpt_path") -> list[str]:
+    """A language model's checkpoint and a text whose characters give another vocabulary
+    (the file changed since training): every character would map to another token."""
+    theirs = (ckpt.input_spec or {}).get("vocab")
+    mine = (getattr(datamodule, "input_spec", None) or {}).get("vocab")
+    if not isinstance(theirs, str) or not isinstance(mine, str) or theirs == mine:
+        return []
+    gone, new = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
+    diff = "; ".join(
+        f"{what} {''.join(chars)[:20]!r}"
+        for what, chars in (("without", gone), ("with", new))
+        if chars
+    )
+    path = getattr(datamodule, "path", None)
+    where = f"data.path = {path!r}" if path is not None else "data"
+    return [
+        f"{where}: its training part gives another character vocabulary ({len(mine)} "
+        f"characters) than {key} = '{ckpt.path}' was trained with ({len(theirs)}; this "
+        f"text is {diff or 'in another order'}): every character would map to another "
+        "token. Use the text it was trained on (the file changed since?)"
+    ]
 
 
 def model_problems(ckpt: Checkpoint, module, key: str = "ckpt_path") -> list[str]:

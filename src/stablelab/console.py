@@ -156,6 +156,8 @@ def closing_lines(
             f"changed ({', '.join(list(changed)[:4])}{', ...' if len(changed) > 4 else ''}): "
             "the numbers after it need not be an uninterrupted run's"
         )
+    if (summary.get("evaluated_checkpoint") or {}).get("data_changed"):
+        lines.append("  evaluated on another data file than the checkpoint was trained on")
     if summary.get("resume_command"):
         lines.append(f"  resume: {summary['resume_command']}")
     for url in urls:

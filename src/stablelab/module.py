@@ -387,6 +387,10 @@ class StableModule(L.LightningModule):
         sched._last_lr = [g["lr"] for g in opt.param_groups]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainer = self._trainer  # (None when saved outside a Trainer)
+        sha = getattr(getattr(trainer, "datamodule", None), "source_sha256", None)
+        if isinstance(sha, str):  # the data file's: a resume or evaluation compares it
+            checkpoint["data_sha256"] = sha
         checkpoint["rollback"] = {
             "log": [dict(r) for r in self.rollback["log"]],
             "offset": int(self.rollback["offset"]),

@@ -214,8 +214,9 @@ def _refuse_data_or_model(plain, datamodule, module, trainer, ckpt) -> None:
     from stablelab import checkpoints, preflight
 
     problems = preflight.data_problems(plain, datamodule, trainer.world_size)
-    if ckpt is not None:
-        problems += checkpoints.model_problems(ckpt, module)
+    if ckpt is not None:  # (another vocabulary makes another head: say why, not "model")
+        vocab = checkpoints.vocabulary_problems(ckpt, datamodule)
+        problems += vocab or checkpoints.model_problems(ckpt, module)
     if problems:
         raise ConfigError(problems)
 
@@ -239,10 +240,25 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
         "argv": sys.argv,
     }
     summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
+    if getattr(datamodule, "source_sha256", None):
+        summary["data_sha256"] = datamodule.source_sha256
     if ckpt is not None:
         key = "resumed_from" if plain["train"] else "evaluated_checkpoint"
         summary[key] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.global_step}
         changed = checkpoints.changed_settings(ckpt.cfg, plain) if plain["train"] else {}
+        sha = getattr(datamodule, "source_sha256", None)
+        if ckpt.data_sha256 and sha and ckpt.data_sha256 != sha:  # the same path, new bytes
+            if plain["train"]:
+                changed["data (sha256 of the file)"] = [ckpt.data_sha256, sha]
+            else:
+                summary[key]["data_changed"] = {"trained_on": ckpt.data_sha256, "now": sha}
+                log.warning(
+                    "stablelab: the data file is not the one %s was trained on (sha256 %s, "
+                    "now %s): these are its numbers on this file, not the training run's",
+                    ckpt.path.name,
+                    ckpt.data_sha256[:12],
+                    sha[:12],
+                )
         if changed:
             summary["resumed_from"].update(exact=False, changed=changed)
             shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changed.items())[:8])

@@ -7,6 +7,7 @@ dense evaluation, report, z-loss)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections import Counter
@@ -149,6 +150,40 @@ def test_text_file_runs_and_the_checkpoint_carries_its_vocabulary(tmp_path):
     module = StableModule.load_from_checkpoint(s["best_checkpoint"], map_location="cpu")
     assert module.hparams["input_spec"]["vocab"] == "".join(sorted(set(text.read_text())))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["heldout_loss"] > 0
+    assert s["data_sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
+
+
+def test_a_text_that_changed_since_training_is_refused_or_named(tmp_path, caplog, capsys):
+    """A text_file run's checkpoint against its file edited afterwards: characters that
+    make another vocabulary are refused (every character would map to another token),
+    naming the characters; the same vocabulary in another text is evaluated with a
+    warning and summary.json's data_changed (both sha256s), and a resume on it lists the
+    file among its changed settings."""
+    from stablelab.cli import main as cli_main
+    from stablelab.evaluate import evaluate
+
+    text = tmp_path / "poem.txt"
+    line = "the quick brown fox jumps over the lazy dog\n"
+    text.write_text(line * 300, encoding="utf-8")
+    args = [*LM, "data=text_file", f"data.path={text}", "max_train_steps=10",
+            "trainer.val_check_interval=10", "callbacks.dense_eval.every_step_until=0",
+            "plots=false"]  # fmt: skip
+    s = train(compose_cfg(args, tmp_path / "run"))
+    ckpt, before = s["best_checkpoint"], hashlib.sha256(text.read_bytes()).hexdigest()
+    text.write_text(line.replace("q", "Q") * 300, encoding="utf-8")
+    assert cli_main(["eval", ckpt, "logger=csv", "--out", str(tmp_path / "e1")]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path = '{text}': its training part gives another character vocabulary" in err
+    assert "without 'q'; with 'Q'" in err and not (tmp_path / "e1").exists()
+    text.write_text("the lazy dog jumps over the quick brown fox\n" * 300, encoding="utf-8")
+    after = hashlib.sha256(text.read_bytes()).hexdigest()
+    with caplog.at_level("WARNING", logger="stablelab"):
+        e = evaluate(ckpt, ["logger=csv"], str(tmp_path / "e2"))
+    assert e["evaluated_checkpoint"]["data_changed"] == {"trained_on": before, "now": after}
+    assert "the data file is not the one" in caplog.text
+    assert "evaluated on another data file" in (tmp_path / "e2" / "report.md").read_text()
+    r = train(compose_cfg([*args, "max_train_steps=20", f"ckpt_path={ckpt}"], tmp_path / "r"))
+    assert r["resumed_from"]["changed"]["data (sha256 of the file)"] == [before, after]
 
 
 def test_no_held_out_loss_from_part_of_the_held_out_text(tmp_path):

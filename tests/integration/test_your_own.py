@@ -167,16 +167,25 @@ def test_a_model_with_the_wrong_output_is_refused_on_its_first_batch(tmp_path):
 
 
 def test_npz_data_trains_any_builtin_model(tmp_path):
+    import hashlib
+
+    import torch
+
     from conftest import compose_cfg
     from stablelab.train import train
 
+    path = _npz(tmp_path)
     cfg = compose_cfg(
-        ["data=npz", f"data.path={_npz(tmp_path)}", "model=transformer", "max_train_steps=30",
+        ["data=npz", f"data.path={path}", "model=transformer", "max_train_steps=30",
          "logger=csv", "trainer.val_check_interval=15", *QUIET],
         tmp_path / "r",
     )  # fmt: skip
     s = train(cfg)
     assert s["status"] == "completed" and s["test_acc"] > 0.6  # separable: chance is 1/3
+    # the file's fingerprint, in the summary and in its checkpoints (resume/eval compare it)
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert s["data_sha256"] == sha
+    assert torch.load(s["best_checkpoint"], weights_only=True)["data_sha256"] == sha
 
 
 def test_python_api_two_runs_in_one_process_match_the_cli(tmp_path, monkeypatch):

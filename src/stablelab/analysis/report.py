@@ -198,6 +198,14 @@ def render(
         ("test accuracy", summary.get("test_acc")),
         ("evaluated on part of a split (batches of)", _subset_text(summary)),
         ("resumed from", resumed_text(summary)),
+        (
+            "evaluated on another data file than it was trained on (sha256 then / now)",
+            " / ".join(str(changed.get(k, ""))[:12] for k in ("trained_on", "now"))
+            if isinstance(
+                changed := (summary.get("evaluated_checkpoint") or {}).get("data_changed"), dict
+            )
+            else None,
+        ),
         ("initial training loss", summary.get("initial_loss")),
         ("diverged at step", summary.get("diverged_at_step")),
         ("first instability step", summary.get("first_instability_step")),

@@ -9,6 +9,7 @@ model builder what the inputs look like.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -81,6 +82,10 @@ class InMemoryDataModule(L.LightningDataModule):
     # training batches the data order runs ahead of the steps (set by a rollback: the
     # batches around a divergence are skipped; see StableModule.rollback)
     batch_offset = 0
+    # sha256 of the file the data was read from (a user's data.path), None for data
+    # generated from the config: checkpoints record it, so a resume or an evaluation can
+    # tell when the file changed since training
+    source_sha256: str | None = None
 
     def __init__(self, batch_size: int, eval_batch_size: int, shuffle_seed: int) -> None:
         super().__init__()
@@ -414,7 +419,9 @@ class NpzDataModule(InMemoryDataModule):
         if not p.is_file():
             raise ConfigError([f"{where}: no such file (a .npz with arrays x and y)"])
         try:
-            with np.load(p, allow_pickle=False) as f:
+            raw = p.read_bytes()
+            self.source_sha256 = hashlib.sha256(raw).hexdigest()
+            with np.load(io.BytesIO(raw), allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
         except Exception as e:  # noqa: BLE001 - not a readable npz, or object arrays
             raise ConfigError(

@@ -21,6 +21,7 @@ the stability report) is the first half, **test** the second; ``summary.json``'s
 from __future__ import annotations
 
 import hashlib
+import io
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,10 @@ class CharTextDataModule(InMemoryDataModule):
             return tiny_shakespeare()
         p = Path(self.path).expanduser()
         try:
-            return p.read_text(encoding="utf-8")
+            raw = p.read_bytes()
+            self.source_sha256 = hashlib.sha256(raw).hexdigest()
+            # as Path.read_text decodes (universal newlines: \r\n and \r read as \n)
+            return io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8").read()
         except FileNotFoundError:
             raise ConfigError([f"data.path = {self.path!r}: no such file"]) from None
         except IsADirectoryError:
