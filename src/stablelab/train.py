@@ -119,7 +119,7 @@ def _run(plain: dict[str, Any], command: list[str] | None, thread_info: dict) ->
     launch.ddp_children_run_this_trial_only()
     L.seed_everything(plain["seed"], workers=True, verbose=False)
     datamodule, module, trainer, schedule, history = build(plain)
-    _refuse_data_or_model(plain, datamodule, module, trainer, ckpt)
+    _refuse_data_or_model(plain, datamodule, module, trainer, ckpt, schedule.total_steps)
 
     rank_zero = trainer.is_global_zero
     summary = _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info, ckpt)
@@ -209,14 +209,22 @@ def _checkpoint_or_refuse(plain: dict[str, Any], run_dir: Path):
     return ckpt
 
 
-def _refuse_data_or_model(plain, datamodule, module, trainer, ckpt) -> None:
-    """Once built: data that cannot fill a batch, a checkpoint of another model."""
+def _refuse_data_or_model(plain, datamodule, module, trainer, ckpt, total_steps: int) -> None:
+    """Once built: data that cannot fill a batch, a checkpoint of another model, a resume
+    from past the end of this run."""
     from stablelab import checkpoints, preflight
 
     problems = preflight.data_problems(plain, datamodule, trainer.world_size)
     if ckpt is not None:  # (another vocabulary makes another head: say why, not "model")
         vocab = checkpoints.vocabulary_problems(ckpt, datamodule)
         problems += vocab or checkpoints.model_problems(ckpt, module)
+    if ckpt is not None and plain["train"] and ckpt.global_step > total_steps:
+        problems.append(
+            f"max_train_steps = {plain['max_train_steps']}: the run would train "
+            f"{total_steps} steps, but ckpt_path = '{ckpt.path}' is at step "
+            f"{ckpt.global_step}, past its end (nothing would train); resume with "
+            f"max_train_steps >= {ckpt.global_step}, or evaluate it: stablelab eval <ckpt>"
+        )
     if problems:
         raise ConfigError(problems)
 

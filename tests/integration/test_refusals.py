@@ -149,6 +149,10 @@ CASES = [
         ["model=mlp", "optimizer.weight_decay=0.1", "ckpt_path={f}/mlp/checkpoints/last.ckpt"],
         ["optimizer.weight_decay = 0.1", "groups the tensors differently", "trained with 0.0"],
     ),
+    (
+        ["model=mlp", "max_train_steps=1", "ckpt_path={f}/mlp/checkpoints/last.ckpt"],
+        ["max_train_steps = 1: the run would train 1 steps", "is at step 2, past its end"],
+    ),
     # the language model's data and model
     (["data=text_file"], ["data.path", "Missing mandatory value"]),
     (
