@@ -1,4 +1,5 @@
-"""A Hydra callback that refuses an unwritable output location before Hydra creates it.
+"""A Hydra callback that refuses an unwritable output location before Hydra creates it,
+and a multirun with a bad job before any job trains.
 
 Hydra makes the run (or sweep) directory before the task starts; when the place is not
 writable it fails with a bare ``PermissionError`` traceback. :class:`Preflight` checks
@@ -22,6 +23,62 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
+        self._check_jobs(config)
+
+    @staticmethod
+    def _check_jobs(config: DictConfig) -> None:
+        """Hydra's basic sweeper composes every job before the first runs, but a value
+        that composes and is still bad (``optimizer.lr=1e-3,-1``) surfaced only when its
+        job started, after the jobs before it had trained. Validate every job's config
+        first and refuse the sweep, naming each refused job. (Other sweepers, such as
+        Optuna's, choose their values as they go: left to each job.)"""
+        from stablelab.config import ConfigError, validate
+
+        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+        if not sweeper.endswith(".BasicSweeper"):
+            return
+        try:
+            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+            from hydra.core.global_hydra import GlobalHydra
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            loader = GlobalHydra.instance().config_loader()
+            params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+            given = [f"{k}={v}" for k, v in params.items()]
+            given += list(OmegaConf.select(config, "hydra.overrides.task") or [])
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(given)
+            (jobs,) = BasicSweeper.split_arguments(parsed, None)
+        except Exception:  # noqa: BLE001 - a sweep Hydra itself refuses: Hydra says why
+            return
+        if len(jobs) < 2:
+            return
+        refused: dict[tuple[str, ...], list[int]] = {}  # the problems -> the jobs
+        for i, job in enumerate(jobs):
+            try:
+                composed = loader.load_sweep_config(config, list(job))
+                cfg = OmegaConf.masked_copy(composed, [str(k) for k in composed if k != "hydra"])
+                cfg.paths.output_dir = "."  # (Hydra's job directory: known when it runs)
+                validate(cfg)
+            except ConfigError as e:
+                refused.setdefault(tuple(e.problems), []).append(i)
+            except Exception:  # noqa: BLE001 - anything else: the job's own run reports it
+                continue
+        if not refused:
+            return
+        lines = [
+            "stablelab-train: Invalid sweep (nothing was started): "
+            f"{sum(map(len, refused.values()))} of {len(jobs)} jobs refused"
+        ]
+        for problems, which in refused.items():
+            if len(which) == 1:
+                lines.append(f"  job #{which[0]} ({' '.join(jobs[which[0]])}):")
+            elif len(which) == len(jobs):
+                lines.append("  every job:")
+            else:
+                lines.append(f"  jobs {', '.join(f'#{i}' for i in which)}:")
+            lines += [f"    - {p}" for p in problems]
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(2)
 
     @staticmethod
     def _check(config: DictConfig, key: str) -> None:

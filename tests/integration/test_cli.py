@@ -248,6 +248,28 @@ def test_bad_input_stops_before_training(tmp_path):
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
 
 
+def test_a_multirun_with_a_bad_job_trains_no_job(tmp_path):
+    """A real Hydra multirun (basic sweeper) whose second and third values are bad: every
+    job's config is validated before the first trains; the refusal names each bad job and
+    its problem (jobs with the same problems together), exit 2, and no job directory
+    exists. The sweep's own params (sweep=lr) are expanded too."""
+    sweep = tmp_path / "sweep"
+    argv = ["-m", "debug=fast", "logger=csv", f"hydra.sweep.dir={sweep}", *QUIET]
+    proc = run_cli([*argv, "optimizer.lr=1e-3,-1,nan"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "Invalid sweep (nothing was started): 2 of 3 jobs refused" in err
+    assert (
+        "job #1 (" in err and "optimizer.lr=-1):" in err and "optimizer.lr = -1: must be > 0" in err
+    )
+    assert "job #2 (" in err and "optimizer.lr = nan: must be a finite number" in err
+    assert "job #0" not in err and "Traceback" not in err
+    assert not sweep.exists() or not any(p.is_dir() for p in sweep.iterdir())
+    proc = run_cli([*argv, "sweep=lr", "schedule.warmup_steps=30"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "6 of 6 jobs refused\n  every job:\n    - schedule.warmup_steps" in proc.stderr
+
+
 def test_unknown_group_option_lists_the_options(tmp_path):
     proc = run_cli(["model=resnett"], tmp_path)
     assert proc.returncode != 0
