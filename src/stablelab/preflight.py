@@ -30,8 +30,32 @@ def writable_problem(key: str, path: str | Path) -> str | None:
     return None
 
 
-def environment_problems(plain: dict[str, Any]) -> list[str]:
+WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  # wandb.Settings
+
+
+def wandb_mode_problems(plain: dict[str, Any]) -> list[str]:
+    """A ``WANDB_MODE`` W&B does not know, with a W&B logger configured: W&B would
+    fail to start the run, and stablelab's fallback would log offline under a misleading
+    "could not log online"."""
+    loggers = plain.get("logger") or {}
+    if not any(
+        isinstance(lg, dict) and "WandbLogger" in str(lg.get("_target_", ""))
+        for lg in loggers.values()
+    ):
+        return []
+    allowed = ", ".join(WANDB_MODES[:4])
     problems = []
+    env = os.environ.get("WANDB_MODE")
+    if env is not None and env not in WANDB_MODES:  # (dryrun, run: W&B's older names)
+        problems.append(
+            f"WANDB_MODE = {env!r} (environment): W&B's modes are {allowed} (unset it for "
+            "stablelab's default, offline)"
+        )
+    return problems  # (logger.wandb.mode is checked against wandb.init's signature)
+
+
+def environment_problems(plain: dict[str, Any]) -> list[str]:
+    problems = wandb_mode_problems(plain)
     paths = plain.get("paths") or {}
     for key in ("data_dir", "log_dir"):
         if paths.get(key) is not None and (p := writable_problem(f"paths.{key}", paths[key])):

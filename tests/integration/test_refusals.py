@@ -461,3 +461,26 @@ def test_a_sweep_leaves_out_a_trial_it_cannot_read_and_says_so(tmp_path, files):
     with pytest.warns(UserWarning, match=r"left out of the sweep: .*b: .*not JSON"):
         rows = load_trials(tmp_path)
     assert [Path(r["run_dir"]).name for r in rows] == ["a"]
+
+
+def test_a_wandb_mode_wandb_does_not_know_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """WANDB_MODE=nonsense with the W&B logger: refused naming the variable and W&B's
+    modes (it used to fall back to offline as if an online run had failed); the modes are
+    W&B's own (its Settings.mode type); without a W&B logger the variable is not read."""
+    import typing
+
+    import wandb
+
+    from stablelab.preflight import WANDB_MODES
+
+    annotation = wandb.Settings.model_fields["mode"].annotation
+    assert set(typing.get_args(annotation)) == set(WANDB_MODES)
+    monkeypatch.setenv("WANDB_MODE", "nonsense")
+    run = tmp_path / "run"
+    code, err = cli(["logger=wandb", "max_train_steps=2"], run, capsys)
+    assert code == 2 and "WANDB_MODE = 'nonsense' (environment): W&B's modes are online" in err
+    assert not run.exists()
+    code, err = cli(
+        ["logger=csv", "max_train_steps=2", "trainer.val_check_interval=2"], run, capsys
+    )
+    assert code == 0, err[-2000:]
