@@ -430,8 +430,9 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         raise
 
 
-def validate(cfg: DictConfig) -> dict[str, Any]:
-    """Check a composed config; return it resolved as plain data. Raises ConfigError."""
+def validate(cfg: DictConfig, fast_only: bool = False) -> dict[str, Any]:
+    """Check a composed config; return it resolved as plain data. Raises ConfigError.
+    ``fast_only``: the first pass only (no torch or Lightning import; see below)."""
     problems: list[str] = []
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -452,6 +453,8 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     fast = problems + _static_problems(plain)
     if fast or (fast := _cross_group_problems(plain)):
         raise ConfigError(fast)
+    if fast_only:
+        return plain
     for group in GROUPS:
         if group not in plain:
             problems.append(

@@ -32,37 +32,10 @@ class Preflight(Callback):
         job started, after the jobs before it had trained. Validate every job's config
         first and refuse the sweep, naming each refused job. (Other sweepers, such as
         Optuna's, choose their values as they go: left to each job.)"""
-        from stablelab.config import ConfigError, validate
-
-        sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
-        if not sweeper.endswith(".BasicSweeper"):
-            return
-        try:
-            from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-            from hydra.core.global_hydra import GlobalHydra
-            from hydra.core.override_parser.overrides_parser import OverridesParser
-
-            loader = GlobalHydra.instance().config_loader()
-            params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-            given = [f"{k}={v}" for k, v in params.items()]
-            given += list(OmegaConf.select(config, "hydra.overrides.task") or [])
-            parsed = OverridesParser.create(config_loader=loader).parse_overrides(given)
-            (jobs,) = BasicSweeper.split_arguments(parsed, None)
-        except Exception:  # noqa: BLE001 - a sweep Hydra itself refuses: Hydra says why
-            return
+        jobs = _basic_sweep_jobs(config)
         if len(jobs) < 2:
             return
-        refused: dict[tuple[str, ...], list[int]] = {}  # the problems -> the jobs
-        for i, job in enumerate(jobs):
-            try:
-                composed = loader.load_sweep_config(config, list(job))
-                cfg = OmegaConf.masked_copy(composed, [str(k) for k in composed if k != "hydra"])
-                cfg.paths.output_dir = "."  # (Hydra's job directory: known when it runs)
-                validate(cfg)
-            except ConfigError as e:
-                refused.setdefault(tuple(e.problems), []).append(i)
-            except Exception:  # noqa: BLE001 - anything else: the job's own run reports it
-                continue
+        refused = _refused_jobs(config, jobs)
         if not refused:
             return
         lines = [
@@ -103,3 +76,58 @@ class Preflight(Callback):
                 file=sys.stderr,
             )
             sys.exit(2)
+
+
+def _basic_sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of every job of a basic-sweeper multirun, as Hydra's BasicSweeper
+    expands them (its ``params`` and the command line); [] for another sweeper, or a sweep
+    Hydra itself refuses (Hydra says why)."""
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+    if not sweeper.endswith(".BasicSweeper"):
+        return []
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        loader = GlobalHydra.instance().config_loader()
+        params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+        given = [f"{k}={v}" for k, v in params.items()]
+        given += list(OmegaConf.select(config, "hydra.overrides.task") or [])
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(given)
+        (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except Exception:  # noqa: BLE001
+        return []
+    return [list(job) for job in jobs]
+
+
+def _refused_jobs(config: DictConfig, jobs: list[list[str]]) -> dict[tuple[str, ...], list[int]]:
+    """The problems of every job whose config is refused -> those jobs' numbers. The fast
+    pass first (no torch or Lightning import: a refusal in a second or two), the full one
+    only when every job passed it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stablelab.config import ConfigError, validate
+
+    loader = GlobalHydra.instance().config_loader()
+    configs: dict[int, DictConfig] = {}
+    for i, job in enumerate(jobs):
+        try:
+            composed = loader.load_sweep_config(config, job)
+            cfg = OmegaConf.masked_copy(composed, [str(k) for k in composed if k != "hydra"])
+            cfg.paths.output_dir = "."  # (Hydra's job directory: known when it runs)
+            configs[i] = cfg
+        except Exception:  # noqa: BLE001 - left to the job's own run, which reports it
+            continue
+    refused: dict[tuple[str, ...], list[int]] = {}
+    for fast_only in (True, False):
+        for i, cfg in configs.items():
+            try:
+                validate(cfg, fast_only=fast_only)
+            except ConfigError as e:
+                refused.setdefault(tuple(e.problems), []).append(i)
+            except Exception:  # noqa: BLE001 - anything else: the job's run reports it
+                continue
+        if refused:
+            break
+    return refused
