@@ -6,6 +6,11 @@ BAD = [
     # (overrides, text that must appear in the message: the key, and what is allowed)
     (["optimizer.lr=-0.1"], ["optimizer.lr = -0.1", "must be > 0"]),
     (["optimizer.lr=0"], ["optimizer.lr = 0", "must be > 0"]),
+    # a divergence threshold at or below the initial loss: every run would diverge at once
+    (
+        ["callbacks.stability.max_loss_ratio=1"],
+        ["callbacks.stability.max_loss_ratio = 1", "must be > 1"],
+    ),
     (["data.batch_size=0"], ["data.batch_size = 0", "must be > 0"]),
     (["data.batch_size=12.5"], ["data.batch_size = 12.5", "expected an integer"]),
     (

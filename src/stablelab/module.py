@@ -52,6 +52,7 @@ class StableModule(L.LightningModule):
                 ]
             )
         self.clipper = instantiate(cfg["clipping"])
+        self._warn_unmatched_exclusions()
         # rollbacks so far (StabilityMonitor's `rollbacks`): each one's record, the training
         # batches skipped in all (the data order's offset) and the LR scale; kept in checkpoints
         self.rollback: dict[str, Any] = {"log": [], "offset": 0, "lr_scale": 1.0}
@@ -366,6 +367,24 @@ class StableModule(L.LightningModule):
             fully_shard(block, mesh=mesh)  # one all-gather / reduce-scatter unit each
         fully_shard(self.model, mesh=mesh)
         self._sharded = True
+
+    def _warn_unmatched_exclusions(self) -> None:
+        """A clipping ``exclude`` prefix that names no parameter excludes nothing (a typo,
+        or a weight-tied head: the GPT's head is its token embedding, ``model.tok``)."""
+        exclude = getattr(self.clipper, "exclude", None)
+        if not exclude:
+            return
+        names = [n for n, _ in self.named_parameters()]
+        unmatched = [e for e in exclude if not any(n.startswith(e) for n in names)]
+        if unmatched:
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            log.warning(
+                "stablelab: clipping.exclude %s matches no parameter of %s, so nothing is "
+                "excluded by it; its parameters start with %s",
+                unmatched,
+                type(self.model).__name__,
+                ", ".join(tops),
+            )
 
     def on_train_start(self) -> None:
         """The run follows its own config: a resumed optimizer holds the checkpoint's

@@ -99,3 +99,23 @@ def test_weight_decay_groups_honour_the_models_no_weight_decay(tmp_path):
         assert torch.equal(p.detach(), want), name
         decayed += not keep
     assert decayed >= 4 and module.model.pos.ndim == 2  # (pos is 2-D: excluded by name)
+
+
+def test_a_clipping_exclusion_that_names_no_parameter_is_warned_about(tmp_path, caplog):
+    """AGC's exclude prefixes against the model's parameter names: a typo (or a
+    weight-tied head) excludes nothing and says so with the names there are; the default
+    ``model.head`` on the MLP (which has a head) says nothing."""
+    cfgs = {
+        "typo": ["model=mlp", "clipping=agc", "clipping.exclude=[model.nosuch,model.head]"],
+        "default": ["model=mlp", "clipping=agc"],
+    }
+    for name, overrides in cfgs.items():
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="stablelab"):
+            StableModule(validate(compose_cfg(overrides, tmp_path / name)), SPEC, num_classes=10)
+        warned = [r.getMessage() for r in caplog.records if "clipping.exclude" in r.getMessage()]
+        if name == "default":
+            assert warned == []
+        else:
+            (msg,) = warned
+            assert "['model.nosuch'] matches no parameter of MLP" in msg and "model.head" in msg

@@ -31,7 +31,7 @@ class StabilityMonitor(TelemetryCallback):
     def __init__(
         self,
         check_every_n_steps: PosInt | None = None,
-        max_loss_ratio: PosFloat | None = 10.0,
+        max_loss_ratio: Annotated[float, Range(gt=1)] | None = 10.0,
         fail_on_divergence: bool = False,
         ema_decay: Prob = 0.9,
         rise_margin: PosFloat = 0.1,
