@@ -752,18 +752,21 @@ def composition_problem(
     key = _unknown_key(e)
     if key is not None:
         given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
-        parent, _, leaf = key.rpartition(".")
-        where = f"of {parent!r}" if parent else "at the top level"
-        mean, listed = "", ""
-        if keys:
-            close = difflib.get_close_matches(leaf, list(keys), n=1)
-            mean = (
-                f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
-            )
-            listed = f"keys {where}: {', '.join(keys)}; "
-        return f"{key}: not a key {where}{mean} ({listed}to add a new key write +{given})"
+        return unknown_key_problem(key, keys or (), given)
     lines = text.split("Config search path:")[0].split("\n")
     return " ".join(line.strip() for line in lines if line.strip())
+
+
+def unknown_key_problem(key: str, known: Sequence[str], given: str, owner: str = "") -> str:
+    """``key: not a key of 'parent'; did you mean ...? (keys of 'parent': ...; to add a new
+    key write +given)`` for an override of a key the config lacks; ``known``: the keys
+    beside it (may be empty), ``owner``: whose config (``"the checkpoint's "``)."""
+    parent, _, leaf = key.rpartition(".")
+    where = f"of {owner}{parent!r}" if parent else "at the top level"
+    close = difflib.get_close_matches(leaf, list(known), n=1)
+    mean = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
+    listed = f"keys {where}: {', '.join(known)}; " if known else ""
+    return f"{key}: not a key {where}{mean} ({listed}to add a new key write +{given})"
 
 
 def checked(

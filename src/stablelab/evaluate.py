@@ -13,7 +13,6 @@ config you compose (its model must match the checkpoint's).
 
 from __future__ import annotations
 
-import difflib
 import logging
 import sys
 from collections.abc import Sequence
@@ -104,7 +103,7 @@ def apply_stored_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    from stablelab.config import composition_problem
+    from stablelab.config import composition_problem, unknown_key_problem
 
     problems: list[str] = []
     parser = OverridesParser.create()
@@ -138,12 +137,8 @@ def apply_stored_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
                     del node[leaf]
             continue
         if leaf not in node and not (ov.is_add() or ov.is_force_add()):
-            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
-            mean = f"; did you mean {parent + '.' + close[0]!r}?" if close else ""
-            problems.append(
-                f"{key}: not a key of the checkpoint's {parent!r}{mean} (its keys: "
-                f"{', '.join(str(k) for k in node)}; to add a new key write +{text})"
-            )
+            known = [str(k) for k in node]
+            problems.append(unknown_key_problem(key, known, text, owner="the checkpoint's "))
             continue
         with open_dict(node):
             node[leaf] = ov.value()

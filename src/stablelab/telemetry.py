@@ -22,6 +22,13 @@ GRAD_FIELDS = ("grad_norm", "grad_norm_clipped", "clipped", "clip_threshold")
 FIELDS = ("loss", *GRAD_FIELDS, "skipped")
 
 
+def _as_rows(steps: list[int], values: list[list[float]]) -> list[dict[str, Any]]:
+    """``{"step", *FIELDS}`` dicts of the buffer's rows."""
+    return [
+        {"step": s, **dict(zip(FIELDS, v, strict=True))} for s, v in zip(steps, values, strict=True)
+    ]
+
+
 class StepTelemetry:
     """One row per optimizer step: the mean training loss over its micro-batches and the
     gradient statistics of that step.
@@ -82,11 +89,7 @@ class StepTelemetry:
         if self.pending:
             assert self.buf is not None
             block = self._reduced_block()
-            values = block.cpu().tolist()
-            rows += [
-                {"step": s, **dict(zip(FIELDS, v, strict=True))}
-                for s, v in zip(self.steps, values, strict=True)
-            ]
+            rows += _as_rows(self.steps, block.cpu().tolist())
             self.steps = []
             self._reduced = 0
         return rows
@@ -129,10 +132,8 @@ class StepTelemetry:
         if rows.dim() == 2 and rows.shape[1] == len(FIELDS) - 1:  # written before "skipped"
             rows = torch.cat([rows, rows.new_zeros(len(rows), 1)], dim=1)
         if len(steps) > self.every:  # resumed with a shorter interval: more rows than fit
-            self.overflow += [  # (already reduced over ranks) read back at the next flush
-                {"step": s, **dict(zip(FIELDS, v, strict=True))}
-                for s, v in zip(steps, rows.tolist(), strict=True)
-            ]
+            # (already reduced over ranks) read back at the next flush
+            self.overflow += _as_rows(steps, rows.tolist())
             steps = []
         self.steps = steps
         self._reduced = len(steps)

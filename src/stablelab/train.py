@@ -231,7 +231,7 @@ def _refuse_data_or_model(plain, datamodule, module, trainer, ckpt, total_steps:
 
 def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info, ckpt):
     """summary.json as first written (``status: running``): where, what and on what."""
-    from stablelab import checkpoints, runinfo
+    from stablelab import runinfo
 
     world = trainer.world_size
     run = {
@@ -248,37 +248,13 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
         "argv": sys.argv,
     }
     summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
-    if getattr(datamodule, "source_sha256", None):
-        summary["data_sha256"] = datamodule.source_sha256
+    sha = getattr(datamodule, "source_sha256", None)
+    if sha:
+        summary["data_sha256"] = sha
     if ckpt is not None:
         key = "resumed_from" if plain["train"] else "evaluated_checkpoint"
         summary[key] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.global_step}
-        changed = checkpoints.changed_settings(ckpt.cfg, plain) if plain["train"] else {}
-        sha = getattr(datamodule, "source_sha256", None)
-        if ckpt.data_sha256 and sha and ckpt.data_sha256 != sha:  # the same path, new bytes
-            if plain["train"]:
-                changed["data (sha256 of the file)"] = [ckpt.data_sha256, sha]
-            else:
-                summary[key]["data_changed"] = {"trained_on": ckpt.data_sha256, "now": sha}
-                log.warning(
-                    "stablelab: the data file is not the one %s was trained on (sha256 %s, "
-                    "now %s): these are its numbers on this file, not the training run's",
-                    ckpt.path.name,
-                    ckpt.data_sha256[:12],
-                    sha[:12],
-                )
-        if changed:
-            summary["resumed_from"].update(exact=False, changed=changed)
-            shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changed.items())[:8])
-            more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
-            log.warning(
-                "stablelab: resuming with settings that differ from the checkpoint's (%s%s): "
-                "the numbers after step %d need not be those an uninterrupted run of either "
-                "config would report (summary.json: resumed_from.changed)",
-                shown,
-                more,
-                ckpt.global_step,
-            )
+        _note_differences(plain, ckpt, sha, summary[key])
         if plain["train"] and not getattr(datamodule, "exact_resume", False):
             summary["resumed_from"]["exact"] = False
             log.warning(
@@ -288,6 +264,39 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
                 type(datamodule).__name__,
             )
     return summary
+
+
+def _note_differences(plain, ckpt, sha: str | None, entry: dict[str, Any]) -> None:
+    """What differs from the checkpoint: a resume's changed settings and data file
+    (``changed``, ``exact: false``), an evaluation's data file (``data_changed``); each
+    with a warning. ``entry``: the summary's ``resumed_from`` / ``evaluated_checkpoint``."""
+    from stablelab import checkpoints
+
+    changed = checkpoints.changed_settings(ckpt.cfg, plain) if plain["train"] else {}
+    if ckpt.data_sha256 and sha and ckpt.data_sha256 != sha:  # the same path, new bytes
+        if plain["train"]:
+            changed["data (sha256 of the file)"] = [ckpt.data_sha256, sha]
+        else:
+            entry["data_changed"] = {"trained_on": ckpt.data_sha256, "now": sha}
+            log.warning(
+                "stablelab: the data file is not the one %s was trained on (sha256 %s, "
+                "now %s): these are its numbers on this file, not the training run's",
+                ckpt.path.name,
+                ckpt.data_sha256[:12],
+                sha[:12],
+            )
+    if changed:
+        entry.update(exact=False, changed=changed)
+        shown = "; ".join(f"{k}: {v[0]!r} -> {v[1]!r}" for k, v in list(changed.items())[:8])
+        more = f"; and {len(changed) - 8} more" if len(changed) > 8 else ""
+        log.warning(
+            "stablelab: resuming with settings that differ from the checkpoint's (%s%s): "
+            "the numbers after step %d need not be those an uninterrupted run of either "
+            "config would report (summary.json: resumed_from.changed)",
+            shown,
+            more,
+            ckpt.global_step,
+        )
 
 
 RUN_KEYS = ("run_dir", "world_size", "global_batch_size", "total_steps", "git_sha",

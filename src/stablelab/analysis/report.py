@@ -172,6 +172,15 @@ def resumed_text(summary: dict[str, Any]) -> str | None:
     return f"step {r.get('step')}; {why} (the numbers after it need not be an uninterrupted run's)"
 
 
+def _data_changed_text(summary: dict[str, Any]) -> str | None:
+    """'95700efb20d1 / 9b5aba894a81' for an evaluation on another file than its
+    checkpoint was trained on (the sha256s' starts); None otherwise."""
+    changed = (summary.get("evaluated_checkpoint") or {}).get("data_changed")
+    if not isinstance(changed, dict):
+        return None
+    return " / ".join(str(changed.get(k, ""))[:12] for k in ("trained_on", "now"))
+
+
 def render(
     summary: dict[str, Any], cfg: dict[str, Any], findings: list[Finding], run_dir: Path
 ) -> str:
@@ -200,11 +209,7 @@ def render(
         ("resumed from", resumed_text(summary)),
         (
             "evaluated on another data file than it was trained on (sha256 then / now)",
-            " / ".join(str(changed.get(k, ""))[:12] for k in ("trained_on", "now"))
-            if isinstance(
-                changed := (summary.get("evaluated_checkpoint") or {}).get("data_changed"), dict
-            )
-            else None,
+            _data_changed_text(summary),
         ),
         ("initial training loss", summary.get("initial_loss")),
         ("diverged at step", summary.get("diverged_at_step")),
