@@ -62,7 +62,10 @@ BAD = [
         ["model.d_model = 64", "divisible by num_heads = 3"],
     ),
     (["data=sequence", "data.num_pairs=20"], ["data.num_pairs = 20", "must be <= num_keys = 16"]),
-    (["+trainer.max_steps=5"], ["trainer.max_steps: set by stablelab at run time"]),
+    (
+        ["+trainer.max_steps=5"],
+        ["trainer.max_steps: set by stablelab at run time", "the top-level max_train_steps=N"],
+    ),
     (
         ["optimizer._target_=null"],
         ["optimizer: missing _target_", "adam, momentum, nadam, nesterov, rmsprop, sgd"],

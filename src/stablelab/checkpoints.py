@@ -89,6 +89,15 @@ def resolve_path(ckpt_path: str | None, run_dir: Path, key: str = "ckpt_path") -
     return path
 
 
+def _unpickling_detail(e: BaseException) -> str:
+    """What torch's weights-only loader met (``: it names posix.system``), without torch's
+    advice to load the file with ``weights_only=False``, which would run it."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return f": it names {found.group(1)}" if found else ""
+
+
 def load(path: Path, key: str = "ckpt_path") -> Checkpoint:
     """Load a stablelab checkpoint as plain data (``weights_only=True``; memory-mapped)."""
     import pickle
@@ -102,7 +111,7 @@ def load(path: Path, key: str = "ckpt_path") -> Checkpoint:
             [
                 f"{key} = '{path}': holds pickled Python objects, not plain data; refused "
                 f"without running them (stablelab checkpoints hold tensors and plain data "
-                f"only). torch: {first_line(e)}"
+                f"only){_unpickling_detail(e)}"
             ]
         ) from None
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, not a torch file

@@ -124,6 +124,17 @@ RUNTIME_ARGS = {
     "clipping": set(),
     "trainer": {"max_steps", "callbacks", "logger"},
 }
+# Names people bring from other frameworks, for "did you mean".
+ALIASES = {"learning_rate": "lr", "momentum": "beta1", "warmup": "warmup_steps"}
+# Where to set what stablelab sets at run time (named in the refusal of such a key).
+RUNTIME_HINTS = {
+    "trainer.max_steps": "the run's length is the top-level max_train_steps=N",
+    "trainer.callbacks": "add callbacks to the callbacks group: +callbacks.name={_target_: ...}",
+    "trainer.logger": "choose loggers with the logger group (logger=csv, wandb, ...)",
+    "model.input_spec": "the datamodule's input_spec is passed to the model",
+    "model.num_classes": "the datamodule's num_classes is passed to the model",
+    "optimizer.params": "the model's parameters are passed to the optimizer",
+}
 # Groups whose value is a mapping name -> {_target_: ...} (any number of entries).
 MULTI_GROUPS = ("callbacks", "logger")
 # Targets whose **kwargs are passed on to another callable we can check against.
@@ -338,7 +349,11 @@ def _check_mapping(
             )
             continue
         if key in provided:
-            problems.append(f"{full}: set by stablelab at run time; remove it from the config")
+            where = RUNTIME_HINTS.get(full)
+            problems.append(
+                f"{full}: set by stablelab at run time; remove it from the config"
+                + (f" ({where})" if where else "")
+            )
             continue
         _check_value(full, value, params[key][0], problems)
     for key, (_, required) in params.items():
@@ -761,9 +776,12 @@ def unknown_key_problem(key: str, known: Sequence[str], given: str, owner: str =
     """``key: not a key of 'parent'; did you mean ...? (keys of 'parent': ...; to add a new
     key write +given)`` for an override of a key the config lacks; ``known``: the keys
     beside it (may be empty), ``owner``: whose config (``"the checkpoint's "``)."""
+    if key in RUNTIME_HINTS:
+        return f"{key}: set by stablelab at run time ({RUNTIME_HINTS[key]})"
     parent, _, leaf = key.rpartition(".")
     where = f"of {owner}{parent!r}" if parent else "at the top level"
-    close = difflib.get_close_matches(leaf, list(known), n=1)
+    close = [ALIASES[leaf]] if ALIASES.get(leaf) in known else []
+    close = close or difflib.get_close_matches(leaf, list(known), n=1)
     mean = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
     listed = f"keys {where}: {', '.join(known)}; " if known else ""
     return f"{key}: not a key {where}{mean} ({listed}to add a new key write +{given})"

@@ -358,11 +358,13 @@ def _clipping(f: dict[str, Any]) -> Finding:
 
 def _lower_lr(f: dict[str, Any]) -> Finding:
     s = f["s"]
+    recent, window = s.get("clip_fraction_recent_max"), s.get("clip_fraction_window")
+    span = f"{window} consecutive steps" if window else "a recent window"
+    peak = f", up to {fmt(recent, 2)} over {span}" if recent is not None else ""
     return Finding(
         "lower_lr",
         f"**More than half of the updates were clipped** (clip fraction "
-        f"{fmt(s.get('clip_fraction'), 2)}, at most {fmt(s.get('clip_fraction_recent_max'), 2)} "
-        "over a recent window):",
+        f"{fmt(s.get('clip_fraction'), 2)} over the run{peak}):",
         "the playbook calls this a strange way of lowering the learning rate; lower the "
         "learning rate instead (or raise the threshold).",
     )

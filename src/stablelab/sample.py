@@ -17,9 +17,15 @@ from stablelab.data.text import decode, encode
 
 
 def checkpoint_of(run_dir: Path) -> Path:
-    """The run's best checkpoint, else its last one."""
+    """The run's best checkpoint, else its last one (a checkpoint file given as the run
+    directory: that file)."""
     from stablelab.analysis.runs import best_checkpoint
 
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return run_dir
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory or checkpoint")
     found = best_checkpoint(run_dir)
     if found is not None:
         return found

@@ -627,8 +627,40 @@ def main() -> None:
         _hydra_main()
     except SystemExit as e:
         if e.code == 1 and not _TASK_STARTED:  # Hydra refused the command line
+            hint = _composition_hint(sys.argv[1:])
+            if hint:
+                print(f"stablelab-train: {hint}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
+
+
+def _composition_hint(argv: list[str]) -> str | None:
+    """After Hydra refused a command line, stablelab's one line for it: for an unknown key
+    the keys beside it and "did you mean" (Hydra's own message suggests ``+key=value``,
+    which adds a key nothing reads), for an unknown option the options. None where
+    stablelab's composition cannot say (a config folder of the user's own): Hydra's
+    message stands."""
+    from stablelab.config import compose
+
+    try:
+        from hydra._internal.utils import get_args_parser
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        args = get_args_parser().parse_args(argv)
+        if args.config_dir or args.config_path or args.config_name:
+            return None
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+        # a multirun's sweep values compose one job at a time: leave them out
+        overrides = [str(o.input_line) for o in parsed if not o.is_sweep_override()]
+    except Exception:  # noqa: BLE001 - no hint; Hydra's message stands
+        return None
+    try:
+        compose(overrides)
+    except ConfigError as e:
+        return e.problems[0] if e.problems else None
+    except Exception:  # noqa: BLE001
+        return None
+    return None
 
 
 if __name__ == "__main__":

@@ -94,6 +94,14 @@ def test_sampling_is_deterministic_for_a_seed(lm_run, capsys):
     assert main(["sample", str(run), "--chars", "120", "--seed", "7", "--prompt", "ROMEO:"]) == 0
     assert capsys.readouterr().out == "ROMEO:" + a + "\n"
     assert main(["sample", str(run), "--prompt", "ROMEO\u00e9"]) == 2  # not in the vocabulary
+    # a checkpoint file in place of the run directory samples from that file
+    last = run / "checkpoints" / "last.ckpt"
+    ref = generate(StableModule.load_from_checkpoint(last, map_location="cpu"), "A", 30, seed=3)
+    capsys.readouterr()
+    assert main(["sample", str(last), "--chars", "30", "--seed", "3", "--prompt", "A"]) == 0
+    assert capsys.readouterr().out == "A" + ref + "\n"
+    assert main(["sample", str(run / "nosuch")]) == 2
+    assert "no such run directory or checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,9 @@ def cli(argv: list[str], run_dir: Path, capsys) -> tuple[int, str]:
     GlobalHydra.instance().clear()
     train_mod._TASK_STARTED.clear()
     old = sys.argv
-    sys.argv = ["stablelab-train", *FAST, *argv, f"hydra.run.dir={run_dir}"]
+    flags = [a for a in argv if a.startswith("-")]  # (Hydra's flags come before overrides)
+    rest = [a for a in argv if not a.startswith("-")]
+    sys.argv = ["stablelab-train", *flags, *FAST, *rest, f"hydra.run.dir={run_dir}"]
     try:
         train_mod.main()
         code = 0
@@ -166,9 +168,19 @@ CASES = [
         ["data.block_size = 200000"],
     ),
     # Hydra's own refusals (exit 2 like the others)
-    (["foo=1"], ["Could not override 'foo'"]),
-    (["optimizer=adamw"], ["Could not find 'optimizer/adamw'", "nadam"]),
-]
+    # (then stablelab's line: the keys beside an unknown one, "did you mean"; Hydra's own
+    # hint, +key=value, adds a key nothing reads)
+    (["foo=1"], ["Could not override 'foo'", "stablelab-train: foo: not a key at the top level"]),
+    (["optimizer.learning_rate=1"], ["stablelab-train: optimizer.learning_rate: not a key of "
+                                     "'optimizer'; did you mean 'optimizer.lr'?"]),
+    (["trainer.max_steps=5"], ["stablelab-train: trainer.max_steps: set by stablelab at run "
+                               "time (the run's length is the top-level max_train_steps=N)"]),
+    (["-m", "optimizer.lr=1e-3,2e-3", "optimizer.bta1=0.8"],
+     ["stablelab-train: optimizer.bta1: not a key of 'optimizer'; did you mean "
+      "'optimizer.beta1'?"]),
+    (["optimizer=adamw"], ["Could not find 'optimizer/adamw'", "nadam",
+                           "did you mean 'adam'?"]),
+]  # fmt: skip
 
 
 def _ids(case) -> str:
@@ -275,9 +287,11 @@ def test_crafted_target_in_a_checkpoint_is_refused_by_load_from_checkpoint(files
         StableModule.load_from_checkpoint(files / "crafted_target.ckpt")
     assert "clipping._target_ = 'builtins.open'" in str(e.value)
     assert not (files / "PWNED").exists()
-    with pytest.raises(CheckpointError, match="pickled Python objects"):
+    with pytest.raises(CheckpointError, match="pickled Python objects") as e:
         StableModule.load_from_checkpoint(files / "pickled.ckpt")
     assert not (files / "PWNED").exists()
+    # it names what the pickle would call, without torch's advice to load it unsafely
+    assert "it names io.open" in str(e.value) and "weights_only" not in str(e.value)
     # a genuine checkpoint still loads
     module = StableModule.load_from_checkpoint(files / "mlp" / "checkpoints" / "last.ckpt")
     assert type(module.model).__name__ == "MLP"

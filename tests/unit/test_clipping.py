@@ -229,6 +229,14 @@ def test_clip_fraction_is_exact_and_every_step_is_kept(tmp_path):
     )
 
 
+def test_clip_fraction_window_peak_is_none_in_a_run_shorter_than_the_window(tmp_path):
+    flags = np.ones(9)  # every step clipped, but no 10-step window was ever complete
+    mon, _ = _monitor_run(flags, window=10, tmp=tmp_path)
+    s = mon.summary()
+    assert s["clip_fraction"] == 1.0 and s["clip_fraction_recent_max"] is None
+    assert s["clip_fraction_window"] == 10
+
+
 @pytest.mark.parametrize(
     "flags,warn",
     [

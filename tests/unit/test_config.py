@@ -112,6 +112,9 @@ COMPOSITION = [
     (["schedule.warmup=3"], ["schedule.warmup: not a key of 'schedule'",
                              "did you mean 'schedule.warmup_steps'?", "+schedule.warmup=3"]),
     (["seeed=1"], ["seeed: not a key at the top level", "did you mean 'seed'?"]),
+    (["optimizer.learning_rate=1"], ["did you mean 'optimizer.lr'?"]),  # a common name
+    (["trainer.max_steps=5"], ["trainer.max_steps: set by stablelab at run time",
+                               "max_train_steps=N"]),
     (["model.width=[1"], ["'model.width=[1': not a valid override"]),
     (["~nosuch"], ["nosuch", "does not exist"]),
 ]  # fmt: skip

@@ -99,6 +99,15 @@ def test_reading_too_much_clipping_says_lower_the_lr_and_lowers_the_set_threshol
     assert found["clipping"].command == "clipping.clip_threshold=1.234"
 
 
+def test_too_much_clipping_quotes_a_window_peak_only_where_one_was_measured():
+    base = {"unstable": True, "first_instability_step": 500, "too_much_clipping": True,
+            "clip_fraction": 0.67}  # fmt: skip
+    short = _read({**base, "clip_fraction_recent_max": None, "clip_fraction_window": 100})
+    assert "0.67" in short["lower_lr"].evidence and "up to" not in short["lower_lr"].evidence
+    full = _read({**base, "clip_fraction_recent_max": 0.91, "clip_fraction_window": 100})
+    assert "up to 0.91 over 100 consecutive steps" in full["lower_lr"].evidence
+
+
 def test_reading_residual_and_optimizer_suggestions_only_when_unstable():
     post = {**CFG, "model": {"residual": {"layout": "post_norm", "branch_init": "default"}}}
     s = {"unstable": True, "first_instability_step": 5}

@@ -175,7 +175,11 @@ class GradNormMonitor(TelemetryCallback):
             "grad_norm_p99": pct[99],
             "grad_norm_max": float(finite.max()) if finite.size else None,
             "clip_fraction": self.rows[-1]["clip_fraction"],
-            "clip_fraction_recent_max": self._recent_max,
+            # the largest fraction over recent_window consecutive steps (None: a shorter run)
+            "clip_fraction_recent_max": (
+                self._recent_max if len(self.rows) >= self.recent_window else None
+            ),
+            "clip_fraction_window": self.recent_window,
             "recommended_clip_threshold": pct[90],
             "too_much_clipping": self.warned is not None,
             "too_much_clipping_advice": self.warned,
