@@ -92,6 +92,13 @@ def report(args: argparse.Namespace) -> int:
     from stablelab.analysis.report import findings_for, verdict, write_report
     from stablelab.analysis.runs import RunFileError, has_summary
 
+    if args.run_dir.is_file():
+        print(
+            f"stablelab report: {args.run_dir} is a file: give the run directory that holds "
+            f"summary.json ({args.run_dir.parent})",
+            file=sys.stderr,
+        )
+        return 2
     if not has_summary(args.run_dir):
         print(
             f"stablelab report: {args.run_dir / 'summary.json'} not found: is {args.run_dir} "
@@ -116,13 +123,15 @@ def eval_cmd(args: argparse.Namespace) -> int:
     """Evaluate a checkpoint on the validation and test splits (its own data and model)."""
     from stablelab.config import ConfigError
     from stablelab.evaluate import evaluate
+    from stablelab.sample import checkpoint_of
 
-    try:
-        s = evaluate(str(args.checkpoint), args.overrides, str(args.out) if args.out else None)
-    except ConfigError as e:
+    try:  # a run directory: its best checkpoint, else its last
+        ckpt = checkpoint_of(args.checkpoint) if args.checkpoint.is_dir() else args.checkpoint
+        s = evaluate(str(ckpt), args.overrides, str(args.out) if args.out else None)
+    except (ConfigError, FileNotFoundError) as e:
         print(f"stablelab eval: {e}", file=sys.stderr)
         return 2
-    print(f"checkpoint: {args.checkpoint} (step {s.get('steps')})")
+    print(f"checkpoint: {ckpt} (step {s.get('steps')})")
     for split in ("val", "test"):
         loss, acc = s.get(f"{split}_loss"), s.get(f"{split}_acc")
         if loss is not None:
@@ -251,7 +260,7 @@ def analyze_cmd(args: argparse.Namespace) -> int:
 
     try:
         res = analyze_lr_sweep(args.sweep_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"stablelab analyze: {e}", file=sys.stderr)
         return 2
     print(res["verdict"])
@@ -397,7 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         "+model.key=..., ~model.key); another option of a stored group (model=gpt) is "
         "refused: use stablelab-train train=false ckpt_path=CHECKPOINT with your config.",
     )
-    ev.add_argument("checkpoint", type=Path, help="a stablelab checkpoint (.ckpt)")
+    ev.add_argument(
+        "checkpoint",
+        type=Path,
+        help="a stablelab checkpoint (.ckpt), or a run directory (its best checkpoint, else "
+        "its last)",
+    )
     ev.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. logger=csv")
     ev.add_argument("--out", type=Path, default=None, help="the run directory to write")
     ev.set_defaults(func=eval_cmd)

@@ -8,6 +8,7 @@ here; README's reliability section quotes its counts."""
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import sys
 import zipfile
@@ -248,8 +249,6 @@ def test_eval_applies_overrides_of_keys_only_the_checkpoints_model_has(tmp_path,
     """model.dropout exists in the MLP's config, not in the default model's (the ResNet):
     the override reaches the stored config, and evaluation (dropout off) gives the numbers
     of an evaluation without it; a key deleted with ~ falls back to its default."""
-    import json
-
     import yaml
 
     from stablelab.cli import main as cli_main
@@ -389,8 +388,6 @@ def test_rebuilding_a_report_never_runs_a_crafted_config(tmp_path):
     mode "w" would truncate any file; Hydra blocks only some, such as os.system) is not
     built; a genuine
     schedule is (lr.png written, its values checked against the closed form)."""
-    import json
-
     from stablelab.cli import main
 
     pwned = tmp_path / "PWNED"
@@ -416,6 +413,22 @@ def test_rebuilding_a_report_never_runs_a_crafted_config(tmp_path):
     assert lrs == pytest.approx([0.1 * min(1.0, s / 4) for s in range(8)], abs=1e-12)
     good["_target_"] = "stablelab.optim.schedules.os.system"  # reached through a module
     assert lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml") is None
+
+
+def test_report_and_analyze_name_the_directory_they_take(tmp_path, capsys):
+    """`stablelab report RUN/summary.json` names the run directory to give; `stablelab
+    analyze RUN` (one run, not a sweep) is refused, writing nothing into the run."""
+    from stablelab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 3}))
+    (run / "config.yaml").write_text(json.dumps({"optimizer": {"lr": 0.1}}))
+    assert main(["report", str(run / "summary.json")]) == 2
+    assert f"give the run directory that holds summary.json ({run})" in capsys.readouterr().err
+    assert main(["analyze", str(run)]) == 2
+    assert "is one run's directory" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "summary.json"]
 
 
 DAMAGED = [

@@ -283,6 +283,10 @@ def test_train_false_evaluates_the_checkpoint_and_eval_command_agrees(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert (s["val_loss"], s["test_acc"]) == (trained["val_loss"], trained["test_acc"])
     assert "EVALUATION" in (out / "report.md").read_text()
+    # the run directory in place of the checkpoint: its best checkpoint, the same numbers
+    assert cli_main(["eval", str(run), "logger=csv", *FAST[1:], "--out", str(tmp_path / "d")]) == 0
+    s = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert (s["val_loss"], s["test_acc"]) == (trained["val_loss"], trained["test_acc"])
 
 
 def test_wandb_disabled_run_succeeds(tmp_path, monkeypatch):

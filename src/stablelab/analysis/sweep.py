@@ -344,6 +344,12 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     """Write sweep_summary.csv, axis_plot.png, curves_above_lr_star.png and
     sweep_report.md into ``sweep_dir``; return the findings."""
     sweep_dir = Path(sweep_dir)
+    if (sweep_dir / "summary.json").is_file():
+        raise ValueError(
+            f"{sweep_dir} is one run's directory (it holds summary.json): give the sweep's "
+            f"directory, whose trials are run directories (for one run: stablelab report "
+            f"{sweep_dir})"
+        )
     rows = load_trials(sweep_dir)
     if not rows:
         raise FileNotFoundError(f"no run directories (summary.json) under {sweep_dir}")
