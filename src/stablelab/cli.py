@@ -520,7 +520,13 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*args.overrides, *extra]
     _refuse_repeats(ap, args)
-    return args.func(args)
+    from stablelab.constraints import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:  # (a workflow's trials already in --out, ...)
+        print(f"stablelab {args.command}: {e}", file=sys.stderr)
+        return 2
 
 
 def _refuse_repeats(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -74,6 +74,10 @@ def evaluate(
         out = str(Path(cfg.paths.log_dir) / "eval" / "runs" / f"{stamp}_{run_id()}")
     cfg.paths.output_dir = str(Path(out).resolve())
     cfg.train, cfg.test, cfg.ckpt_path = False, True, str(path.resolve())
+    from stablelab.preflight import occupied_problem
+
+    if occupied := occupied_problem(out, None, False, key="--out"):
+        raise ConfigError([occupied])  # (before its eval.log is written there)
     existed = Path(out).exists()
     handlers, refused = _log_to(Path(out)), False
     try:

@@ -1,5 +1,5 @@
-"""A Hydra callback that refuses an unwritable output location before Hydra creates it,
-and a multirun with a bad job before any job trains.
+"""A Hydra callback that refuses an unwritable output location before Hydra creates it, a
+run directory that holds another run, and a multirun with a bad job before any job trains.
 
 Hydra makes the run (or sweep) directory before the task starts; when the place is not
 writable it fails with a bare ``PermissionError`` traceback. :class:`Preflight` checks
@@ -20,6 +20,30 @@ from omegaconf import DictConfig, OmegaConf
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
+        self._check_occupied(config)
+
+    @staticmethod
+    def _check_occupied(config: DictConfig) -> None:
+        """A run directory that holds another run (``hydra.run.dir=`` an old run's): refused
+        before Hydra writes its ``.hydra/`` and log there (see preflight.occupied_problem)."""
+        from stablelab.preflight import occupied_problem, started_by_a_launcher
+
+        if started_by_a_launcher():  # its peers write the same directory at once
+            return
+        try:
+            out = OmegaConf.select(config, "hydra.run.dir", throw_on_missing=True)
+            ckpt_path, train = config.get("ckpt_path"), bool(config.get("train", True))
+        except Exception:  # noqa: BLE001 - left to the task's own validation
+            return
+        if not out:
+            return
+        problem = occupied_problem(out, None if ckpt_path is None else str(ckpt_path), train)
+        if problem:
+            print(
+                f"stablelab-train: Invalid config (nothing was started):\n  - {problem}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")

@@ -30,6 +30,59 @@ def writable_problem(key: str, path: str | Path) -> str | None:
     return None
 
 
+def started_by_a_launcher() -> bool:
+    """True in a process that one of several started together (Lightning's DDP children,
+    torchrun, ``srun`` with several tasks): its peers write the same run directory at the
+    same time, so what they find there is no other run's."""
+    env = os.environ
+    return any(k in env for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")) or (
+        env.get("SLURM_NTASKS", "1").isdigit() and int(env.get("SLURM_NTASKS", "1")) > 1
+    )
+
+
+def occupied_problem(
+    run_dir: str | Path, ckpt_path: str | None, training: bool, key: str = "hydra.run.dir"
+) -> str | None:
+    """A directory that holds another run's results (``summary.json``, checkpoints), which
+    a new run or an evaluation there would overwrite (its summary, config, CSVs and
+    report) and mix checkpoints with; None where it holds none, or for a resume in place
+    (``ckpt_path=auto`` or a checkpoint inside it)."""
+    import json
+
+    run_dir = Path(run_dir)
+    ckpts = list((run_dir / "checkpoints").glob("*.ckpt")) if run_dir.is_dir() else []
+    summary = run_dir / "summary.json"
+    if not (summary.is_file() or ckpts):
+        return None
+    if training and ckpt_path is not None:
+        if ckpt_path == "auto":
+            return None
+        if "://" not in ckpt_path and Path(ckpt_path).resolve().is_relative_to(
+            run_dir.resolve()
+        ):
+            return None
+    held = []
+    try:
+        s = json.loads(summary.read_text())
+        status = "an unfinished" if s["status"] == "running" else f"a {s['status']}"
+        held.append(f"{status} run at step {int(s['steps'])}")
+    except (OSError, ValueError, TypeError, KeyError):
+        held.append("summary.json" if summary.is_file() else "no summary")
+    if ckpts:
+        held.append(f"{len(ckpts)} checkpoint(s)")
+    what = "a new run" if training else "an evaluation"
+    fix = (
+        "resume that run in place with ckpt_path=auto, or choose another directory (without "
+        f"{key} every run gets a new one)"
+        if training
+        else "choose another directory"
+    )
+    return (
+        f"{key} = '{run_dir}': holds a run already ({', '.join(held)}); {what} there would "
+        f"overwrite its files: {fix}"
+    )
+
+
 WANDB_MODES = ("online", "offline", "shared", "disabled", "dryrun", "run")  # wandb.Settings
 
 

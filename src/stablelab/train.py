@@ -202,6 +202,11 @@ def _checkpoint_or_refuse(plain: dict[str, Any], run_dir: Path):
     ckpt_file = checkpoints.resolve_path(plain["ckpt_path"], run_dir)
     ckpt = checkpoints.load(ckpt_file) if ckpt_file else None
     problems = preflight.environment_problems(plain)
+    if not preflight.started_by_a_launcher():  # (the API's way in; the CLI's: Preflight)
+        occupied = preflight.occupied_problem(
+            run_dir, plain["ckpt_path"], plain["train"], key="paths.output_dir"
+        )
+        problems += [occupied] if occupied else []
     if ckpt is not None and plain["train"]:
         problems += checkpoints.resume_problems(ckpt, plain)
     if problems:

@@ -75,6 +75,7 @@ def run_trials(
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    _refuse_finished_trials(trials, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     free: queue.Queue[str | None] = queue.Queue()
     if devices:
@@ -226,6 +227,25 @@ def _watch_trials(
                 print(f"[{label}] {name}: step {step}/{total} ({pct}%), ETA {eta}", flush=True)
         if interactive and running:
             bar.set_postfix_str("; ".join(running))
+
+
+def _refuse_finished_trials(trials: list[Trial], out_dir: Path) -> None:
+    """Trials whose directory already holds a run: running them again would overwrite it
+    (and a refused trial would leave the old run to be analysed as if it were new).
+    Raises ConfigError naming them, before any trial starts."""
+    from stablelab.config import ConfigError
+    from stablelab.preflight import occupied_problem
+
+    held = [t.name for t in trials if occupied_problem(out_dir / t.name, None, True)]
+    if held:
+        raise ConfigError(
+            [
+                f"--out = '{out_dir}': already holds the run(s) {', '.join(held)}; running "
+                "them again would overwrite them: choose another --out, or (to extend a "
+                "sweep) give only values it does not hold yet: the analysis reads every run "
+                "in the folder"
+            ]
+        )
 
 
 def study_args(doc: str, study: str) -> Any:

@@ -415,6 +415,61 @@ def test_rebuilding_a_report_never_runs_a_crafted_config(tmp_path):
     assert lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml") is None
 
 
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_directory_holding_a_run_is_refused_and_left_as_it_was(tmp_path, files, capsys):
+    """A new run, an evaluation or a sweep trial aimed at a directory that holds a run
+    (hydra.run.dir / --out / paths.output_dir) would overwrite its summary, config, CSVs
+    and report and mix its checkpoints: refused before anything is written there (not
+    even Hydra's .hydra/ and log); a resume in place is what such a directory is for."""
+    import shutil
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from stablelab import train as train_mod
+    from stablelab.cli import main as cli_main
+    from stablelab.config import ConfigError
+
+    old = tmp_path / "old"
+    shutil.copytree(files / "mlp", old)
+    before = _snapshot(old)
+    assert "summary.json" in before and ".hydra/config.yaml" not in before
+
+    def train_cli(*argv: str) -> int:
+        GlobalHydra.instance().clear()
+        train_mod._TASK_STARTED.clear()
+        saved, sys.argv = sys.argv, ["stablelab-train", *FAST, *argv, f"hydra.run.dir={old}"]
+        try:
+            train_mod.main()
+            return 0
+        except SystemExit as e:
+            return int(e.code or 0)
+        finally:
+            sys.argv = saved
+            GlobalHydra.instance().clear()
+
+    says = (
+        f"hydra.run.dir = '{old}': holds a run already (a completed run at step 2, 2 checkpoint(s))"
+    )
+    assert train_cli("model=mlp", "logger=csv") == 2
+    assert says in capsys.readouterr().err
+    assert train_cli("model=mlp", "train=false", f"ckpt_path={old}/checkpoints/last.ckpt") == 2
+    assert "an evaluation there would overwrite" in capsys.readouterr().err
+    assert cli_main(["eval", str(old), *FAST, "--out", str(old)]) == 2
+    assert f"--out = '{old}': holds a run already" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="paths.output_dir = .*holds a run already"):
+        train_mod.train(compose_cfg(["model=mlp", "logger=csv", *FAST], old))
+    sweep = tmp_path / "sweep"
+    shutil.copytree(files / "mlp", sweep / "lr_0.001")
+    args = ["sweep", "lr", "model=mlp", *FAST, "--lrs", "1e-3", "3e-3", "--out", str(sweep)]
+    assert cli_main(args) == 2
+    assert "already holds the run(s) lr_0.001" in capsys.readouterr().err
+    assert sorted(p.name for p in sweep.iterdir()) == ["lr_0.001"]  # no trial was started
+    assert _snapshot(old) == before  # not a byte changed, nothing added
+
+
 def test_report_and_analyze_name_the_directory_they_take(tmp_path, capsys):
     """`stablelab report RUN/summary.json` names the run directory to give; `stablelab
     analyze RUN` (one run, not a sweep) is refused, writing nothing into the run."""
