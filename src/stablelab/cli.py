@@ -520,11 +520,17 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
         args.overrides = [*args.overrides, *extra]
     _refuse_repeats(ap, args)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command; a refusal raised inside it (a workflow's trials already in --out)
+    is exit 2 with its message, as everywhere."""
     from stablelab.constraints import ConfigError
 
     try:
-        return args.func(args)
-    except ConfigError as e:  # (a workflow's trials already in --out, ...)
+        return int(args.func(args))
+    except ConfigError as e:
         print(f"stablelab {args.command}: {e}", file=sys.stderr)
         return 2
 
