@@ -57,9 +57,7 @@ def occupied_problem(
     if training and ckpt_path is not None:
         if ckpt_path == "auto":
             return None
-        if "://" not in ckpt_path and Path(ckpt_path).resolve().is_relative_to(
-            run_dir.resolve()
-        ):
+        if "://" not in ckpt_path and Path(ckpt_path).resolve().is_relative_to(run_dir.resolve()):
             return None
     held = []
     try:
