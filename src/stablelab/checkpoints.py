@@ -58,6 +58,7 @@ class Checkpoint:
     optimizer_states: list[dict[str, Any]]
     input_spec: dict[str, Any] | None = None  # the data's description the model was built on
     data_sha256: str | None = None  # of the data file it was trained on (data.path), if any
+    numerics: dict[str, Any] | None = None  # torch, threads, device it ran on (runinfo.numerics)
 
 
 def is_url(path: str) -> bool:
@@ -139,6 +140,7 @@ def load(path: Path, key: str = "ckpt_path") -> Checkpoint:
         optimizer_states=list(raw.get("optimizer_states") or []),
         input_spec=dict(spec) if isinstance(spec := hp.get("input_spec"), Mapping) else None,
         data_sha256=sha if isinstance(sha := raw.get("data_sha256"), str) else None,
+        numerics=dict(num) if isinstance(num := raw.get("numerics"), Mapping) else None,
     )
 
 

@@ -158,6 +158,13 @@ def closing_lines(
         )
     if (summary.get("evaluated_checkpoint") or {}).get("data_changed"):
         lines.append("  evaluated on another data file than the checkpoint was trained on")
+    from stablelab.analysis.report import numerics_changed_text
+
+    if numerics := numerics_changed_text(summary):
+        lines.append(
+            f"  evaluated with {numerics} since training: the last bits may differ from "
+            "the training run's"
+        )
     if summary.get("resume_command"):
         lines.append(f"  resume: {summary['resume_command']}")
     for url in urls:

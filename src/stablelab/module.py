@@ -410,6 +410,10 @@ class StableModule(L.LightningModule):
         sha = getattr(getattr(trainer, "datamodule", None), "source_sha256", None)
         if isinstance(sha, str):  # the data file's: a resume or evaluation compares it
             checkpoint["data_sha256"] = sha
+        from stablelab.runinfo import numerics  # (what the bits depend on: a resume compares)
+
+        world = trainer.world_size if trainer is not None else 1
+        checkpoint["numerics"] = numerics(self.device, world)
         checkpoint["rollback"] = {
             "log": [dict(r) for r in self.rollback["log"]],
             "offset": int(self.rollback["offset"]),

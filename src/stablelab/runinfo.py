@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 PACKAGES = (
     "stablelab",
@@ -72,3 +73,22 @@ def machine() -> dict[str, object]:
     except ImportError:  # pragma: no cover
         pass
     return info
+
+
+def numerics(device: Any = None, world_size: int = 1) -> dict[str, object]:
+    """What the bits of a run's numbers depend on beyond its config and data: torch's
+    version, the CPU kernels it dispatches to, the intra-op thread count (a CPU reduction
+    splits by thread: 1 and 2 threads differ from the first update on), the device and the
+    number of processes. Stored in every checkpoint; a resume on other values says that
+    its numbers need not be an uninterrupted run's."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    name = str(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else str(dev.type)
+    return {
+        "torch": str(torch.__version__),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "threads": torch.get_num_threads(),
+        "device": name,
+        "world_size": int(world_size),
+    }

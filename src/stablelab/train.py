@@ -259,7 +259,8 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
     if ckpt is not None:
         key = "resumed_from" if plain["train"] else "evaluated_checkpoint"
         summary[key] = {"checkpoint": str(ckpt.path.resolve()), "step": ckpt.global_step}
-        _note_differences(plain, ckpt, sha, summary[key])
+        now = runinfo.numerics(_root_device(trainer), world)
+        _note_differences(plain, ckpt, sha, summary[key], now)
         if plain["train"] and not getattr(datamodule, "exact_resume", False):
             summary["resumed_from"]["exact"] = False
             log.warning(
@@ -271,13 +272,41 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
     return summary
 
 
-def _note_differences(plain, ckpt, sha: str | None, entry: dict[str, Any]) -> None:
-    """What differs from the checkpoint: a resume's changed settings and data file
-    (``changed``, ``exact: false``), an evaluation's data file (``data_changed``); each
-    with a warning. ``entry``: the summary's ``resumed_from`` / ``evaluated_checkpoint``."""
+def _root_device(trainer) -> Any:
+    """The device this process computes on (before fit moves the module there)."""
+    try:
+        return trainer.strategy.root_device
+    except Exception:  # noqa: BLE001 - not yet known: the accelerator's kind
+        return "cuda" if type(trainer.accelerator).__name__ == "CUDAAccelerator" else "cpu"
+
+
+def _note_differences(
+    plain, ckpt, sha: str | None, entry: dict[str, Any], now: dict[str, Any] | None = None
+) -> None:
+    """What differs from the checkpoint: a resume's changed settings, data file and
+    numerics (torch, CPU kernels, threads, device, processes: ``changed``, ``exact:
+    false``), an evaluation's data file (``data_changed``) and numerics
+    (``numerics_changed``: its numbers may differ from the training run's in the last
+    bits); with a warning. ``entry``: the summary's ``resumed_from`` /
+    ``evaluated_checkpoint``; ``now``: this process's :func:`runinfo.numerics`."""
     from stablelab import checkpoints
 
     changed = checkpoints.changed_settings(ckpt.cfg, plain) if plain["train"] else {}
+    numerics = {
+        f"numerics.{k}": [v, now.get(k)]
+        for k, v in (ckpt.numerics or {}).items()
+        if now is not None and v != now.get(k)
+    }
+    if plain["train"]:
+        changed.update(numerics)
+    elif numerics:
+        entry["numerics_changed"] = {k.split(".", 1)[1]: v for k, v in numerics.items()}
+        log.info(
+            "stablelab: %s was trained with %s: these numbers may differ from the training "
+            "run's in the last bits",
+            ckpt.path.name,
+            ", ".join(f"{k} {v[0]!r} (now {v[1]!r})" for k, v in entry["numerics_changed"].items()),
+        )
     if ckpt.data_sha256 and sha and ckpt.data_sha256 != sha:  # the same path, new bytes
         if plain["train"]:
             changed["data (sha256 of the file)"] = [ckpt.data_sha256, sha]

@@ -124,6 +124,40 @@ def test_a_resume_follows_its_own_config_and_says_the_numbers_are_not_an_uninter
     assert "resumed from" not in (rs / "report.md").read_text()
 
 
+def test_a_resume_or_evaluation_on_another_thread_count_says_so(tmp_path):
+    """A CPU reduction splits by thread, so 1 and 2 threads give other bits from the first
+    update on: a run checkpointed with 2 threads and resumed with 1 is flagged
+    (numerics.threads, not exact) and does differ from the uninterrupted run, while
+    resumed with 2 it is not flagged and equals it bit for bit; an evaluation with 1 thread
+    records numerics_changed in its summary and report."""
+    from stablelab.evaluate import evaluate
+
+    args = ["max_train_steps=12", "trainer.val_check_interval=6", "plots=false",
+            "callbacks.dense_eval=null", "test=false", "model=mlp", "threads=2"]  # fmt: skip
+    full, _ = _train(tmp_path, "full", args)
+    boom = ["+callbacks.boom._target_=helpers.RaiseAtStep", "+callbacks.boom.step=8"]
+    with pytest.raises(RuntimeError, match="boom at step 8"):
+        _train(tmp_path, "crashed", [*args, *boom])
+    ckpt = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)["numerics"]
+    assert saved["threads"] == 2 and saved["world_size"] == 1 and saved["device"] == "cpu"
+    assert saved["torch"] == torch.__version__
+    same, _ = _train(tmp_path, "same", [*args, f"ckpt_path={ckpt}"])
+    assert not any(k.startswith("numerics.") for k in same["resumed_from"].get("changed", {}))
+    assert same["val_loss"] == full["val_loss"]
+    one, r1 = _train(tmp_path, "one", [*args[:-1], "threads=1", f"ckpt_path={ckpt}"])
+    flagged = one["resumed_from"]["changed"]
+    assert {k: v for k, v in flagged.items() if not k.startswith("callbacks.boom")} == {
+        "numerics.threads": [2, 1]
+    }
+    assert one["resumed_from"]["exact"] is False
+    assert one["val_loss"] != full["val_loss"]  # the flag is no formality
+    assert "numerics.threads" in (r1 / "report.md").read_text()
+    ev = evaluate(str(ckpt), [*FAST, "logger=csv", "threads=1"], str(tmp_path / "ev"))
+    assert ev["evaluated_checkpoint"]["numerics_changed"] == {"threads": [2, 1]}
+    assert "threads 2 -> 1" in (tmp_path / "ev" / "report.md").read_text()
+
+
 def test_the_last_step_is_validated_and_checkpointed(tmp_path):
     """13 steps, validation every 5: Lightning alone would validate after steps 5 and 10
     only, leaving the final weights unevaluated and last.ckpt at step 10."""

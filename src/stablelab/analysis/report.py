@@ -181,6 +181,15 @@ def _data_changed_text(summary: dict[str, Any]) -> str | None:
     return " / ".join(str(changed.get(k, ""))[:12] for k in ("trained_on", "now"))
 
 
+def numerics_changed_text(summary: dict[str, Any]) -> str | None:
+    """'threads 2 -> 1' for an evaluation computed on other numerics (torch, CPU kernels,
+    threads, device) than its checkpoint was trained on; None otherwise."""
+    changed = (summary.get("evaluated_checkpoint") or {}).get("numerics_changed")
+    if not isinstance(changed, dict) or not changed:
+        return None
+    return ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in changed.items())
+
+
 def render(
     summary: dict[str, Any], cfg: dict[str, Any], findings: list[Finding], run_dir: Path
 ) -> str:
@@ -210,6 +219,10 @@ def render(
         (
             "evaluated on another data file than it was trained on (sha256 then / now)",
             _data_changed_text(summary),
+        ),
+        (
+            "evaluated on other numerics than it was trained on (the last bits may differ)",
+            numerics_changed_text(summary),
         ),
         ("initial training loss", summary.get("initial_loss")),
         ("diverged at step", summary.get("diverged_at_step")),
