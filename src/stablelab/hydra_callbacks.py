@@ -47,7 +47,34 @@ class Preflight(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
+        self._check_sweep_dir(config)
         self._check_jobs(config)
+
+    @staticmethod
+    def _check_sweep_dir(config: DictConfig) -> None:
+        """``hydra.sweep.dir=`` an earlier sweep's folder: its jobs' directories (0, 1, ...)
+        hold runs that the new jobs would overwrite. Refused before any job starts."""
+        from stablelab.preflight import occupied_problem
+
+        try:
+            out = OmegaConf.select(config, "hydra.sweep.dir", throw_on_missing=True)
+        except Exception:  # noqa: BLE001 - left to Hydra
+            return
+        if not out or not Path(out).is_dir():
+            return
+        held = sorted(
+            p.name for p in Path(out).iterdir() if occupied_problem(p, None, True) is not None
+        )
+        if held:
+            print(
+                "stablelab-train: Invalid config (nothing was started):\n  - hydra.sweep.dir "
+                f"= '{out}': holds runs already ({', '.join(held[:8])}"
+                f"{', ...' if len(held) > 8 else ''}); a new sweep there would overwrite "
+                "them: choose another directory (without hydra.sweep.dir every sweep gets "
+                "a new one)",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
     @staticmethod
     def _check_jobs(config: DictConfig) -> None:

@@ -440,7 +440,10 @@ def test_a_directory_holding_a_run_is_refused_and_left_as_it_was(tmp_path, files
     def train_cli(*argv: str) -> int:
         GlobalHydra.instance().clear()
         train_mod._TASK_STARTED.clear()
-        saved, sys.argv = sys.argv, ["stablelab-train", *FAST, *argv, f"hydra.run.dir={old}"]
+        flags = [a for a in argv if a.startswith("-")]
+        rest = [a for a in argv if not a.startswith("-")]
+        saved = sys.argv
+        sys.argv = ["stablelab-train", *flags, *FAST, *rest, f"hydra.run.dir={old}"]
         try:
             train_mod.main()
             return 0
@@ -457,6 +460,11 @@ def test_a_directory_holding_a_run_is_refused_and_left_as_it_was(tmp_path, files
     assert says in capsys.readouterr().err
     assert train_cli("model=mlp", "train=false", f"ckpt_path={old}/checkpoints/last.ckpt") == 2
     assert "an evaluation there would overwrite" in capsys.readouterr().err
+    # a multirun into the folder of an earlier sweep, whose job 0 holds a run
+    assert (
+        train_cli("-m", "model=mlp", "optimizer.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}") == 2
+    )
+    assert f"hydra.sweep.dir = '{tmp_path}': holds runs already (old)" in capsys.readouterr().err
     assert cli_main(["eval", str(old), *FAST, "--out", str(old)]) == 2
     assert f"--out = '{old}': holds a run already" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="paths.output_dir = .*holds a run already"):
