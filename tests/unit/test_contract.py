@@ -63,12 +63,23 @@ def test_npz_with_all_six_arrays_is_used_as_is_and_tokens_get_a_vocabulary(tmp_p
         ({"x": np.zeros((5, 4)), "y": np.zeros(4, int)}, "x has 5 examples, y 4"),
         ({"a": np.zeros(3)}, "expected x and y"),
         ({"x": np.zeros((5, 4)), "y": np.zeros(5)}, "class labels are one integer"),
-        ({"x": np.full((20, 4), np.nan), "y": np.zeros(20, int)}, "NaN or infinite"),
+        ({"x": np.full((20, 4), np.nan), "y": np.arange(20) % 2}, "NaN or infinite"),
+        # the file's own array and the first bad example, not a split's name
+        ({"x": np.where(np.arange(20)[:, None] >= 4, np.inf, np.ones((20, 4))),
+          "y": np.arange(20) % 2},
+         "x holds NaN or infinite values (example 4; 16 example(s) in all)"),
+        ({"x": np.arange(40).reshape(20, 2) - 3, "y": np.arange(20) % 2},
+         "x holds negative token ids (example 0; 2 example(s) in all)"),
+        ({"x": np.zeros((20, 4), bool), "y": np.arange(20) % 2}, "x has dtype bool"),
+        ({"x_train": np.zeros((20, 4)), "y_train": np.arange(20) % 2, "x_test": np.zeros((5, 4)),
+          "y_test": np.arange(5.0)}, "y_test has dtype float64"),
+        ({"x": np.zeros((20, 4)), "y": np.full(20, 3)},
+         "every example has the label 3; a classifier needs two classes or more"),
         ({"x": np.zeros((20, 2, 2, 2)), "y": np.zeros(20, int)}, "(N, channels, length)"),
         ({"x": np.zeros((20, 4)), "y": -np.ones(20, int)}, "negative class labels"),
         ({"x": np.array([object()] * 20), "y": np.zeros(20, int)}, "without pickled objects"),
     ],
-)
+)  # fmt: skip
 def test_npz_refusals_name_data_path(tmp_path, arrays, expect):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)  # (object arrays are pickled into the file: refused on read)

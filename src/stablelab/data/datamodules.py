@@ -393,7 +393,12 @@ class NpzDataModule(InMemoryDataModule):
         from stablelab.constraints import ConfigError
 
         where = f"data.path = {self.path!r}"
-        data = self._splits(self._load(where), where)
+        raw = self._load(where)
+        # the file's own arrays first (x, y or x_train, ...), as the user named them
+        problems = [p for name in sorted(raw) for p in _array_problems(raw[name], name, where)]
+        if problems:
+            raise ConfigError(problems)
+        data = self._splits(raw, where)
         problems = [p for s in NPZ_SPLITS for p in _split_problems(data, s, where)]
         if problems:
             raise ConfigError(problems)
@@ -407,6 +412,13 @@ class NpzDataModule(InMemoryDataModule):
         if num_classes is not None and hi >= num_classes:
             raise ConfigError(
                 [f"data.num_classes = {num_classes}: the labels go up to {hi}; use >= {hi + 1}"]
+            )
+        if len(np.unique(labels)) < 2:
+            raise ConfigError(
+                [
+                    f"{where}: every example has the label {lo}; a classifier needs two "
+                    "classes or more"
+                ]
             )
         self.num_classes = num_classes if num_classes is not None else hi + 1
         return data
@@ -467,29 +479,40 @@ class NpzDataModule(InMemoryDataModule):
 
 
 def _split_problems(data: dict[str, np.ndarray], s: str, where: str) -> list[str]:
-    """What is wrong with one split of an npz: lengths, labels, the inputs' dtype, shape
-    and values."""
+    """What is wrong with one split of an npz once split: lengths, emptiness."""
     x, y = data[f"x_{s}"], data[f"y_{s}"]
     problems = []
     if len(x) != len(y):
         problems.append(f"{where}: x_{s} has {len(x)} examples, y_{s} {len(y)}")
     if len(y) == 0:
         problems.append(f"{where}: the {s} split is empty (adjust the split fractions)")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        problems.append(
-            f"{where}: y_{s} has dtype {y.dtype} and shape {y.shape}; class labels "
-            "are one integer per example"
-        )
-    ints = np.issubdtype(x.dtype, np.integer)
-    if not (ints or np.issubdtype(x.dtype, np.floating)):
-        problems.append(f"{where}: x_{s} has dtype {x.dtype}; floats or integer ids")
-    elif x.ndim not in (2, 3) or (ints and x.ndim != 2):
-        problems.append(
-            f"{where}: x_{s} has shape {x.shape}; (N, length) or (N, channels, length) "
-            "for floats, (N, length) for token ids"
-        )
-    elif not ints and not np.isfinite(x).all():
-        problems.append(f"{where}: x_{s} holds NaN or infinite values")
-    elif ints and x.size and x.min() < 0:
-        problems.append(f"{where}: x_{s} holds negative token ids")
     return problems
+
+
+def _array_problems(a: np.ndarray, name: str, where: str) -> list[str]:
+    """What is wrong with one array of the file (``x``, ``y_train``, ...): labels one
+    integer each; inputs floats or token ids of the right shape, finite, ids >= 0; the
+    first bad example named."""
+    if name.startswith("y"):
+        if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer):
+            return [
+                f"{where}: {name} has dtype {a.dtype} and shape {a.shape}; class labels are "
+                "one integer per example"
+            ]
+        return []
+    if not name.startswith("x"):
+        return []  # (an array the layouts do not read: named by _splits if it matters)
+    ints = np.issubdtype(a.dtype, np.integer)
+    if not (ints or np.issubdtype(a.dtype, np.floating)):
+        return [f"{where}: {name} has dtype {a.dtype}; floats or integer ids"]
+    if a.ndim not in (2, 3) or (ints and a.ndim != 2):
+        return [
+            f"{where}: {name} has shape {a.shape}; (N, length) or (N, channels, length) "
+            "for floats, (N, length) for token ids"
+        ]
+    rows = a.reshape(len(a), -1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1) if not ints else (rows < 0).any(axis=1))
+    if bad.size:
+        what = "negative token ids" if ints else "NaN or infinite values"
+        return [f"{where}: {name} holds {what} (example {bad[0]}; {bad.size} example(s) in all)"]
+    return []
