@@ -97,6 +97,27 @@ def probe(
     }
 
 
+def warmup_values(max_train_steps: int, grid: Sequence[int]) -> list[int]:
+    """The warmup lengths a sweep tries (``warmup_grid``: the grid within the playbook's
+    cap of 10% of the run); raises ConfigError when none is left (nothing would run, and
+    "no warmup trains stably" would be said of an empty sweep)."""
+    from stablelab.analysis.sweep import warmup_grid
+    from stablelab.config import ConfigError
+
+    values = warmup_grid(max_train_steps, list(grid))
+    if values:
+        return values
+    cap = int(0.1 * max_train_steps)
+    if cap == 0:
+        why = (
+            f"max_train_steps = {max_train_steps}: the playbook caps warmup at 10% of the "
+            "run, 0 steps here; a warmup sweep needs max_train_steps >= 10"
+        )
+    else:
+        why = f"--grid {' '.join(map(str, grid))}: no warmup length > 0 in it"
+    raise ConfigError([why])
+
+
 def warmup_sweep(
     unstable_lr: float,
     max_train_steps: int | None,
@@ -115,7 +136,6 @@ def warmup_sweep(
         plot_curves,
         smallest_stable_warmup,
         warmup_advice,
-        warmup_grid,
         write_summary_csv,
     )
 
@@ -125,7 +145,7 @@ def warmup_sweep(
 
         max_train_steps = int(checked(opts.overrides)["max_train_steps"])
     base_lr = float(f"{factor * unstable_lr:.6g}")
-    values = warmup_grid(max_train_steps, list(grid))
+    values = warmup_values(max_train_steps, grid)
     trials = [
         Trial(
             f"warmup_{w}",
@@ -219,12 +239,13 @@ def diagnose(
     from stablelab.config import checked
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     opts = opts or TrialOptions()
     plain = checked(opts.overrides, out_dir)  # fail early
     base_lr = float(plain["optimizer"]["lr"])
     max_steps = int(plain["max_train_steps"])
     lrs = sorted(lrs or default_lrs(base_lr))
+    warmup_values(max_steps, grid)  # (refused here, not after the LR sweep and the probe)
+    out_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(plain), out_dir / "base_config.yaml")
     say = print if opts.progress else (lambda *a, **k: None)
     say(f"diagnose: {len(lrs)}-trial LR sweep, probe at 2 x lr*, warmup sweep -> {out_dir}")

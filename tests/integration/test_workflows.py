@@ -133,6 +133,25 @@ def test_bad_overrides_stop_before_any_trial(tmp_path):
     assert proc.returncode == 2 and "--unstable-lr" in proc.stderr
 
 
+
+def test_a_warmup_sweep_with_nothing_to_try_is_refused(tmp_path):
+    """A run too short for the playbook's cap (10% of 5 steps: 0) or a grid of zeros
+    leaves no warmup length: refused (it ran no trial and said "no warmup trains
+    stably"); diagnose refuses it before its LR sweep and probe."""
+    from stablelab.cli import main
+
+    args = ["model=mlp", "max_train_steps=5", "--out", str(tmp_path / "w")]
+    assert main(["sweep", "warmup", "--unstable-lr", "0.1", *args]) == 2
+    assert main(["diagnose", "model=mlp", "max_train_steps=5", "--out", str(tmp_path / "d")]) == 2
+    zero = ["model=mlp", "max_train_steps=50", "--grid", "0", "--out", str(tmp_path / "z")]
+    assert main(["sweep", "warmup", "--unstable-lr", "0.1", *zero]) == 2
+    assert not any(tmp_path.iterdir())  # no trial, no folder
+    from stablelab.workflows import warmup_values
+
+    assert warmup_values(50, [10, 1000]) == [5]  # (the cap itself, where it cuts the grid)
+    assert warmup_values(100, [10, 1000]) == [10]
+
+
 def test_diagnose_end_to_end_on_a_tiny_config(diagnosis):
     from stablelab.analysis import wandb_offline
 
