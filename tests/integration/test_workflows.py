@@ -133,7 +133,6 @@ def test_bad_overrides_stop_before_any_trial(tmp_path):
     assert proc.returncode == 2 and "--unstable-lr" in proc.stderr
 
 
-
 def test_a_warmup_sweep_with_nothing_to_try_is_refused(tmp_path):
     """A run too short for the playbook's cap (10% of 5 steps: 0) or a grid of zeros
     leaves no warmup length: refused (it ran no trial and said "no warmup trains
