@@ -201,6 +201,12 @@ def _checkpoint_or_refuse(plain: dict[str, Any], run_dir: Path):
 
     ckpt_file = checkpoints.resolve_path(plain["ckpt_path"], run_dir)
     ckpt = checkpoints.load(ckpt_file) if ckpt_file else None
+    if plain["ckpt_path"] == checkpoints.AUTO and ckpt_file is None:
+        log.info(
+            "stablelab: ckpt_path=auto: no checkpoints/last.ckpt in %s yet, so a fresh run "
+            "(to resume a run in place, set hydra.run.dir to that run's directory)",
+            run_dir,
+        )
     problems = preflight.environment_problems(plain)
     if not preflight.started_by_a_launcher():  # (the API's way in; the CLI's: Preflight)
         occupied = preflight.occupied_problem(

@@ -158,6 +158,17 @@ def test_a_resume_or_evaluation_on_another_thread_count_says_so(tmp_path):
     assert "threads 2 -> 1" in (tmp_path / "ev" / "report.md").read_text()
 
 
+def test_ckpt_path_auto_without_a_checkpoint_starts_fresh_and_says_so(tmp_path, caplog):
+    """ckpt_path=auto in a directory without checkpoints/last.ckpt (a SLURM job's first
+    start, or a forgotten hydra.run.dir): a fresh run, with a line saying why."""
+    args = ["model=mlp", "max_train_steps=2", "trainer.val_check_interval=2", "plots=false",
+            "test=false", "ckpt_path=auto"]  # fmt: skip
+    with caplog.at_level("INFO", logger="stablelab"):
+        s, run = _train(tmp_path, "auto", args)
+    assert s["status"] == "completed" and "resumed_from" not in s
+    assert f"no checkpoints/last.ckpt in {run} yet, so a fresh run" in caplog.text
+
+
 def test_the_last_step_is_validated_and_checkpointed(tmp_path):
     """13 steps, validation every 5: Lightning alone would validate after steps 5 and 10
     only, leaving the final weights unevaluated and last.ckpt at step 10."""
