@@ -27,6 +27,9 @@ def schedule_plot(args: argparse.Namespace) -> int:
     from stablelab.analysis.runs import lr_per_step
     from stablelab.config import ConfigError, checked
 
+    if problem := _image_format_problem(args.out):
+        print(f"stablelab schedule-plot: {problem}", file=sys.stderr)
+        return 2
     try:
         plain = checked(args.overrides)
     except ConfigError as e:
@@ -56,6 +59,17 @@ def schedule_plot(args: argparse.Namespace) -> int:
     if msg:
         print(f"  note: {msg}")
     return 0
+
+
+def _image_format_problem(out: Path) -> str | None:
+    """``--out x.txt``: a format matplotlib cannot write (a traceback after the work)."""
+    from matplotlib.figure import Figure
+
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix in formats:
+        return None
+    return f"--out {out}: {'.' + suffix if suffix else 'no'} suffix; an image: {', '.join(formats)}"
 
 
 def clip_threshold(args: argparse.Namespace) -> int:

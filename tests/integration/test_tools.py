@@ -49,3 +49,9 @@ def test_schedule_plot_rejects_bad_config(tmp_path):
     proc = _stablelab(["schedule-plot", "schedule.warmup_steps=-1"], tmp_path)
     assert proc.returncode == 2 and "schedule.warmup_steps = -1: must be >= 0" in proc.stderr
     assert not (tmp_path / "schedule.png").exists()
+    # an --out matplotlib cannot write: refused before the work (it was a traceback after)
+    from stablelab.cli import main
+
+    assert main(["schedule-plot", "--out", str(tmp_path / "lr.txt")]) == 2
+    assert main(["schedule-plot", "--out", str(tmp_path / "lr")]) == 2
+    assert not any(tmp_path.iterdir())
