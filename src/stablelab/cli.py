@@ -541,12 +541,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     """Run the command; a refusal raised inside it (a workflow's trials already in --out)
     is exit 2 with its message, as everywhere."""
     from stablelab.constraints import ConfigError
+    from stablelab.trials import TrialsInterrupted
 
     try:
         return int(args.func(args))
     except ConfigError as e:
         print(f"stablelab {args.command}: {e}", file=sys.stderr)
         return 2
+    except TrialsInterrupted as e:  # 128 + N, as stablelab-train's
+        print(f"stablelab {args.command}: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # outside the trials: nothing running to pass it to
+        print(f"stablelab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _refuse_repeats(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:

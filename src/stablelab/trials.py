@@ -8,8 +8,10 @@ for a phase of one long trial its quarters read from the trial's log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -48,9 +50,142 @@ class Trial:
     overrides: list[str] = field(default_factory=list)
 
 
+class TrialsInterrupted(Exception):
+    """A workflow stopped by a signal (Ctrl-C, SIGTERM): the running trials were passed
+    the signal and stopped after their step with a checkpoint (resumable), the others
+    did not start, and nothing was analysed."""
+
+    def __init__(self, signum: int, out_dir: Path, stopped: list[str], finished: list[str],
+                 not_started: list[str]) -> None:  # fmt: skip
+        self.signum, self.out_dir = signum, out_dir
+        self.stopped, self.finished, self.not_started = stopped, finished, not_started
+        name = signal.Signals(signum).name
+        parts = [
+            f"{len(finished)} finished",
+            f"{len(stopped)} stopped after their step, resumable ({', '.join(stopped)}: "
+            "each one's summary.json holds its resume_command)"
+            if stopped
+            else "",
+            f"{len(not_started)} not started ({', '.join(not_started)})" if not_started else "",
+        ]
+        super().__init__(
+            f"interrupted by {name}; nothing was analysed. Trials in {out_dir}: "
+            + "; ".join(p for p in parts if p)
+            + f". To finish: resume the stopped trials, run the missing values into the same "
+            f"--out, then: stablelab analyze {out_dir}"
+        )
+
+
+class _Signalled(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def _raise_signalled(signum: int, frame: Any) -> None:
+    raise _Signalled(signum)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class _Processes:
+    """The trial processes of one :func:`run_trials`: each in its own process group (a
+    terminal's Ctrl-C reaches the workflow only, which passes it on once: a second one
+    would stop a trial at once), GPU ids handed out one trial per device."""
+
+    def __init__(self, out_dir: Path, base: Sequence[str], env: dict, devices) -> None:
+        import queue
+
+        self.out_dir, self.base, self.env, self.devices = out_dir, list(base), env, devices
+        self.free: queue.Queue[str | None] = queue.Queue()
+        for d in devices or []:
+            self.free.put(str(d))
+        self.running: dict[str, subprocess.Popen] = {}
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+
+    def run(self, t: Trial) -> dict[str, Any]:
+        run_dir = self.out_dir / t.name
+        cmd = [
+            sys.executable, "-m", "stablelab.train", *self.base, *t.overrides,
+            # plain progress lines into the trial's log, which the workflow reads back
+            "callbacks.progress_bar.terminal=false", f"hydra.run.dir={run_dir}",
+        ]  # fmt: skip
+        out = {"name": t.name, "run_dir": str(run_dir), "returncode": None, "seconds": 0.0}
+        start = time.time()
+        device = self.free.get() if self.devices else None
+        env = self.env if device is None else {**self.env, "CUDA_VISIBLE_DEVICES": device}
+        try:
+            with (self.out_dir / f"{t.name}.log").open("w") as log:
+                if device is not None:
+                    log.write(f"CUDA_VISIBLE_DEVICES={device}\n")
+                log.write(" ".join(cmd) + "\n")
+                log.flush()
+                with self.lock:
+                    if self.stopping.is_set():  # interrupted before it could start
+                        return {**out, "not_started": True}
+                    proc = subprocess.Popen(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                        start_new_session=True,
+                    )  # fmt: skip
+                    self.running[t.name] = proc
+                out["returncode"] = proc.wait()
+                with self.lock:
+                    self.running.pop(t.name, None)
+        finally:
+            if device is not None:
+                self.free.put(device)
+        return {**out, "seconds": time.time() - start}
+
+    def send(self, signum: int) -> None:
+        with self.lock:
+            procs = list(self.running.values())
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signum)
+
+    def stop(self, pool: ThreadPoolExecutor, signum: int) -> None:
+        """Pass ``signum`` to the running trials (each stops after its step with a
+        checkpoint) and wait for them; cancel the trials not started. A second signal
+        while waiting is passed on too."""
+        self.stopping.set()
+        self.send(signum)
+        while True:
+            try:
+                pool.shutdown(wait=True, cancel_futures=True)
+                return
+            except (KeyboardInterrupt, _Signalled) as e:
+                self.send(getattr(e, "signum", signal.SIGINT))
+
+
+def _unfinished(r: dict[str, Any]) -> bool:
+    """A trial stopped before its end: its summary says so (a signal that came after the
+    run completed leaves a completed run), or, without one, it died of a signal."""
+    from stablelab.analysis.runs import has_summary, read_summary
+    from stablelab.analysis.sweep import UNFINISHED
+
+    if has_summary(r["run_dir"]):
+        with contextlib.suppress(ValueError):
+            return read_summary(r["run_dir"]).get("status") in UNFINISHED
+    return r["returncode"] >= 128 or r["returncode"] < 0
+
+
+def _interrupted(signum: int, out_dir: Path, futures: dict) -> TrialsInterrupted:
+    """The account of a stopped workflow: which trials finished, stopped before their end
+    (resumable), did not start."""
+    ok = [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
+    done = [f.result() for f in ok]
+    ended = [r for r in done if r["returncode"] is not None]
+    by_signal = [r["name"] for r in ended if _unfinished(r)]
+    started = {r["name"] for r in done if not r.get("not_started")}
+    return TrialsInterrupted(
+        signum,
+        out_dir,
+        stopped=by_signal,
+        finished=[r["name"] for r in ended if r["name"] not in by_signal],
+        not_started=[t.name for t in futures.values() if t.name not in started],
+    )
 
 
 def run_trials(
@@ -69,22 +204,17 @@ def run_trials(
 
     ``devices`` (e.g. GPU ids ``["0", "1"]``): one trial per device at a time, each
     process seeing only its own (``CUDA_VISIBLE_DEVICES``); ``jobs`` becomes their number.
+    Ctrl-C or SIGTERM: passed to the running trials (each stops after its step, with a
+    checkpoint), the others do not start, and :class:`TrialsInterrupted` is raised.
     """
-    import queue
-
     from tqdm.auto import tqdm
+
+    from stablelab.threads import available_cores
 
     out_dir = Path(out_dir)
     _refuse_finished_trials(trials, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    free: queue.Queue[str | None] = queue.Queue()
-    if devices:
-        jobs = len(devices)
-        for d in devices:
-            free.put(str(d))
-    jobs = max(1, int(jobs))
-    from stablelab.threads import available_cores
-
+    jobs = len(devices) if devices else max(1, int(jobs))
     threads = threads or max(1, available_cores() // jobs)  # the thread policy's cores
     env = {
         **os.environ,
@@ -95,41 +225,7 @@ def run_trials(
         # the W&B group of every trial of this workflow (unless logger.wandb.group is set)
         "STABLELAB_SWEEP_GROUP": f"{out_dir.resolve().parent.name}/{out_dir.name}",
     }
-
-    def one(t: Trial) -> dict[str, Any]:
-        run_dir = out_dir / t.name
-        cmd = [
-            sys.executable,
-            "-m",
-            "stablelab.train",
-            *base,
-            *t.overrides,
-            # plain progress lines into the trial's log, which the workflow reads back
-            "callbacks.progress_bar.terminal=false",
-            f"hydra.run.dir={run_dir}",
-        ]
-        start = time.time()
-        device = free.get() if devices else None
-        trial_env = env if device is None else {**env, "CUDA_VISIBLE_DEVICES": device}
-        try:
-            with (out_dir / f"{t.name}.log").open("w") as log:
-                if device is not None:
-                    log.write(f"CUDA_VISIBLE_DEVICES={device}\n")
-                log.write(" ".join(cmd) + "\n")
-                log.flush()
-                rc = subprocess.run(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env=trial_env
-                ).returncode
-        finally:
-            if device is not None:
-                free.put(device)
-        return {
-            "name": t.name,
-            "run_dir": str(run_dir),
-            "returncode": rc,
-            "seconds": time.time() - start,
-        }
-
+    procs = _Processes(out_dir, base, env, devices)
     results: dict[str, dict[str, Any]] = {}
     start = time.time()
     interactive = progress and sys.stderr.isatty()  # a bar on a terminal, lines in logs
@@ -166,8 +262,10 @@ def run_trials(
     )
     if progress:
         watcher.start()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(one, t): t for t in trials}
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = {pool.submit(procs.run, t): t for t in trials}
+    handlers = _catch_termination()
+    try:
         for k, fut in enumerate(as_completed(futures), start=1):
             r = fut.result()
             results[r["name"]] = r
@@ -181,11 +279,28 @@ def run_trials(
                     f"({_fmt_time(r['seconds'])}; elapsed {_fmt_time(elapsed)}, "
                     f"ETA {_fmt_time(eta)})"
                 )
-    stop.set()
-    if watcher.is_alive():
-        watcher.join()
-    bar.close()
+    except (KeyboardInterrupt, _Signalled) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        procs.stop(pool, signum)
+        raise _interrupted(signum, out_dir, futures) from None
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()
+        if watcher.is_alive():
+            watcher.join()
+        bar.close()
     return [results[t.name] for t in trials]
+
+
+def _catch_termination() -> dict[int, Any]:
+    """SIGTERM (a scheduler's stop, ``timeout``) as an exception in the main thread, so the
+    workflow passes it to its trials instead of dying and leaving them running; returns
+    the handlers to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_signalled)}
 
 
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\).*ETA (\S+)\s*$", re.M)

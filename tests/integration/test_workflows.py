@@ -195,3 +195,37 @@ def test_diagnose_end_to_end_on_a_tiny_config(diagnosis):
     assert wandb_offline.summary(f)["lr_sensitivity"] == pytest.approx(sens, rel=1e-12)
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     assert (run_dir / "files" / "diagnosis.md").read_text() == text
+
+
+def test_ctrl_c_stops_a_sweep_its_trials_resumable_and_nothing_analysed(tmp_path):
+    """Ctrl-C (SIGINT to the workflow alone: its trials run in their own process groups)
+    is passed to the running trial, which stops after its step with a checkpoint; the
+    next trial does not start; no analysis is written (an interrupted trial is no
+    infeasible one: it made lr* 'the edge of feasibility'); exit 130. `stablelab analyze`
+    leaves the interrupted trial out, saying so."""
+    import signal
+    import time
+
+    out = tmp_path / "sweep"
+    args = ["model=mlp", "max_train_steps=3000", "logger=csv", "plots=false"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stablelab.cli", "sweep", "lr", *args, "--lrs", "1e-3", "3e-3",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = out / "lr_0.001.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 1" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)  # (the trial reports its steps: it is training)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted by SIGINT; nothing was analysed" in err
+    assert "1 not started (lr_0.003)" in err and "Traceback" not in err
+    s = json.loads((out / "lr_0.001" / "summary.json").read_text())
+    assert s["status"] == "interrupted" and s["interrupted"]["signal"] == "SIGINT"
+    assert 0 < s["steps"] < 3000 and (out / "lr_0.001" / "checkpoints" / "last.ckpt").is_file()
+    assert not (out / "lr_0.003").exists() and not (out / "sweep_summary.csv").exists()
+    res = cli("analyze", str(out))
+    assert res.returncode == 2 and "interrupted at step" in res.stderr
+    assert "no finished trial" in res.stderr

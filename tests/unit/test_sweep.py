@@ -141,18 +141,21 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
 
     held, seen, lock = set(), [], threading.Lock()
 
-    def fake_run(cmd, stdout, stderr, env):
-        dev = env["CUDA_VISIBLE_DEVICES"]
-        with lock:
-            assert dev not in held, f"device {dev} given to two trials at once"
-            held.add(dev)
-            seen.append(dev)
-        time.sleep(0.05)
-        with lock:
-            held.discard(dev)
-        return type("P", (), {"returncode": 0})()
+    class FakeProcess:  # holds its device from start to wait()'s end
+        def __init__(self, cmd, stdout, stderr, env, start_new_session):
+            self.dev = env["CUDA_VISIBLE_DEVICES"]
+            with lock:
+                assert self.dev not in held, f"device {self.dev} given to two trials at once"
+                held.add(self.dev)
+                seen.append(self.dev)
 
-    monkeypatch.setattr(trials.subprocess, "run", fake_run)
+        def wait(self):
+            time.sleep(0.05)
+            with lock:
+                held.discard(self.dev)
+            return 0
+
+    monkeypatch.setattr(trials.subprocess, "Popen", FakeProcess)
     trials = [workflows.Trial(f"t{i}") for i in range(6)]
     out = workflows.run_trials(trials, tmp_path, devices=["0", "1"], progress=False)
     assert [r["name"] for r in out] == [f"t{i}" for i in range(6)]

@@ -61,6 +61,10 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     return _find(sweep_dir)
 
 
+# a trial in one of these states did not finish: neither feasible nor infeasible
+UNFINISHED = ("interrupted", "running")
+
+
 def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per trial (the FIELDS), sorted by LR then warmup."""
     import warnings
@@ -78,6 +82,14 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             row["final_val_loss"] = _last_val_loss(run)
         except (RunFileError, TypeError, ValueError, AttributeError) as e:
             warnings.warn(f"left out of the sweep: {run}: {e}", stacklevel=2)
+            continue
+        if s.get("status") in UNFINISHED:  # stopped by a signal or killed: not a result
+            warnings.warn(
+                f"left out of the sweep: {run}: {s.get('status')} at step {s.get('steps')} "
+                "(not infeasible: it did not finish; resume it with its resume_command, "
+                "then analyse again)",
+                stacklevel=2,
+            )
             continue
         row["run_dir"] = str(run)
         row["feasible"] = bool(s.get("feasible"))
@@ -352,7 +364,13 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         )
     rows = load_trials(sweep_dir)
     if not rows:
-        raise FileNotFoundError(f"no run directories (summary.json) under {sweep_dir}")
+        found = len(list(find_runs(sweep_dir)))
+        raise FileNotFoundError(
+            f"no finished trial under {sweep_dir} ({found} run(s) there, left out as "
+            "warned above)"
+            if found
+            else f"no run directories (summary.json) under {sweep_dir}"
+        )
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
     star = select_lr_star(rows)
     edge = edge_of_feasibility(rows, star)
