@@ -366,8 +366,7 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     if not rows:
         found = len(list(find_runs(sweep_dir)))
         raise FileNotFoundError(
-            f"no finished trial under {sweep_dir} ({found} run(s) there, left out as "
-            "warned above)"
+            f"no finished trial under {sweep_dir} ({found} run(s) there, left out as warned above)"
             if found
             else f"no run directories (summary.json) under {sweep_dir}"
         )
