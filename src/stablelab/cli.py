@@ -549,7 +549,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"stablelab {args.command}: {e}", file=sys.stderr)
         return 2
     except TrialsInterrupted as e:  # 128 + N, as stablelab-train's
-        print(f"stablelab {args.command}: {e}", file=sys.stderr)
+        print(
+            f"stablelab {args.command}: {e}. To finish: resume the stopped trials, run the "
+            f"missing values into the same --out, then: stablelab analyze {e.out_dir}"
+            if args.command == "sweep" and getattr(args, "kind", "") == "lr"
+            else f"stablelab {args.command}: {e}",
+            file=sys.stderr,
+        )
         return 128 + e.signum
     except KeyboardInterrupt:  # outside the trials: nothing running to pass it to
         print(f"stablelab {args.command}: interrupted", file=sys.stderr)

@@ -71,8 +71,6 @@ class TrialsInterrupted(Exception):
         super().__init__(
             f"interrupted by {name}; nothing was analysed. Trials in {out_dir}: "
             + "; ".join(p for p in parts if p)
-            + f". To finish: resume the stopped trials, run the missing values into the same "
-            f"--out, then: stablelab analyze {out_dir}"
         )
 
 
@@ -363,6 +361,21 @@ def _refuse_finished_trials(trials: list[Trial], out_dir: Path) -> None:
         )
 
 
+def _study_excepthook(kind: type, value: BaseException, tb: Any) -> None:
+    """A study stopped by Ctrl-C / SIGTERM ends with the account of its trials and exit
+    128 + N, as the ``stablelab`` workflows do, not a traceback."""
+    if isinstance(value, TrialsInterrupted):
+        print(
+            f"{Path(sys.argv[0]).parent.name}: {value}. Run the study again to start over "
+            "(it empties --out first)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(128 + value.signum)
+    sys.__excepthook__(kind, value, tb)
+
+
 def study_args(doc: str, study: str) -> Any:
     """The command line every ``experiments/<study>/run.py`` shares: ``--out`` (the trials'
     folder, default ``logs/experiments/<study>``), ``--jobs`` and ``--from-runs`` (train
@@ -380,6 +393,7 @@ def study_args(doc: str, study: str) -> Any:
     ap.add_argument("--from-runs", action="store_true",
                     help="train nothing: rebuild CSV and plot from the runs in --out")  # fmt: skip
     args = ap.parse_args()
+    sys.excepthook = _study_excepthook
     if args.from_runs and not args.out.is_dir():
         ap.error(f"--from-runs: no runs in {args.out}")
     if not args.from_runs and args.out.exists():
