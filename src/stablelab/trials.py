@@ -137,6 +137,8 @@ class _Processes:
         return {**out, "seconds": time.time() - start}
 
     def send(self, signum: int) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            signum = signal.SIGTERM  # (what a trial stops on cleanly)
         with self.lock:
             procs = list(self.running.values())
         for p in procs:
@@ -293,12 +295,14 @@ def run_trials(
 
 
 def _catch_termination() -> dict[int, Any]:
-    """SIGTERM (a scheduler's stop, ``timeout``) as an exception in the main thread, so the
-    workflow passes it to its trials instead of dying and leaving them running; returns
-    the handlers to put back."""
+    """SIGTERM (a scheduler's stop, ``timeout``) and SIGHUP as an exception in the main
+    thread, so the workflow passes it to its trials instead of dying and leaving them
+    running; returns the handlers to put back."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_signalled)}
+    # SIGHUP (the terminal closed): the trials run in their own sessions and would not get it
+    sigs = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    return {sig: signal.signal(sig, _raise_signalled) for sig in sigs}
 
 
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\).*ETA (\S+)\s*$", re.M)
