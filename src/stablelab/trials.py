@@ -355,12 +355,19 @@ def _refuse_finished_trials(trials: list[Trial], out_dir: Path) -> None:
 
     held = [t.name for t in trials if occupied_problem(out_dir / t.name, None, True)]
     if held:
+        stopped = [n for n in held if _unfinished({"run_dir": out_dir / n, "returncode": 0})]
+        resume = (
+            f" ({', '.join(stopped)}: stopped before its end; resume it with the "
+            "resume_command in its summary.json)"
+            if stopped
+            else ""
+        )
         raise ConfigError(
             [
-                f"--out = '{out_dir}': already holds the run(s) {', '.join(held)}; running "
-                "them again would overwrite them: choose another --out, or (to extend a "
-                "sweep) give only values it does not hold yet: the analysis reads every run "
-                "in the folder"
+                f"--out = '{out_dir}': already holds the run(s) {', '.join(held)}{resume}; "
+                "running them again would overwrite them: choose another --out, or (to "
+                "extend a sweep) give only values it does not hold yet: the analysis reads "
+                "every run in the folder"
             ]
         )
 

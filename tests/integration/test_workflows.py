@@ -229,3 +229,8 @@ def test_ctrl_c_stops_a_sweep_its_trials_resumable_and_nothing_analysed(tmp_path
     res = cli("analyze", str(out))
     assert res.returncode == 2 and "interrupted at step" in res.stderr
     assert "no finished trial" in res.stderr
+    # the same sweep again: refused, pointing at the stopped trial's resume command
+    from stablelab.cli import main
+
+    again = ["sweep", "lr", *args, "--lrs", "1e-3", "3e-3", "--out", str(out)]
+    assert main(again) == 2
