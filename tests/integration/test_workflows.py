@@ -197,7 +197,7 @@ def test_diagnose_end_to_end_on_a_tiny_config(diagnosis):
     assert (run_dir / "files" / "diagnosis.md").read_text() == text
 
 
-def test_ctrl_c_stops_a_sweep_its_trials_resumable_and_nothing_analysed(tmp_path):
+def test_ctrl_c_stops_a_sweep_its_trials_resumable_and_nothing_analysed(tmp_path, capsys):
     """Ctrl-C (SIGINT to the workflow alone: its trials run in their own process groups)
     is passed to the running trial, which stops after its step with a checkpoint; the
     next trial does not start; no analysis is written (an interrupted trial is no
@@ -234,3 +234,4 @@ def test_ctrl_c_stops_a_sweep_its_trials_resumable_and_nothing_analysed(tmp_path
 
     again = ["sweep", "lr", *args, "--lrs", "1e-3", "3e-3", "--out", str(out)]
     assert main(again) == 2
+    assert "lr_0.001: stopped before its end; resume it" in capsys.readouterr().err
