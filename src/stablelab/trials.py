@@ -286,7 +286,7 @@ def run_trials(
     finally:
         for sig, h in handlers.items():
             signal.signal(sig, h)
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # (an error: the running ones finish)
         stop.set()
         if watcher.is_alive():
             watcher.join()
