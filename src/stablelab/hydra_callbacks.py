@@ -37,13 +37,7 @@ class Preflight(Callback):
             return
         if not out:
             return
-        problem = occupied_problem(out, None if ckpt_path is None else str(ckpt_path), train)
-        if problem:
-            print(
-                f"stablelab-train: Invalid config (nothing was started):\n  - {problem}",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+        _refuse(occupied_problem(out, None if ckpt_path is None else str(ckpt_path), train))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
@@ -66,15 +60,12 @@ class Preflight(Callback):
             p.name for p in Path(out).iterdir() if occupied_problem(p, None, True) is not None
         )
         if held:
-            print(
-                "stablelab-train: Invalid config (nothing was started):\n  - hydra.sweep.dir "
-                f"= '{out}': holds runs already ({', '.join(held[:8])}"
+            _refuse(
+                f"hydra.sweep.dir = '{out}': holds runs already ({', '.join(held[:8])}"
                 f"{', ...' if len(held) > 8 else ''}); a new sweep there would overwrite "
                 "them: choose another directory (without hydra.sweep.dir every sweep gets "
-                "a new one)",
-                file=sys.stderr,
+                "a new one)"
             )
-            sys.exit(2)
 
     @staticmethod
     def _check_jobs(config: DictConfig) -> None:
@@ -118,15 +109,9 @@ class Preflight(Callback):
         inside = log_dir is not None and Path(out).absolute().is_relative_to(
             Path(log_dir).absolute()
         )
-        problem = (
+        _refuse(
             writable_problem("paths.log_dir", log_dir) if inside else writable_problem(key, out)
         )
-        if problem:
-            print(
-                f"stablelab-train: Invalid config (nothing was started):\n  - {problem}",
-                file=sys.stderr,
-            )
-            sys.exit(2)
 
 
 def _basic_sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -182,3 +167,11 @@ def _refused_jobs(config: DictConfig, jobs: list[list[str]]) -> dict[tuple[str, 
         if refused:
             break
     return refused
+
+
+def _refuse(problem: str | None) -> None:
+    """Exit 2 with the one-line refusal every refused config gives (nothing to do: None)."""
+    if problem:
+        print(f"stablelab-train: Invalid config (nothing was started):\n  - {problem}",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(2)

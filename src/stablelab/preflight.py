@@ -47,12 +47,11 @@ def occupied_problem(
     a new run or an evaluation there would overwrite (its summary, config, CSVs and
     report) and mix checkpoints with; None where it holds none, or for a resume in place
     (``ckpt_path=auto`` or a checkpoint inside it)."""
-    import json
+    from stablelab.analysis.runs import has_summary, read_summary
 
     run_dir = Path(run_dir)
     ckpts = list((run_dir / "checkpoints").glob("*.ckpt")) if run_dir.is_dir() else []
-    summary = run_dir / "summary.json"
-    if not (summary.is_file() or ckpts):
+    if not (has_summary(run_dir) or ckpts):
         return None
     if training and ckpt_path is not None:
         if ckpt_path == "auto":
@@ -61,11 +60,11 @@ def occupied_problem(
             return None
     held = []
     try:
-        s = json.loads(summary.read_text())
+        s = read_summary(run_dir)
         status = "an unfinished" if s["status"] == "running" else f"a {s['status']}"
         held.append(f"{status} run at step {int(s['steps'])}")
-    except (OSError, ValueError, TypeError, KeyError):
-        held.append("summary.json" if summary.is_file() else "no summary")
+    except (OSError, ValueError, TypeError, KeyError):  # (RunFileError: a damaged one)
+        held.append("summary.json" if has_summary(run_dir) else "no summary")
     if ckpts:
         held.append(f"{len(ckpts)} checkpoint(s)")
     what = "a new run" if training else "an evaluation"

@@ -299,19 +299,19 @@ def _note_differences(
 
     changed = checkpoints.changed_settings(ckpt.cfg, plain) if plain["train"] else {}
     numerics = {
-        f"numerics.{k}": [v, now.get(k)]
+        k: [v, now.get(k)]
         for k, v in (ckpt.numerics or {}).items()
         if now is not None and v != now.get(k)
     }
     if plain["train"]:
-        changed.update(numerics)
+        changed.update({f"numerics.{k}": v for k, v in numerics.items()})
     elif numerics:
-        entry["numerics_changed"] = {k.split(".", 1)[1]: v for k, v in numerics.items()}
+        entry["numerics_changed"] = numerics
         log.info(
             "stablelab: %s was trained with %s: these numbers may differ from the training "
             "run's in the last bits",
             ckpt.path.name,
-            ", ".join(f"{k} {v[0]!r} (now {v[1]!r})" for k, v in entry["numerics_changed"].items()),
+            ", ".join(f"{k} {v[0]!r} (now {v[1]!r})" for k, v in numerics.items()),
         )
     if ckpt.data_sha256 and sha and ckpt.data_sha256 != sha:  # the same path, new bytes
         if plain["train"]:
