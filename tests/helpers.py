@@ -226,6 +226,20 @@ class WrongOutputMLP:
         return MLP(input_spec=input_spec, num_classes=num_classes + 1, **kwargs)
 
 
+class IdleParameterMLP:
+    """stablelab's MLP with one more trainable Linear that forward never uses (a head left
+    over from pre-training, say): under plain DDP it must be refused on the first step."""
+
+    def __new__(cls, input_spec, num_classes, **kwargs):
+        from torch import nn
+
+        from stablelab.models import MLP
+
+        model = MLP(input_spec=input_spec, num_classes=num_classes, **kwargs)
+        model.idle_head = nn.Linear(4, 2)
+        return model
+
+
 class SpikeAtStep(L.Callback):
     """At update ``step`` (global_step before it), multiply the model's output by
     ``factor``: a crafted loss and gradient-norm spike. Keeps copies of the parameters and

@@ -63,11 +63,9 @@ class ResidualSpec:
 class ConfigError(ValueError):
     """A config value is invalid. The message lists every problem, one per line."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], headline: str = "Invalid config (nothing was started)"):
         self.problems = problems
-        super().__init__(
-            "Invalid config (nothing was started):\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        super().__init__(f"{headline}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def first_line(e: BaseException) -> str:

@@ -42,6 +42,8 @@ TASKS = ("classification", "next_token")
 KINDS = ("real", "tokens")
 SPEC_KEYS = ("kind", "length", "channels", "vocab_size")
 SEE = "see README 'Your own model and data'"
+# the headline of a problem found on the first batch: the run had started, nothing trained
+FIRST_BATCH = "Invalid model or data (found on the first batch, before any update)"
 
 
 def _int(v: Any) -> TypeGuard[int]:
@@ -107,13 +109,55 @@ def datamodule_problems(dm: Any, target: str) -> list[str]:
     return problems
 
 
+def _describe(obj: Any) -> str:
+    """A short description of what a loader or a model handed over, for an error line."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return f"a tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, Mapping):
+        return f"a {type(obj).__name__} with keys {sorted(map(str, obj))[:6]}"
+    if isinstance(obj, list | tuple):
+        kinds = ", ".join(type(v).__name__ for v in obj[:4]) + (", ..." if len(obj) > 4 else "")
+        return f"a {type(obj).__name__} of {len(obj)} ({kinds})"
+    return f"a {type(obj).__name__}"
+
+
+def batch_problems(batch: Any, target: str) -> list[str]:
+    """A batch must be ``(x, y)``: two tensors."""
+    import torch
+
+    pair = isinstance(batch, list | tuple) and len(batch) == 2
+    if pair and all(isinstance(v, torch.Tensor) for v in batch):
+        return []
+    return [
+        f"data._target_ = {target!r}: its loaders yield {_describe(batch)}; stablelab needs "
+        f"(x, y) batches of two tensors ({SEE})"
+    ]
+
+
+def check_batch(batch: Any, target: str) -> None:
+    problems = batch_problems(batch, target)
+    if problems:
+        raise ConfigError(problems, headline=FIRST_BATCH)
+
+
 def output_problems(
     x: Any, logits: Any, y: Any, task: str, num_classes: int, target: str, labels: bool = True
 ) -> list[str]:
     """The model's output and the labels of one batch against the task's shapes; with
     ``labels``, also the labels' range (one device-to-host read: not in a training step)."""
-    shape, xs, ys = tuple(logits.shape), tuple(x.shape), tuple(y.shape)
+    import torch
+
     where = f"model._target_ = {target!r}"
+    if not isinstance(logits, torch.Tensor):
+        form = "(batch, length, num_classes)" if task == "next_token" else "(batch, num_classes)"
+        return [
+            f"{where}: forward returned {_describe(logits)}, not a tensor of logits; return the "
+            f"logits alone, {form} (a model that returns more can be wrapped in a module whose "
+            f"forward picks them) ({SEE})"
+        ]
+    shape, xs, ys = tuple(logits.shape), tuple(x.shape), tuple(y.shape)
     if task == "next_token":
         want = (*ys, num_classes)
         if shape != want:
@@ -145,4 +189,33 @@ def check_output(
 ) -> None:
     problems = output_problems(x, logits, y, task, num_classes, target, labels)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, headline=FIRST_BATCH)
+
+
+def check_unused_parameters(named_params: Any, target: str, ddp: str | None) -> str | None:
+    """After the first backward: the trainable parameters whose gradient is still None.
+    Under DDP without ``find_unused_parameters`` (``ddp``: the ``trainer.strategy`` value)
+    a ConfigError naming them and what to do; otherwise the warning to log (None: every
+    trainable parameter got a gradient). Reads Python attributes only: no device sync."""
+    unused = [n for n, p in named_params if p.requires_grad and p.grad is None]
+    if not unused:
+        return None
+    names = ", ".join(unused[:5]) + (f" and {len(unused) - 5} more" if len(unused) > 5 else "")
+    what = (
+        f"model._target_ = {target!r}: {len(unused)} trainable parameter"
+        f"{'s' if len(unused) > 1 else ''} got no gradient in the first step ({names})"
+    )
+    if ddp is not None:
+        raise ConfigError(
+            [
+                f"{what}; trainer.strategy = {ddp!r} needs every trainable parameter in the "
+                "loss: freeze them (requires_grad_(False)), remove them, or set "
+                "trainer.strategy=ddp_find_unused_parameters_true (slower: DDP then walks "
+                f"the graph every step) ({SEE})"
+            ],
+            headline=FIRST_BATCH,
+        )
+    return (
+        f"{what}: they are not trained; under trainer=ddp they would stop the run (freeze "
+        "them with requires_grad_(False), or trainer.strategy=ddp_find_unused_parameters_true)"
+    )

@@ -127,11 +127,20 @@ class StableModule(L.LightningModule):
         check_output(x, logits, y, self.task, self.num_classes, target, labels)
         self._checked |= {"shapes", "labels"} if labels else {"shapes"}
 
+    def _check_batch(self, batch: Any) -> None:
+        """Before the first batch is unpacked: ``(x, y)``, two tensors (a dict or a longer
+        tuple would fail later with an error that names neither the contract nor the key)."""
+        from stablelab.contract import check_batch
+
+        check_batch(batch, str((self.cfg.get("data") or {}).get("_target_")))
+
     def build_schedule(self):
         return instantiate(self.cfg["schedule"])
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        if "shapes" not in self._checked:
+            self._check_batch(batch)
         x, y = batch
         logits = self(x)
         if "shapes" not in self._checked:
@@ -181,6 +190,8 @@ class StableModule(L.LightningModule):
             trainer.should_stop = True
 
     def _eval_step(self, batch, split: str) -> None:
+        if "labels" not in self._checked:
+            self._check_batch(batch)
         x, y = batch
         # also on an empty slice: sharded models gather their parameters in every forward
         sums = self.eval_sums(x, y)
@@ -316,6 +327,27 @@ class StableModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step", "frequency": 1},
         }
+
+    def on_after_backward(self) -> None:
+        """Once, after the first backward: the trainable parameters that got no gradient.
+        Plain DDP cannot train such a model (its next step fails with Lightning's advice
+        for a strategy object stablelab's config does not build): refuse it here, naming
+        them and the key; on one process say once that they are not trained."""
+        if "grads" in self._checked:
+            return
+        self._checked.add("grads")
+        from stablelab.contract import check_unused_parameters
+
+        strategy = self.trainer.strategy
+        kwargs = getattr(strategy, "_ddp_kwargs", None)
+        ddp = kwargs is not None and not kwargs.get("find_unused_parameters", False)
+        message = check_unused_parameters(
+            self.model.named_parameters(),
+            str(self.cfg["model"].get("_target_")),
+            str((self.cfg.get("trainer") or {}).get("strategy", "ddp")) if ddp else None,
+        )
+        if message and self.trainer.is_global_zero:
+            log.warning("stablelab: %s", message)
 
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None

@@ -234,6 +234,13 @@ def _interrupted(f: dict[str, Any]) -> Finding:
 
 def _failed(f: dict[str, Any]) -> Finding:
     s = f["s"]
+    if not s.get("steps"):
+        return Finding(
+            "failed",
+            f"**The run failed** before its first update: `{s.get('error')}`.",
+            "Its config and log are kept; fix the cause and start it again.",
+            step=0,
+        )
     return Finding(
         "failed",
         f"**The run failed** after {s.get('steps')} steps: `{s.get('error')}`.",
@@ -498,6 +505,19 @@ def _rolled_back(f: dict[str, Any]) -> Finding:
     )
 
 
+def _no_telemetry(f: dict[str, Any]) -> Finding:
+    if f["status"] in ("failed", "interrupted") and not f["s"].get("steps"):
+        return Finding(  # the callback may well be on: nothing was trained for it to see
+            "no_telemetry", "No update was trained,", "so there is no stability reading."
+        )
+    return Finding(
+        "no_telemetry",
+        "No stability telemetry in this run (the `stability` callback was off),",
+        "so nothing can be said about its stability.",
+        command="callbacks=default",
+    )
+
+
 @dataclass(frozen=True)
 class Rule:
     key: str
@@ -513,17 +533,7 @@ READING_RULES: list[Rule] = [
     Rule("evaluation", lambda f: f["evaluation"], _evaluation, final=True),
     Rule("interrupted", lambda f: f["status"] == "interrupted", _interrupted),
     Rule("failed", lambda f: f["status"] == "failed", _failed),
-    Rule(
-        "no_telemetry",
-        lambda f: not f["telemetry"],
-        lambda f: Finding(
-            "no_telemetry",
-            "No stability telemetry in this run (the `stability` callback was off),",
-            "so nothing can be said about its stability.",
-            command="callbacks=default",
-        ),
-        final=True,
-    ),
+    Rule("no_telemetry", lambda f: not f["telemetry"], _no_telemetry, final=True),
     Rule("attention_logits", lambda f: bool(f["s"].get("attn_logit_growing")), _attention_logits),
     Rule("logz", lambda f: bool(f["s"].get("logz_drifting")), _logz),
     Rule("rollback", lambda f: bool(f["s"].get("rollbacks")), _rolled_back),

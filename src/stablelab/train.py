@@ -569,7 +569,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _check_sweeper_direction(cfg)
         summary = train(cfg)
     except ConfigError as e:
-        print(f"stablelab-train: {e}", file=sys.stderr)
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # a DDP run's other ranks find it too
+            print(f"stablelab-train: {e}", file=sys.stderr)
         from hydra.core.hydra_config import HydraConfig
 
         if _remove_if_untouched(Path(HydraConfig.get().runtime.output_dir)):

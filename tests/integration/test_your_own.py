@@ -164,6 +164,53 @@ def test_a_model_with_the_wrong_output_is_refused_on_its_first_batch(tmp_path):
         e.value
     )
     assert "(batch, num_classes) = " in str(e.value) and ", 3)" in str(e.value)
+    assert str(e.value).startswith("Invalid model or data (found on the first batch")
+    # the report says the run stopped before its first update, and names only the files
+    # it has (no telemetry because nothing trained, not because a callback was off)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "**The run failed** before its first update" in report
+    assert "No update was trained" in report and "callback was off" not in report
+    files = report.split("Files: ")[1]
+    assert "`summary.json`" in files and "`config.yaml`" in files
+    assert "stability.csv" not in files and "checkpoints" not in files
+
+
+@pytest.mark.slow  # two DDP launches and one run (~27 s on 2 cores)
+def test_an_unused_trainable_parameter_is_named_and_refused_under_plain_ddp(tmp_path):
+    """A model with a trainable parameter its forward never uses: one process trains it
+    and warns once; plain DDP (whose next step would fail with advice for a strategy object
+    the config does not build) is refused after the first backward, naming the parameters
+    and the key, before any update; ddp_find_unused_parameters_true trains it."""
+    common = [
+        "data=npz", f"data.path={_npz(tmp_path)}", "model=mlp", "logger=csv", *QUIET,
+        "model._target_=helpers.IdleParameterMLP", "callbacks.dense_eval=null",
+        "data.batch_size=32",
+    ]  # fmt: skip
+    tests = str(ROOT / "tests")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+
+    def cli(name, *extra):
+        return subprocess.run(
+            [sys.executable, "-m", "stablelab.train", *common, *extra,
+             f"hydra.run.dir={tmp_path / name}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env,
+        )  # fmt: skip
+
+    one = cli("one", "max_train_steps=3")
+    assert_ok(one)
+    said = (
+        "2 trainable parameters got no gradient in the first step "
+        "(idle_head.weight, idle_head.bias)"
+    )
+    assert (one.stdout + one.stderr).count(said) == 1
+    ddp = cli("ddp", "max_train_steps=3", "trainer=ddp_cpu")
+    assert ddp.returncode == 2, ddp.stderr[-3000:]
+    assert ddp.stderr.count(said + "; trainer.strategy = 'ddp' needs every trainable") == 1
+    assert _summary(tmp_path / "ddp")["steps"] == 0
+    ok = cli("ddp_ok", "max_train_steps=3", "trainer=ddp_cpu",
+             "trainer.strategy=ddp_find_unused_parameters_true")  # fmt: skip
+    assert_ok(ok)
+    assert _summary(tmp_path / "ddp_ok")["steps"] == 3
 
 
 def test_npz_data_trains_any_builtin_model(tmp_path):

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from stablelab.config import ConfigError, validate
-from stablelab.contract import datamodule_problems, output_problems
+from stablelab.contract import (
+    FIRST_BATCH,
+    batch_problems,
+    check_unused_parameters,
+    datamodule_problems,
+    output_problems,
+)
 from stablelab.data import NpzDataModule
 from stablelab.train import objective
 
@@ -128,6 +134,48 @@ def test_output_check_shapes_and_labels():
     assert output_problems(t, torch.zeros(2, 8, 65), t, "next_token", 65, "m.G") == []
     (p,) = output_problems(t, torch.zeros(2, 65), t, "next_token", 65, "m.G")
     assert "(batch, length, num_classes) = (2, 8, 65)" in p
+
+
+def test_output_that_is_not_a_tensor_is_named():
+    x, y = torch.zeros(4, 10), torch.tensor([0, 1, 2, 1])
+    (p,) = output_problems(x, (torch.zeros(4, 3), None), y, "classification", 3, "m.M")
+    assert "forward returned a tuple of 2 (Tensor, NoneType), not a tensor of logits" in p
+    assert "(batch, num_classes)" in p and p.startswith("model._target_ = 'm.M'")
+    (p,) = output_problems(x, {"logits": torch.zeros(4, 3)}, y, "next_token", 3, "m.M")
+    assert "a dict with keys ['logits']" in p and "(batch, length, num_classes)" in p
+
+
+@pytest.mark.parametrize(
+    "batch,says",
+    [
+        ({"x": torch.zeros(2), "y": torch.zeros(2)}, "a dict with keys ['x', 'y']"),
+        ((torch.zeros(2), torch.zeros(2), torch.zeros(2)), "a tuple of 3 (Tensor, Tensor, Tensor)"),
+        ([torch.zeros(2), "label"], "a list of 2 (Tensor, str)"),
+        (torch.zeros(2, 3), "a tensor of shape (2, 3)"),
+    ],
+)
+def test_a_batch_that_is_not_x_y_is_named(batch, says):
+    (p,) = batch_problems(batch, "pkg.Data")
+    assert p.startswith(f"data._target_ = 'pkg.Data': its loaders yield {says};")
+    assert "(x, y) batches of two tensors" in p
+    assert batch_problems((torch.zeros(2), torch.zeros(2)), "pkg.Data") == []
+    assert batch_problems([torch.zeros(2), torch.zeros(2)], "pkg.Data") == []
+
+
+def test_unused_trainable_parameters_refused_under_plain_ddp_else_named_once():
+    lin = torch.nn.Linear
+    net = torch.nn.ModuleDict({"used": lin(3, 2), "frozen": lin(3, 3), "idle": lin(2, 2)})
+    net["frozen"].requires_grad_(False)  # frozen and unused: not a problem
+    net["used"](net["frozen"](torch.ones(1, 3))).sum().backward()
+    assert check_unused_parameters(net["used"].named_parameters(), "m.M", "ddp") is None
+    warning = check_unused_parameters(net.named_parameters(), "m.M", None)
+    assert warning is not None and "2 trainable parameters got no gradient" in warning
+    assert "(idle.weight, idle.bias)" in warning and "frozen" not in warning
+    with pytest.raises(ConfigError) as e:
+        check_unused_parameters(net.named_parameters(), "m.M", "ddp")
+    assert str(e.value).startswith(FIRST_BATCH + ":")
+    assert "trainer.strategy = 'ddp' needs every trainable parameter in the loss" in str(e.value)
+    assert "trainer.strategy=ddp_find_unused_parameters_true" in str(e.value)
 
 
 class NoSpecModel(torch.nn.Module):  # a model that does not take what stablelab passes

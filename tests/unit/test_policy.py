@@ -127,7 +127,15 @@ def test_reading_without_telemetry_says_so_and_nothing_else():
     assert [f.key for f in reading({"status": "completed"}, CFG)] == ["no_telemetry"]
     assert _keys({"status": "failed", "error": "E"}) == ["failed", "stable"]
     s = {"status": "failed", "error": "E", "steps": 7}
-    assert [f.key for f in reading(s, CFG)] == ["failed", "no_telemetry"]
+    found = reading(s, CFG)
+    assert [f.key for f in found] == ["failed", "no_telemetry"]
+    assert "after 7 steps" in found[0].text and "callback was off" in found[1].text
+    # stopped before its first update: no telemetry because nothing trained, not because
+    # the callback was off
+    found = reading({"status": "failed", "error": "E", "steps": 0}, CFG)
+    assert [f.key for f in found] == ["failed", "no_telemetry"]
+    assert "before its first update" in found[0].text
+    assert "No update was trained" in found[1].text and found[1].command is None
 
 
 def test_reading_flags_the_language_model_monitors_and_how_a_run_ended():

@@ -31,6 +31,19 @@ FIGURES = [
 ]
 
 
+# the files a run may hold, as the report's closing line names those it has
+FILES = [
+    ("summary.json", " (every number)"),
+    ("stability.csv", " (per-step loss, EMA, events)"),
+    ("grad_norms.csv", ""),
+    ("evals.csv", ""),
+    ("dense_eval.csv", ""),
+    ("lm_monitor.csv", ""),
+    ("config.yaml", ""),
+    ("checkpoints", "/"),
+]
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
     return read_csv(path.parent, path.name)
 
@@ -288,11 +301,13 @@ def render(
     for fname, caption in FIGURES:
         if (run_dir / fname).is_file():
             lines += [f"![{caption}]({fname})", f"*{caption}*", ""]
-    lines += [
-        "Files: `summary.json` (every number), `stability.csv` (per-step loss, EMA, events), "
-        "`grad_norms.csv`, `evals.csv`, `dense_eval.csv`, `config.yaml`, `checkpoints/`.",
-        "",
+    files = [
+        f"`{name}`{what}"
+        for name, what in FILES
+        if (run_dir / name).is_file() or any((run_dir / name).glob("*.ckpt"))
     ]
+    if files:
+        lines += [f"Files: {', '.join(files)}.", ""]
     return "\n".join(lines)
 
 
