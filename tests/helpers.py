@@ -240,6 +240,54 @@ class IdleParameterMLP:
         return model
 
 
+class GRULanguageModel(torch.nn.Module):
+    """A next-token model of your own with no stablelab layer in it: an embedding, a GRU
+    and a linear head, returning (batch, length, vocab) logits."""
+
+    next_token = True
+
+    def __init__(self, input_spec, num_classes, width: int = 16) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(input_spec["vocab_size"], width)
+        self.rnn = torch.nn.GRU(width, width, batch_first=True)
+        self.head = torch.nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.emb(x))[0])
+
+
+class PlainCharWindows(L.LightningDataModule):
+    """Tiny Shakespeare's windows (stablelab's split) served by plain torch DataLoaders of
+    8 windows a batch: a datamodule of your own, with no ``tensors`` to peek at."""
+
+    def __init__(self, block_size: int = 32, batch_size: int = 8) -> None:
+        super().__init__()
+        from stablelab.data import CharTextDataModule
+
+        self.chars = CharTextDataModule(block_size=block_size)
+        self.input_spec = dict(self.chars.input_spec)
+        self.num_classes = self.chars.num_classes
+        self.batch_size = batch_size
+
+    def _loader(self, split: str, shuffle: bool = False):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.chars.setup()
+        x, y = self.chars._tensors["val" if split == "train" else split]  # (few steps)
+        return DataLoader(
+            TensorDataset(x[:64], y[:64]), batch_size=self.batch_size, shuffle=shuffle
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val")
+
+    def test_dataloader(self):
+        return self._loader("test")
+
+
 class SpikeAtStep(L.Callback):
     """At update ``step`` (global_step before it), multiply the model's output by
     ``factor``: a crafted loss and gradient-norm spike. Keeps copies of the parameters and

@@ -175,6 +175,46 @@ def test_a_model_with_the_wrong_output_is_refused_on_its_first_batch(tmp_path):
     assert "stability.csv" not in files and "checkpoints" not in files
 
 
+def test_a_language_model_of_your_own_gets_the_log_z_monitor(tmp_path):
+    """A next-token model with no stablelab attention (a GRU) on plain DataLoaders: the LM
+    monitor still measures log Z of its output logits (no attention columns), on the first
+    batch of validation windows its loader gives, matching a float64 recomputation from
+    the last checkpoint's weights."""
+    import csv
+    import math
+
+    import torch
+
+    from conftest import compose_cfg
+    from helpers import GRULanguageModel, PlainCharWindows
+    from stablelab.train import train
+
+    run = tmp_path / "r"
+    cfg = compose_cfg(
+        ["~data", "+data._target_=helpers.PlainCharWindows", "+data.block_size=32",
+         "+data.batch_size=8", "~model",
+         "+model._target_=helpers.GRULanguageModel", "+model.width=16", "max_train_steps=20",
+         "callbacks.lm_monitor.every_n_steps=10", "callbacks.dense_eval=null", "logger=csv",
+         *QUIET],
+        run,
+    )  # fmt: skip
+    s = train(cfg)
+    assert s["status"] == "completed"
+    rows = list(csv.DictReader((run / "lm_monitor.csv").open()))
+    assert list(rows[0]) == ["step", "logz_mean", "logz_max"]  # no attention to measure
+    assert [int(r["step"]) for r in rows] == [0, 10, 20]
+    weights = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    dm = PlainCharWindows(block_size=32)
+    model = GRULanguageModel(dm.input_spec, dm.num_classes, width=16).double()
+    model.load_state_dict({k.removeprefix("model."): v for k, v in weights.items()})
+    x = next(iter(dm.val_dataloader()))[0]  # its loader's first batch: 8 of the 16 asked
+    with torch.no_grad():
+        logz = torch.logsumexp(model(x), -1)
+    assert math.isclose(float(rows[-1]["logz_mean"]), logz.mean().item(), rel_tol=1e-4)
+    assert math.isclose(float(rows[-1]["logz_max"]), logz.max().item(), rel_tol=1e-4)
+    assert s["logz_mean_last"] == float(rows[-1]["logz_mean"]) and "attn_logit_max" not in s
+
+
 @pytest.mark.slow  # two DDP launches and one run (~27 s on 2 cores)
 def test_an_unused_trainable_parameter_is_named_and_refused_under_plain_ddp(tmp_path):
     """A model with a trainable parameter its forward never uses: one process trains it

@@ -6,7 +6,9 @@ training step's hot path (Wortsman et al. 2023's two small-scale instabilities):
   materialises the logits, so they are recomputed from each layer's queries and keys on a
   fixed probe batch (the first ``probe_windows`` validation windows);
 * **output-logit divergence**: the mean and the max of log Z = logsumexp of the output
-  logits over the probe batch's positions (z-loss pulls the mean towards 0).
+  logits over the probe batch's positions (z-loss pulls the mean towards 0). This one needs
+  nothing of the model but its logits: a model of your own gets it (without the attention
+  columns, which need stablelab's ``CausalSelfAttention``).
 
 At initialisation (step 0) and every ``every_n_steps`` updates the probe forward runs in
 eval mode without gradients; the values stay on the device and are read back with the other
@@ -67,16 +69,18 @@ class LMMonitor(TelemetryCallback):
         super().setup(trainer, pl_module, stage)
         if stage == "fit":
             self.layers = [n for n, _ in self._attention(pl_module)]
-            self.csv.fields = [
-                "step", "logz_mean", "logz_max", "attn_logit_max",
-                *[f"attn_logit_max/{n}" for n in self.layers],
-            ]  # fmt: skip
+            attn = ["attn_logit_max", *[f"attn_logit_max/{n}" for n in self.layers]]
+            self.csv.fields = ["step", "logz_mean", "logz_max", *(attn if self.layers else [])]
 
     def _probe_batch(self, trainer, pl_module) -> torch.Tensor:
+        """The first ``probe_windows`` validation inputs: stablelab's in-memory loaders
+        hand them over as a tensor; a plain DataLoader of your own gives its first batch
+        (fewer, if its batches are smaller)."""
         if self._probe is None:
             loader = trainer.datamodule.val_dataloader()
-            x = loader.tensors[0][: self.probe_windows]
-            self._probe = x.to(pl_module.device)
+            tensors = getattr(loader, "tensors", None)
+            x = tensors[0] if tensors is not None else next(iter(loader))[0]
+            self._probe = x[: self.probe_windows].to(pl_module.device)
         return self._probe
 
     @torch.no_grad()
@@ -108,14 +112,14 @@ class LMMonitor(TelemetryCallback):
         super().on_train_start(trainer, pl_module)
         # a fresh run measures its initialisation too (step 0: what the growth is relative
         # to); a resumed one has that row in its restored CSV already
-        if self.every_n_steps and self.layers and trainer.global_step == 0:
+        if self.every_n_steps and trainer.global_step == 0:
             self._last_step = 0
             self._pending.append((0, self.measure(trainer, pl_module)))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         every = self.every_n_steps
-        if every and self.layers and step != self._last_step and step % every == 0:
+        if every and step != self._last_step and step % every == 0:
             self._last_step = step
             self._pending.append((step, self.measure(trainer, pl_module)))
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -130,13 +134,10 @@ class LMMonitor(TelemetryCallback):
         new = []
         for s, v in zip(steps, values, strict=True):
             per_layer = dict(zip(self.layers, v[2:], strict=True))
-            row = {
-                "step": s,
-                "logz_mean": v[0],
-                "logz_max": v[1],
-                "attn_logit_max": max(per_layer.values()),
-                **{f"attn_logit_max/{n}": x for n, x in per_layer.items()},
-            }
+            row = {"step": s, "logz_mean": v[0], "logz_max": v[1]}
+            if per_layer:  # a model of your own has no stablelab attention: log Z only
+                row["attn_logit_max"] = max(per_layer.values())
+                row.update({f"attn_logit_max/{n}": x for n, x in per_layer.items()})
             new.append(row)
         self.csv.add(self.dir, new, write=trainer.is_global_zero)
         for r in new:
@@ -155,8 +156,16 @@ class LMMonitor(TelemetryCallback):
         rows = self.csv.rows
         if not rows:
             return {}
-        logit = [r["attn_logit_max"] for r in rows]
         logz = [r["logz_mean"] for r in rows]
+        out: dict[str, Any] = {
+            "logz_mean_first": logz[0],
+            "logz_mean_last": logz[-1],
+            "logz_abs_max": max(abs(z) for z in logz),
+            "logz_drifting": max(abs(z) for z in logz) > self.logz_alarm,
+        }
+        if rows[0].get("attn_logit_max") in (None, ""):
+            return out
+        logit = [r["attn_logit_max"] for r in rows]
         first = logit[0]
         growth = max(logit) / first if first > 0 and math.isfinite(first) else None
         return {
@@ -169,8 +178,5 @@ class LMMonitor(TelemetryCallback):
                 and growth >= self.growth_factor
                 and max(logit) > self.logit_alarm
             ),
-            "logz_mean_first": logz[0],
-            "logz_mean_last": logz[-1],
-            "logz_abs_max": max(abs(z) for z in logz),
-            "logz_drifting": max(abs(z) for z in logz) > self.logz_alarm,
+            **out,
         }
