@@ -43,7 +43,7 @@ from stablelab.constraints import (  # noqa: E402, F401
     first_line,
     raise_problems,
 )
-from stablelab.paths import group_options
+from stablelab.paths import config_dir, group_options
 
 
 @dataclass
@@ -412,12 +412,40 @@ def _check_target_entry(
         params = {**extra, **params}
     before = len(problems)
     _check_mapping(key, dict(entry), params, provided, problems, f"{target}", var_kw)
+    if not var_kw and not str(target).startswith("stablelab."):
+        unknown = [k for k in entry if k not in params and k not in SPECIAL_KEYS]
+        problems.extend(_stablelab_keys_hint(key, group, unknown))
     hook = getattr(fn, "config_problems", None)
     if len(problems) == before and callable(hook):
         # cross-key rules (e.g. one stride per stage), on the values with defaults filled in
         defaults = _defaults(fn)
         values = {**defaults, **{k: v for k, v in entry.items() if k not in SPECIAL_KEYS}}
         problems.extend(f"{key}.{p}" for p in hook(values))
+
+
+def _stablelab_keys_hint(key: str, group: str, unknown: list[str]) -> list[str]:
+    """Keys that a class of your own does not take but one of stablelab's options of the
+    group does: an ``experiment=`` (or another config) set them for stablelab's class. One
+    line naming the option and the overrides that drop them (read only on an error)."""
+    # two or more: one stray key is more likely a typo of your own (did you mean ...)
+    if len(unknown) < 2 or key != group:  # (not the entries of a bundle such as callbacks)
+        return []
+    owners = []
+    for option in group_options(group):
+        try:
+            keys = set(OmegaConf.load(config_dir() / group / f"{option}.yaml"))
+        except Exception:  # noqa: BLE001 - no hint from an unreadable file
+            continue
+        if set(unknown) <= keys:
+            owners.append(f"{group}={option}")
+    if not owners:
+        return []
+    drop = " ".join(f"~{key}.{k}" for k in unknown)
+    return [
+        f"{key}: {', '.join(unknown)} are settings of stablelab's {' / '.join(owners)} (kept "
+        f"when only {key}._target_ changes, or set by an experiment=): drop them with {drop}, "
+        "or give your class a config file of its own (see README 'Your own model and data')"
+    ]
 
 
 def _defaults(fn: Any) -> dict[str, Any]:

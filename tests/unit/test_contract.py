@@ -196,6 +196,42 @@ def test_a_model_without_input_spec_is_refused_by_the_config_check(tmp_path):
     assert "must accept the keyword arguments input_spec and num_classes" in str(e.value)
 
 
+class TakesWidth(torch.nn.Module):
+    def __init__(self, input_spec, num_classes, width: int = 3) -> None:
+        super().__init__()
+
+
+def test_keys_of_a_stablelab_model_left_on_your_own_are_named_with_the_way_out(tmp_path):
+    """experiment=shakespeare_char_cpu chooses model=gpt and sets n_layer, n_head, ...;
+    swapping in a class of your own by its _target_ keeps them. The refusal names each key
+    and, once, where they come from and the overrides that drop them."""
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT, compose_cfg
+
+    cfg = compose_cfg(["experiment=shakespeare_char_cpu"], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.model._target_ = f"{__name__}.TakesWidth"
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    gpt_keys = [k for k in OmegaConf.load(ROOT / "configs/model/gpt.yaml") if k != "_target_"]
+    set_by_experiment = [k for k in cfg.model if k in gpt_keys]
+    assert len(set_by_experiment) > 5
+    *each, hint = e.value.problems
+    assert each == [
+        f"model.{k}: unknown key for {__name__}.TakesWidth; allowed keys: width"
+        for k in set_by_experiment
+    ]
+    assert hint.startswith(f"model: {', '.join(set_by_experiment)} are settings of ")
+    assert "stablelab's model=gpt (kept when only model._target_ changes" in hint
+    assert " ".join(f"~model.{k}" for k in set_by_experiment) in hint
+    # one stray key (mlp's too, but more likely a slip of your own): no such line
+    cfg.model = {"_target_": f"{__name__}.TakesWidth", "width": 4, "depth": 2}
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert len(e.value.problems) == 1 and "model.depth: unknown key" in e.value.problems[0]
+
+
 @pytest.mark.parametrize(
     "summary,metric,expect",
     [
