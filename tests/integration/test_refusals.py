@@ -507,6 +507,11 @@ DAMAGED = [
      ["grad_norms.csv, row 1: step 'x' is not an integer"]),
     ("grad_norms.csv", "step,grad_norm\n1,zz\n", "clip-threshold",
      ["grad_norms.csv: a row without a numeric grad_norm"]),
+    ("stability.csv", "step,loss\n1,0.5\n", "report",
+     ["stability.csv: no loss_ema column in its header ['step', 'loss']"]),
+    ("evals.csv", "a,b\n1,2\n", "report", ["evals.csv: no step, val_loss columns in its header"]),
+    ("grad_norms.csv", "step,gn\n1,2\n", "clip-threshold",
+     ["grad_norms.csv: no grad_norm column in its header ['step', 'gn']"]),
 ]  # fmt: skip
 
 
@@ -551,6 +556,26 @@ def test_a_sweep_leaves_out_a_trial_it_cannot_read_and_says_so(tmp_path, files):
     with pytest.warns(UserWarning, match=r"left out of the sweep: .*b: .*not JSON"):
         rows = load_trials(tmp_path)
     assert [Path(r["run_dir"]).name for r in rows] == ["a"]
+
+
+def test_the_cli_prints_stablelab_warnings_as_one_line(tmp_path, files):
+    """`stablelab analyze` over a sweep with a damaged trial: the warning is one line
+    naming the command, not Python's file:line header and source line."""
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("lr_a", "lr_b"):
+        shutil.copytree(files / "mlp", tmp_path / "sweep" / name)
+    (tmp_path / "sweep" / "lr_b" / "evals.csv").write_text("step,foo\n1,2\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "stablelab.cli", "analyze", str(tmp_path / "sweep")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = [x for x in proc.stderr.splitlines() if "left out of the sweep" in x]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("stablelab analyze: warning: left out of the sweep: ")
+    assert "evals.csv: no val_loss column" in lines[0] and "UserWarning" not in proc.stderr
 
 
 def test_a_wandb_mode_wandb_does_not_know_is_refused_before_training(tmp_path, capsys, monkeypatch):

@@ -44,8 +44,17 @@ FILES = [
 ]
 
 
+# the columns the report reads of each file it reads
+COLUMNS = {
+    "stability.csv": ("step", "loss", "loss_ema"),
+    "dense_eval.csv": ("step", "val_loss"),
+    "evals.csv": ("step", "val_loss"),
+    "grad_norms.csv": ("step", "grad_norm", "clip_threshold"),
+}
+
+
 def _csv(path: Path) -> list[dict[str, str]]:
-    return read_csv(path.parent, path.name)
+    return read_csv(path.parent, path.name, COLUMNS.get(path.name, ("step",)))
 
 
 def _f(x: str | None) -> float:

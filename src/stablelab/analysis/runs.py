@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +54,13 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     return cfg  # type: ignore[return-value]
 
 
-def read_csv(run_dir: str | Path, name: str) -> list[dict[str, str]]:
+def read_csv(
+    run_dir: str | Path, name: str, columns: Sequence[str] = ("step",)
+) -> list[dict[str, str]]:
     """The rows of one of the run's CSV files (``stability.csv``, ``evals.csv``, ...);
-    [] when the run has no such file (its callback was off). Every row's ``step`` must be
-    an integer (RunFileError naming the file and line otherwise)."""
+    [] when the run has no such file (its callback was off) or an empty one. The header
+    must have ``columns`` and every row's ``step`` must be an integer (RunFileError naming
+    the file, and the row, otherwise)."""
     path = Path(run_dir) / name
     if not path.is_file():
         return []
@@ -64,8 +68,15 @@ def read_csv(run_dir: str | Path, name: str) -> list[dict[str, str]]:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             rows = list(reader)
+            header = list(reader.fieldnames or [])
     except (UnicodeDecodeError, csv.Error) as e:
         raise RunFileError(f"{path}: not a readable CSV file ({e})") from None
+    missing = [c for c in columns if c not in header]
+    if header and missing:
+        raise RunFileError(
+            f"{path}: no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} in its "
+            f"header {header[:8]} (an edited or damaged file?)"
+        )
     for i, row in enumerate(rows):
         if "step" in row:
             try:
@@ -105,7 +116,8 @@ def read_grad_norms(run_dir: str | Path) -> list[float]:
             f"{path} not found: is {run_dir} a stablelab run directory with the grad_norm "
             "callback enabled (callbacks=default)?"
         )
-    rows = sorted(read_csv(run_dir, "grad_norms.csv"), key=lambda r: int(r["step"]))
+    rows = read_csv(run_dir, "grad_norms.csv", ("step", "grad_norm"))
+    rows = sorted(rows, key=lambda r: int(r["step"]))
     try:
         return [float(r["grad_norm"]) for r in rows]
     except (KeyError, TypeError, ValueError):
