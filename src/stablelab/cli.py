@@ -544,7 +544,7 @@ def _plain_warnings(prog: str) -> None:
 
     python_format = warnings.formatwarning
 
-    def fmt(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+    def fmt(message, category, filename, lineno, line=None):
         if "stablelab" in Path(filename).parts:
             return f"{prog}: warning: {message}\n"
         return python_format(message, category, filename, lineno, line)
