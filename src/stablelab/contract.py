@@ -158,6 +158,11 @@ def output_problems(
             f"forward picks them) ({SEE})"
         ]
     shape, xs, ys = tuple(logits.shape), tuple(x.shape), tuple(y.shape)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        return [
+            f"data: labels of dtype {str(y.dtype).removeprefix('torch.')}; classification and "
+            "next-token prediction need integer class indices (any integer dtype)"
+        ]
     if task == "next_token":
         want = (*ys, num_classes)
         if shape != want:

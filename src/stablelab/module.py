@@ -174,7 +174,8 @@ class StableModule(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(the cross-entropy, the objective minimised: plus z-loss when set).
         Classification: (B, C) vs (B,); next token: (B, T, V) vs (B, T), every position."""
-        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten())
+        # (.long(): labels of any integer dtype; the same tensor when they are int64 already)
+        loss = F.cross_entropy(logits.flatten(0, -2), y.flatten().long())
         objective = loss + self.z_loss * z_loss(logits) if self.z_loss else loss
         return loss, objective
 
@@ -207,7 +208,7 @@ class StableModule(L.LightningModule):
             self._check_first(x, logits, y, labels=True)
         if logits.dtype not in (torch.float32, torch.float64):  # bf16 / fp16 autocast
             logits = logits.float()
-        logits, y = logits.flatten(0, -2), y.flatten()
+        logits, y = logits.flatten(0, -2), y.flatten().long()
         losses = F.cross_entropy(logits, y, reduction="none").double()
         correct = (logits.argmax(dim=-1) == y).sum().double()
         return torch.stack([losses.sum(), correct, losses.new_tensor(float(y.numel()))])

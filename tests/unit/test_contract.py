@@ -136,6 +136,16 @@ def test_output_check_shapes_and_labels():
     assert "(batch, length, num_classes) = (2, 8, 65)" in p
 
 
+def test_labels_must_be_integers_of_any_integer_dtype():
+    x, logits = torch.zeros(4, 10), torch.zeros(4, 3)
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        y = torch.tensor([0, 1, 2, 1], dtype=dtype)
+        assert output_problems(x, logits, y, "classification", 3, "m.M") == []
+    for dtype in (torch.float32, torch.bool):
+        (p,) = output_problems(x, logits, torch.ones(4, dtype=dtype), "classification", 3, "m")
+        assert p.startswith(f"data: labels of dtype {str(dtype)[6:]}; ") and "integer" in p
+
+
 def test_output_that_is_not_a_tensor_is_named():
     x, y = torch.zeros(4, 10), torch.tensor([0, 1, 2, 1])
     (p,) = output_problems(x, (torch.zeros(4, 3), None), y, "classification", 3, "m.M")

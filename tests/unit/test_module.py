@@ -119,3 +119,22 @@ def test_a_clipping_exclusion_that_names_no_parameter_is_warned_about(tmp_path, 
         else:
             (msg,) = warned
             assert "['model.nosuch'] matches no parameter of MLP" in msg and "model.head" in msg
+
+
+def test_labels_of_any_integer_dtype_give_the_int64_labels_numbers(tmp_path):
+    """int32 / uint8 labels (a numpy array of your own, say) are what cross_entropy
+    refuses; the module takes them and reports the float64 reference's loss and accuracy,
+    in evaluation and in the training loss."""
+    module = _module(tmp_path)
+    x, y = _data(13)
+    with torch.no_grad():
+        logits64 = module.double()(x.double())
+    module.float()
+    ref = torch.nn.functional.cross_entropy(logits64, y).item()
+    for dtype in (torch.int32, torch.uint8):
+        loss, acc = _validate(module, [(x, y.to(dtype))])
+        assert math.isclose(loss, ref, rel_tol=1e-6)
+        assert acc == (logits64.argmax(-1) == y).sum().item() / 13
+        with torch.no_grad():
+            train_loss, _ = module.loss_terms(module(x), y.to(dtype))
+        assert math.isclose(train_loss.item(), ref, rel_tol=1e-5)
