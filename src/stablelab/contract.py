@@ -123,21 +123,32 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def batch_problems(batch: Any, target: str) -> list[str]:
-    """A batch must be ``(x, y)``: two tensors."""
+def batch_problems(batch: Any, target: str, param_dtype: Any = None) -> list[str]:
+    """A batch must be ``(x, y)``: two tensors; real-valued inputs in the dtype of the
+    model's parameters (``param_dtype``, as the batch reaches the step: Lightning has cast
+    it already under 16-bit, bf16 and 64-bit precision)."""
     import torch
 
     pair = isinstance(batch, list | tuple) and len(batch) == 2
-    if pair and all(isinstance(v, torch.Tensor) for v in batch):
-        return []
-    return [
-        f"data._target_ = {target!r}: its loaders yield {_describe(batch)}; stablelab needs "
-        f"(x, y) batches of two tensors ({SEE})"
-    ]
+    if not (pair and all(isinstance(v, torch.Tensor) for v in batch)):
+        return [
+            f"data._target_ = {target!r}: its loaders yield {_describe(batch)}; stablelab "
+            f"needs (x, y) batches of two tensors ({SEE})"
+        ]
+    x = batch[0]
+    if param_dtype is not None and x.is_floating_point() and x.dtype != param_dtype:
+        name, want = (str(d).removeprefix("torch.") for d in (x.dtype, param_dtype))
+        return [
+            f"data._target_ = {target!r}: its loaders yield inputs of dtype {name} for a "
+            f"model in {want}: yield {want} inputs (a float64 numpy array: "
+            f"torch.from_numpy(a).to(torch.{want}))"
+            + (", or train in float64 with trainer.precision=64-true" if name == "float64" else "")
+        ]
+    return []
 
 
-def check_batch(batch: Any, target: str) -> None:
-    problems = batch_problems(batch, target)
+def check_batch(batch: Any, target: str, param_dtype: Any = None) -> None:
+    problems = batch_problems(batch, target, param_dtype)
     if problems:
         raise ConfigError(problems, headline=FIRST_BATCH)
 

@@ -132,7 +132,9 @@ class StableModule(L.LightningModule):
         tuple would fail later with an error that names neither the contract nor the key)."""
         from stablelab.contract import check_batch
 
-        check_batch(batch, str((self.cfg.get("data") or {}).get("_target_")))
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None else None
+        check_batch(batch, str((self.cfg.get("data") or {}).get("_target_")), dtype)
 
     def build_schedule(self):
         return instantiate(self.cfg["schedule"])

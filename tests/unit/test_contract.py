@@ -172,6 +172,19 @@ def test_a_batch_that_is_not_x_y_is_named(batch, says):
     assert batch_problems([torch.zeros(2), torch.zeros(2)], "pkg.Data") == []
 
 
+def test_real_inputs_in_another_dtype_than_the_model_are_named():
+    x64, y = torch.zeros(2, 5, dtype=torch.float64), torch.zeros(2, dtype=torch.long)
+    (p,) = batch_problems((x64, y), "pkg.Data", torch.float32)
+    assert "inputs of dtype float64 for a model in float32" in p
+    assert "torch.from_numpy(a).to(torch.float32)" in p and "trainer.precision=64-true" in p
+    (p,) = batch_problems((x64.half(), y), "pkg.Data", torch.float32)
+    assert "dtype float16 for a model in float32" in p and "64-true" not in p
+    assert batch_problems((x64, y), "pkg.Data", torch.float64) == []
+    assert batch_problems((x64.float(), y), "pkg.Data", torch.float32) == []
+    tokens = torch.zeros(2, 5, dtype=torch.long)  # token ids: no dtype to match
+    assert batch_problems((tokens, y), "pkg.Data", torch.float32) == []
+
+
 def test_unused_trainable_parameters_refused_under_plain_ddp_else_named_once():
     lin = torch.nn.Linear
     net = torch.nn.ModuleDict({"used": lin(3, 2), "frozen": lin(3, 3), "idle": lin(2, 2)})
