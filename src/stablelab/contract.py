@@ -68,7 +68,7 @@ def model_signature_problems(fn: Any, target: str) -> list[str]:
     ]
 
 
-def datamodule_problems(dm: Any, target: str) -> list[str]:
+def datamodule_problems(dm: Any, target: str, test: bool = True) -> list[str]:
     """``dm`` (built from ``data._target_``) against the datamodule contract."""
     import lightning as L
 
@@ -106,7 +106,30 @@ def datamodule_problems(dm: Any, target: str) -> list[str]:
     n = getattr(dm, "num_classes", None)
     if not _int(n) or n < 1:
         problems.append(f"{where}: num_classes = {n!r}; the datamodule must set an integer >= 1")
-    return problems
+    return problems + loader_problems(dm, where, test)
+
+
+def loader_problems(dm: Any, where: str, test: bool = True) -> list[str]:
+    """The loaders a run calls, found before it trains: training and validation always
+    (the best checkpoint, dense evaluation and the stability reading come from validation),
+    test when ``test`` is on (else a run would fail only at its end, after training)."""
+    import lightning as L
+
+    needed = ["train_dataloader", "val_dataloader"] + (["test_dataloader"] if test else [])
+    missing = [
+        name
+        for name in needed
+        if not callable(getattr(dm, name, None))
+        or getattr(type(dm), name, None) is getattr(L.LightningDataModule, name)
+    ]
+    if not missing:
+        return []
+    hint = " (or set test=false)" if missing == ["test_dataloader"] else ""
+    them = "them" if len(missing) > 1 else "it"
+    return [
+        f"{where}: no {', '.join(missing)}: stablelab trains, validates"
+        f"{' and tests' if test else ''} with them; implement {them}{hint} ({SEE})"
+    ]
 
 
 def _describe(obj: Any) -> str:

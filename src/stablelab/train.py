@@ -44,7 +44,8 @@ def build(plain: dict[str, Any]):
     datamodule = instantiate(plain["data"])
     from stablelab.contract import datamodule_problems
 
-    problems = datamodule_problems(datamodule, str(plain["data"].get("_target_")))
+    target = str(plain["data"].get("_target_"))
+    problems = datamodule_problems(datamodule, target, test=bool(plain.get("test", True)))
     if problems:
         raise ConfigError(problems)
     module = StableModule(plain, datamodule.input_spec, datamodule.num_classes)

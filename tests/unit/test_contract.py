@@ -121,6 +121,33 @@ def test_datamodule_contract_names_what_is_missing():
     assert "input_spec lacks vocab_size" in text
 
 
+class _TrainValOnly(L.LightningDataModule):
+    num_classes = 3
+    input_spec = {"task": "classification", "kind": "real", "length": 4, "channels": 1,
+                  "vocab_size": 0}  # fmt: skip
+
+    def train_dataloader(self):
+        return []
+
+    def val_dataloader(self):
+        return []
+
+
+def test_the_loaders_a_run_calls_are_found_before_it_trains():
+    """A datamodule without test_dataloader would fail only after training (Lightning's
+    default raises): refused up front unless test=false; validation is always needed."""
+    (p,) = datamodule_problems(_TrainValOnly(), "pkg.D")
+    assert "data._target_ = 'pkg.D': no test_dataloader" in p and "(or set test=false)" in p
+    assert datamodule_problems(_TrainValOnly(), "pkg.D", test=False) == []
+
+    class TrainOnly(_TrainValOnly):
+        val_dataloader = L.LightningDataModule.val_dataloader
+
+    (p,) = datamodule_problems(TrainOnly(), "pkg.D", test=False)
+    assert "no val_dataloader:" in p and "test=false" not in p
+    assert "no val_dataloader, test_dataloader" in datamodule_problems(TrainOnly(), "pkg.D")[0]
+
+
 def test_output_check_shapes_and_labels():
     x, y = torch.zeros(4, 10), torch.tensor([0, 1, 2, 1])
     assert output_problems(x, torch.zeros(4, 3), y, "classification", 3, "m.M") == []
