@@ -81,8 +81,9 @@ def datamodule_problems(dm: Any, target: str, test: bool = True) -> list[str]:
     spec = getattr(dm, "input_spec", None)
     if not isinstance(spec, Mapping):
         problems.append(
-            f"{where}: the datamodule has no input_spec mapping (keys task, "
-            f"{', '.join(SPEC_KEYS)}; {SEE})"
+            f"{where}: the datamodule has no input_spec mapping after its __init__ (keys "
+            f"task, {', '.join(SPEC_KEYS)}; set it there, not in setup(): the model is built "
+            f"from it before Lightning calls setup; {SEE})"
         )
     else:
         task = spec.get("task", "classification")

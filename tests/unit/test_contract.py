@@ -115,7 +115,8 @@ def test_datamodule_contract_names_what_is_missing():
     p = datamodule_problems(object(), "pkg.Thing")
     assert p and "not a lightning.LightningDataModule" in p[0]
     text = "\n".join(datamodule_problems(_NoSpec(), "pkg.NoSpec"))
-    assert "no input_spec mapping" in text and "num_classes = 0" in text
+    assert "no input_spec mapping after its __init__" in text and "not in setup()" in text
+    assert "num_classes = 0" in text
     text = "\n".join(datamodule_problems(_BadSpec(), "pkg.BadSpec"))
     assert "input_spec['task'] = 'regression'" in text and "classification, next_token" in text
     assert "input_spec lacks vocab_size" in text
