@@ -97,6 +97,7 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     if "hydra" in cfg:
         cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     plain = validate(cfg)
+    _absolute_data_path(plain)
     os.environ.setdefault("WANDB_MODE", "offline")  # no network unless the user asks
 
     from stablelab import threads
@@ -105,6 +106,17 @@ def train(cfg: DictConfig, command: list[str] | None = None) -> dict[str, Any]:
     # for this run only: the next run in this process chooses for itself)
     with threads.applied(plain.get("threads"), plain["trainer"]) as thread_info:
         return _run(plain, command, thread_info)
+
+
+def _absolute_data_path(plain: dict[str, Any]) -> None:
+    """``data.path`` (your .npz or text file) as an absolute path, against the directory the
+    run was started from: config.yaml and the checkpoints then name the file itself, and
+    ``stablelab eval`` / a resume from another directory read the same file (a relative
+    path would be read against wherever that command runs)."""
+    data = plain.get("data")
+    path = data.get("path") if isinstance(data, dict) else None
+    if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
+        data["path"] = os.path.abspath(path)
 
 
 def _run(plain: dict[str, Any], command: list[str] | None, thread_info: dict) -> dict[str, Any]:

@@ -253,6 +253,30 @@ def test_an_unused_trainable_parameter_is_named_and_refused_under_plain_ddp(tmp_
     assert _summary(tmp_path / "ddp_ok")["steps"] == 3
 
 
+def test_a_relative_data_path_is_recorded_absolute_and_evaluates_from_anywhere(
+    tmp_path, monkeypatch
+):
+    """data.path=d.npz, relative to where the run starts: config.yaml and the checkpoint
+    name the file itself, so `stablelab eval` from another directory reads the same file
+    and reports the run's own best validation loss."""
+    from conftest import compose_cfg
+    from stablelab.analysis.runs import read_config
+    from stablelab.cli import main
+    from stablelab.train import train
+
+    _npz(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    s = train(compose_cfg(["data=npz", "data.path=d.npz", "model=mlp", "max_train_steps=10",
+                           "logger=csv", "plots=false", *QUIET], tmp_path / "r"))  # fmt: skip
+    assert read_config(tmp_path / "r")["data"]["path"] == str(tmp_path / "d.npz")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["eval", str(tmp_path / "r"), "logger=csv", "--out", "e"]) == 0
+    e = _summary(elsewhere / "e")
+    assert e["val_loss"] == s["val_loss"] and e["evaluated_checkpoint"]["step"] == s["best_step"]
+
+
 def test_npz_data_trains_any_builtin_model(tmp_path):
     import hashlib
 
