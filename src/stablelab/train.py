@@ -114,7 +114,9 @@ def _absolute_data_path(plain: dict[str, Any]) -> None:
     ``stablelab eval`` / a resume from another directory read the same file (a relative
     path would be read against wherever that command runs)."""
     data = plain.get("data")
-    path = data.get("path") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return
+    path = data.get("path")
     if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
         data["path"] = os.path.abspath(path)
 
