@@ -60,3 +60,25 @@ def test_constant_lr_plot_starts_at_zero(tmp_path, captured):
     plots.plot_schedule([3e-3] * 40, tmp_path / "lr.png", title="Constant")
     lo, hi = captured[0].axes[0].get_ylim()
     assert lo == 0 and 3e-3 < hi < 3.5e-3
+
+
+@pytest.mark.parametrize("values", [[2.2783, 2.2828], [2.3, 2.1, 2.25], [150.0, 180.0]])
+def test_a_narrow_log_axis_and_a_short_run_read_as_plain_numbers(tmp_path, captured, values):
+    """A run of a few steps: its losses span less than a factor of 3 (matplotlib wrote
+    '2.283x10^0' at minor ticks), and its step axis is short (0.2, 0.4, ... of a step)."""
+    train = list(enumerate(values))
+    plots.plot_loss_curves(train, tmp_path / "l.png", val=[(len(values), values[-1])])
+    ax = captured[0].axes[0]
+    assert ax.get_yscale() == "log"
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+    numbers = [float(t) for t in labels]  # plain numbers, no mathtext
+    assert numbers == sorted(numbers)
+    lo, hi = ax.get_ylim()
+    assert lo <= min(values) and max(values) <= hi and lo <= numbers[0] and numbers[-1] <= hi
+    assert not [t.get_text() for t in ax.get_yticklabels(minor=True) if t.get_text()]
+    steps = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert steps and all(float(s.replace("\N{MINUS SIGN}", "-")).is_integer() for s in steps)
+    # a one-point series is drawn (a marker), not an empty legend entry
+    assert all(len(line.get_xdata()) > 1 or line.get_marker() not in ("", "None", None)
+               for line in ax.get_lines())  # fmt: skip

@@ -24,12 +24,21 @@ def _save(fig, path: str | Path) -> Path:
                 lo, hi = sorted(getattr(ax, f"get_{which}lim")())
                 if lo > 0 and hi > 3 * lo:
                     _log_axis_plain_labels(ax, lo, hi, which)
+                elif lo > 0:  # within a factor of 3: matplotlib writes 2.283x10^0
+                    _narrow_log_axis_labels(ax, which)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     _pyplot().close(fig)
     return path
+
+
+def _integer_ticks(axis) -> None:
+    """Steps and counts: whole-number ticks (a 2-step run's axis reads 0, 1, 2, not 0.2)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
 def pyplot():
@@ -59,6 +68,7 @@ def plot_schedule(
     if post_warmup_steps:
         end = warmup_steps + post_warmup_steps
         ax.axvline(end, color="C2", ls=":", lw=1, label=f"end of post-warmup ({end})")
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("step (optimizer update)")
     ax.set_ylabel("learning rate")
     ax.set_title(title)
@@ -83,6 +93,7 @@ def plot_grad_norms(steps, norms, thresholds, path: str | Path) -> Path:
     if th:
         ax.plot(*zip(*th, strict=True), lw=1.2, color="C3", ls="--", label="clip threshold")
     ax.set_yscale("log")
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("gradient L2 norm")
     ax.set_title("gradient norm (before clipping)")
@@ -112,6 +123,7 @@ def plot_grad_norm_hist(norms, path: str | Path) -> Path:
             ax.axvline(v, color=c, ls="--", lw=1.2, label=f"p{p} = {v:.4g}")
         ax.legend(loc="best", fontsize=8)
     ax.set_xlabel("gradient L2 norm (unclipped)")
+    _integer_ticks(ax.yaxis)
     ax.set_ylabel("steps")
     ax.set_title(f"gradient norms over {x.size} steps")
     return _save(fig, path)
@@ -166,6 +178,7 @@ def plot_update_ratios(rows, names, path: str | Path) -> Path:
         ax.plot(*zip(*med, strict=True), lw=2, color="k", label="median over tensors")
         ax.set_yscale("log")
         ax.legend(loc="best", fontsize=8)
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("||delta theta|| / ||theta||")
     ax.set_title(f"update-to-weight ratio ({len(names)} parameter tensors)")
@@ -209,6 +222,8 @@ def plot_sharpness(rows, path: str | Path) -> Path:
         ax.set_title(title)
         ax.grid(alpha=0.3, which="both")
         ax.legend(loc="best", fontsize=8)
+    for a in axes.flat:
+        _integer_ticks(a.xaxis)
     axes[-1, 0].set_xlabel("step")
     return _save(fig, path)
 
@@ -232,6 +247,7 @@ def plot_noise_scale(rows, batch_size: int | None, path: str | Path) -> Path:
                    label=f"the run's global batch size ({batch_size})")  # fmt: skip
     if raw or smooth:
         ax.set_yscale("log")
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("examples")
     ax.set_title("gradient noise scale tr(Sigma) / |G|^2 (McCandlish et al. 2018)")
@@ -244,6 +260,30 @@ def _pos(x) -> bool:
     import math
 
     return x is not None and math.isfinite(x) and x > 0
+
+
+def _narrow_log_axis_labels(ax, which: str) -> None:
+    """A log axis spanning less than a factor of 3 (a short or flat run) is all but linear:
+    evenly spaced plain ticks, with as many digits as tell neighbours apart."""
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+    limits = getattr(ax, f"get_{which}lim")()
+    lo, hi = sorted(limits)
+    ticks = [v for v in MaxNLocator(nbins=6).tick_values(lo, hi) if lo <= v <= hi and v > 0]
+    if len(ticks) < 2:
+        return
+    # the fewest decimals that write every tick exactly (2.279, 2.280, ...; 2.25, 2.50)
+    decimals = next(
+        (d for d in range(12) if all(math.isclose(round(v, d), v, rel_tol=1e-9) for v in ticks)),
+        12,
+    )
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{decimals}f}"))
+    axis.set_minor_locator(NullLocator())
+    getattr(ax, f"set_{which}lim")(limits)
 
 
 def plot_loss_curves(
@@ -275,6 +315,8 @@ def plot_loss_curves(
     values = []
     for pts, style in series:
         if pts:
+            if len(pts) == 1 and "marker" not in style:  # a line of one point draws nothing
+                style = {**style, "marker": "."}
             ax.plot(*zip(*pts, strict=True), **style)
             values += [v for _, v in pts]
     if values and min(values) > 0:
@@ -294,6 +336,7 @@ def plot_loss_curves(
         seen.add(kind)
     if diverged_at is not None:
         ax.axvline(diverged_at, color="r", lw=1.5, label=f"diverged (step {diverged_at})")
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("step (updates applied)")
     ax.set_ylabel("loss")
     ax.set_title(title)
