@@ -82,3 +82,16 @@ def test_a_narrow_log_axis_and_a_short_run_read_as_plain_numbers(tmp_path, captu
     # a one-point series is drawn (a marker), not an empty legend entry
     assert all(len(line.get_xdata()) > 1 or line.get_marker() not in ("", "None", None)
                for line in ax.get_lines())  # fmt: skip
+
+
+def test_a_one_step_run_draws_its_point(tmp_path, captured):
+    """max_train_steps=1: the schedule and the gradient norm have one point each, which a
+    plain line does not draw; a marker, and a step axis around it."""
+    plots.plot_schedule([3e-3], tmp_path / "lr.png")
+    plots.plot_grad_norms([0], [1.4], [float("inf")], tmp_path / "g.png")
+    for fig in captured:
+        ax = fig.axes[0]
+        (line,) = ax.get_lines()
+        assert line.get_marker() not in ("", "None", None)
+        lo, hi = ax.get_xlim()
+        assert lo < 0 < 1 <= hi  # step 0 inside, not a +-0.05 zoom

@@ -62,7 +62,9 @@ def plot_schedule(
     """LR vs step, with the end of warmup and of the post-warmup hold marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
-    ax.plot(range(len(lrs)), lrs, lw=1.5, color="C0")
+    ax.plot(range(len(lrs)), lrs, lw=1.5, color="C0", marker="o" if len(lrs) == 1 else "")
+    if len(lrs) == 1:  # one step: an axis around it, not a +-0.05 zoom onto step 0
+        ax.set_xlim(-0.5, 1.5)
     if warmup_steps:
         ax.axvline(warmup_steps, color="C1", ls="--", lw=1, label=f"end of warmup ({warmup_steps})")
     if post_warmup_steps:
@@ -88,10 +90,14 @@ def plot_grad_norms(steps, norms, thresholds, path: str | Path) -> Path:
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
-    ax.plot(steps, norms, lw=0.8, color="C0", label="unclipped ||g||")
+    one = len(steps) == 1  # a one-point line draws nothing: a marker
+    ax.plot(steps, norms, lw=0.8, color="C0", label="unclipped ||g||", marker="o" if one else "")
     th = [(s, t) for s, t in zip(steps, thresholds, strict=True) if math.isfinite(t)]
     if th:
-        ax.plot(*zip(*th, strict=True), lw=1.2, color="C3", ls="--", label="clip threshold")
+        ax.plot(*zip(*th, strict=True), lw=1.2, color="C3", ls="--", label="clip threshold",
+                marker="_" if one else "", ms=12)  # fmt: skip
+    if one:
+        ax.set_xlim(steps[0] - 0.5, steps[0] + 1.5)
     ax.set_yscale("log")
     _integer_ticks(ax.xaxis)
     ax.set_xlabel("step")
