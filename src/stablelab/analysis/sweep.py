@@ -321,7 +321,7 @@ def plot_axis(
 def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr") -> Path:
     """Training-loss curves (EMA from stability.csv, raw where absent) of the given trials
     (playbook Figure 7b: LRs just above lr*); divergence marked with an x."""
-    from stablelab.analysis.plots import _pyplot, _save
+    from stablelab.analysis.plots import _integer_ticks, _pyplot, _save
     from stablelab.analysis.report import _csv, _f
 
     plt = _pyplot()
@@ -340,6 +340,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr")
             ax.scatter([pts[-1][0]], [pts[-1][1]], marker="x", color=f"C{i}", s=80)
     if positive:
         ax.set_yscale("log")
+    _integer_ticks(ax.xaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (EMA)")
     ax.set_title(
