@@ -27,6 +27,7 @@ def compose_run(
 
     from stablelab.config import compose
 
+    _check_arguments(overrides, config_dirs)
     cfg = compose(with_search_path(overrides, config_dirs))
     cfg = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
     if output_dir is None:
@@ -36,6 +37,26 @@ def compose_run(
         run_dir = str(Path(output_dir).expanduser())
     cfg.paths.output_dir = run_dir
     return cfg
+
+
+def _check_arguments(overrides: Any, config_dirs: Any) -> None:
+    """Lists, not strings (a string is a sequence of one-letter overrides or folders), and
+    config folders that exist (Hydra skips a missing one without a word)."""
+    from stablelab.config import ConfigError
+
+    for name, value, example in (
+        ("overrides", overrides, "['optimizer.lr=1e-3', 'schedule=cosine']"),
+        ("config_dirs", config_dirs, "['examples/custom/configs']"),
+    ):
+        if isinstance(value, str | Path) or not all(isinstance(v, str | Path) for v in value):
+            raise TypeError(f"{name}: a list of strings, e.g. {example}; got {value!r}")
+    if any(not isinstance(o, str) for o in overrides):
+        raise TypeError(f"overrides: a list of strings; got {list(overrides)!r}")
+    missing = [str(d) for d in config_dirs if not Path(d).expanduser().is_dir()]
+    if missing:
+        raise ConfigError(
+            [f"config_dirs: {d!r} is not a directory (from {Path.cwd()})" for d in missing]
+        )
 
 
 def with_search_path(overrides: Sequence[str], config_dirs: Sequence[str | Path]) -> list[str]:

@@ -169,3 +169,26 @@ def test_signatures_read_from_source_equal_the_imported_ones():
             read += 1
             assert static == _callable_params(_import_target(t)), t
     assert read >= 25  # models, optimizers, schedules, clipping, data, stablelab's callbacks
+
+
+def test_the_python_api_takes_lists_and_config_folders_that_exist(tmp_path, monkeypatch):
+    """stablelab.run("optimizer.lr=1e-3") used to compose one-letter overrides, and
+    config_dirs="my/configs" one-letter folders that Hydra skipped without a word (a default
+    run trained): strings and missing folders are refused before anything is composed."""
+    import pytest
+
+    from conftest import ROOT
+    from stablelab.api import compose_run
+    from stablelab.config import ConfigError
+
+    with pytest.raises(TypeError, match=r"overrides: a list of strings, e\.g\. \["):
+        compose_run("optimizer.lr=1e-3")
+    with pytest.raises(TypeError, match="config_dirs: a list of strings"):
+        compose_run([], config_dirs="examples/custom/configs")
+    with pytest.raises(TypeError, match=r"overrides: a list of strings, .*; got \[3\]"):
+        compose_run([3])  # type: ignore[list-item]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="config_dirs: 'examples/custom/configs' is not a dir"):
+        compose_run([], config_dirs=["examples/custom/configs"])
+    cfg = compose_run(["experiment=waves"], config_dirs=[ROOT / "examples/custom/configs"])
+    assert cfg.model._target_ == "my_project.models.TinyConvNet"
