@@ -21,6 +21,7 @@ import typing
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from omegaconf import DictConfig, OmegaConf
@@ -744,6 +745,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     from stablelab.paths import config_dir
 
     register_resolvers()
+    problems = searchpath_problems(_searchpath_override(overrides))
+    if problems:
+        raise ConfigError(problems)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         try:
@@ -761,6 +765,35 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
                 except HydraException:
                     keys = None
             raise ConfigError([composition_problem(e, overrides, keys)]) from e
+
+
+def _searchpath_override(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The entries of a ``hydra.searchpath=[...]`` override ([] without one, or when it
+    does not parse: Hydra's composition then says what is wrong)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    entries: list[str] = []
+    for o in overrides:
+        if o.split("=", 1)[0].lstrip("+~") != "hydra.searchpath":
+            continue
+        try:
+            value = OverridesParser.create().parse_overrides([o])[0].value()
+        except Exception:  # noqa: BLE001 - Hydra's own message follows
+            continue
+        entries += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return entries
+
+
+def searchpath_problems(entries: list[str]) -> list[str]:
+    """``file://`` entries of Hydra's search path that are not directories: Hydra skips
+    them without a word, and the run composes without the configs meant to be there (the
+    default experiment trains instead)."""
+    return [
+        f"hydra.searchpath: {e!r} is not a directory (from {Path.cwd()}); Hydra would skip "
+        "it and compose without your configs"
+        for e in entries
+        if e.startswith("file://") and not Path(e[len("file://") :]).expanduser().is_dir()
+    ]
 
 
 def _unknown_key(e: BaseException) -> str | None:

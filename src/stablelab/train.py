@@ -582,6 +582,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     _TASK_STARTED.append(True)
     try:
         _check_sweeper_direction(cfg)
+        _check_searchpath()
         summary = train(cfg)
     except ConfigError as e:
         if os.environ.get("LOCAL_RANK", "0") == "0":  # a DDP run's other ranks find it too
@@ -633,6 +634,19 @@ def _check_sweeper_direction(cfg: DictConfig) -> None:
                 f"{OBJECTIVES[metric]}; set hydra.sweeper.direction={OBJECTIVES[metric]}"
             ]
         )
+
+
+def _check_searchpath() -> None:
+    """``hydra.searchpath=[file://...]`` naming a folder that does not exist: Hydra skips it
+    without a word (``--config-dir`` it refuses)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from stablelab.config import searchpath_problems
+
+    if HydraConfig.initialized():
+        problems = searchpath_problems([str(e) for e in HydraConfig.get().searchpath or []])
+        if problems:
+            raise ConfigError(problems)
 
 
 _TASK_STARTED: list[bool] = []

@@ -168,6 +168,11 @@ CASES = [
         ["data=shakespeare_char", "model=gpt", "data.block_size=200000"],
         ["data.block_size = 200000"],
     ),
+    # a config folder that does not exist: Hydra skips a searchpath entry without a word
+    (
+        ["hydra.searchpath=[file://{f}/no-such-configs]"],
+        ["hydra.searchpath: 'file://{f}/no-such-configs' is not a directory"],
+    ),
     # Hydra's own refusals (exit 2 like the others)
     # (then stablelab's line: the keys beside an unknown one, "did you mean"; Hydra's own
     # hint, +key=value, adds a key nothing reads)

@@ -192,3 +192,6 @@ def test_the_python_api_takes_lists_and_config_folders_that_exist(tmp_path, monk
         compose_run([], config_dirs=["examples/custom/configs"])
     cfg = compose_run(["experiment=waves"], config_dirs=[ROOT / "examples/custom/configs"])
     assert cfg.model._target_ == "my_project.models.TinyConvNet"
+    # the same folder named on Hydra's search path by hand (as the workflows take it)
+    with pytest.raises(ConfigError, match="hydra.searchpath: 'file://my/configs' is not a dir"):
+        compose_run(["hydra.searchpath=[file://my/configs]"])

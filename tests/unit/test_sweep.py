@@ -9,6 +9,7 @@ import pytest
 from stablelab.analysis.sweep import (
     edge_of_feasibility,
     lr_sensitivity,
+    lr_verdict,
     select_lr_star,
     smallest_stable_warmup,
     unstable_base_learning_rate,
@@ -69,6 +70,24 @@ def test_no_verdict_when_lr_star_is_the_largest_lr_and_none_without_feasible():
     bad = [row(1e-2, None, feasible=False)]
     assert select_lr_star(bad) is None and edge_of_feasibility(bad, None) is None
     assert unstable_base_learning_rate(rows) is None
+
+
+def test_without_a_feasible_trial_the_verdict_says_why():
+    """Diverged trials call for lower LRs; trials that made no progress (the playbook's
+    abnormally high loss) for a longer run or larger LRs: the verdict tells them apart."""
+
+    def verdict(rows):
+        return lr_verdict({"lr_star": None, "edge_of_feasibility": None, "rows": rows})
+
+    diverged = {**row(1e-1, None, feasible=False), "status": "diverged"}
+    stuck = {**row(1e-4, 2.3, feasible=False), "status": "no progress"}
+    assert verdict([diverged]).endswith("every LR diverged or failed; sweep lower learning rates")
+    text = verdict([stuck])
+    assert "every LR made no progress" in text and "at lr 0.0001" in text
+    assert "train longer (max_train_steps) or sweep larger learning rates" in text
+    text = verdict([stuck, diverged])
+    assert "1 diverged or failed, and the others made no progress" in text
+    assert "lower learning rates" not in text and "between them" in text
 
 
 @pytest.mark.parametrize(

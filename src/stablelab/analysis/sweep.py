@@ -404,7 +404,23 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
 def lr_verdict(result: dict[str, Any]) -> str:
     star, edge = result["lr_star"], result["edge_of_feasibility"]
     if star is None:
-        return "no feasible trial: every LR diverged or failed; sweep lower learning rates"
+        rows = result.get("rows") or []
+        stuck = [r for r in rows if r.get("status") == "no progress"]
+        if not stuck:
+            return "no feasible trial: every LR diverged or failed; sweep lower learning rates"
+        at = ", ".join(f"{r['lr']:.4g}" for r in stuck)
+        why = (
+            f"made no progress (best validation loss not below the first training loss) at lr {at}"
+        )
+        if len(stuck) == len(rows):
+            return (
+                f"no feasible trial: every LR {why}: train longer (max_train_steps) or sweep "
+                "larger learning rates"
+            )
+        return (
+            f"no feasible trial: {len(rows) - len(stuck)} diverged or failed, and the others "
+            f"{why}: train longer, or sweep learning rates between them"
+        )
     if edge is None:
         return (
             f"lr* = {star:.4g} is the largest LR tried: extend the sweep upwards to find "
