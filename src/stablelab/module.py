@@ -40,6 +40,13 @@ class StableModule(L.LightningModule):
         self.task = input_spec.get("task", "classification")  # or "next_token"
         self.z_loss = float((cfg.get("loss") or {}).get("z_loss", 0.0))
         self.model = instantiate(cfg["model"], input_spec=input_spec, num_classes=num_classes)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ConfigError(
+                [
+                    f"model._target_ = {cfg['model'].get('_target_')!r}: no trainable "
+                    "parameter (none, or all with requires_grad=False): nothing to train"
+                ]
+            )
         if (self.task == "next_token") != bool(getattr(self.model, "next_token", False)):
             name = type(self.model).__name__
             raise ConfigError(

@@ -252,6 +252,35 @@ class TakesWidth(torch.nn.Module):
         super().__init__()
 
 
+class AllFrozen(torch.nn.Module):
+    def __init__(self, input_spec, num_classes) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(input_spec["length"], num_classes).requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(x)
+
+
+def test_a_model_with_nothing_to_train_is_refused_when_built(tmp_path):
+    """Every parameter frozen: the first backward would fail with "element 0 of tensors
+    does not require grad"; refused when the module is built, naming the key."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose_cfg
+    from stablelab.module import StableModule
+
+    cfg = compose_cfg([], tmp_path)
+    OmegaConf.set_struct(cfg, False)
+    cfg.model = {"_target_": f"{__name__}.AllFrozen"}
+    plain = validate(cfg)
+    spec = {"kind": "real", "length": 8, "channels": 1, "vocab_size": 0}
+    with pytest.raises(ConfigError, match=r"AllFrozen': no trainable parameter \(none, or all"):
+        StableModule(plain, spec, num_classes=3)
+    plain["model"]["_target_"] = f"{__name__}.TakesWidth"  # no parameters at all
+    with pytest.raises(ConfigError, match="TakesWidth': no trainable parameter"):
+        StableModule(plain, spec, num_classes=3)
+
+
 def test_keys_of_a_stablelab_model_left_on_your_own_are_named_with_the_way_out(tmp_path):
     """experiment=shakespeare_char_cpu chooses model=gpt and sets n_layer, n_head, ...;
     swapping in a class of your own by its _target_ keeps them. The refusal names each key
