@@ -288,6 +288,16 @@ class PlainCharWindows(L.LightningDataModule):
         return self._loader("test")
 
 
+class EmptyValidationWindows(PlainCharWindows):
+    """PlainCharWindows whose validation split is empty (a filter that kept nothing)."""
+
+    def val_dataloader(self):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        empty = torch.zeros(0, self.chars.block_size, dtype=torch.long)
+        return DataLoader(TensorDataset(empty, empty), batch_size=self.batch_size)
+
+
 class SpikeAtStep(L.Callback):
     """At update ``step`` (global_step before it), multiply the model's output by
     ``factor``: a crafted loss and gradient-norm spike. Keeps copies of the parameters and

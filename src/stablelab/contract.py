@@ -44,6 +44,7 @@ SPEC_KEYS = ("kind", "length", "channels", "vocab_size")
 SEE = "see README 'Your own model and data'"
 # the headline of a problem found on the first batch: the run had started, nothing trained
 FIRST_BATCH = "Invalid model or data (found on the first batch, before any update)"
+LOADERS = "Invalid data (found when its loaders were built, before any update)"
 
 
 def _int(v: Any) -> TypeGuard[int]:
@@ -130,6 +131,24 @@ def loader_problems(dm: Any, where: str, test: bool = True) -> list[str]:
     return [
         f"{where}: no {', '.join(missing)}: stablelab trains, validates"
         f"{' and tests' if test else ''} with them; implement {them}{hint} ({SEE})"
+    ]
+
+
+def empty_validation_problems(dm: Any, target: str) -> list[str]:
+    """After the datamodule's ``setup("fit")``: a validation loader with no batches (an empty
+    split) gives no best checkpoint, no dense evaluation and no stability reading, and the
+    dense evaluation would divide by zero examples. Loaders without a length are not
+    checked (an iterable dataset's length is not known before it runs)."""
+    try:
+        n = len(dm.val_dataloader())
+    except TypeError:
+        return []
+    if n:
+        return []
+    return [
+        f"data._target_ = {target!r}: its val_dataloader gives no batches (an empty "
+        "validation split); stablelab needs validation examples (the best checkpoint, dense "
+        f"evaluation, the stability reading) ({SEE})"
     ]
 
 

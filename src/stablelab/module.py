@@ -428,6 +428,18 @@ class StableModule(L.LightningModule):
                 ", ".join(tops),
             )
 
+    def on_fit_start(self) -> None:
+        """The datamodule is set up: an empty validation split is refused before the
+        sanity check or any update (Lightning would skip every validation silently)."""
+        from stablelab.contract import LOADERS, empty_validation_problems
+
+        dm = self.trainer.datamodule  # type: ignore[attr-defined]
+        if dm is not None:
+            target = str((self.cfg.get("data") or {}).get("_target_"))
+            problems = empty_validation_problems(dm, target)
+            if problems:
+                raise ConfigError(problems, headline=LOADERS)
+
     def on_train_start(self) -> None:
         """The run follows its own config: a resumed optimizer holds the checkpoint's
         hyperparameters (lr, betas, eps, weight decay, ...) and the scheduler its base LRs;

@@ -253,6 +253,28 @@ def test_an_unused_trainable_parameter_is_named_and_refused_under_plain_ddp(tmp_
     assert _summary(tmp_path / "ddp_ok")["steps"] == 3
 
 
+def test_an_empty_validation_split_is_refused_before_any_update(tmp_path):
+    """Lightning skips the validation of an empty loader without a word (no best
+    checkpoint, no reading) and the dense evaluation divided by zero examples: refused once
+    the datamodule is set up, before the sanity check and the first update."""
+    from conftest import compose_cfg
+    from stablelab.config import ConfigError
+    from stablelab.contract import LOADERS
+    from stablelab.train import train
+
+    cfg = compose_cfg(
+        ["~data", "+data._target_=helpers.EmptyValidationWindows", "+data.block_size=32",
+         "~model", "+model._target_=helpers.GRULanguageModel", "max_train_steps=5",
+         "logger=csv", *QUIET],
+        tmp_path / "r",
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        train(cfg)
+    assert str(e.value).startswith(LOADERS)
+    assert "'helpers.EmptyValidationWindows': its val_dataloader gives no batches" in str(e.value)
+    assert _summary(tmp_path / "r")["steps"] == 0
+
+
 def test_a_relative_data_path_is_recorded_absolute_and_evaluates_from_anywhere(
     tmp_path, monkeypatch
 ):
