@@ -251,11 +251,14 @@ def check_output(
         raise ConfigError(problems, headline=FIRST_BATCH)
 
 
-def check_unused_parameters(named_params: Any, target: str, ddp: str | None) -> str | None:
+def check_unused_parameters(
+    named_params: Any, target: str, ddp: str | None, sharded: str | None = None
+) -> str | None:
     """After the first backward: the trainable parameters whose gradient is still None.
     Under DDP without ``find_unused_parameters`` (``ddp``: the ``trainer.strategy`` value)
-    a ConfigError naming them and what to do; otherwise the warning to log (None: every
-    trainable parameter got a gradient). Reads Python attributes only: no device sync."""
+    or under FSDP (``sharded``: its name) a ConfigError naming them and what to do;
+    otherwise the warning to log (None: every trainable parameter got a gradient). Reads
+    Python attributes only: no device sync."""
     unused = [n for n, p in named_params if p.requires_grad and p.grad is None]
     if not unused:
         return None
@@ -264,6 +267,16 @@ def check_unused_parameters(named_params: Any, target: str, ddp: str | None) -> 
         f"model._target_ = {target!r}: {len(unused)} trainable parameter"
         f"{'s' if len(unused) > 1 else ''} got no gradient in the first step ({names})"
     )
+    if sharded is not None:  # the run would train, then fail to restore its checkpoint
+        raise ConfigError(
+            [
+                f"{what}; under trainer.strategy = {sharded!r} their optimizer state is "
+                "never created, and the sharded checkpoint of the run could not be restored "
+                "(for the test, a resume): freeze them (requires_grad_(False)) or remove "
+                f"them ({SEE})"
+            ],
+            headline=FIRST_BATCH,
+        )
     if ddp is not None:
         raise ConfigError(
             [

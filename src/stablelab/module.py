@@ -351,10 +351,13 @@ class StableModule(L.LightningModule):
         strategy = self.trainer.strategy
         kwargs = getattr(strategy, "_ddp_kwargs", None)
         ddp = kwargs is not None and not kwargs.get("find_unused_parameters", False)
+        name = (self.cfg.get("trainer") or {}).get("strategy", "ddp")
+        name = name if isinstance(name, str) else str(name.get("_target_", name))
         message = check_unused_parameters(
             self.model.named_parameters(),
             str(self.cfg["model"].get("_target_")),
-            str((self.cfg.get("trainer") or {}).get("strategy", "ddp")) if ddp else None,
+            name if ddp else None,
+            name if self._sharded else None,
         )
         if message and self.trainer.is_global_zero:
             log.warning("stablelab: %s", message)

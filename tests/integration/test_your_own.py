@@ -215,12 +215,13 @@ def test_a_language_model_of_your_own_gets_the_log_z_monitor(tmp_path):
     assert s["logz_mean_last"] == float(rows[-1]["logz_mean"]) and "attn_logit_max" not in s
 
 
-@pytest.mark.slow  # two DDP launches and one run (~27 s on 2 cores)
+@pytest.mark.slow  # three DDP / FSDP launches and one run (~40 s on 2 cores)
 def test_an_unused_trainable_parameter_is_named_and_refused_under_plain_ddp(tmp_path):
     """A model with a trainable parameter its forward never uses: one process trains it
     and warns once; plain DDP (whose next step would fail with advice for a strategy object
     the config does not build) is refused after the first backward, naming the parameters
-    and the key, before any update; ddp_find_unused_parameters_true trains it."""
+    and the key, before any update; ddp_find_unused_parameters_true trains it; FSDP (which
+    trained it, then could not restore its own checkpoint for the test) is refused too."""
     common = [
         "data=npz", f"data.path={_npz(tmp_path)}", "model=mlp", "logger=csv", *QUIET,
         "model._target_=helpers.IdleParameterMLP", "callbacks.dense_eval=null",
@@ -251,6 +252,10 @@ def test_an_unused_trainable_parameter_is_named_and_refused_under_plain_ddp(tmp_
              "trainer.strategy=ddp_find_unused_parameters_true")  # fmt: skip
     assert_ok(ok)
     assert _summary(tmp_path / "ddp_ok")["steps"] == 3
+    fsdp = cli("fsdp", "max_train_steps=3", "trainer=fsdp_cpu")
+    assert fsdp.returncode == 2, fsdp.stderr[-3000:]
+    assert fsdp.stderr.count(said + "; under trainer.strategy = ") == 1
+    assert "their optimizer state is never created" in fsdp.stderr
 
 
 def test_an_empty_validation_split_is_refused_before_any_update(tmp_path):
