@@ -229,9 +229,7 @@ def test_unused_trainable_parameters_refused_under_plain_ddp_else_named_once():
     assert "trainer.strategy=ddp_find_unused_parameters_true" in str(e.value)
     with pytest.raises(ConfigError) as e:  # FSDP: no find_unused way out
         check_unused_parameters(net.named_parameters(), "m.M", None, "fsdp")
-    assert "under trainer.strategy = 'fsdp' their optimizer state is never created" in str(
-        e.value
-    )
+    assert "under trainer.strategy = 'fsdp' their optimizer state is never created" in str(e.value)
     assert "find_unused" not in str(e.value) and "freeze them" in str(e.value)
 
 
