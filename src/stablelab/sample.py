@@ -54,8 +54,14 @@ def generate(
         raise ValueError("the prompt is empty: give at least one character (default: a newline)")
     spec = module.hparams["input_spec"]
     vocab, block = spec.get("vocab"), int(spec["length"])
-    if spec.get("task") != "next_token" or not vocab:
-        raise ValueError("not a language model's checkpoint (no character vocabulary in it)")
+    if spec.get("task") != "next_token":
+        raise ValueError("not a language model's checkpoint (a classifier: nothing to sample)")
+    if not vocab:
+        raise ValueError(
+            "a language model without a character vocabulary (its data's input_spec has no "
+            "'vocab': sampling prints characters, as data=shakespeare_char / text_file give "
+            "them; a token model of your own decodes its samples itself)"
+        )
     missing = sorted(set(prompt) - set(vocab))
     if missing:
         raise ValueError(f"the prompt has characters outside the run's vocabulary: {missing}")

@@ -132,6 +132,14 @@ def test_sample_refuses_an_empty_prompt_and_the_api_checks_its_arguments(lm_run,
         with pytest.raises(ValueError, match=says):
             generate(module, **{"prompt": "A", **kwargs})
     assert generate(module, "A", 0) == ""  # zero characters: nothing, not an error
+    # a classifier, and a token model of your own without a character vocabulary
+    module.hparams["input_spec"] = {**module.hparams["input_spec"], "task": "classification"}
+    with pytest.raises(ValueError, match="a classifier: nothing to sample"):
+        generate(module, "A", 5)
+    spec = {k: v for k, v in module.hparams["input_spec"].items() if k != "vocab"}
+    module.hparams["input_spec"] = {**spec, "task": "next_token"}
+    with pytest.raises(ValueError, match="a language model without a character vocabulary"):
+        generate(module, "A", 5)
 
 
 def test_gpt_on_classification_data_is_refused(tmp_path):
