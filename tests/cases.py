@@ -12,6 +12,11 @@ BAD = [
         ["callbacks.stability.max_loss_ratio = 1", "must be > 1"],
     ),
     (["data.batch_size=0"], ["data.batch_size = 0", "must be > 0"]),
+    # pure float16 with Adam's eps: the first update divides by (almost) zero
+    (
+        ["trainer.precision=16-true"],
+        ["trainer.precision = '16-true' with optimizer.eps = 1e-08", "16-mixed or bf16-mixed"],
+    ),
     (["data.batch_size=12.5"], ["data.batch_size = 12.5", "expected an integer"]),
     (
         ["model.residual.layout=postnorm"],

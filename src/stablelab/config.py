@@ -662,12 +662,36 @@ def _rollback_problems(plain: dict[str, Any]) -> list[str]:
     return []
 
 
+FP16_SMALLEST_NORMAL = 2.0**-14  # 6.1e-05
+
+
+def _half_precision_problems(plain: dict[str, Any]) -> list[str]:
+    """``16-true`` keeps the weights and the optimizer's state in float16: an adaptive
+    rule's eps below float16's smallest normal number (1e-8 rounds to 0) and the squared
+    gradients that round to 0 make the first update divide by zero (measured: Adam at eps
+    1e-8 diverges at step 1; at 1e-4 it trains)."""
+    precision = str((plain.get("trainer") or {}).get("precision", ""))
+    eps = (plain.get("optimizer") or {}).get("eps")
+    if precision not in ("16-true", "16", "half") or not isinstance(eps, int | float):
+        return []
+    if eps >= FP16_SMALLEST_NORMAL:
+        return []
+    return [
+        f"trainer.precision = {precision!r} with optimizer.eps = {eps:g}: the weights and "
+        f"the optimizer's state are float16, where eps is below the smallest normal number "
+        f"({FP16_SMALLEST_NORMAL:.2g}) and small squared gradients round to 0, so the first "
+        "update divides by (almost) zero; use trainer.precision=16-mixed or bf16-mixed "
+        "(float32 weights and state), or optimizer.eps=1e-4"
+    ]
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
     trainer_problems = (
         _trainer_problems(plain.get("trainer") or {})
         + _skip_problems(plain)
         + _rollback_problems(plain)
+        + _half_precision_problems(plain)
     )
     strategy = (plain.get("trainer") or {}).get("strategy", "")
     sharded = sharded_strategy(strategy)

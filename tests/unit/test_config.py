@@ -195,3 +195,15 @@ def test_the_python_api_takes_lists_and_config_folders_that_exist(tmp_path, monk
     # the same folder named on Hydra's search path by hand (as the workflows take it)
     with pytest.raises(ConfigError, match="hydra.searchpath: 'file://my/configs' is not a dir"):
         compose_run(["hydra.searchpath=[file://my/configs]"])
+
+
+def test_the_float16_eps_rule_is_float16s_own_limits():
+    """The threshold is float16's smallest normal number (torch.finfo), and Adam's default
+    eps is not even representable there: it rounds to 0."""
+    import torch
+
+    from stablelab.config import FP16_SMALLEST_NORMAL
+
+    assert torch.finfo(torch.float16).tiny == FP16_SMALLEST_NORMAL
+    assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
+    assert torch.tensor(1e-4, dtype=torch.float16).item() > FP16_SMALLEST_NORMAL
