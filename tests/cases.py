@@ -12,6 +12,8 @@ BAD = [
         ["callbacks.stability.max_loss_ratio = 1", "must be > 1"],
     ),
     (["data.batch_size=0"], ["data.batch_size = 0", "must be > 0"]),
+    # eps = 0: a gradient component that is exactly 0 gives 0 / 0 (the MLP: NaN at step 1)
+    (["optimizer.eps=0"], ["optimizer.eps = 0", "must be > 0"]),
     # pure float16 with Adam's eps: the first update divides by (almost) zero
     (
         ["trainer.precision=16-true"],

@@ -264,7 +264,7 @@ class RMSProp(_PlaybookOptimizer):
         lr: PosFloat,
         rho: Prob = 0.9,
         momentum: Prob = 0.0,
-        eps: NonNegFloat = 1e-8,
+        eps: PosFloat = 1e-8,  # > 0: a zero gradient would make 0 / 0
         weight_decay: NonNegFloat = 0.0,
         decay_norms_and_biases: bool = False,
         foreach: bool = True,
@@ -329,7 +329,7 @@ class Adam(_PlaybookOptimizer):
         lr: PosFloat,
         beta1: Prob = 0.9,
         beta2: Prob = 0.999,
-        eps: NonNegFloat = 1e-8,
+        eps: PosFloat = 1e-8,  # > 0: a zero gradient would make 0 / 0
         weight_decay: NonNegFloat = 0.0,
         decay_norms_and_biases: bool = False,
         foreach: bool = True,
