@@ -81,13 +81,22 @@ def test_without_a_feasible_trial_the_verdict_says_why():
 
     diverged = {**row(1e-1, None, feasible=False), "status": "diverged"}
     stuck = {**row(1e-4, 2.3, feasible=False), "status": "no progress"}
-    assert verdict([diverged]).endswith("every LR diverged or failed; sweep lower learning rates")
+    error = "ConfigError: Invalid model or data (...):\n  - data._target_ = 'x': float64\n"
+    failed = {**row(1e-3, None, feasible=False), "status": "failed", "error": error}
+    assert verdict([diverged]) == "no feasible trial: every LR diverged; sweep lower learning rates"
     text = verdict([stuck])
     assert "every LR made no progress" in text and "at lr 0.0001" in text
     assert "train longer (max_train_steps) or sweep larger learning rates" in text
     text = verdict([stuck, diverged])
-    assert "1 diverged or failed, and the others made no progress" in text
+    assert text.startswith("no feasible trial: 1 diverged; 1 made no progress")
     assert "lower learning rates" not in text and "between them" in text
+    # an error at every LR says nothing about the LR: the error, not "lower the LR"
+    text = verdict([failed, {**failed, "lr": 1e-2}])
+    assert "every trial failed before it could tell anything about the learning rate" in text
+    assert "data._target_ = 'x': float64" in text and "lower" not in text
+    text = verdict([failed, diverged])
+    assert "1 diverged; 1 failed (data._target_ = 'x': float64)" in text
+    assert "sweep lower learning rates, and fix the failure" in text
 
 
 @pytest.mark.parametrize(

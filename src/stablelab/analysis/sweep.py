@@ -77,6 +77,7 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
             s = read_summary(run)
             cfg = read_config(run)
             row = {k: s.get(k) for k in FIELDS}
+            row["error"] = s.get("error")  # (a failed trial's: for the verdict, not the CSV)
             row["lr"] = float((cfg.get("optimizer") or {}).get("lr", math.nan))
             row["warmup_steps"] = int((cfg.get("schedule") or {}).get("warmup_steps") or 0)
             row["final_val_loss"] = _last_val_loss(run)
@@ -167,7 +168,7 @@ def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
     path = Path(path)
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows({**r, "run_dir": os.path.relpath(r["run_dir"], path.parent)} for r in rows)
     return path
@@ -401,26 +402,48 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     return result
 
 
+def _error_line(row: dict[str, Any]) -> str:
+    """A failed trial's error in one line: the first problem of a refusal, else the first
+    line of the message."""
+    text = str(row.get("error") or "an error (see its report.md)")
+    problems = [x.strip()[2:] for x in text.splitlines() if x.strip().startswith("- ")]
+    return problems[0] if problems else text.splitlines()[0]
+
+
+def _no_feasible_verdict(rows: list[dict[str, Any]]) -> str:
+    """Why no trial is feasible, in the playbook's terms: diverged trials call for lower
+    LRs, trials that made no progress for a longer run or larger LRs, and trials that failed
+    (an error, the same at every LR) for the error to be fixed."""
+    failed = [r for r in rows if r.get("status") == "failed"]
+    stuck = [r for r in rows if r.get("status") == "no progress"]
+    diverged = len(rows) - len(failed) - len(stuck)
+    if rows and len(failed) == len(rows):
+        return (
+            "no feasible trial: every trial failed before it could tell anything about the "
+            f"learning rate: {_error_line(failed[0])} (each trial's report.md and log say more)"
+        )
+    if not stuck and not failed:
+        return "no feasible trial: every LR diverged; sweep lower learning rates"
+    at = ", ".join(f"{r['lr']:.4g}" for r in stuck)
+    why = f"made no progress (best validation loss not below the first training loss) at lr {at}"
+    if stuck and len(stuck) == len(rows):
+        return (
+            f"no feasible trial: every LR {why}: train longer (max_train_steps) or sweep "
+            "larger learning rates"
+        )
+    parts = [f"{diverged} diverged"] if diverged else []
+    parts += [f"{len(stuck)} {why}"] if stuck else []
+    parts += [f"{len(failed)} failed ({_error_line(failed[0])})"] if failed else []
+    advice = ["train longer, or sweep learning rates between them"] if stuck and diverged else []
+    advice += ["sweep lower learning rates"] if diverged and not stuck else []
+    advice += ["fix the failure"] if failed else []
+    return f"no feasible trial: {'; '.join(parts)}: {', and '.join(advice)}"
+
+
 def lr_verdict(result: dict[str, Any]) -> str:
     star, edge = result["lr_star"], result["edge_of_feasibility"]
     if star is None:
-        rows = result.get("rows") or []
-        stuck = [r for r in rows if r.get("status") == "no progress"]
-        if not stuck:
-            return "no feasible trial: every LR diverged or failed; sweep lower learning rates"
-        at = ", ".join(f"{r['lr']:.4g}" for r in stuck)
-        why = (
-            f"made no progress (best validation loss not below the first training loss) at lr {at}"
-        )
-        if len(stuck) == len(rows):
-            return (
-                f"no feasible trial: every LR {why}: train longer (max_train_steps) or sweep "
-                "larger learning rates"
-            )
-        return (
-            f"no feasible trial: {len(rows) - len(stuck)} diverged or failed, and the others "
-            f"{why}: train longer, or sweep learning rates between them"
-        )
+        return _no_feasible_verdict(result.get("rows") or [])
     if edge is None:
         return (
             f"lr* = {star:.4g} is the largest LR tried: extend the sweep upwards to find "
