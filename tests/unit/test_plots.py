@@ -95,3 +95,15 @@ def test_a_one_step_run_draws_its_point(tmp_path, captured):
         assert line.get_marker() not in ("", "None", None)
         lo, hi = ax.get_xlim()
         assert lo < 0 < 1 <= hi  # step 0 inside, not a +-0.05 zoom
+
+
+def test_a_log_axis_over_about_a_decade_gets_at_least_three_labels(tmp_path, captured):
+    """Losses from 1.3 down to 0.22: the 1-2-5 labels inside are only 0.5 and 1, which
+    leaves the lower third unlabelled; a denser plain sequence (0.3, 0.5, 1) is used."""
+    values = list(np.geomspace(1.3, 0.22, 50))
+    plots.plot_loss_curves(list(enumerate(values)), tmp_path / "l.png")
+    ax = captured[0].axes[0]
+    labels = [float(t.get_text()) for t in ax.get_yticklabels() if t.get_text()]
+    lo, hi = ax.get_ylim()
+    assert 3 <= len(labels) <= 8 and all(lo <= v <= hi for v in labels), labels
+    assert labels[0] < 0.35  # the lower part of the axis is labelled

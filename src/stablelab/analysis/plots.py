@@ -146,11 +146,21 @@ def _log_axis_plain_labels(ax, lo: float, hi: float, which: str = "x") -> None:
     getattr(ax, f"set_{which}scale")("log")
     limits = getattr(ax, f"get_{which}lim")()
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-    for mults in ((1, 2, 5), (1, 3), (1,)):
-        ticks = [m * 10.0**d for d in decades for m in mults if lo <= m * 10.0**d <= hi]
-        if len(ticks) <= 8:
-            break
+
+    def within(mults: tuple[float, ...]) -> list[float]:
+        return [m * 10.0**d for d in decades for m in mults if lo <= m * 10.0**d <= hi]
+
+    # the sparsest sequence that gives at least 3 labels (a decade with only 0.5 and 1
+    # leaves a third of the axis unlabelled), at most 8
+    options = [(1,), (1, 3), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 7)]
+    fitting = [within(m) for m in options if len(within(m)) <= 8]
+    enough = [ticks for ticks in fitting if len(ticks) >= 3]
+    if enough:
+        ticks = enough[0]
+    elif fitting:
+        ticks = max(fitting, key=len)
     else:  # many decades: every k-th power of ten
+        ticks = within((1,))
         k = math.ceil(len(ticks) / 8)
         ticks = [t for t in ticks if round(math.log10(t)) % k == 0]
     if len(ticks) < 2:  # no 1-2-5 value inside: the ends
