@@ -278,6 +278,9 @@ def analyze_cmd(args: argparse.Namespace) -> int:
         print(f"stablelab analyze: {e}", file=sys.stderr)
         return 2
     print(res["verdict"])
+    if res.get("kind") == "warmup":
+        print(_wrote_sweep(args.sweep_dir))
+        return 0
     print(f"unstable_base_learning_rate: {res['unstable_base_learning_rate']}")
     by_warmup = res["lr_sensitivity_by_warmup"]
     for w, v in by_warmup.items():
@@ -288,7 +291,10 @@ def analyze_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-SWEEP_FILES = ("sweep_summary.csv", "axis_plot.png", "curves_above_lr_star.png", "sweep_report.md")
+SWEEP_FILES = (
+    "sweep_summary.csv", "axis_plot.png", "curves_above_lr_star.png", "warmup_curves.png",
+    "sweep_report.md",
+)  # fmt: skip
 
 
 def _wrote_sweep(sweep_dir) -> str:
@@ -493,10 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     pr.set_defaults(func=probe_cmd)
     an = sub.add_parser(
         "analyze",
-        help="analyse an LR sweep directory (a Hydra multirun or `stablelab sweep lr`)",
+        help="analyse an LR sweep directory (a Hydra multirun or `stablelab sweep lr`) or a "
+        "warmup sweep's",
         description="Read every run directory under SWEEP_DIR and write sweep_summary.csv, "
         "axis_plot.png (best val loss vs LR, infeasible trials marked), "
-        "curves_above_lr_star.png and sweep_report.md with lr* and the verdict.",
+        "curves_above_lr_star.png and sweep_report.md with lr* and the verdict. A warmup "
+        "sweep (one LR, several warmup_steps) gets the smallest stable warmup, "
+        "warmup_curves.png and sweep_report.md instead.",
     )
     an.add_argument("sweep_dir", type=Path)
     an.set_defaults(func=analyze_cmd)

@@ -374,3 +374,40 @@ def test_workflow_options_are_refused_by_name_before_any_trial(monkeypatch, caps
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def _trial(root, name, lr, warmup, unstable, val=0.5, steps=200):
+    import json
+
+    import yaml
+
+    d = root / name
+    d.mkdir(parents=True)
+    summary = {"status": "completed", "feasible": True, "unstable": unstable, "val_loss": val,
+               "initial_loss": 2.3, "total_steps": steps, "steps": steps}  # fmt: skip
+    (d / "summary.json").write_text(json.dumps(summary))
+    cfg = {"optimizer": {"lr": lr}, "schedule": {"warmup_steps": warmup}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = "".join(f"{s},{2.3 - s / 100},{2.3 - s / 120}\n" for s in range(steps))
+    (d / "stability.csv").write_text("step,loss,loss_ema\n" + rows)
+
+
+def test_analyze_recognises_a_warmup_sweep(tmp_path):
+    """One LR, several warmups (`stablelab sweep warmup`, `-m sweep=warmup`): analysed as a
+    warmup sweep (the smallest stable warmup and the playbook's advice), not as an LR sweep
+    whose only LR would be 'the largest tried'."""
+    from stablelab.analysis.sweep import analyze_lr_sweep
+
+    _trial(tmp_path, "warmup_10", 0.1, 10, unstable=True)
+    _trial(tmp_path, "warmup_20", 0.1, 20, unstable=False)
+    _trial(tmp_path, "warmup_40", 0.1, 40, unstable=False)
+    res = analyze_lr_sweep(tmp_path)
+    assert res["kind"] == "warmup" and res["warmup_steps"] == 20
+    assert res["verdict"].startswith("warmup sweep at lr 0.1: the smallest warmup that trains ")
+    assert "schedule.warmup_steps=20 schedule.extend_max_train_steps=true" in res["verdict"]
+    assert "largest LR tried" not in res["verdict"]
+    assert (tmp_path / "warmup_curves.png").is_file() and not (tmp_path / "axis_plot.png").exists()
+    assert "| 10 | yes | yes | 0.5 |" in (tmp_path / "sweep_report.md").read_text()
+    # two LRs: an LR sweep as before
+    _trial(tmp_path, "lr_0.3", 0.3, 10, unstable=True)
+    assert analyze_lr_sweep(tmp_path).get("kind") is None

@@ -354,6 +354,59 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr")
 
 
 # ---------------------------------------------------------------------- analyze
+def is_warmup_sweep(rows: list[dict[str, Any]]) -> bool:
+    """One learning rate, several warmup lengths: the playbook's warmup sweep (what
+    ``stablelab sweep warmup`` and ``-m sweep=warmup`` run), not an LR sweep."""
+    lrs = {r["lr"] for r in rows}
+    return len(rows) > 1 and len(lrs) == 1 and len({r["warmup_steps"] for r in rows}) > 1
+
+
+def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """sweep_summary.csv, warmup_curves.png and sweep_report.md of a warmup sweep; the
+    smallest warmup that trains stably and the playbook's advice for it."""
+    write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
+    plot_curves(rows, sweep_dir / "warmup_curves.png", label="warmup")
+    lr = rows[0]["lr"]
+    tried = sorted({r["warmup_steps"] for r in rows})
+    best = smallest_stable_warmup(rows)
+    steps = int(rows[0].get("total_steps") or 0)
+    if best is None:
+        verdict = (
+            f"warmup sweep at lr {lr:g}: no warmup in {tried} trains stably; try a smaller "
+            "learning rate, clipping, or longer training"
+        )
+    else:
+        advice = warmup_advice(best["warmup_steps"], steps) if steps else ""
+        verdict = (
+            f"warmup sweep at lr {lr:g}: the smallest warmup that trains stably is "
+            f"{best['warmup_steps']} steps" + (f": {advice}" if advice else "")
+        )
+    table = [
+        "| warmup_steps | feasible | unstable | best val loss |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['warmup_steps']} | {'yes' if r['feasible'] else 'no'} | "
+            f"{'yes' if r['unstable'] else 'no'} | "
+            f"{'-' if r['val_loss'] is None else format(r['val_loss'], '.4g')} |"
+            for r in sorted(rows, key=lambda r: r["warmup_steps"])
+        ],
+    ]
+    (sweep_dir / "sweep_report.md").write_text(
+        "\n".join(
+            ["# Warmup sweep", "", f"**{verdict}**", "", *table, "",
+             "![warmup curves](warmup_curves.png)", ""]
+        )
+    )  # fmt: skip
+    return {
+        "kind": "warmup",
+        "trials": len(rows),
+        "lr": lr,
+        "warmup_steps": best["warmup_steps"] if best else None,
+        "rows": rows,
+        "verdict": verdict,
+    }
+
+
 def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     """Write sweep_summary.csv, axis_plot.png, curves_above_lr_star.png and
     sweep_report.md into ``sweep_dir``; return the findings."""
@@ -372,6 +425,8 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
             if found
             else f"no run directories (summary.json) under {sweep_dir}"
         )
+    if is_warmup_sweep(rows):
+        return analyze_warmup_sweep(sweep_dir, rows)
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
     star = select_lr_star(rows)
     edge = edge_of_feasibility(rows, star)
