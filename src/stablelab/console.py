@@ -106,7 +106,8 @@ def run_line(run_dir: Path, plain: dict[str, Any], total_steps: int, world: int,
     procs = f"{world} processes" if world > 1 else "1 process"
     n = threads.get("intra_op") if isinstance(threads, dict) else threads
     return (
-        f"run: {run_dir}  ({total_steps} steps, {procs}, {n} threads per process; "
+        f"run: {run_dir}  ({total_steps} steps, {procs}, {n} thread{'' if n == 1 else 's'} "
+        "per process; "
         f"task {plain.get('task_name')})"
     )
 

@@ -206,6 +206,11 @@ def _quiet_libraries() -> None:
     # and a padded evaluation split is reported precisely (module.eval_duplicates)
     warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(.*sync_dist")
     warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
+    # Lightning's interval counts updates across epochs (stablelab's runs are step-based):
+    # an epoch shorter than the interval loses no log line
+    warnings.filterwarnings(
+        "ignore", message=r"The number of training batches \(\d+\) is smaller than the logging"
+    )
 
 
 def _checkpoint_or_refuse(plain: dict[str, Any], run_dir: Path):

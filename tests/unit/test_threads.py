@@ -77,3 +77,15 @@ def test_applied_exports_for_the_run_only(four_cores, monkeypatch):
         assert os.environ["OMP_NUM_THREADS"] == "3"
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_run_line_counts_threads_in_words():
+    from pathlib import Path
+
+    from stablelab.console import run_line
+
+    plain = {"task_name": "train"}
+    one = run_line(Path("r"), plain, 10, 3, {"intra_op": 1})
+    two = run_line(Path("r"), plain, 10, 1, {"intra_op": 2})
+    assert "(10 steps, 3 processes, 1 thread per process; task train)" in one
+    assert "(10 steps, 1 process, 2 threads per process; task train)" in two
