@@ -27,6 +27,19 @@ def test_plain_lines_count_the_runs_steps_when_not_on_a_terminal(tmp_path, capfd
     assert "trained to step 60 in" in err
 
 
+def test_default_plain_lines_never_repeat_a_logged_loss(tmp_path, capfd):
+    """60 steps: 5% would be a line every 3 steps, but the loss is logged every 10
+    (trainer.log_every_n_steps): a line every 10, each with a fresh loss, written with four
+    significant digits (0.3000, not 0.3)."""
+    train(compose_cfg([*TINY, "max_train_steps=60", "callbacks.progress_bar.terminal=false"],
+                      tmp_path / "run"))  # fmt: skip
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == [f"{s}/60" for s in (10, 20, 30, 40, 50, 60)]
+    losses = [re.search(r"  loss (\S+)  ", ln).group(1) for ln in lines]  # type: ignore[union-attr]
+    assert len(set(losses)) == len(losses), losses
+    assert all(len(x.replace(".", "").lstrip("0")) == 4 for x in losses), losses
+
+
 def test_the_bar_on_a_terminal_and_nothing_at_refresh_rate_zero(tmp_path, capfd):
     train(compose_cfg([*TINY, "max_train_steps=30", "callbacks.progress_bar.terminal=true"],
                       tmp_path / "bar"))  # fmt: skip

@@ -3,7 +3,8 @@
 On a terminal: one bar for the run, ``step / total`` with the run's elapsed time and ETA,
 the training loss (refreshed every ``refresh_rate`` steps), the LR and the last validation
 loss. Not on a terminal (a log file, CI, a workflow's trial): no carriage returns, one plain
-line every ``plain_every`` steps (default: every 5% of the run) and at the end::
+line every ``plain_every`` steps (default: every 5% of the run, but not more often than
+the training loss is logged, ``trainer.log_every_n_steps``) and at the end::
 
     step 300/1500 (20%)  loss 0.4121  lr 3e-03  val 0.3984  elapsed 0:12  ETA 0:48
 
@@ -78,18 +79,23 @@ class RunProgress(ProgressBar):
         return max(1, int(self.trainer.max_steps))
 
     def _every(self) -> int:
-        return self.plain_every or max(1, math.ceil(self._total() / 20))
+        """``plain_every``, else 5% of the run but not more often than the training loss is
+        logged (a 100-step run logging every 10 would print each loss twice)."""
+        if self.plain_every:
+            return self.plain_every
+        logged = int(getattr(self.trainer, "log_every_n_steps", 1) or 1)
+        return max(1, math.ceil(self._total() / 20), logged)
 
     def _fields(self) -> dict[str, str]:
         trainer = self.trainer
         out = {}
         loss = trainer.progress_bar_metrics.get("train/loss")
         if loss is not None:
-            out["loss"] = f"{float(loss):.4g}"
+            out["loss"] = f"{float(loss):#.4g}"  # (#: 0.3000, not 0.3, beside 0.3110)
         if trainer.optimizers:
             out["lr"] = f"{trainer.optimizers[0].param_groups[0]['lr']:.3g}"
         if self._val is not None:
-            out["val"] = f"{self._val:.4g}"
+            out["val"] = f"{self._val:#.4g}"
         return out
 
     def line(self, step: int) -> str:
