@@ -251,6 +251,8 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     )
     print(f"warmup_steps tried: {res['grid']} at base_learning_rate {res['base_learning_rate']:g}")
     print(f"result: {res['advice']}")
+    if res["rows"]:
+        print(_wrote_sweep(out))
     return 0
 
 

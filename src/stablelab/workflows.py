@@ -134,6 +134,7 @@ def warmup_sweep(
     from stablelab.analysis.sweep import (
         load_trials,
         plot_curves,
+        render_warmup_sweep,
         smallest_stable_warmup,
         warmup_advice,
         write_summary_csv,
@@ -164,18 +165,26 @@ def warmup_sweep(
     if rows:
         plot_curves(rows, Path(out_dir) / "warmup_curves.png", label="warmup")
     best = smallest_stable_warmup(rows)
+    advice = (
+        warmup_advice(best["warmup_steps"], max_train_steps)
+        if best
+        else (
+            f"no warmup in {values} trains stably at {base_lr:g}: the cap (10% of "
+            "max_train_steps) is reached; try a smaller factor, clipping, or longer training"
+        )
+    )
+    if rows:
+        verdict = f"warmup sweep at {factor:g} x unstable_base_learning_rate {unstable_lr:g}"
+        (Path(out_dir) / "sweep_report.md").write_text(
+            render_warmup_sweep(rows, f"{verdict} = {base_lr:g}: {advice}")
+        )
     return {
         "unstable_base_learning_rate": unstable_lr,
         "base_learning_rate": base_lr,
         "grid": values,
         "rows": rows,
         "warmup_steps": best["warmup_steps"] if best else None,
-        "advice": warmup_advice(best["warmup_steps"], max_train_steps)
-        if best
-        else (
-            f"no warmup in {values} trains stably at {base_lr:g}: the cap (10% of "
-            "max_train_steps) is reached; try a smaller factor, clipping, or longer training"
-        ),
+        "advice": advice,
     }
 
 

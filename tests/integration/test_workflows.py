@@ -176,6 +176,8 @@ def test_diagnose_end_to_end_on_a_tiny_config(diagnosis):
     assert sorted(p.name for p in (out / "warmup").glob("warmup_*/")) == ["warmup_4"]
     cfg = (out / "warmup" / "warmup_4" / "config.yaml").read_text()
     assert "warmup_steps: 4" in cfg and "post_warmup_steps: 8" in cfg
+    report = (out / "warmup" / "sweep_report.md").read_text()
+    assert report.startswith("# Warmup sweep") and "\n| 4 | " in report
     # the clip threshold is lr*'s 90th percentile
     import numpy as np
 

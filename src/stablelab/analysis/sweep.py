@@ -361,6 +361,24 @@ def is_warmup_sweep(rows: list[dict[str, Any]]) -> bool:
     return len(rows) > 1 and len(lrs) == 1 and len({r["warmup_steps"] for r in rows}) > 1
 
 
+def render_warmup_sweep(rows: list[dict[str, Any]], verdict: str) -> str:
+    """A warmup sweep's sweep_report.md: the verdict, one row per warmup, the curves."""
+    table = [
+        "| warmup_steps | feasible | unstable | best val loss |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['warmup_steps']} | {'yes' if r['feasible'] else 'no'} | "
+            f"{'yes' if r['unstable'] else 'no'} | "
+            f"{'-' if r['val_loss'] is None else format(r['val_loss'], '.4g')} |"
+            for r in sorted(rows, key=lambda r: r["warmup_steps"])
+        ],
+    ]
+    return "\n".join(
+        ["# Warmup sweep", "", f"**{verdict}**", "", *table, "",
+         "![warmup curves](warmup_curves.png)", ""]
+    )  # fmt: skip
+
+
 def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """sweep_summary.csv, warmup_curves.png and sweep_report.md of a warmup sweep; the
     smallest warmup that trains stably and the playbook's advice for it."""
@@ -381,22 +399,7 @@ def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[st
             f"warmup sweep at lr {lr:g}: the smallest warmup that trains stably is "
             f"{best['warmup_steps']} steps" + (f": {advice}" if advice else "")
         )
-    table = [
-        "| warmup_steps | feasible | unstable | best val loss |",
-        "|---|---|---|---|",
-        *[
-            f"| {r['warmup_steps']} | {'yes' if r['feasible'] else 'no'} | "
-            f"{'yes' if r['unstable'] else 'no'} | "
-            f"{'-' if r['val_loss'] is None else format(r['val_loss'], '.4g')} |"
-            for r in sorted(rows, key=lambda r: r["warmup_steps"])
-        ],
-    ]
-    (sweep_dir / "sweep_report.md").write_text(
-        "\n".join(
-            ["# Warmup sweep", "", f"**{verdict}**", "", *table, "",
-             "![warmup curves](warmup_curves.png)", ""]
-        )
-    )  # fmt: skip
+    (sweep_dir / "sweep_report.md").write_text(render_warmup_sweep(rows, verdict))
     return {
         "kind": "warmup",
         "trials": len(rows),
