@@ -107,3 +107,16 @@ def test_a_log_axis_over_about_a_decade_gets_at_least_three_labels(tmp_path, cap
     lo, hi = ax.get_ylim()
     assert 3 <= len(labels) <= 8 and all(lo <= v <= hi for v in labels), labels
     assert labels[0] < 0.35  # the lower part of the axis is labelled
+
+
+@pytest.mark.parametrize("lo,hi", [(1300.0, 45000.0), (0.013, 0.9), (2.2, 95.0)])
+def test_a_log_axis_is_labelled_near_both_ends(tmp_path, captured, lo, hi):
+    """Data at 1,500 under a lowest label of 3,000 cannot be read off: a label within a
+    factor of 2 of each end of the axis (at most 8)."""
+    norms = list(np.geomspace(lo, hi, 40))
+    plots.plot_grad_norms(list(range(40)), norms, [float("inf")] * 40, tmp_path / "g.png")
+    ax = captured[0].axes[0]
+    labels = [float(t.get_text()) for t in ax.get_yticklabels() if t.get_text()]
+    bottom, top = ax.get_ylim()
+    assert 3 <= len(labels) <= 8, labels
+    assert labels[0] <= 2 * bottom and labels[-1] >= top / 2, (labels, bottom, top)

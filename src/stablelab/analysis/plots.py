@@ -38,7 +38,7 @@ def _integer_ticks(axis) -> None:
     """Steps and counts: whole-number ticks (a 2-step run's axis reads 0, 1, 2, not 0.2)."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # 0, 20, 40: not 8
 
 
 def pyplot():
@@ -150,11 +150,13 @@ def _log_axis_plain_labels(ax, lo: float, hi: float, which: str = "x") -> None:
     def within(mults: tuple[float, ...]) -> list[float]:
         return [m * 10.0**d for d in decades for m in mults if lo <= m * 10.0**d <= hi]
 
-    # the sparsest sequence that gives at least 3 labels (a decade with only 0.5 and 1
-    # leaves a third of the axis unlabelled), at most 8
+    # the sparsest sequence with at most 8 labels that labels the whole axis: at least 3,
+    # and one within a factor of 2 of each end (a decade with only 0.5 and 1, or data at
+    # 1,500 under a lowest label of 3,000, leaves part of the axis unread)
     options = [(1,), (1, 3), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 7)]
     fitting = [within(m) for m in options if len(within(m)) <= 8]
-    enough = [ticks for ticks in fitting if len(ticks) >= 3]
+    covering = [t for t in fitting if len(t) >= 3 and t[0] <= 2 * lo and t[-1] >= hi / 2]
+    enough = covering or [ticks for ticks in fitting if len(ticks) >= 3]
     if enough:
         ticks = enough[0]
     elif fitting:
