@@ -548,28 +548,14 @@ def main(argv: list[str] | None = None) -> int:
     return _dispatch(args)
 
 
-def _plain_warnings(prog: str) -> None:
-    """stablelab's own warnings on the console as one line, ``PROG: warning: ...``, not
-    Python's ``file:line: UserWarning: ...`` followed by the source line that warned."""
-    import warnings
-
-    python_format = warnings.formatwarning
-
-    def fmt(message, category, filename, lineno, line=None):
-        if "stablelab" in Path(filename).parts:
-            return f"{prog}: warning: {message}\n"
-        return python_format(message, category, filename, lineno, line)
-
-    warnings.formatwarning = fmt
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the command; a refusal raised inside it (a workflow's trials already in --out)
     is exit 2 with its message, as everywhere."""
+    from stablelab.console import plain_warnings
     from stablelab.constraints import ConfigError
     from stablelab.trials import TrialsInterrupted
 
-    _plain_warnings(f"stablelab {args.command}")
+    plain_warnings(f"stablelab {args.command}")
     try:
         return int(args.func(args))
     except ConfigError as e:

@@ -173,3 +173,19 @@ def closing_lines(
     for d in sorted((run_dir / "wandb").glob("offline-run-*")):
         lines.append(f"  W&B (offline): wandb sync {shlex.quote(str(d))}")
     return lines
+
+
+def plain_warnings(prog: str) -> None:
+    """stablelab's own warnings on the console as one line, ``PROG: warning: ...``, not
+    Python's ``file:line: UserWarning: ...`` followed by the source line that warned."""
+    import warnings
+    from pathlib import Path
+
+    python_format = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if "stablelab" in Path(filename).parts:
+            return f"{prog}: warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt

@@ -696,6 +696,7 @@ def main() -> None:
     ``fail_on_divergence``, 128 + N ended by signal N (130 Ctrl-C, 143 SIGTERM, 138
     SIGUSR1; resumable, see README), 1 any other failure."""
     _require_search_plugin(sys.argv[1:])
+    console.plain_warnings("stablelab-train")
     # Optuna's database layer announces each of its plugins at INFO: nothing to act on
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:

@@ -153,8 +153,16 @@ def test_every_experiment_file_runs(tmp_path):
 def test_default_run_directory_and_wandb_offline(tmp_path):
     """A run with the default loggers (W&B + CSV): what lands in the run directory, and
     what the real offline W&B run recorded."""
-    proc = run_cli(["max_train_steps=30", "trainer.val_check_interval=15", *QUIET], tmp_path)
+    proc = run_cli(
+        ["max_train_steps=30", "trainer.val_check_interval=15", "schedule.warmup_steps=3", *QUIET],
+        tmp_path,
+    )
     assert_ok(proc)
+    # stablelab's own warning (warmup above 5% of the run) as one line, not Python's
+    # file:line: Category header with the source line after it
+    said = [x for x in proc.stderr.splitlines() if "warmup_steps=3 is 10%" in x]
+    assert said and said[0].startswith("stablelab-train: warning: warmup_steps=3 is 10%")
+    assert "WarmupScheduleWarning" not in proc.stderr and "warn_if_long_warmup" not in proc.stderr
     runs = list((tmp_path / "logs" / "train" / "runs").iterdir())
     assert len(runs) == 1
     run = runs[0]
@@ -309,4 +317,4 @@ def test_recall_transformer_learns_the_task(tmp_path):
     assert_ok(proc)
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["steps"] == 1000 and s["test_acc"] >= 0.99
-    assert "WarmupScheduleWarning" not in proc.stderr
+    assert "warning: warmup_steps=" not in proc.stderr  # its warmup within the playbook's 5%
