@@ -114,8 +114,8 @@ def _absolute_data_path(plain: dict[str, Any]) -> None:
     ``stablelab eval`` / a resume from another directory read the same file (a relative
     path would be read against wherever that command runs)."""
     data = plain.get("data")
-    if not isinstance(data, dict):
-        return
+    if not isinstance(data, dict) or not str(data.get("_target_", "")).startswith("stablelab."):
+        return  # (a datamodule of your own may mean something else by path: a URL, say)
     path = data.get("path")
     if isinstance(path, str) and path and not Path(path).expanduser().is_absolute():
         data["path"] = os.path.abspath(path)
