@@ -207,3 +207,21 @@ def test_the_float16_eps_rule_is_float16s_own_limits():
     assert torch.finfo(torch.float16).tiny == FP16_SMALLEST_NORMAL
     assert torch.tensor(1e-8, dtype=torch.float16).item() == 0.0
     assert torch.tensor(1e-4, dtype=torch.float16).item() > FP16_SMALLEST_NORMAL
+
+
+def test_only_stablelabs_own_data_path_is_made_absolute(tmp_path, monkeypatch):
+    """npz / text files are read against the start directory and recorded absolute; a
+    datamodule of your own may mean a URL or a name by `path`: left as given."""
+    from stablelab.train import _absolute_data_path
+
+    monkeypatch.chdir(tmp_path)
+    ours = {"data": {"_target_": "stablelab.data.NpzDataModule", "path": "d.npz"}}
+    _absolute_data_path(ours)
+    assert ours["data"]["path"] == str(tmp_path / "d.npz")
+    for path in ("s3://bucket/d.npz", "d.npz"):
+        yours = {"data": {"_target_": "my_project.data.D", "path": path}}
+        _absolute_data_path(yours)
+        assert yours["data"]["path"] == path
+    absolute = {"data": {"_target_": "stablelab.data.NpzDataModule", "path": "/x/d.npz"}}
+    _absolute_data_path(absolute)
+    assert absolute["data"]["path"] == "/x/d.npz"
