@@ -311,6 +311,9 @@ def test_report_in_files_and_wandb_and_rebuilt_by_the_cli(tmp_path):
     assert "**Verdict: STABLE**" in report and not s["unstable"]
     for png in ("loss.png", "lr.png", "grad_norm.png", "grad_norm_hist.png"):
         assert f"]({png})" in report and (out / png).is_file()
+    files = report.split("Files: ")[1]  # the files it has, each in code type
+    for name in ("summary.json", "stability.csv", "evals.csv", "config.yaml", "checkpoints/"):
+        assert f"`{name}`" in files, files
     (f,) = wandb_offline.run_files(out)
     keys = {k for h in wandb_offline.history(f) for k in h}
     assert {"report/loss/_type", "report/lr/_type", "report/grad_norm/_type"} <= keys

@@ -40,7 +40,7 @@ FILES = [
     ("dense_eval.csv", ""),
     ("lm_monitor.csv", ""),
     ("config.yaml", ""),
-    ("checkpoints", "/"),
+    ("checkpoints/", ""),
 ]
 
 
@@ -313,7 +313,7 @@ def render(
     files = [
         f"`{name}`{what}"
         for name, what in FILES
-        if (run_dir / name).is_file() or any((run_dir / name).glob("*.ckpt"))
+        if (run_dir / name).is_file() or any((run_dir / name.rstrip("/")).glob("*.ckpt"))
     ]
     if files:
         lines += [f"Files: {', '.join(files)}.", ""]
