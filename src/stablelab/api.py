@@ -44,14 +44,12 @@ def _check_arguments(overrides: Any, config_dirs: Any) -> None:
     config folders that exist (Hydra skips a missing one without a word)."""
     from stablelab.config import ConfigError
 
-    for name, value, example in (
-        ("overrides", overrides, "['optimizer.lr=1e-3', 'schedule=cosine']"),
-        ("config_dirs", config_dirs, "['examples/custom/configs']"),
+    for name, value, kinds, example in (
+        ("overrides", overrides, str, "['optimizer.lr=1e-3', 'schedule=cosine']"),
+        ("config_dirs", config_dirs, str | Path, "['examples/custom/configs']"),
     ):
-        if isinstance(value, str | Path) or not all(isinstance(v, str | Path) for v in value):
+        if isinstance(value, str | Path) or not all(isinstance(v, kinds) for v in value):
             raise TypeError(f"{name}: a list of strings, e.g. {example}; got {value!r}")
-    if any(not isinstance(o, str) for o in overrides):
-        raise TypeError(f"overrides: a list of strings; got {list(overrides)!r}")
     missing = [str(d) for d in config_dirs if not Path(d).expanduser().is_dir()]
     if missing:
         raise ConfigError(

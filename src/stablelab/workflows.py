@@ -133,11 +133,10 @@ def warmup_sweep(
     ``max_train_steps=None``: the config's."""
     from stablelab.analysis.sweep import (
         load_trials,
-        plot_curves,
-        render_warmup_sweep,
         smallest_stable_warmup,
         warmup_advice,
         write_summary_csv,
+        write_warmup_sweep,
     )
 
     opts = opts or TrialOptions()
@@ -161,9 +160,6 @@ def warmup_sweep(
     ]
     opts.trials(trials, out_dir, "warmup sweep")
     rows = load_trials(out_dir)
-    write_summary_csv(rows, Path(out_dir) / "sweep_summary.csv")
-    if rows:
-        plot_curves(rows, Path(out_dir) / "warmup_curves.png", label="warmup")
     best = smallest_stable_warmup(rows)
     advice = (
         warmup_advice(best["warmup_steps"], max_train_steps)
@@ -174,10 +170,10 @@ def warmup_sweep(
         )
     )
     if rows:
-        verdict = f"warmup sweep at {factor:g} x unstable_base_learning_rate {unstable_lr:g}"
-        (Path(out_dir) / "sweep_report.md").write_text(
-            render_warmup_sweep(rows, f"{verdict} = {base_lr:g}: {advice}")
-        )
+        at = f"{factor:g} x unstable_base_learning_rate {unstable_lr:g} = {base_lr:g}"
+        write_warmup_sweep(out_dir, rows, f"warmup sweep at {at}: {advice}")
+    else:
+        write_summary_csv(rows, Path(out_dir) / "sweep_summary.csv")
     return {
         "unstable_base_learning_rate": unstable_lr,
         "base_learning_rate": base_lr,

@@ -135,16 +135,26 @@ def plot_grad_norm_hist(norms, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _fixed_ticks(ax, which: str, ticks: list[float], fmt) -> None:
+    """``ticks`` as the axis's only labels, written by ``fmt``; the view stays as it was."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    limits = getattr(ax, f"get_{which}lim")()
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v)))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+    getattr(ax, f"set_{which}lim")(limits)  # (a fixed locator must not move the view)
+
+
 def _log_axis_plain_labels(ax, lo: float, hi: float, which: str = "x") -> None:
     """A log axis labelled with plain numbers (0.3, 1, 2) that never overlap: matplotlib's
     default labels some minor ticks as 3x10^-1, 4x10^-1 side by side. At most ~8 labels,
     from the 1-2-5 sequence over the range."""
     import math
 
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
-
     getattr(ax, f"set_{which}scale")("log")
-    limits = getattr(ax, f"get_{which}lim")()
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
 
     def within(mults: tuple[float, ...]) -> list[float]:
@@ -154,7 +164,7 @@ def _log_axis_plain_labels(ax, lo: float, hi: float, which: str = "x") -> None:
     # and one within a factor of 2 of each end (a decade with only 0.5 and 1, or data at
     # 1,500 under a lowest label of 3,000, leaves part of the axis unread)
     options = [(1,), (1, 3), (1, 2, 5), (1, 2, 3, 5), (1, 1.5, 2, 3, 4, 5, 7)]
-    fitting = [within(m) for m in options if len(within(m)) <= 8]
+    fitting = [ticks for ticks in map(within, options) if len(ticks) <= 8]
     covering = [t for t in fitting if len(t) >= 3 and t[0] <= 2 * lo and t[-1] >= hi / 2]
     enough = covering or [ticks for ticks in fitting if len(ticks) >= 3]
     if enough:
@@ -167,12 +177,26 @@ def _log_axis_plain_labels(ax, lo: float, hi: float, which: str = "x") -> None:
         ticks = [t for t in ticks if round(math.log10(t)) % k == 0]
     if len(ticks) < 2:  # no 1-2-5 value inside: the ends
         ticks = [lo, hi]
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{float(f'{v:.3g}'):g}"))
-    axis.set_minor_locator(NullLocator())
-    axis.set_minor_formatter(NullFormatter())
-    getattr(ax, f"set_{which}lim")(limits)  # (a fixed locator must not move the view)
+    _fixed_ticks(ax, which, ticks, lambda v: f"{float(f'{v:.3g}'):g}")
+
+
+def _narrow_log_axis_labels(ax, which: str) -> None:
+    """A log axis spanning less than a factor of 3 (a short or flat run) is all but linear:
+    evenly spaced plain ticks, with as many digits as tell neighbours apart."""
+    import math
+
+    from matplotlib.ticker import MaxNLocator
+
+    lo, hi = sorted(getattr(ax, f"get_{which}lim")())
+    ticks = [v for v in MaxNLocator(nbins=6).tick_values(lo, hi) if lo <= v <= hi and v > 0]
+    if len(ticks) < 2:
+        return
+    # the fewest decimals that write every tick exactly (2.279, 2.280, ...; 2.25, 2.50)
+    decimals = next(
+        (d for d in range(12) if all(math.isclose(round(v, d), v, rel_tol=1e-9) for v in ticks)),
+        12,
+    )
+    _fixed_ticks(ax, which, ticks, lambda v: f"{v:.{decimals}f}")
 
 
 def plot_update_ratios(rows, names, path: str | Path) -> Path:
@@ -278,30 +302,6 @@ def _pos(x) -> bool:
     import math
 
     return x is not None and math.isfinite(x) and x > 0
-
-
-def _narrow_log_axis_labels(ax, which: str) -> None:
-    """A log axis spanning less than a factor of 3 (a short or flat run) is all but linear:
-    evenly spaced plain ticks, with as many digits as tell neighbours apart."""
-    import math
-
-    from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
-
-    limits = getattr(ax, f"get_{which}lim")()
-    lo, hi = sorted(limits)
-    ticks = [v for v in MaxNLocator(nbins=6).tick_values(lo, hi) if lo <= v <= hi and v > 0]
-    if len(ticks) < 2:
-        return
-    # the fewest decimals that write every tick exactly (2.279, 2.280, ...; 2.25, 2.50)
-    decimals = next(
-        (d for d in range(12) if all(math.isclose(round(v, d), v, rel_tol=1e-9) for v in ticks)),
-        12,
-    )
-    axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(FixedLocator(ticks))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.{decimals}f}"))
-    axis.set_minor_locator(NullLocator())
-    getattr(ax, f"set_{which}lim")(limits)
 
 
 def plot_loss_curves(

@@ -379,11 +379,17 @@ def render_warmup_sweep(rows: list[dict[str, Any]], verdict: str) -> str:
     )  # fmt: skip
 
 
-def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """sweep_summary.csv, warmup_curves.png and sweep_report.md of a warmup sweep; the
-    smallest warmup that trains stably and the playbook's advice for it."""
+def write_warmup_sweep(sweep_dir: str | Path, rows: list[dict[str, Any]], verdict: str) -> None:
+    """A warmup sweep's files: sweep_summary.csv, warmup_curves.png, sweep_report.md."""
+    sweep_dir = Path(sweep_dir)
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
     plot_curves(rows, sweep_dir / "warmup_curves.png", label="warmup")
+    (sweep_dir / "sweep_report.md").write_text(render_warmup_sweep(rows, verdict))
+
+
+def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The smallest warmup of a warmup sweep that trains stably and the playbook's advice
+    for it; writes the sweep's files."""
     lr = rows[0]["lr"]
     tried = sorted({r["warmup_steps"] for r in rows})
     best = smallest_stable_warmup(rows)
@@ -399,7 +405,7 @@ def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[st
             f"warmup sweep at lr {lr:g}: the smallest warmup that trains stably is "
             f"{best['warmup_steps']} steps" + (f": {advice}" if advice else "")
         )
-    (sweep_dir / "sweep_report.md").write_text(render_warmup_sweep(rows, verdict))
+    write_warmup_sweep(sweep_dir, rows, verdict)
     return {
         "kind": "warmup",
         "trials": len(rows),
