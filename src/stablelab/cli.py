@@ -280,6 +280,8 @@ def analyze_cmd(args: argparse.Namespace) -> int:
         print(f"stablelab analyze: {e}", file=sys.stderr)
         return 2
     print(res["verdict"])
+    if res.get("also_varied"):
+        print(f"the trials also differ in: {res['also_varied']} (see sweep_report.md)")
     if res.get("kind") == "warmup":
         print(_wrote_sweep(args.sweep_dir))
         return 0

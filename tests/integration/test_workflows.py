@@ -122,6 +122,9 @@ def test_hydra_multirun_sweep_is_analysed_the_same_way(tmp_path):
     rows = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
     assert [(float(r["lr"]), r["feasible"]) for r in rows] == [(0.001, "True"), (5.0, "False")]
     assert "lr* = 0.001 sits at the edge of feasibility" in res.stdout
+    # a real multirun's trials differ only in the swept LR (run paths, ids: not compared)
+    assert "also differ" not in res.stdout
+    assert "Besides the learning rate" not in (sweep / "sweep_report.md").read_text()
     assert cli("analyze", str(tmp_path / "nothing")).returncode == 2
 
 

@@ -376,7 +376,7 @@ def test_workflow_options_are_refused_by_name_before_any_trial(monkeypatch, caps
     assert e.value.code == 2 and says in capsys.readouterr().err
 
 
-def _trial(root, name, lr, warmup, unstable, val=0.5, steps=200):
+def _trial(root, name, lr, warmup, unstable, val=0.5, steps=200, **more):
     import json
 
     import yaml
@@ -386,7 +386,7 @@ def _trial(root, name, lr, warmup, unstable, val=0.5, steps=200):
     summary = {"status": "completed", "feasible": True, "unstable": unstable, "val_loss": val,
                "initial_loss": 2.3, "total_steps": steps, "steps": steps}  # fmt: skip
     (d / "summary.json").write_text(json.dumps(summary))
-    cfg = {"optimizer": {"lr": lr}, "schedule": {"warmup_steps": warmup}}
+    cfg = {"optimizer": {"lr": lr}, "schedule": {"warmup_steps": warmup}, **more}
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = "".join(f"{s},{2.3 - s / 100},{2.3 - s / 120}\n" for s in range(steps))
     (d / "stability.csv").write_text("step,loss,loss_ema\n" + rows)
@@ -411,3 +411,41 @@ def test_analyze_recognises_a_warmup_sweep(tmp_path):
     # two LRs: an LR sweep as before
     _trial(tmp_path, "lr_0.3", 0.3, 10, unstable=True)
     assert analyze_lr_sweep(tmp_path).get("kind") is None
+
+
+def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_path):
+    """A folder of unrelated runs (several sweeps, other experiments) is not one sweep:
+    trials on different data are refused, naming the key and its values, before anything
+    is written; trials that differ in something else besides LR and warmup are analysed,
+    and the report and the result name what else differs (run paths are not compared)."""
+    from stablelab.analysis.sweep import analyze_lr_sweep
+
+    mnist = {"_target_": "stablelab.data.MNIST1DDataModule", "batch_size": 128}
+    digits = {"_target_": "stablelab.data.DigitsDataModule", "batch_size": 128}
+    mixed = tmp_path / "mixed"
+    _trial(mixed, "a", 0.1, 0, False, data=mnist)
+    _trial(mixed, "b", 0.3, 0, False, data=mnist)
+    _trial(mixed, "c", 0.1, 0, False, data=digits)
+    with pytest.raises(ValueError) as e:
+        analyze_lr_sweep(mixed)
+    msg = str(e.value)
+    assert "not one sweep: they trained on different data" in msg
+    assert '"stablelab.data.MNIST1DDataModule" (2 trials)' in msg
+    assert '"stablelab.data.DigitsDataModule" (1 trial)' in msg
+    assert not (mixed / "sweep_summary.csv").exists() and not (mixed / "axis_plot.png").exists()
+    # one dataset, two depths and two seeds besides the LRs (and the warmup's hold)
+    sweep = tmp_path / "sweep"
+    for i, (lr, depth, seed) in enumerate([(0.1, 2, 1), (0.3, 2, 2), (0.1, 4, 1), (0.3, 4, 1)]):
+        _trial(sweep, f"t{i}", lr, 0, False, data=mnist, model={"depth": depth}, seed=seed,
+               callbacks={"model_checkpoint": {"dirpath": f"/runs/t{i}"}})  # fmt: skip
+    res = analyze_lr_sweep(sweep)
+    assert res["also_varied"] == "model.depth (2 values), seed (2 values)"
+    assert "the trials differ in: model.depth (2 values), seed (2 values)." in (
+        sweep / "sweep_report.md"
+    ).read_text()
+    # only the swept keys differ: nothing to say
+    plain = tmp_path / "plain"
+    _trial(plain, "a", 0.1, 0, False, data=mnist, schedule={"warmup_steps": 0, "post_warmup_steps": 0})
+    _trial(plain, "b", 0.3, 5, False, data=mnist, schedule={"warmup_steps": 5, "post_warmup_steps": 10})
+    assert analyze_lr_sweep(plain)["also_varied"] == ""
+    assert "Besides" not in (plain / "sweep_report.md").read_text()

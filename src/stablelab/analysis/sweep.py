@@ -128,6 +128,98 @@ def _last_val_loss(run: Path) -> float | None:
     return None if math.isnan(last) else last
 
 
+# What a sweep varies (its axes: the LR, the warmup and the hold that follows the warmup
+# in sweep=warmup), and what else a trial's result depends on: every other value of these
+# config entries must match for the LR axis to compare like with like.
+SWEPT = frozenset({"optimizer.lr", "schedule.warmup_steps", "schedule.post_warmup_steps"})
+COMPARED = (
+    "data", "model", "optimizer", "schedule", "clipping", "loss", "skip_spikes",
+    "max_train_steps", "seed", "trainer.precision", "trainer.accumulate_grad_batches",
+)  # fmt: skip
+# Trials on different data have losses that do not compare at all: not one sweep.
+DATA_IDENTITY = ("data._target_", "data.path")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
+    """Dotted keys -> the value as JSON text (comparable, hashable)."""
+    import json
+
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(tree, sort_keys=True, default=str)}
+
+
+def config_differences(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The config entries (of :data:`COMPARED`, outside :data:`SWEPT`) whose values differ
+    between the trials: key -> {value: number of trials}. Read from each trial's
+    ``config.yaml``; an entry a trial lacks counts as ``null``."""
+    from stablelab.analysis.runs import RunFileError, read_config
+
+    flats = []
+    for r in rows:
+        try:
+            cfg = read_config(r["run_dir"])
+        except RunFileError:  # (load_trials read it: only a file changed since)
+            cfg = {}
+        flat: dict[str, str] = {}
+        for key in COMPARED:
+            node: Any = cfg
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            flat.update(_flat(node, key + "."))
+        flats.append(flat)
+    keys = sorted({k for f in flats for k in f} - SWEPT)
+    out: dict[str, dict[str, int]] = {}
+    for k in keys:
+        counts: dict[str, int] = {}
+        for f in flats:
+            v = f.get(k, "null")
+            counts[v] = counts.get(v, 0) + 1
+        if len(counts) > 1:
+            out[k] = counts
+    return out
+
+
+def _values(counts: dict[str, int], most: int = 3) -> str:
+    """'a (4 trials), b (2 trials), ... 3 more' for a refusal."""
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    text = ", ".join(f"{v} ({n} trial{'s' if n > 1 else ''})" for v, n in ranked[:most])
+    return text + (f", and {len(ranked) - most} more" if len(ranked) > most else "")
+
+
+def check_one_sweep(sweep_dir: Path, diff: dict[str, dict[str, int]]) -> None:
+    """ValueError when the trials ran on different data (their losses do not compare: not
+    one sweep, e.g. a folder holding several sweeps or unrelated runs)."""
+    mixed = [k for k in DATA_IDENTITY if k in diff]
+    if mixed:
+        which = "; ".join(f"{k}: {_values(diff[k])}" for k in mixed)
+        raise ValueError(
+            f"the runs under {sweep_dir} are not one sweep: they trained on different data "
+            f"({which}), so their losses do not compare. Give the directory of one sweep "
+            "(a multirun's <time> folder, or a `stablelab sweep` --out folder)"
+        )
+
+
+def also_varied(diff: dict[str, dict[str, int]]) -> str:
+    """The entries besides the swept ones that differ, in one line ('' if none)."""
+    return ", ".join(f"{k} ({len(v)} values)" for k, v in diff.items())
+
+
+def _also_varied_lines(result: dict[str, Any]) -> list[str]:
+    if not result.get("also_varied"):
+        return []
+    return [
+        f"Besides the learning rate and warmup, the trials differ in: {result['also_varied']}. "
+        "Every trial is one point, whatever those values: expected for a search's nuisance "
+        "hyperparameters; for a second axis you study, analyse each of its values' trials "
+        "separately.",
+        "",
+    ]
+
+
 def _by_warmup(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
@@ -361,8 +453,9 @@ def is_warmup_sweep(rows: list[dict[str, Any]]) -> bool:
     return len(rows) > 1 and len(lrs) == 1 and len({r["warmup_steps"] for r in rows}) > 1
 
 
-def render_warmup_sweep(rows: list[dict[str, Any]], verdict: str) -> str:
-    """A warmup sweep's sweep_report.md: the verdict, one row per warmup, the curves."""
+def render_warmup_sweep(rows: list[dict[str, Any]], verdict: str, also: str = "") -> str:
+    """A warmup sweep's sweep_report.md: the verdict, what else differs between the trials
+    (``also``, from :func:`also_varied`), one row per warmup, the curves."""
     table = [
         "| warmup_steps | feasible | unstable | best val loss |",
         "|---|---|---|---|",
@@ -374,20 +467,25 @@ def render_warmup_sweep(rows: list[dict[str, Any]], verdict: str) -> str:
         ],
     ]
     return "\n".join(
-        ["# Warmup sweep", "", f"**{verdict}**", "", *table, "",
+        ["# Warmup sweep", "", f"**{verdict}**", "", *_also_varied_lines({"also_varied": also}),
+         *table, "",
          "![warmup curves](warmup_curves.png)", ""]
     )  # fmt: skip
 
 
-def write_warmup_sweep(sweep_dir: str | Path, rows: list[dict[str, Any]], verdict: str) -> None:
+def write_warmup_sweep(
+    sweep_dir: str | Path, rows: list[dict[str, Any]], verdict: str, also: str = ""
+) -> None:
     """A warmup sweep's files: sweep_summary.csv, warmup_curves.png, sweep_report.md."""
     sweep_dir = Path(sweep_dir)
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
     plot_curves(rows, sweep_dir / "warmup_curves.png", label="warmup")
-    (sweep_dir / "sweep_report.md").write_text(render_warmup_sweep(rows, verdict))
+    (sweep_dir / "sweep_report.md").write_text(render_warmup_sweep(rows, verdict, also))
 
 
-def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def analyze_warmup_sweep(
+    sweep_dir: Path, rows: list[dict[str, Any]], also: str = ""
+) -> dict[str, Any]:
     """The smallest warmup of a warmup sweep that trains stably and the playbook's advice
     for it; writes the sweep's files."""
     lr = rows[0]["lr"]
@@ -405,7 +503,7 @@ def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[st
             f"warmup sweep at lr {lr:g}: the smallest warmup that trains stably is "
             f"{best['warmup_steps']} steps" + (f": {advice}" if advice else "")
         )
-    write_warmup_sweep(sweep_dir, rows, verdict)
+    write_warmup_sweep(sweep_dir, rows, verdict, also)
     return {
         "kind": "warmup",
         "trials": len(rows),
@@ -413,6 +511,7 @@ def analyze_warmup_sweep(sweep_dir: Path, rows: list[dict[str, Any]]) -> dict[st
         "warmup_steps": best["warmup_steps"] if best else None,
         "rows": rows,
         "verdict": verdict,
+        "also_varied": also,
     }
 
 
@@ -434,8 +533,10 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
             if found
             else f"no run directories (summary.json) under {sweep_dir}"
         )
+    diff = config_differences(rows)
+    check_one_sweep(sweep_dir, diff)
     if is_warmup_sweep(rows):
-        return analyze_warmup_sweep(sweep_dir, rows)
+        return analyze_warmup_sweep(sweep_dir, rows, also_varied(diff))
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
     star = select_lr_star(rows)
     edge = edge_of_feasibility(rows, star)
@@ -460,6 +561,7 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         "unstable": sum(r["unstable"] for r in rows),
         "rows": rows,
         "curves": str(curves) if curves else None,
+        "also_varied": also_varied(diff),
     }
     result["verdict"] = lr_verdict(result)
     (sweep_dir / "sweep_report.md").write_text(render_lr_sweep(result))
@@ -541,6 +643,7 @@ def render_lr_sweep(result: dict[str, Any]) -> str:
         f"or unstable LR) = {f(result['unstable_base_learning_rate'])}.",
         "",
         *_sensitivity_lines(result),
+        *_also_varied_lines(result),
         "| lr | status | feasible | unstable | best val loss | first instability | diverged at |",
         "|---|---|---|---|---|---|---|",
     ]
