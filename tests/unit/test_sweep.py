@@ -440,12 +440,17 @@ def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_
                callbacks={"model_checkpoint": {"dirpath": f"/runs/t{i}"}})  # fmt: skip
     res = analyze_lr_sweep(sweep)
     assert res["also_varied"] == "model.depth (2 values), seed (2 values)"
-    assert "the trials differ in: model.depth (2 values), seed (2 values)." in (
-        sweep / "sweep_report.md"
-    ).read_text()
+    assert (
+        "the trials differ in: model.depth (2 values), seed (2 values)."
+        in (sweep / "sweep_report.md").read_text()
+    )
     # only the swept keys differ: nothing to say
     plain = tmp_path / "plain"
-    _trial(plain, "a", 0.1, 0, False, data=mnist, schedule={"warmup_steps": 0, "post_warmup_steps": 0})
-    _trial(plain, "b", 0.3, 5, False, data=mnist, schedule={"warmup_steps": 5, "post_warmup_steps": 10})
+    _trial(
+        plain, "a", 0.1, 0, False, data=mnist, schedule={"warmup_steps": 0, "post_warmup_steps": 0}
+    )
+    _trial(
+        plain, "b", 0.3, 5, False, data=mnist, schedule={"warmup_steps": 5, "post_warmup_steps": 10}
+    )
     assert analyze_lr_sweep(plain)["also_varied"] == ""
     assert "Besides" not in (plain / "sweep_report.md").read_text()
