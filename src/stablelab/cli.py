@@ -188,16 +188,32 @@ def sample_cmd(args: argparse.Namespace) -> int:
     """Print text sampled from a language model run's best checkpoint."""
     from stablelab.checkpoints import CheckpointError
     from stablelab.module import StableModule
-    from stablelab.sample import checkpoint_of, generate
+    from stablelab.sample import checkpoint_of, stream
 
     try:
         path = args.checkpoint or checkpoint_of(args.run_dir)
         module = StableModule.load_from_checkpoint(path, map_location="cpu")
-        text = generate(module, args.prompt, args.chars, args.temperature, args.top_k, args.seed)
+        chars = stream(module, args.prompt, args.chars, args.temperature, args.top_k, args.seed)
     except (FileNotFoundError, ValueError, CheckpointError) as e:
         print(f"stablelab sample: {e}", file=sys.stderr)
         return 2
-    print(args.prompt + text)
+    out = sys.stdout
+    try:  # each character as it is sampled: a long sample shows progress, Ctrl-C keeps it
+        out.write(args.prompt)
+        for c in chars:
+            out.write(c)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    except KeyboardInterrupt:
+        out.write("\n")
+        print("stablelab sample: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `stablelab sample ... | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -4,11 +4,13 @@ Autoregressive sampling from the run's best checkpoint (``summary.json``'s
 ``best_checkpoint``, else ``checkpoints/last.ckpt``; or ``--checkpoint PATH``), with the
 run's own character vocabulary (stored in the checkpoint). The checkpoint is loaded through
 :meth:`StableModule.load_from_checkpoint` (plain data only, targets checked). With a seed
-the text is the same every time on the same machine; ``--temperature 0`` is greedy.
+the text is the same every time on the same machine; ``--temperature 0`` is greedy. The
+command prints each character as it is sampled (:func:`stream`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,7 +34,6 @@ def checkpoint_of(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint in {run_dir} (no best_checkpoint, no last.ckpt)")
 
 
-@torch.no_grad()
 def generate(
     module,
     prompt: str = "\n",
@@ -42,6 +43,19 @@ def generate(
     seed: int = 1337,
 ) -> str:
     """``chars`` characters after ``prompt`` (the prompt itself not included)."""
+    return "".join(stream(module, prompt, chars, temperature, top_k, seed))
+
+
+def stream(
+    module,
+    prompt: str = "\n",
+    chars: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 1337,
+) -> Iterator[str]:
+    """:func:`generate`'s characters one at a time, as they are sampled (the arguments are
+    checked before the first one)."""
     import math
 
     if chars < 0:
@@ -65,20 +79,23 @@ def generate(
     missing = sorted(set(prompt) - set(vocab))
     if missing:
         raise ValueError(f"the prompt has characters outside the run's vocabulary: {missing}")
+    return _sampled(module, encode(prompt, vocab), vocab, block, chars, temperature, top_k, seed)
+
+
+def _sampled(module, ids0, vocab, block, chars, temperature, top_k, seed) -> Iterator[str]:
     module.eval()
-    ids = torch.as_tensor(encode(prompt, vocab), dtype=torch.long, device=module.device)
+    ids = torch.as_tensor(ids0, dtype=torch.long, device=module.device)
     gen = torch.Generator(device=module.device).manual_seed(seed)
-    out: list[int] = []
     for _ in range(chars):
-        logits = module(ids[-block:][None])[0, -1].float()
-        if temperature <= 0:
-            nxt = logits.argmax()[None]
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
+        with torch.no_grad():
+            logits = module(ids[-block:][None])[0, -1].float()
+            if temperature <= 0:
+                nxt = logits.argmax()[None]
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen)
         ids = torch.cat([ids, nxt])
-        out.append(int(nxt))
-    return decode(out, vocab)
+        yield decode([int(nxt)], vocab)

@@ -104,6 +104,43 @@ def test_sampling_is_deterministic_for_a_seed(lm_run, capsys):
     assert "no such run directory or checkpoint" in capsys.readouterr().err
 
 
+def test_sample_prints_as_it_samples_and_ctrl_c_keeps_what_was_printed(lm_run):
+    """A long sample's characters appear while it runs (not all at the end), and Ctrl-C
+    stops it with exit code 130, leaving what was printed: the start of the same seed's
+    sample, ended by a newline."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stablelab.module import StableModule
+    from stablelab.sample import checkpoint_of, generate
+
+    run = lm_run[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stablelab.cli", "sample", str(run), "--chars", "1000000",
+         "--seed", "3", "--prompt", "A"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    got, deadline = b"", time.monotonic() + 120
+    while len(got) < 41 and time.monotonic() < deadline:  # the prompt and 40 characters
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            got += os.read(proc.stdout.fileno(), 4096)
+    assert proc.poll() is None and len(got) >= 41, got  # printing, a million characters to go
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "interrupted" in err.decode()
+    text = (got + rest).decode()
+    assert text.endswith("\n") and text.startswith("A")
+    k = len(text) - 2  # the sampled characters before the interruption
+    assert 40 <= k < 1_000_000
+    module = StableModule.load_from_checkpoint(checkpoint_of(run), map_location="cpu")
+    assert text[:-1] == "A" + generate(module, "A", k, seed=3)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "says"),
     [("--chars", "-5", "--chars: must be >= 0"), ("--temperature", "-1", "--temperature: must"),
