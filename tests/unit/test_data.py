@@ -296,6 +296,36 @@ def test_text_file_vocabulary_from_training_text_and_unknown_characters(tmp_path
     (tmp_path / "short.txt").write_text("x" * 50)
     with pytest.raises(ConfigError, match="block_size = 64: the val part"):
         CharTextDataModule(path=str(tmp_path / "short.txt"), block_size=64)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ConfigError, match="empty.txt': the file is empty"):
+        CharTextDataModule(path=str(tmp_path / "empty.txt"))
+
+
+@pytest.mark.parametrize(
+    ("block_size", "train_fraction"), [(64, 0.9), (8, 0.9), (5, 0.5), (16, 0.97), (3, 0.1)]
+)
+def test_a_short_text_refusal_names_the_length_that_would_do(tmp_path, block_size, train_fraction):
+    """The refusal of a too-short text says how long a text must be: checked against the
+    datamodule itself (a text of that length is accepted, one character less is not) and,
+    for nanoGPT's split, a hand count: 1,161 training characters and two held-out halves of
+    65 for windows of 65 (int(1,291 x 0.9) = 1,161)."""
+    from stablelab.config import ConfigError
+    from stablelab.data import CharTextDataModule
+
+    def build(n):
+        (tmp_path / "t.txt").write_text(("abcdefg" * n)[:n])
+        return CharTextDataModule(path=str(tmp_path / "t.txt"), block_size=block_size,
+                                  train_fraction=train_fraction)  # fmt: skip
+
+    with pytest.raises(ConfigError) as e:
+        build(block_size + 1)
+    said = str(e.value)
+    need = int(said.split("a text of at least ")[1].split(" characters")[0].replace(",", ""))
+    if (block_size, train_fraction) == (64, 0.9):
+        assert need == 1291
+    assert build(need).texts  # accepted
+    with pytest.raises(ConfigError):
+        build(need - 1)
 
 
 @pytest.mark.parametrize("kind", ["memory", "windows"])

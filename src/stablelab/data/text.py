@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,18 @@ def eval_windows(tokens: np.ndarray, block_size: int) -> tuple[np.ndarray, np.nd
     return w[:, :-1], w[:, 1:]
 
 
+def shortest_text(block_size: int, train_fraction: float) -> int:
+    """The fewest characters a text needs for its train part (the first ``train_fraction``)
+    and both halves of the held-out rest to hold one window of ``block_size + 1``."""
+    w = block_size + 1
+    n = max(2 * w, math.floor(w / train_fraction))  # a lower bound; step up to the first fit
+    while True:
+        held = n - int(n * train_fraction)
+        if int(n * train_fraction) >= w and held // 2 >= w:  # (the test half >= the val half)
+            return n
+        n += 1
+
+
 class CharTextDataModule(InMemoryDataModule):
     """Next-character prediction on ``path`` (UTF-8; null: the shipped Tiny Shakespeare)."""
 
@@ -104,13 +117,17 @@ class CharTextDataModule(InMemoryDataModule):
         self.texts = {"train": text[:n_train]}
         held = text[n_train:]
         self.texts["val"], self.texts["test"] = held[: len(held) // 2], held[len(held) // 2 :]
+        if not text:
+            raise ConfigError([f"data.path = {self.path!r}: the file is empty"])
         short = {k: len(v) for k, v in self.texts.items() if len(v) < block_size + 1}
         if short:
+            need = shortest_text(block_size, train_fraction)
             raise ConfigError(
                 [
                     f"data.block_size = {block_size}: the {k} part of {self._name()} has "
-                    f"only {n} characters; a window needs block_size + 1 (use a smaller "
-                    "block_size or a longer text)"
+                    f"only {n} character{'' if n == 1 else 's'}; a window needs block_size + 1 "
+                    f"= {block_size + 1} (use a smaller block_size, or a text of at least "
+                    f"{need:,} characters: this one has {len(text):,})"
                     for k, n in short.items()
                 ]
             )
