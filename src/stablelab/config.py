@@ -565,6 +565,30 @@ def sharded_strategy(strategy: Any) -> str | None:
     return None
 
 
+def _trainer_length_problems(t: dict[str, Any]) -> list[str]:
+    """Lightning's other limits on a run's length: an epoch or time limit would end the run
+    before max_train_steps, reported complete with its LR schedule unfinished; a minimum
+    would train past the schedule's end."""
+    unfinished = "would stop the run before max_train_steps with its LR schedule unfinished"
+    why = {
+        "max_epochs": (f"{unfinished}; the run's length is max_train_steps=N (updates), and "
+                       "trainer.max_epochs stays -1"),
+        "max_time": (f"{unfinished}; for a cluster's time limit, the run checkpoints on "
+                     "SIGTERM / SIGUSR1 and resumes exactly (its resume_command); leave "
+                     "trainer.max_time null"),
+        "min_epochs": ("would train past max_train_steps, beyond the LR schedule's end; "
+                       "the run's length is max_train_steps=N: leave it null"),
+        "min_steps": ("would train past max_train_steps, beyond the LR schedule's end; "
+                      "the run's length is max_train_steps=N: leave it null"),
+    }  # fmt: skip
+    out = []
+    for key, text in why.items():
+        v = t.get(key)
+        if v is not None and not (key == "max_epochs" and v == -1 and not isinstance(v, bool)):
+            out.append(f"trainer.{key} = {_fmt(v)}: {text}")
+    return out
+
+
 def _trainer_problems(t: dict[str, Any]) -> list[str]:
     """Trainer arguments whose types Lightning's signature allows but whose values make no
     sense here (or fail only after training started)."""
@@ -577,6 +601,7 @@ def _trainer_problems(t: dict[str, Any]) -> list[str]:
                 "clipping.clip_threshold=<value> (or percentile / zscore / agc), and leave "
                 f"trainer.{key} null"
             )
+    out += _trainer_length_problems(t)
     vci = t.get("val_check_interval")
     by_epoch = t.get("check_val_every_n_epoch") is not None  # Lightning's epoch counting
     if isinstance(vci, bool) or (

@@ -103,6 +103,10 @@ CASES = [
     (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val = 1.0", "clipping=fixed"]),
     (["+trainer.gradient_clip_algorithm=norm"], ["trainer.gradient_clip_algorithm", "clipping"]),
     (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps = 0", "must be >= 1"]),
+    # limits that end a run before max_train_steps (its schedule unfinished) or after it
+    (["trainer.max_epochs=3"], ["trainer.max_epochs = 3", "before max_train_steps", "-1"]),
+    (["+trainer.max_time=00:00:01:00"], ["trainer.max_time = '00:00:01:00'", "SIGTERM"]),
+    (["+trainer.min_steps=2000"], ["trainer.min_steps = 2000", "past max_train_steps"]),
     (
         ["trainer=fsdp_cpu", "callbacks.sharpness.every_n_steps=10"],
         ["callbacks.sharpness.every_n_steps = 10", "Hessian-vector", "FSDP2Strategy"],
