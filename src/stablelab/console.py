@@ -149,6 +149,11 @@ def closing_lines(
         if summary.get("heldout_loss") is not None:
             test += f"; held-out loss {_num(summary['heldout_loss'])}"
         lines.append(test + _subset(summary, "test"))
+    if summary.get("stopped_early"):
+        lines.append(
+            f"  stopped at step {summary.get('steps')} of {summary.get('total_steps')}, before "
+            f"max_train_steps ({summary['stopped_early']}): the LR schedule did not finish"
+        )
     resumed = summary.get("resumed_from")
     if isinstance(resumed, dict) and resumed.get("changed"):
         changed = resumed["changed"]

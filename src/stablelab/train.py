@@ -513,6 +513,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
     )
     if plain["train"]:
         summary.update(reports)
+        if summary["status"] == "completed" and trainer.global_step < summary["total_steps"]:
+            summary["stopped_early"] = _stopped_early(trainer)
     else:  # an evaluation: the checkpoint's step; no training to report on (the
         # callbacks' state is the checkpoint's, restored for the test)
         summary["steps"] = ckpt.global_step if ckpt is not None else 0
@@ -533,6 +535,19 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         and _finite(summary["val_loss"])
         and (_finite(train_loss) or not plain["train"])
     )
+
+
+def _stopped_early(trainer) -> str:
+    """Who ended a fit before max_train_steps (stablelab's own limits refuse a shorter
+    run, so a callback set ``trainer.should_stop``): an early-stopping callback's reason,
+    else that."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    for cb in trainer.callbacks:
+        reason = getattr(cb, "stopping_reason_message", None)
+        if isinstance(cb, EarlyStopping) and reason:
+            return f"{type(cb).__name__}: {' '.join(str(reason).split())}"
+    return "a callback stopped training (trainer.should_stop)"
 
 
 def _interruption(trainer, error: BaseException) -> dict[str, Any] | None:

@@ -458,3 +458,24 @@ def test_an_evaluation_reports_its_own_validation_not_the_checkpoints_history(tm
     recorded = [float(r["val_loss"]) for r in csv.DictReader((run / "evals.csv").open())]
     assert all(abs(s["val_loss"] - v) > 1e-6 for v in recorded)  # the check can fail
     assert "| val loss (at step) |" in (out / "report.md").read_text()
+
+
+def test_a_callback_that_stops_training_early_is_named(tmp_path):
+    """A callback of the user's (Lightning's EarlyStopping) ends fit before max_train_steps:
+    the run is complete but its LR schedule is not, and the summary, the report and the
+    closing lines say where it stopped and why (a full-length run says nothing)."""
+    from stablelab.console import closing_lines
+
+    es = ("+callbacks.early_stopping={_target_: lightning.pytorch.callbacks.EarlyStopping, "
+          "monitor: val/loss, patience: 1, min_delta: 100.0}")  # fmt: skip
+    args = ["experiment=digits_mlp", "max_train_steps=40", "trainer.val_check_interval=10",
+            "test=false", "schedule.warmup_steps=0",
+            "callbacks.dense_eval.every_step_until=0"]  # fmt: skip
+    s, run = _train(tmp_path, "es", [*args, es])
+    # validations at 10 and 20: no improvement by 100 at step 20 -> stop after 20 updates
+    assert s["status"] == "completed" and s["steps"] == 20 and s["total_steps"] == 40
+    assert s["stopped_early"].startswith("EarlyStopping: Monitored metric val/loss did not")
+    assert "stopped before max_train_steps" in (run / "report.md").read_text()
+    assert any("stopped at step 20 of 40" in x for x in closing_lines(s, run, None))
+    full, _ = _train(tmp_path, "full", args)
+    assert full["steps"] == 40 and "stopped_early" not in full
