@@ -228,7 +228,7 @@ def render(
     rows = [
         ("status", summary.get("status")),
         ("steps (of total)", several("steps", "total_steps")),
-        ("stopped before max_train_steps (the LR schedule unfinished)", summary.get("stopped_early")),
+        ("stopped before max_train_steps (LR schedule unfinished)", summary.get("stopped_early")),
         ("feasible", summary.get("feasible")),
         (
             "val loss (at step)"
