@@ -194,3 +194,24 @@ def test_reading_lists_the_rollbacks_first():
     found = _read({"rollbacks": rb})
     assert list(found)[0] == "rollback" and found["rollback"].step == 47
     assert "back to step 40, 30 batches skipped" in found["rollback"].evidence
+
+
+def test_the_diagnosis_says_whose_clip_threshold_the_probe_findings_quote(tmp_path):
+    """diagnosis.md quotes the probe run's findings; when one of them carries a clip
+    threshold (the probe's own norms at 2 x lr*), a line says that section 4's threshold
+    (from lr*'s norms) is the one to start from; without one, no such line."""
+    from stablelab.analysis.diagnosis import render_diagnosis
+
+    sweep = {"verdict": "lr* = 0.01 ...", "infeasible": 0, "unstable": 1, "curves": None}
+    probe = {"lr": 0.02, "total_steps": 500, "run_dir": str(tmp_path / "probe" / "p"),
+             "unstable": True, "findings": [
+                 ("clipping", "clip: `clipping=fixed clipping.clip_threshold=0.6941`"),
+                 ("last_resort", "a lower learning rate")]}  # fmt: skip
+    result = {"sweep": sweep, "probe": probe, "warmup": None, "lrs": [0.01, 0.02],
+              "first_fix": "clipping", "clip_threshold": 0.5331}  # fmt: skip
+    text = render_diagnosis(result, tmp_path)
+    note = "the clip threshold to start from is section 4's, from lr*'s gradient norms"
+    assert note in text and text.index(note) < text.index("clip_threshold=0.6941")
+    assert "**0.5331**" in text.split("## 4. Clip threshold")[1]
+    probe["findings"] = probe["findings"][1:]
+    assert note not in render_diagnosis(result, tmp_path)

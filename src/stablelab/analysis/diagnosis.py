@@ -58,8 +58,7 @@ def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
                 if (Path(pr["run_dir"]) / "loss.png").is_file()
                 else []
             ),
-            *[f"- [{k}] {t}" for k, t in pr.get("findings", [])],
-            "",
+            *_probe_findings(pr.get("findings", [])),
         ]
     lines += ["## 3. Warmup sweep", ""]
     if wu is None:
@@ -104,3 +103,17 @@ def render_diagnosis(result: dict[str, Any], out_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _probe_findings(findings: list) -> list[str]:
+    """The probe report's findings; their numbers are the probe run's (2 x lr*), so a clip
+    threshold among them is not the one section 4 recommends from lr*'s norms."""
+    if not findings:
+        return []
+    head = (
+        ["The probe's report (its numbers are the probe run's at 2 x lr*: the clip threshold "
+         "to start from is section 4's, from lr*'s gradient norms):", ""]
+        if any("clip_threshold=" in t for _, t in findings)
+        else []
+    )  # fmt: skip
+    return [*head, *[f"- [{k}] {t}" for k, t in findings], ""]
