@@ -120,3 +120,38 @@ def test_a_log_axis_is_labelled_near_both_ends(tmp_path, captured, lo, hi):
     bottom, top = ax.get_ylim()
     assert 3 <= len(labels) <= 8, labels
     assert labels[0] <= 2 * bottom and labels[-1] >= top / 2, (labels, bottom, top)
+
+
+def _sweep_trial(root, name, lr, warmup, val):
+    import json
+
+    import yaml
+
+    d = root / name
+    d.mkdir(parents=True)
+    summary = {"status": "completed", "feasible": True, "unstable": False, "val_loss": val,
+               "initial_loss": 2.3, "total_steps": 50, "steps": 50}  # fmt: skip
+    (d / "summary.json").write_text(json.dumps(summary))
+    cfg = {"optimizer": {"lr": lr}, "schedule": {"warmup_steps": warmup}}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = "".join(f"{s},{2.3 - s * lr},{2.3 - s * lr}\n" for s in range(50))
+    (d / "stability.csv").write_text("step,loss,loss_ema\n" + rows)
+
+
+def test_sweep_curves_say_which_sweep_and_which_curve_is_lr_star(tmp_path, captured):
+    """The curves of an LR sweep are titled with lr* and its curve is marked in the legend
+    (lr* = 0.01, the lowest validation loss); a warmup sweep's name the sweep's LR."""
+    from stablelab.analysis.sweep import analyze_lr_sweep
+
+    for lr, val in ((0.003, 0.5), (0.01, 0.3), (0.02, 0.4)):
+        _sweep_trial(tmp_path / "lr", f"lr_{lr}", lr, 0, val)
+    analyze_lr_sweep(tmp_path / "lr")
+    (curves,) = [f for f in captured if "next larger" in f.axes[0].get_title()]
+    assert curves.axes[0].get_title() == "training loss at lr* = 0.01 and the next larger LRs"
+    labels = [t.get_text() for t in curves.axes[0].get_legend().get_texts()]
+    assert labels == ["lr 0.01 (lr*)", "lr 0.02"]
+    captured.clear()
+    for w in (5, 10):
+        _sweep_trial(tmp_path / "warmup", f"warmup_{w}", 0.02, w, 0.4)
+    analyze_lr_sweep(tmp_path / "warmup")
+    assert [f.axes[0].get_title() for f in captured] == ["warmup sweep at lr 0.02: training loss"]

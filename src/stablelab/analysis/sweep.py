@@ -411,9 +411,16 @@ def plot_axis(
     return _save(fig, path)
 
 
-def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr") -> Path:
+def plot_curves(
+    rows: list[dict[str, Any]],
+    path: str | Path,
+    label: str = "lr",
+    title: str = "training loss",
+    star: float | None = None,
+) -> Path:
     """Training-loss curves (EMA from stability.csv, raw where absent) of the given trials
-    (playbook Figure 7b: LRs just above lr*); divergence marked with an x."""
+    (playbook Figure 7b: LRs just above lr*, ``star``: lr*'s, marked in the legend);
+    divergence marked with an x."""
     from stablelab.analysis.plots import _integer_ticks, _pyplot, _save
     from stablelab.analysis.report import _csv, _f
 
@@ -426,6 +433,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr")
         pts = [(s, v) for s, v in pts if math.isfinite(v)]
         value = r["lr"] if label == "lr" else r["warmup_steps"]
         name = f"{label} {value:.3g}" if label == "lr" else f"warmup {value}"
+        name += " (lr*)" if label == "lr" and star is not None and value == star else ""
         if pts:
             positive &= min(v for _, v in pts) > 0
             ax.plot(*zip(*pts, strict=True), lw=1.3, color=f"C{i}", label=name)
@@ -437,8 +445,7 @@ def plot_curves(rows: list[dict[str, Any]], path: str | Path, label: str = "lr")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (EMA)")
     ax.set_title(
-        "training loss"
-        + (" (x: diverged)" if any(r["diverged_at_step"] is not None for r in rows) else "")
+        title + (" (x: diverged)" if any(r["diverged_at_step"] is not None for r in rows) else "")
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
@@ -479,7 +486,10 @@ def write_warmup_sweep(
     """A warmup sweep's files: sweep_summary.csv, warmup_curves.png, sweep_report.md."""
     sweep_dir = Path(sweep_dir)
     write_summary_csv(rows, sweep_dir / "sweep_summary.csv")
-    plot_curves(rows, sweep_dir / "warmup_curves.png", label="warmup")
+    lrs = sorted({r["lr"] for r in rows})
+    at = f"lr {lrs[0]:.3g}" if len(lrs) == 1 else "lr " + ", ".join(f"{x:.3g}" for x in lrs)
+    title = f"warmup sweep at {at}: training loss"
+    plot_curves(rows, sweep_dir / "warmup_curves.png", label="warmup", title=title)
     (sweep_dir / "sweep_report.md").write_text(render_warmup_sweep(rows, verdict, also))
 
 
@@ -547,7 +557,12 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
     if star is not None:
         above = sorted({r["lr"] for r in rows if r["lr"] > star["lr"]})[:2]
         shown = [star] + [r for r in rows if r["lr"] in above]
-        curves = plot_curves(shown, sweep_dir / "curves_above_lr_star.png")
+        curves = plot_curves(
+            shown,
+            sweep_dir / "curves_above_lr_star.png",
+            title=f"training loss at lr* = {star['lr']:.3g} and the next larger LRs",
+            star=star["lr"],
+        )
     result = {
         "trials": len(rows),
         "lr_star": star["lr"] if star else None,
