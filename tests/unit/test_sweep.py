@@ -440,6 +440,15 @@ def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_
                callbacks={"model_checkpoint": {"dirpath": f"/runs/t{i}"}})  # fmt: skip
     res = analyze_lr_sweep(sweep)
     assert res["also_varied"] == "model.depth (2 values), seed (2 values)"
+    report = (sweep / "sweep_report.md").read_text()  # a column for each, the trial's value
+    assert "| lr | model.depth | seed | status |" in report
+    assert "| 0.3 | 2 | 2 | completed |" in report and "| 0.3 | 4 | 1 | completed |" in report
+    import csv
+
+    table = list(csv.DictReader((sweep / "sweep_summary.csv").open()))
+    assert sorted((r["lr"], r["model.depth"], r["seed"]) for r in table) == [
+        ("0.1", "2", "1"), ("0.1", "4", "1"), ("0.3", "2", "2"), ("0.3", "4", "1")
+    ]  # fmt: skip
     assert (
         "the trials differ in: model.depth (2 values), seed (2 values)."
         in (sweep / "sweep_report.md").read_text()

@@ -155,7 +155,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, str]:
 def config_differences(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     """The config entries (of :data:`COMPARED`, outside :data:`SWEPT`) whose values differ
     between the trials: key -> {value: number of trials}. Read from each trial's
-    ``config.yaml``; an entry a trial lacks counts as ``null``."""
+    ``config.yaml``; an entry a trial lacks counts as ``null``. Each row gets its own
+    values of those entries as ``row["also"]`` (key -> value) for the report's table."""
+    import json
+
     from stablelab.analysis.runs import RunFileError, read_config
 
     flats = []
@@ -180,6 +183,8 @@ def config_differences(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
             counts[v] = counts.get(v, 0) + 1
         if len(counts) > 1:
             out[k] = counts
+    for r, f in zip(rows, flats, strict=True):
+        r["also"] = {k: json.loads(f.get(k, "null")) for k in out}
     return out
 
 
@@ -255,14 +260,19 @@ def lr_sensitivity(rows: list[dict[str, Any]]) -> float | None:
 
 
 def write_summary_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """The rows as CSV, ``run_dir`` relative to the CSV's folder (the sweep can move)."""
+    """The rows as CSV, ``run_dir`` relative to the CSV's folder (the sweep can move); the
+    config entries the trials also differ in (``row["also"]``) as more columns."""
     import os
 
     path = Path(path)
+    also = list(dict.fromkeys(k for r in rows for k in r.get("also") or {}))
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[*FIELDS, *also], extrasaction="ignore")
         w.writeheader()
-        w.writerows({**r, "run_dir": os.path.relpath(r["run_dir"], path.parent)} for r in rows)
+        w.writerows(
+            {**r, **(r.get("also") or {}), "run_dir": os.path.relpath(r["run_dir"], path.parent)}
+            for r in rows
+        )
     return path
 
 
@@ -659,17 +669,24 @@ def render_lr_sweep(result: dict[str, Any]) -> str:
         "",
         *_sensitivity_lines(result),
         *_also_varied_lines(result),
-        "| lr | status | feasible | unstable | best val loss | first instability | diverged at |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = result["rows"]
+    # the other axes of a search (its warmup, a clip threshold): a column each, up to four
+    extra = ["warmup_steps"] if len({r["warmup_steps"] for r in rows}) > 1 else []
+    extra += [k for k in (rows[0].get("also") or {}) if k != "data.shuffle_seed"][: 4 - len(extra)]
+    head = ["lr", *extra, "status", "feasible", "unstable", "best val loss",
+            "first instability", "diverged at"]  # fmt: skip
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         star = (
             " (lr*)"
             if r["lr"] == result["lr_star"] and r["run_dir"] == result["lr_star_run"]
             else ""
         )
+        also = {"warmup_steps": r["warmup_steps"], **(r.get("also") or {})}
+        cells = "".join(f" {f(also.get(k))} |" for k in extra)
         lines.append(
-            f"| {r['lr']:.4g}{star} | {r['status']} | {'yes' if r['feasible'] else 'no'} | "
+            f"| {r['lr']:.4g}{star} |{cells} {r['status']} | {'yes' if r['feasible'] else 'no'} | "
             f"{'yes' if r['unstable'] else 'no'} | {f(r['val_loss'])} | "
             f"{f(r['first_instability_step'])} | {f(r['diverged_at_step'])} |"
         )
