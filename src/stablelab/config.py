@@ -485,6 +485,7 @@ def validate(cfg: DictConfig, fast_only: bool = False) -> dict[str, Any]:
     assert isinstance(container, dict)
     plain: dict[str, Any] = {str(k): v for k, v in container.items()}
 
+    _drop_settings_of_switched_off_entries(plain)
     root_values = {k: v for k, v in plain.items() if k not in GROUPS and k != "paths"}
     root_params = _dataclass_params(RootConfig)
     _check_mapping("", root_values, root_params, set(), problems, "the root config (train.yaml)")
@@ -525,6 +526,49 @@ def validate(cfg: DictConfig, fast_only: bool = False) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     return plain
+
+
+def _entry_names(group: str) -> set[str]:
+    """The names of the entries stablelab's options of a multi-entry group define
+    (``dense_eval``, ``lm_monitor``, ... for ``callbacks``; ``csv``, ``wandb``, ... for
+    ``logger``)."""
+    names: set[str] = set()
+    for path in sorted((config_dir() / group).glob("*.yaml")):
+        loaded = OmegaConf.load(path)
+        if isinstance(loaded, DictConfig):
+            names.update(str(k) for k in loaded if k != "defaults")
+    return names
+
+
+def _drop_settings_of_switched_off_entries(plain: dict[str, Any]) -> None:
+    """An experiment's settings for one of stablelab's callbacks (or loggers) that the
+    chosen option leaves out (``experiment=shakespeare_char_cpu callbacks=none``: its
+    ``callbacks.dense_eval.subset`` without a ``_target_``) configure nothing: dropped, with
+    a warning naming them. An entry of another name without a ``_target_`` stays, and is
+    refused as before (a typo, or a callback of yours missing its class)."""
+    import warnings
+
+    for group in MULTI_GROUPS:
+        entries = plain.get(group)
+        if not isinstance(entries, dict):
+            continue
+        orphans = [
+            name for name, sub in entries.items()
+            if isinstance(sub, dict) and "_target_" not in sub and sub
+        ]  # fmt: skip
+        known = _entry_names(group) if orphans else set()
+        dropped = [name for name in orphans if name in known]
+        for name in dropped:
+            del entries[name]
+        if dropped:
+            one = {"callbacks": "a callback", "logger": "a logger"}[group]
+            many = {"callbacks": "callbacks", "logger": "loggers"}[group]
+            warnings.warn(
+                f"{', '.join(f'{group}.{n}' for n in dropped)}: settings for "
+                f"{one if len(dropped) == 1 else many} that the chosen '{group}' option "
+                f"leaves out (as {group}=none does): ignored",
+                stacklevel=2,
+            )
 
 
 def _static_problems(plain: dict[str, Any]) -> list[str]:

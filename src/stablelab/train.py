@@ -66,11 +66,20 @@ def build(plain: dict[str, Any]):
 
 
 def _trainer(plain: dict[str, Any], callbacks: list, loggers: list, max_steps: int):
+    from lightning.pytorch.callbacks import ProgressBar
+
     from stablelab.config import instantiate
 
+    extra = {}
+    if "enable_progress_bar" not in plain["trainer"] and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):  # no RunProgress (callbacks=none, callbacks.progress_bar=null): no bar, rather than
+        # Lightning's own, which counts epochs of a run measured in steps ("Epoch 0/-2")
+        extra["enable_progress_bar"] = False
     trainer = instantiate(
-        plain["trainer"], callbacks=callbacks, logger=loggers or False, max_steps=max_steps
-    )
+        plain["trainer"], callbacks=callbacks, logger=loggers or False, max_steps=max_steps,
+        **extra,
+    )  # fmt: skip
     trainer._stablelab_parts = (plain, callbacks, loggers, max_steps)  # (a rollback's refit)
     return trainer
 

@@ -225,3 +225,27 @@ def test_only_stablelabs_own_data_path_is_made_absolute(tmp_path, monkeypatch):
     absolute = {"data": {"_target_": "stablelab.data.NpzDataModule", "path": "/x/d.npz"}}
     _absolute_data_path(absolute)
     assert absolute["data"]["path"] == "/x/d.npz"
+
+
+def test_an_experiments_settings_for_switched_off_callbacks_are_dropped_with_a_warning(tmp_path):
+    """`experiment=shakespeare_char_cpu callbacks=none`: the experiment's settings for the
+    dense evaluation and the LM monitor have no callback left to configure: dropped, one
+    warning naming both (the run has no callbacks, as asked), where they used to refuse
+    the run; an entry of another name without a _target_ (a typo, a class of yours left
+    out) is still refused by name."""
+    import warnings
+
+    cfg = compose_cfg(["experiment=shakespeare_char_cpu", "callbacks=none"], tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plain = validate(cfg)
+    assert plain["callbacks"] == {}
+    (w,) = [str(c.message) for c in caught if "callbacks." in str(c.message)]
+    assert w.startswith("callbacks.dense_eval, callbacks.lm_monitor: settings for callbacks")
+    assert "ignored" in w
+    cfg = compose_cfg(["experiment=shakespeare_char_cpu", "+callbacks.mine.every=3"], tmp_path)
+    with pytest.raises(ConfigError, match=r"callbacks.mine: missing _target_"):
+        validate(cfg)
+    # with the default callbacks the experiment's settings reach their callbacks
+    plain = validate(compose_cfg(["experiment=shakespeare_char_cpu"], tmp_path))
+    assert plain["callbacks"]["lm_monitor"]["_target_"] == "stablelab.callbacks.LMMonitor"
