@@ -449,6 +449,39 @@ def _stablelab_keys_hint(key: str, group: str, unknown: list[str]) -> list[str]:
     ]
 
 
+def _option_keys(group: str) -> dict[str, set[str]]:
+    """option -> the keys its config file sets, for every option of a group."""
+    out: dict[str, set[str]] = {}
+    for option in group_options(group):
+        try:
+            out[option] = {str(k) for k in OmegaConf.load(config_dir() / group / f"{option}.yaml")}
+        except Exception:  # noqa: BLE001 - no hint from an unreadable file
+            continue
+    return out
+
+
+def _other_option_hint(key: str, group: str, target: str, unknown: list[str]) -> list[str]:
+    """Keys that stablelab's chosen class does not take but another option of the same
+    group sets: left by an ``experiment=`` tuned for that option when the command line
+    chose another (``experiment=shakespeare_char_cpu clipping=agc`` keeps the experiment's
+    ``clipping.clip_threshold``). One line naming their options and the overrides that drop
+    them (read only on an error)."""
+    if not unknown or key != group:
+        return []
+    options = _option_keys(group)
+    theirs = [k for k in unknown if any(k in keys for keys in options.values())]
+    if not theirs:
+        return []
+    owners = [f"{group}={o}" for o, keys in options.items() if keys & set(theirs)]
+    drop = " ".join(f"~{key}.{k}" for k in theirs)
+    return [
+        f"{key}: {', '.join(theirs)} {'is a setting' if len(theirs) == 1 else 'are settings'} "
+        f"of {' / '.join(owners)}, not of the chosen {target.rsplit('.', 1)[-1]} (an experiment= "
+        f"tuned for another option sets {'it' if len(theirs) == 1 else 'them'}): drop "
+        f"{'it' if len(theirs) == 1 else 'them'} with {drop}"
+    ]
+
+
 def _defaults(fn: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     klasses = [k for k in fn.__mro__ if "__init__" in vars(k)] if inspect.isclass(fn) else []
@@ -591,6 +624,9 @@ def _static_problems(plain: dict[str, Any]) -> list[str]:
         if found is not None and isinstance(target, str):
             params, var_kw = found
             _check_mapping(key, dict(entry), params, provided, problems, target, var_kw)
+            if not var_kw:
+                unknown = [k for k in entry if k not in params and k not in SPECIAL_KEYS]
+                problems.extend(_other_option_hint(key, key.split(".")[0], target, unknown))
     return problems
 
 

@@ -103,6 +103,12 @@ CASES = [
     (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val = 1.0", "clipping=fixed"]),
     (["+trainer.gradient_clip_algorithm=norm"], ["trainer.gradient_clip_algorithm", "clipping"]),
     (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps = 0", "must be >= 1"]),
+    # an experiment's settings for the option it chose, after the command line chose another
+    (
+        ["experiment=shakespeare_char_cpu", "optimizer=rmsprop", "schedule=rsqrt"],
+        ["optimizer.beta2: unknown key", "of optimizer=adam / optimizer=nadam, not of the "
+         "chosen RMSProp", "drop it with ~optimizer.beta2", "with ~schedule.final_lr_fraction"],
+    ),  # fmt: skip
     # limits that end a run before max_train_steps (its schedule unfinished) or after it
     (["trainer.max_epochs=3"], ["trainer.max_epochs = 3", "before max_train_steps", "-1"]),
     (["+trainer.max_time=00:00:01:00"], ["trainer.max_time = '00:00:01:00'", "SIGTERM"]),
