@@ -128,9 +128,12 @@ def preconditioned_operator(
 
 
 # ---------------------------------------------------------------------- the rules
-def inverse_sqrt_preconditioner(optimizer: torch.optim.Optimizer) -> list[Tensor] | None:
-    """P^-1/2 for each parameter of ``optimizer`` (in its parameter order), for the
-    adaptive playbook rules; None for the others (or before the first update).
+def inverse_sqrt_preconditioner(
+    optimizer: torch.optim.Optimizer, params: Sequence[Tensor] | None = None
+) -> list[Tensor] | None:
+    """P^-1/2 for each of ``params`` (default: every parameter of ``optimizer``, in its
+    groups' order), for the adaptive playbook rules; None for the others, before the first
+    update, or when the optimizer does not update one of ``params``.
 
     * Adam / NAdam: the update is eta b_t m / (sqrt(v) + eps) with
       b_t = sqrt(1 - beta2^t) / (1 - beta1^t), i.e. eta m_hat / P with
@@ -139,7 +142,7 @@ def inverse_sqrt_preconditioner(optimizer: torch.optim.Optimizer) -> list[Tensor
     """
     from stablelab.optim.rules import Adam, RMSProp
 
-    out = []
+    by_param: dict[int, Tensor] = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = optimizer.state.get(p) or {}
@@ -153,8 +156,12 @@ def inverse_sqrt_preconditioner(optimizer: torch.optim.Optimizer) -> list[Tensor
                 P = (v + group["eps"]).sqrt()
             else:
                 return None
-            out.append(P.rsqrt())
-    return out
+            by_param[id(p)] = P.rsqrt()
+    if params is None:  # the optimizer's order (its groups one after the other)
+        return list(by_param.values())
+    if any(id(p) not in by_param for p in params):  # a parameter this optimizer does not update
+        return None
+    return [by_param[id(p)] for p in params]
 
 
 def thresholds(optimizer: torch.optim.Optimizer, lr: float) -> dict[str, float | None]:

@@ -192,3 +192,32 @@ def test_piece_gradient_norms_match_per_example_gradients():
     torch.testing.assert_close(torch.cat([g.reshape(-1) for g in grads]), want_big)
     with pytest.raises(ValueError, match="cannot be split"):
         piece_gradient_norms(objective, list(net.parameters()), x[:3], y[:3], 4)
+
+
+def test_the_preconditioner_follows_the_measured_parameters_order_with_weight_decay():
+    """With weight decay the rule holds two parameter groups (weights, then biases), not the
+    module's order (weight, bias, weight, bias): the preconditioned sharpness must pair each
+    parameter with its own P. Against a dense float64 reference: the top eigenvalue of
+    P^-1 H, with P built here from each parameter's own second moment (a GPT with weight
+    decay used to crash, a model whose shapes happened to line up would have been wrong)."""
+    net, x, y, loss_of = _net_and_loss()
+    params = list(net.parameters())
+    opt = Adam(params, lr=0.01, beta2=0.99, eps=1e-8, weight_decay=0.1)
+    assert [p.ndim for g in opt.param_groups for p in g["params"]] == [2, 2, 1, 1]
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    d = inverse_sqrt_preconditioner(opt, params)
+    assert [t.shape for t in d] == [p.shape for p in params]
+    P = torch.cat([
+        ((opt.state[p]["v"].sqrt() + 1e-8) / math.sqrt(1 - 0.99**3)).reshape(-1) for p in params
+    ])  # fmt: skip
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    H = torch.autograd.functional.hessian(loss_of, flat)
+    exact = torch.linalg.eigvals(torch.diag(1 / P) @ H).real.max().item()
+    loss = torch.nn.functional.cross_entropy(net(x), y)
+    got = top_eigenvalue(loss, params, iterations=60, precondition=d)
+    assert got == pytest.approx(exact, rel=1e-8)
+    # a parameter the optimizer does not update: no preconditioner to pair it with
+    assert inverse_sqrt_preconditioner(opt, [*params, torch.nn.Parameter(torch.ones(2))]) is None

@@ -95,7 +95,9 @@ class SharpnessMonitor(TelemetryCallback):
             _, objective = pl_module.loss_terms(pl_module(x), y)
             hvp = curvature.hessian_operator(objective, params)
             sharp = curvature.lanczos_top(hvp, params, self.iterations, self.seed)
-            d = curvature.inverse_sqrt_preconditioner(optimizer)
+            # (in the order of params: with weight decay the optimizer's two parameter
+            # groups list them in another order)
+            d = curvature.inverse_sqrt_preconditioner(optimizer, params)
             pre = None
             if self.preconditioned and d is not None:
                 op = curvature.preconditioned_operator(hvp, d)
