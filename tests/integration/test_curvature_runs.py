@@ -106,3 +106,26 @@ def test_the_instruments_and_skip_step_resume_exactly(tmp_path):
         assert (rb / name).read_bytes() == (rf / name).read_bytes(), name
     for key in ("skipped_step_list", "noise_scale", "sharpness_last", "val_loss"):
         assert resumed[key] == full[key], key
+
+
+def test_preconditioned_sharpness_of_a_gpt_with_weight_decay(tmp_path):
+    """The language model's Adam decays weights but not biases and gains: two parameter
+    groups in another order than the model's. The preconditioned sharpness is measured at
+    every point after the first update (it used to crash at the second), positive and
+    finite, with Adam's threshold (2 + 2 beta1) / ((1 - beta1) lr)."""
+    import math
+
+    lm = ["experiment=shakespeare_char_cpu", "model.n_layer=1", "model.n_embd=16",
+          "model.n_head=2", "max_train_steps=20", "schedule.warmup_steps=2",
+          "trainer.val_check_interval=20", "test=false", "logger=csv", "plots=false",
+          "print_config=false", "callbacks.progress_bar.refresh_rate=0",
+          "callbacks.dense_eval=null", "callbacks.sharpness.every_n_steps=10",
+          "callbacks.sharpness.probe_examples=8", "callbacks.sharpness.iterations=5"]  # fmt: skip
+    s = train(compose_cfg(lm, tmp_path / "gpt"))
+    assert s["status"] == "completed", s.get("error")
+    rows = list(csv.DictReader((tmp_path / "gpt" / "sharpness.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 10, 20]
+    for r in rows[1:]:
+        pre, lr = float(r["precond_sharpness"]), float(r["lr"])
+        assert math.isfinite(pre) and pre > 0
+        assert float(r["precond_threshold"]) == pytest.approx((2 + 2 * 0.9) / (0.1 * lr))
