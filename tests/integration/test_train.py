@@ -32,6 +32,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert _rows(r1) == _rows(r2)  # every logged value, bit for bit
     assert (s1["val_loss"], s1["test_acc"]) == (s2["val_loss"], s2["test_acc"])
     assert s3["val_loss"] != s1["val_loss"]  # the seed matters: the test can fail
+    assert s1["steps"] == 40 and "stopped_early" not in s1  # (a run of its full length)
 
 
 @pytest.mark.slow  # (tests/integration/test_faults.py resumes killed runs exactly in make test)
@@ -463,7 +464,8 @@ def test_an_evaluation_reports_its_own_validation_not_the_checkpoints_history(tm
 def test_a_callback_that_stops_training_early_is_named(tmp_path):
     """A callback of the user's (Lightning's EarlyStopping) ends fit before max_train_steps:
     the run is complete but its LR schedule is not, and the summary, the report and the
-    closing lines say where it stopped and why (a full-length run says nothing)."""
+    closing lines say where it stopped and why (a full-length run says nothing: see
+    test_same_seed_gives_identical_metrics)."""
     from stablelab.console import closing_lines
 
     es = ("+callbacks.early_stopping={_target_: lightning.pytorch.callbacks.EarlyStopping, "
@@ -477,5 +479,3 @@ def test_a_callback_that_stops_training_early_is_named(tmp_path):
     assert s["stopped_early"].startswith("EarlyStopping: Monitored metric val/loss did not")
     assert "stopped before max_train_steps" in (run / "report.md").read_text()
     assert any("stopped at step 20 of 40" in x for x in closing_lines(s, run, None))
-    full, _ = _train(tmp_path, "full", args)
-    assert full["steps"] == 40 and "stopped_early" not in full
