@@ -155,11 +155,15 @@ def _refused_jobs(config: DictConfig, jobs: list[list[str]]) -> dict[tuple[str, 
             configs[i] = cfg
         except Exception:  # noqa: BLE001 - left to the job's own run, which reports it
             continue
+    import warnings
+
     refused: dict[tuple[str, ...], list[int]] = {}
     for fast_only in (True, False):
         for i, cfg in configs.items():
             try:
-                validate(cfg, fast_only=fast_only)
+                with warnings.catch_warnings():  # (each job warns once, when it runs)
+                    warnings.simplefilter("ignore")
+                    validate(cfg, fast_only=fast_only)
             except ConfigError as e:
                 refused.setdefault(tuple(e.problems), []).append(i)
             except Exception:  # noqa: BLE001 - anything else: the job's run reports it
