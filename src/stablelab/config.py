@@ -790,10 +790,24 @@ def _half_precision_problems(plain: dict[str, Any]) -> list[str]:
     ]
 
 
+def _no_training_problems(plain: dict[str, Any]) -> list[str]:
+    """trainer.limit_train_batches = 0 (or 0.0) trains nothing: a run with train=true would
+    end "completed" at step 0 of max_train_steps."""
+    v = (plain.get("trainer") or {}).get("limit_train_batches")
+    if not plain.get("train", True) or isinstance(v, bool) or v != 0:
+        return []
+    return [
+        f"trainer.limit_train_batches = {_fmt(v)}: trains nothing, and the run would end "
+        "at step 0 of max_train_steps; to evaluate a checkpoint without training use "
+        "train=false ckpt_path=<checkpoint> (or stablelab eval <checkpoint>)"
+    ]
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
     trainer_problems = (
         _trainer_problems(plain.get("trainer") or {})
+        + _no_training_problems(plain)
         + _skip_problems(plain)
         + _rollback_problems(plain)
         + _half_precision_problems(plain)

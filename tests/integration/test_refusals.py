@@ -113,6 +113,8 @@ CASES = [
     (["trainer.max_epochs=3"], ["trainer.max_epochs = 3", "before max_train_steps", "-1"]),
     (["+trainer.max_time=00:00:01:00"], ["trainer.max_time = '00:00:01:00'", "SIGTERM"]),
     (["+trainer.min_steps=2000"], ["trainer.min_steps = 2000", "past max_train_steps"]),
+    (["+trainer.limit_train_batches=0"], ["trainer.limit_train_batches = 0", "trains nothing",
+                                          "train=false ckpt_path="]),  # fmt: skip
     (
         ["trainer=fsdp_cpu", "callbacks.sharpness.every_n_steps=10"],
         ["callbacks.sharpness.every_n_steps = 10", "Hessian-vector", "FSDP2Strategy"],
