@@ -39,8 +39,9 @@ def sweep_group(task_name: str = "train") -> str | None:
 
 
 def wandb_defaults(plain: dict[str, Any]) -> None:
-    """W&B tags name the run's choices (optimizer, schedule, clipping, residual layout) and
-    trials of a sweep share a ``group`` unless the config sets one."""
+    """W&B tags name the run's choices (optimizer, schedule, clipping, residual layout),
+    trials of a sweep share a ``group`` unless the config sets one, and a workflow's trial
+    is named after its folder unless ``run_name`` is set."""
     wb = (plain.get("logger") or {}).get("wandb")
     if not wb:
         return
@@ -56,6 +57,12 @@ def wandb_defaults(plain: dict[str, Any]) -> None:
     wb["tags"] = list(dict.fromkeys([*(wb.get("tags") or []), *auto]))
     if wb.get("group") is None:
         wb["group"] = sweep_group(plain.get("task_name", "train"))
+    if wb.get("name") is None and os.environ.get("STABLELAB_SWEEP_GROUP"):
+        # a trial of a `stablelab` workflow: its folder's name (lr_0.001, warmup_100,
+        # probe_lr_0.02) reads better in the group than a random one
+        out = (plain.get("paths") or {}).get("output_dir")
+        if out:
+            wb["name"] = Path(str(out)).name
 
 
 def connect_trackers(trainer) -> None:

@@ -47,3 +47,27 @@ def test_reader_returns_what_was_logged_and_knows_an_unfinished_log(tmp_path):
     copy = tmp_path / "copy.wandb"
     shutil.copyfile(log_file, copy)
     assert wandb_offline.wait_closed(copy, timeout=0.1)
+
+
+def test_a_workflow_trial_is_named_after_its_folder_in_wandb(monkeypatch):
+    """Trials of a `stablelab` workflow (STABLELAB_SWEEP_GROUP set) share a group and take
+    their folder's name (lr_0.001) instead of a random one; a run_name of the user's is
+    kept; outside a workflow the name stays unset (W&B picks one)."""
+    from stablelab.tracking import wandb_defaults
+
+    def plain(name=None):
+        return {"paths": {"output_dir": "/runs/lr_sweep/lr_0.001"},
+                "logger": {"wandb": {"name": name, "group": None}}}  # fmt: skip
+
+    monkeypatch.setenv("STABLELAB_SWEEP_GROUP", "diagnose/lr_sweep")
+    p = plain()
+    wandb_defaults(p)
+    assert p["logger"]["wandb"]["name"] == "lr_0.001"
+    assert p["logger"]["wandb"]["group"] == "diagnose/lr_sweep"
+    p = plain("mine")
+    wandb_defaults(p)
+    assert p["logger"]["wandb"]["name"] == "mine"
+    monkeypatch.delenv("STABLELAB_SWEEP_GROUP")
+    p = plain()
+    wandb_defaults(p)
+    assert p["logger"]["wandb"]["name"] is None
