@@ -53,7 +53,8 @@ def build(plain: dict[str, Any]):
         # in place: the parameters, their names and the checkpoints stay the same
         module.model.compile()
     schedule = module.build_schedule()
-    schedule.warn_if_long_warmup()
+    if plain.get("train", True):  # (an evaluation trains on no schedule: nothing to advise)
+        schedule.warn_if_long_warmup()
     history = EvalHistory()
     callbacks = [instantiate(c) for c in (plain["callbacks"] or {}).values() if c]
     # an interruption is checkpointed before the other callbacks react to it (telemetry

@@ -318,3 +318,28 @@ def test_recall_transformer_learns_the_task(tmp_path):
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["steps"] == 1000 and s["test_acc"] >= 0.99
     assert "warning: warmup_steps=" not in proc.stderr  # its warmup within the playbook's 5%
+
+
+def test_eval_gives_no_training_advice(tmp_path, capsys):
+    """A run trained with a warmup above 5% of its steps gets the playbook's advice to
+    lengthen it; evaluating its checkpoint trains nothing, so `stablelab eval` says nothing
+    about the warmup."""
+    from conftest import compose_cfg
+    from stablelab.cli import main as cli_main
+    from stablelab.train import train
+
+    run = tmp_path / "run"
+    args = ["experiment=digits_mlp", "max_train_steps=10", "schedule.warmup_steps=2",
+            "trainer.val_check_interval=10", "logger=csv", "plots=false", "print_config=false",
+            "callbacks.progress_bar.refresh_rate=0"]  # fmt: skip
+    with pytest.warns(UserWarning, match="warmup_steps=2 is 20%"):
+        train(compose_cfg(args, run))
+    capsys.readouterr()
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main(["eval", ckpt, "logger=csv", "--out", str(tmp_path / "e")]) == 0
+    said = [str(w.message) for w in caught] + capsys.readouterr().err.splitlines()
+    assert not [x for x in said if "warmup_steps=2" in x], said
