@@ -66,8 +66,10 @@ def probe(
     lr: float, out_dir: str | Path, opts: TrialOptions | None = None, *, steps: int = 500
 ) -> dict[str, Any]:
     """The playbook's check for early instability: a short run at ``lr`` (2 x lr*) that
-    evaluates after every step. Returns the trial's summary plus its reading."""
+    evaluates after every step. Returns the trial's summary plus its reading, whose advice
+    (the warmup cap) is for the configured run's length, not the probe's."""
     from stablelab.analysis.report import findings_for
+    from stablelab.config import checked
 
     name = f"probe_{lr_name(lr)}"
     args = [
@@ -77,13 +79,14 @@ def probe(
         "test=false",
     ]
     opts = opts or TrialOptions()
+    run_steps = int(checked(opts.overrides)["max_train_steps"])  # (the run it stands in for)
     devices = opts.devices[:1] if opts.devices else None
     (r,) = opts.trials([Trial(name, args)], out_dir, "probe", jobs=1, devices=devices)
     from stablelab.analysis.runs import has_summary
 
     if not has_summary(r["run_dir"]):
         return {"run_dir": r["run_dir"], "status": "failed", "findings": []}
-    summary, findings = findings_for(r["run_dir"])
+    summary, findings = findings_for(r["run_dir"], advise_for_steps=run_steps)
     from stablelab.policy import EARLY_FRACTION
 
     early = summary.get("first_instability_step")

@@ -215,3 +215,21 @@ def test_the_diagnosis_says_whose_clip_threshold_the_probe_findings_quote(tmp_pa
     assert "**0.5331**" in text.split("## 4. Clip threshold")[1]
     probe["findings"] = probe["findings"][1:]
     assert note not in render_diagnosis(result, tmp_path)
+
+
+def test_a_probes_advice_is_for_the_run_it_stands_in_for(tmp_path):
+    """The probe trains 500 steps at 2 x lr* for a longer run: its warmup advice names 10%
+    of that run's length (advise_for_steps), not of the probe's own."""
+    import json
+
+    import yaml
+
+    from stablelab.analysis.report import findings_for
+
+    s = {**STABLE, "status": "completed", "unstable": True, "first_instability_step": 3}
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CFG))  # max_train_steps 1000
+    _, own = findings_for(tmp_path)
+    _, longer = findings_for(tmp_path, advise_for_steps=15000)
+    assert "(here 100)" in {f.key: f for f in own}["warmup"].fix
+    assert "(here 1500)" in {f.key: f for f in longer}["warmup"].fix

@@ -103,13 +103,21 @@ def _events(*tables: list[dict[str, str]], summary: dict[str, Any]) -> list[tupl
     return events
 
 
-def findings_for(run_dir: str | Path) -> tuple[dict[str, Any], list[Finding]]:
-    """A run directory's summary and the reading of it."""
+def findings_for(
+    run_dir: str | Path, advise_for_steps: int | None = None
+) -> tuple[dict[str, Any], list[Finding]]:
+    """A run directory's summary and the reading of it. ``advise_for_steps``: the length of
+    the run the advice is for, when that is not this run (the probe's 500 steps stand in
+    for a longer training run, whose warmup cap is 10% of its own length)."""
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     tables = _csv(run_dir / "stability.csv"), _csv(run_dir / "dense_eval.csv")
     events = _events(*tables, summary=summary)
-    return summary, reading(summary, load_config(run_dir), events)
+    cfg = load_config(run_dir)
+    if advise_for_steps:
+        sched = {**(cfg.get("schedule") or {}), "max_train_steps": int(advise_for_steps)}
+        cfg = {**cfg, "schedule": sched}
+    return summary, reading(summary, cfg, events)
 
 
 def write_report(run_dir: str | Path, figures: bool = True) -> Path:
