@@ -148,6 +148,8 @@ def closing_lines(
             test += f", accuracy {summary['test_acc']:.1%}"
         if summary.get("heldout_loss") is not None:
             test += f"; held-out loss {_num(summary['heldout_loss'])}"
+        if summary.get("tested_weights") == "final":
+            test += " (the final weights: no checkpoint callback kept the best)"
         lines.append(test + _subset(summary, "test"))
     if summary.get("stopped_early"):
         lines.append(

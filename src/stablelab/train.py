@@ -67,7 +67,7 @@ def build(plain: dict[str, Any]):
 
 
 def _trainer(plain: dict[str, Any], callbacks: list, loggers: list, max_steps: int):
-    from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 
     from stablelab.config import instantiate
 
@@ -77,6 +77,11 @@ def _trainer(plain: dict[str, Any], callbacks: list, loggers: list, max_steps: i
     ):  # no RunProgress (callbacks=none, callbacks.progress_bar=null): no bar, rather than
         # Lightning's own, which counts epochs of a run measured in steps ("Epoch 0/-2")
         extra["enable_progress_bar"] = False
+    if "enable_checkpointing" not in plain["trainer"] and not any(
+        isinstance(c, ModelCheckpoint) for c in callbacks
+    ):  # no model_checkpoint: none, rather than Lightning's own, which keeps each epoch's
+        # end as "best" (the test then ran on it beside the best validation of another step)
+        extra["enable_checkpointing"] = False
     trainer = instantiate(
         plain["trainer"], callbacks=callbacks, logger=loggers or False, max_steps=max_steps,
         **extra,
@@ -199,6 +204,7 @@ class _Outcome:
     diverged: Any = None  # the TrainingDiverged that stopped fit
     interrupted: dict[str, Any] | None = None
     trainer: Any = None  # the Trainer that ran last (a rollback refits in a fresh one)
+    tested_final: bool = False  # the test ran on the final weights, not a best checkpoint
 
 
 def _quiet_libraries() -> None:
@@ -403,6 +409,7 @@ def _fit_and_test(plain, trainer, module, datamodule, ckpt, history, out: _Outco
             out.fit_reports = summary_mod.callback_reports(trainer, history)
         ckpt_cb = trainer.checkpoint_callback
         test_ckpt = (getattr(ckpt_cb, "best_model_path", "") if ckpt_cb else "") or None
+        out.tested_final = test_ckpt is None  # (no checkpoint kept the best: these weights)
     else:  # evaluate a checkpoint (or, without one, the initial weights)
         if ckpt is None:
             log.warning("stablelab: train=false without ckpt_path: evaluating the initial weights")
@@ -523,6 +530,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
     )
     if plain["train"]:
         summary.update(reports)
+        if out.tested_final and summary["test_loss"] is not None:
+            summary["tested_weights"] = "final"  # no checkpoint callback kept the best
         if summary["status"] == "completed" and trainer.global_step < summary["total_steps"]:
             summary["stopped_early"] = _stopped_early(trainer)
     else:  # an evaluation: the checkpoint's step; no training to report on (the

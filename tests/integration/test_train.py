@@ -479,3 +479,26 @@ def test_a_callback_that_stops_training_early_is_named(tmp_path):
     assert s["stopped_early"].startswith("EarlyStopping: Monitored metric val/loss did not")
     assert "stopped before max_train_steps" in (run / "report.md").read_text()
     assert any("stopped at step 20 of 40" in x for x in closing_lines(s, run, None))
+
+
+def test_without_a_checkpoint_callback_the_test_is_on_the_final_weights_and_says_so(tmp_path):
+    """callbacks.model_checkpoint=null: no checkpoints (Lightning's own callback would keep
+    each epoch's end and call it best), the test runs on the final weights and the summary,
+    report and closing lines say so. Reference: the same run with checkpoints validated only
+    at its last step, whose best checkpoint is the final weights: the same test numbers."""
+    from stablelab.console import closing_lines
+
+    args = ["experiment=digits_mlp", "max_train_steps=20", "trainer.val_check_interval=20",
+            "schedule.warmup_steps=0", "callbacks.dense_eval.every_step_until=0"]  # fmt: skip
+    s, run = _train(tmp_path, "none", [*args, "callbacks.model_checkpoint=null"])
+    ref, ref_run = _train(tmp_path, "ref", args)
+    assert not (run / "checkpoints").exists() and s["best_checkpoint"] is None
+    assert s["tested_weights"] == "final" and "tested_weights" not in ref
+    assert ref["best_step"] == 20 and (s["test_loss"], s["test_acc"]) == (
+        ref["test_loss"], ref["test_acc"]
+    )  # fmt: skip
+    assert (
+        "the final weights (no checkpoint callback kept the best)"
+        in (run / "report.md").read_text()
+    )
+    assert any("(the final weights:" in x for x in closing_lines(s, run, None))

@@ -245,6 +245,12 @@ def render(
             several("val_loss", "best_step"),
         ),
         ("test accuracy", summary.get("test_acc")),
+        (
+            "tested on",
+            "the final weights (no checkpoint callback kept the best)"
+            if summary.get("tested_weights") == "final"
+            else None,
+        ),
         ("evaluated on part of a split (batches of)", _subset_text(summary)),
         ("resumed from", resumed_text(summary)),
         (
