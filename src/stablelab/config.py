@@ -803,11 +803,47 @@ def _no_training_problems(plain: dict[str, Any]) -> list[str]:
     ]
 
 
+# What the best checkpoint may be ranked by: the validation metrics every run logs (the
+# loss in bits per character: language models only), each with the mode that ranks it.
+MONITORS = {"val/loss": "min", "val/acc": "max", "val/bpc": "min"}
+
+
+def _checkpoint_monitor_problems(plain: dict[str, Any]) -> list[str]:
+    """The checkpoint callback ranks the validations by ``monitor`` in ``mode``; the best
+    one is tested and summarised. A metric no validation logs fails only at the first
+    validation, after training started; a mode against the metric keeps the worst model
+    as "best" (the lowest accuracy) and tests it."""
+    mc = (plain.get("callbacks") or {}).get("model_checkpoint")
+    if not isinstance(mc, dict) or not str(mc.get("_target_", "")).endswith("ModelCheckpoint"):
+        return []
+    key = "callbacks.model_checkpoint"
+    monitor, mode = mc.get("monitor"), mc.get("mode", "min")
+    target = str((plain.get("data") or {}).get("_target_", ""))
+    text = target.endswith("CharTextDataModule") or not target.startswith("stablelab.")
+    allowed = [m for m in MONITORS if m != "val/bpc" or text]
+    if monitor not in allowed:
+        return [
+            f"{key}.monitor = {'null' if monitor is None else _fmt(monitor)}: the best "
+            "checkpoint (tested and summarised) is ranked by a validation metric: one of "
+            + ", ".join(allowed)
+            + (" (val/bpc: language models)" if "val/bpc" not in allowed else "")
+            + f"; for no checkpoint (the test on the final weights): {key}=null"
+        ]
+    if mode != MONITORS[monitor]:
+        return [
+            f"{key}.mode = {_fmt(mode)} with monitor = {monitor!r}: would keep the "
+            f"{'lowest' if MONITORS[monitor] == 'max' else 'highest'} as the best checkpoint "
+            f"and test it; use {key}.mode={MONITORS[monitor]}"
+        ]
+    return []
+
+
 def _cross_group_problems(plain: dict[str, Any]) -> list[str]:
     """Rules that span groups."""
     trainer_problems = (
         _trainer_problems(plain.get("trainer") or {})
         + _no_training_problems(plain)
+        + _checkpoint_monitor_problems(plain)
         + _skip_problems(plain)
         + _rollback_problems(plain)
         + _half_precision_problems(plain)

@@ -154,6 +154,9 @@ def closing_lines(
         best = f"  {what} {_num(summary['val_loss'])}"
         if summary.get("val_acc") is not None:
             best += f", accuracy {summary['val_acc']:.1%}"
+        if summary.get("best_by") == "val/acc" and summary.get("val_acc") is not None:
+            best = (f"  best val accuracy {summary['val_acc']:.1%} (loss "
+                    f"{_num(summary['val_loss'])})")  # fmt: skip
         lines.append(best + f" at step {summary.get('best_step')}" + _subset(summary, "val"))
     if summary.get("test_loss") is not None:
         lines.append(_test_line(summary))

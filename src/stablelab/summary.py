@@ -87,7 +87,9 @@ def callback_reports(trainer, history) -> dict[str, Any]:
     for cb in trainer.callbacks:
         if callable(getattr(cb, "summary", None)):
             out.update(cb.summary())
-    return {**out, "_best": history.best(), "_evaluations": len(history.records)}
+    ckpt = trainer.checkpoint_callback  # its best is the tested one: the same ranking
+    monitor = getattr(ckpt, "monitor", None) if ckpt is not None else None
+    return {**out, "_best": history.best(monitor), "_evaluations": len(history.records)}
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:

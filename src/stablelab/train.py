@@ -532,6 +532,8 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
         summary.update(reports)
         if out.tested_final and summary["test_loss"] is not None:
             summary["tested_weights"] = "final"  # no checkpoint callback kept the best
+        if getattr(trainer.checkpoint_callback, "monitor", None) == "val/acc":
+            summary["best_by"] = "val/acc"  # the best (and tested) evaluation: by accuracy
         if summary["status"] == "completed" and trainer.global_step < summary["total_steps"]:
             summary["stopped_early"] = _stopped_early(trainer)
     else:  # an evaluation: the checkpoint's step; no training to report on (the

@@ -115,6 +115,11 @@ CASES = [
     (["+trainer.min_steps=2000"], ["trainer.min_steps = 2000", "past max_train_steps"]),
     (["+trainer.limit_train_batches=0"], ["trainer.limit_train_batches = 0", "trains nothing",
                                           "train=false ckpt_path="]),  # fmt: skip
+    # a best checkpoint ranked the wrong way, or by a metric no validation logs
+    (["callbacks.model_checkpoint.monitor=val/acc"],
+     ["callbacks.model_checkpoint.mode = 'min' with monitor = 'val/acc'", "mode=max"]),
+    (["callbacks.model_checkpoint.monitor=val/accuracy"],
+     ["monitor = 'val/accuracy'", "one of val/loss, val/acc"]),  # fmt: skip
     (
         ["trainer=fsdp_cpu", "callbacks.sharpness.every_n_steps=10"],
         ["callbacks.sharpness.every_n_steps = 10", "Hessian-vector", "FSDP2Strategy"],

@@ -502,3 +502,25 @@ def test_without_a_checkpoint_callback_the_test_is_on_the_final_weights_and_says
         in (run / "report.md").read_text()
     )
     assert any("(the final weights:" in x for x in closing_lines(s, run, None))
+
+
+def test_a_best_checkpoint_ranked_by_accuracy_is_the_one_summarised_and_tested(tmp_path):
+    """callbacks.model_checkpoint.monitor=val/acc, mode=max: the summary's best step is the
+    validation with the highest accuracy in evals.csv (the first of equals), its loss that
+    validation's, the tested checkpoint that step's; the closing lines say 'best val
+    accuracy'."""
+    import csv as _csv
+
+    from stablelab.console import closing_lines
+
+    args = ["experiment=digits_mlp", "max_train_steps=60", "trainer.val_check_interval=20",
+            "schedule.warmup_steps=0", "callbacks.dense_eval.every_step_until=0",
+            "callbacks.model_checkpoint.monitor=val/acc",
+            "callbacks.model_checkpoint.mode=max"]  # fmt: skip
+    s, run = _train(tmp_path, "acc", args)
+    rows = list(_csv.DictReader((run / "evals.csv").open()))
+    best = max(rows, key=lambda r: float(r["val_acc"]))  # (max: the first of equals)
+    assert s["best_by"] == "val/acc" and s["best_step"] == int(best["step"])
+    assert s["val_acc"] == float(best["val_acc"]) and s["val_loss"] == float(best["val_loss"])
+    assert Path(s["best_checkpoint"]).name == f"best-step{int(best['step']):06d}.ckpt"
+    assert any(x.startswith("  best val accuracy ") for x in closing_lines(s, run, None))

@@ -241,6 +241,8 @@ def render(
         (
             "val loss (at step)"
             if summary.get("evaluated_checkpoint")
+            else "val loss at the best val accuracy (at step)"
+            if summary.get("best_by") == "val/acc"
             else "best val loss (at step)",
             several("val_loss", "best_step"),
         ),

@@ -46,10 +46,17 @@ class EvalHistory(L.Callback):
         write = self.write and trainer.is_global_zero
         self.csv.add(Path(trainer.default_root_dir), [rec], write=write)
 
-    def best(self) -> dict[str, Any] | None:
-        """The evaluation with the lowest finite validation loss (None if none is finite)."""
-        finite = [r for r in self.records if math.isfinite(r["val_loss"])]
-        return min(finite, key=lambda r: r["val_loss"]) if finite else None
+    def best(self, monitor: str | None = "val/loss") -> dict[str, Any] | None:
+        """The best evaluation as the checkpoint callback's ``monitor`` ranks them: the
+        highest finite accuracy for ``val/acc``, else the lowest finite validation loss
+        (``val/bpc`` is the loss in bits: the same order); the first of equals. None if
+        none is finite."""
+        key = "val_acc" if monitor == "val/acc" else "val_loss"
+        finite = [r for r in self.records if r[key] is not None and math.isfinite(r[key])]
+        if not finite:
+            return None
+        pick = max if key == "val_acc" else min
+        return pick(finite, key=lambda r: r[key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"csv": self.csv.state_dict()}
