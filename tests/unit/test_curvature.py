@@ -221,3 +221,31 @@ def test_the_preconditioner_follows_the_measured_parameters_order_with_weight_de
     assert got == pytest.approx(exact, rel=1e-8)
     # a parameter the optimizer does not update: no preconditioner to pair it with
     assert inverse_sqrt_preconditioner(opt, [*params, torch.nn.Parameter(torch.ones(2))]) is None
+
+
+def test_a_model_compiled_in_place_is_measured_eagerly():
+    """compile=true compiles the model in place (nn.Module.compile), whose backward has no
+    double backward; the sharpness callback runs it eagerly (_eager): no compilation, and
+    the Hessian-vector product is an uncompiled copy's, exactly. Afterwards the module is
+    still the compiled one."""
+    import copy
+
+    from stablelab.callbacks.curvature import _eager
+    from stablelab.curvature import hessian_operator
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1))
+    ref = copy.deepcopy(net)
+    net.compile()
+    x = torch.randn(8, 4)
+    v = [torch.randn_like(p) for p in net.parameters()]
+
+    def hvp(m):
+        loss = m(x).pow(2).mean()
+        return hessian_operator(loss, list(m.parameters()))(v)
+
+    with _eager(net):
+        got = hvp(net)
+    for a, b in zip(got, hvp(ref), strict=True):
+        assert torch.equal(a, b)
+    assert net._compiled_call_impl is not None  # (compiled again outside)

@@ -30,6 +30,7 @@ well above it wastes examples (the playbook's batch-size question).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Annotated, Any
@@ -176,11 +177,34 @@ def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+@contextlib.contextmanager
+def _eager(module):
+    """A model compiled in place (``compile=true``: ``nn.Module.compile``) run eagerly: the
+    compiled backward has no double backward (its donated buffers forbid create_graph),
+    which Hessian-vector products need. ``torch.compiler.set_stance("force_eager")`` where
+    torch has it (>= 2.6), else the modules' compiled call set aside for the duration."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    if stance is not None:
+        with stance("force_eager"):
+            yield
+        return
+    compiled = [(m, m._compiled_call_impl) for m in module.modules()
+                if getattr(m, "_compiled_call_impl", None) is not None]  # fmt: skip
+    for m, _ in compiled:
+        m._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        for m, call in compiled:
+            m._compiled_call_impl = call
+
+
 class _Frozen:
     """The module in training mode with a fixed dropout mask (the training run's random
     generator untouched) and its normalisation statistics restored afterwards; attention
     through the math kernel of scaled_dot_product_attention (the fused CPU and GPU
-    kernels have no double backward, which Hessian-vector products need)."""
+    kernels have no double backward, which Hessian-vector products need), and a compiled
+    model run eagerly (:func:`_eager`, for the same reason)."""
 
     def __init__(self, pl_module, seed: int) -> None:
         self.m, self.seed = pl_module, seed
@@ -199,10 +223,13 @@ class _Frozen:
 
         self.kernel = sdpa_kernel(SDPBackend.MATH)
         self.kernel.__enter__()
+        self.eager = _eager(m)
+        self.eager.__enter__()
         m.train()
         return m
 
     def __exit__(self, *exc):
+        self.eager.__exit__(*exc)
         self.kernel.__exit__(*exc)
         self.grad.__exit__(*exc)
         self.rng.__exit__(*exc)
