@@ -135,7 +135,7 @@ def _test_line(summary: dict[str, Any]) -> str:
     if summary.get("heldout_loss") is not None:
         test += f"; held-out loss {_num(summary['heldout_loss'])}"
     if summary.get("tested_weights") == "final":
-        test += " (the final weights: no checkpoint callback kept the best)"
+        test += " (the final weights: no best checkpoint was kept)"
     return test + _subset(summary, "test")
 
 

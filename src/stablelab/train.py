@@ -531,7 +531,7 @@ def _close_summary(summary, plain, trainer, module, datamodule, ckpt, history, o
     if plain["train"]:
         summary.update(reports)
         if out.tested_final and summary["test_loss"] is not None:
-            summary["tested_weights"] = "final"  # no checkpoint callback kept the best
+            summary["tested_weights"] = "final"  # no best checkpoint was kept
         if getattr(trainer.checkpoint_callback, "monitor", None) == "val/acc":
             summary["best_by"] = "val/acc"  # the best (and tested) evaluation: by accuracy
         if summary["status"] == "completed" and trainer.global_step < summary["total_steps"]:

@@ -249,7 +249,7 @@ def render(
         ("test accuracy", summary.get("test_acc")),
         (
             "tested on",
-            "the final weights (no checkpoint callback kept the best)"
+            "the final weights (no best checkpoint was kept)"
             if summary.get("tested_weights") == "final"
             else None,
         ),
