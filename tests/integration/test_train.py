@@ -497,10 +497,7 @@ def test_without_a_checkpoint_callback_the_test_is_on_the_final_weights_and_says
     assert ref["best_step"] == 20 and (s["test_loss"], s["test_acc"]) == (
         ref["test_loss"], ref["test_acc"]
     )  # fmt: skip
-    assert (
-        "the final weights (no best checkpoint was kept)"
-        in (run / "report.md").read_text()
-    )
+    assert "the final weights (no best checkpoint was kept)" in (run / "report.md").read_text()
     assert any("(the final weights:" in x for x in closing_lines(s, run, None))
 
 
