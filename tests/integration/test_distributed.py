@@ -343,6 +343,7 @@ def test_two_node_torchrun_as_the_readme_launches_it(tmp_path, runs):
     np.testing.assert_allclose(_col(run, "grad_norm"), _col(one, "grad_norm")[:20], rtol=1e-6)
 
 
+@pytest.mark.slow  # (make test: FSDP's norm, clipping and resume in the test above)
 def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
     """Adam under fsdp_cpu keeps m and v as DTensor shards; the gathered checkpoint after
     two updates must hold the moments of the full gradient, as one process with the same
@@ -372,6 +373,7 @@ def test_fsdp_adam_state_is_the_full_gradients_moments(tmp_path):
             assert (x - ref).abs().max() <= 1e-3 * ref.abs().max() + 1e-30, (i, key)
 
 
+@pytest.mark.slow  # (make test: FSDP's norm, clipping and resume in the test above)
 def test_agc_and_update_ratios_under_fsdp_match_one_process(tmp_path):
     """AGC with FSDP2 shards: each rank holds whole rows (dim-0 shards), so per-row norms
     are its own; a vector's norm (biases, norm gains) is reduced over the ranks. Reference:

@@ -52,18 +52,20 @@ def test_the_bar_on_a_terminal_and_nothing_at_refresh_rate_zero(tmp_path, capfd)
     assert "train:" not in err and "step 30/30" not in err and "trained to step" not in err
 
 
-def test_without_stablelabs_progress_callback_no_epoch_bar_appears(tmp_path):
-    """callbacks.progress_bar=null (or callbacks=none) leaves no progress callback: Lightning
-    would add its own bar, counting epochs of a run measured in steps ("Epoch 0/-2"); the
-    trainer gets none instead, unless trainer.enable_progress_bar is set. (A subprocess:
-    Lightning's bar prints into a pipe, not into pytest's capture.)"""
-    from conftest import run_cli
+def test_without_stablelabs_callbacks_lightning_adds_no_bar_and_no_checkpoint(tmp_path):
+    """callbacks.progress_bar=null / model_checkpoint=null (or callbacks=none): Lightning would
+    add its own bar, counting epochs of a run measured in steps ("Epoch 0/-2"), and its own
+    checkpoint, keeping each epoch's end as "best"; the trainer gets neither (Lightning's
+    attributes say so), unless trainer.enable_progress_bar / enable_checkpointing is set."""
+    from stablelab.config import validate
+    from stablelab.train import _trainer
 
-    args = [*TINY, "max_train_steps=30", "callbacks.progress_bar=null", "print_config=false"]
-    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Epoch" not in proc.stdout + proc.stderr
-    proc = run_cli([*args, "+trainer.enable_progress_bar=true",
-                    f"hydra.run.dir={tmp_path / 'asked'}"], tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Epoch" in proc.stdout + proc.stderr  # (Lightning's bar, as asked)
+    def trainer(extra):
+        args = ["experiment=digits_mlp", "logger=csv", "callbacks=none", *extra]
+        plain = validate(compose_cfg(args, tmp_path / "run"))
+        return _trainer(plain, [], [], 10)
+
+    t = trainer([])
+    assert t.progress_bar_callback is None and t.checkpoint_callback is None
+    t = trainer(["+trainer.enable_progress_bar=true", "+trainer.enable_checkpointing=true"])
+    assert t.progress_bar_callback is not None and t.checkpoint_callback is not None

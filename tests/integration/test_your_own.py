@@ -349,6 +349,7 @@ def test_python_api_two_runs_in_one_process_match_the_cli(tmp_path, monkeypatch)
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.slow  # (make test: test_search_direction_must_match_the_metric)
 def test_optuna_search_counts_diverged_trials_as_infeasible(tmp_path):
     """Three seeded TPE trials over LR {0.003, 1000} with SGD: the LR-1000 trials diverge
     and return +inf (the search goes on); the best is the feasible trial, whose value is
