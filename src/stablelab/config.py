@@ -431,14 +431,7 @@ def _stablelab_keys_hint(key: str, group: str, unknown: list[str]) -> list[str]:
     # two or more: one stray key is more likely a typo of your own (did you mean ...)
     if len(unknown) < 2 or key != group:  # (not the entries of a bundle such as callbacks)
         return []
-    owners = []
-    for option in group_options(group):
-        try:
-            keys = set(OmegaConf.load(config_dir() / group / f"{option}.yaml"))
-        except Exception:  # noqa: BLE001 - no hint from an unreadable file
-            continue
-        if set(unknown) <= keys:
-            owners.append(f"{group}={option}")
+    owners = [f"{group}={o}" for o, keys in _option_keys(group).items() if set(unknown) <= keys]
     if not owners:
         return []
     drop = " ".join(f"~{key}.{k}" for k in unknown)
@@ -565,12 +558,7 @@ def _entry_names(group: str) -> set[str]:
     """The names of the entries stablelab's options of a multi-entry group define
     (``dense_eval``, ``lm_monitor``, ... for ``callbacks``; ``csv``, ``wandb``, ... for
     ``logger``)."""
-    names: set[str] = set()
-    for path in sorted((config_dir() / group).glob("*.yaml")):
-        loaded = OmegaConf.load(path)
-        if isinstance(loaded, DictConfig):
-            names.update(str(k) for k in loaded if k != "defaults")
-    return names
+    return set().union(*_option_keys(group).values()) - {"defaults"}
 
 
 def _drop_settings_of_switched_off_entries(plain: dict[str, Any]) -> None:
