@@ -355,3 +355,37 @@ class DivergeAt(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.on_train_batch_end(trainer, pl_module, None, None, 0)
+
+
+class OverflowScaler(L.Callback):
+    """Under a float16 GradScaler: before each of ``steps`` set the loss scale so high
+    that the float16 backward overflows (as the scaler's own periodic growth makes a long
+    real run do), with a back-off that returns it to ``scale_after`` in one step. Records,
+    independently of stablelab, the steps whose update the scaler skipped (its scale fell)
+    in ``skipped`` and whether the weights were left as they were (``unchanged``)."""
+
+    def __init__(self, steps=(), scale_after: float = 1024.0) -> None:
+        self.steps = {int(s) for s in steps}
+        self.scale_after = scale_after
+        self.skipped: list[int] = []
+        self.unchanged: list[bool] = []
+        self._before: tuple[int, float, list[torch.Tensor]] | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        scaler = trainer.precision_plugin.scaler
+        step = int(trainer.global_step)
+        if step in self.steps:
+            scaler.update(1e30)  # the next backward overflows float16
+            scaler._backoff_factor = self.scale_after / 1e30
+        params = [p.detach().clone() for p in pl_module.parameters()]
+        self._before = (step, scaler.get_scale(), params)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        scaler = trainer.precision_plugin.scaler
+        assert self._before is not None
+        step, scale, params = self._before
+        scaler._backoff_factor = 0.5
+        if scaler.get_scale() < scale:
+            self.skipped.append(step)
+            now = list(pl_module.parameters())
+            self.unchanged.append(all(torch.equal(a, b) for a, b in zip(params, now, strict=True)))

@@ -374,14 +374,19 @@ class StableModule(L.LightningModule):
         if self._named_params is None:  # walking the module tree each step costs ~60 us
             self._named_params = list(self.named_parameters())
         stats = self.clipper(self._named_params)
-        skip = None
+        skip = overflow = None
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            # float16 AMP: non-finite gradients are the GradScaler's overflow (it skips the
+            # step and halves its scale), told apart from divergence by the guard
+            overflow = ~torch.isfinite(stats.grad_norm)
         if skipper is not None:  # a spike's update is computed, then undone, on the device
             if skipper.reduce_loss is None and self.trainer.world_size > 1:
                 skipper.reduce_loss = lambda t: self.trainer.strategy.reduce(t, reduce_op="mean")
             opt = getattr(optimizer, "optimizer", optimizer)  # (a LightningOptimizer)
-            opt.skip = skip = skipper.decide(self.trainer.global_step, stats.grad_norm)
+            step = self.trainer.global_step
+            opt.skip = skip = skipper.decide(step, stats.grad_norm, overflow)
         if self.telemetry is not None:
-            self.telemetry.record(self.trainer.global_step, stats, skip)
+            self.telemetry.record(self.trainer.global_step, stats, skip, overflow)
 
     def configure_model(self) -> None:
         """Under FSDP2 (``trainer=fsdp`` / ``fsdp_cpu``: Lightning's ModelParallelStrategy)

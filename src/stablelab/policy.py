@@ -486,6 +486,27 @@ def _skipped(f: dict[str, Any]) -> Finding:
     )
 
 
+def _amp_overflow(f: dict[str, Any]) -> Finding:
+    s = f["s"]
+    steps = s.get("amp_overflow_step_list") or []
+    n = s.get("amp_overflow_steps") or 0
+    shown = ", ".join(str(x) for x in steps[:10]) + (", ..." if n > 10 else "")
+    total = s.get("steps") or s.get("total_steps") or 0
+    share = f"; {100 * n / total:.2g}% of {total} steps" if total else ""
+    return Finding(
+        "amp_overflow",
+        f"**{n} step{'s' if n != 1 else ''} overflowed float16** (`precision=16-mixed`"
+        f"{share}): the GradScaler skipped {'their updates' if n != 1 else 'its update'} "
+        f"and halved its loss scale, {'at steps' if n != 1 else 'at step'} {shown}.",
+        "A few per run are the scaler at work (it doubles its scale after 2,000 clean "
+        "steps and backs off at the next overflow); many mean gradients at the edge of "
+        "float16's range: use bfloat16 where the GPU has it "
+        "(`trainer.precision=bf16-mixed`).",
+        step=steps[0] if steps else None,
+        command="trainer.precision=bf16-mixed",
+    )
+
+
 def _rolled_back(f: dict[str, Any]) -> Finding:
     log = f["s"].get("rollbacks") or []
     parts = [
@@ -548,6 +569,7 @@ READING_RULES: list[Rule] = [
     ),
     Rule("noise_scale", lambda f: f["s"].get("noise_scale") is not None, _noise_scale),
     Rule("skip_step", lambda f: (f["s"].get("skipped_steps") or 0) > 0, _skipped),
+    Rule("amp_overflow", lambda f: (f["s"].get("amp_overflow_steps") or 0) > 0, _amp_overflow),
     Rule("stable", lambda f: not f["unstable"], _stable, final=True),
     # from here on the run is unstable
     Rule("warmup", lambda f: f["early_at"] is not None, _warmup),

@@ -65,9 +65,11 @@ class SpikeSkipper:
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_count += 1
 
-    def decide(self, step: int, grad_norm: Tensor) -> Tensor:
+    def decide(self, step: int, grad_norm: Tensor, amp_overflow: Tensor | None = None) -> Tensor:
         """Whether the update of ``step`` (about to be applied) is skipped: a 0-dim bool
-        tensor on ``grad_norm``'s device. Records the step's values."""
+        tensor on ``grad_norm``'s device. Records the step's values. ``amp_overflow`` (a
+        0-dim bool tensor, under a float16 GradScaler): the gradients overflowed and the
+        scaler skips the step itself, so it is not counted as a spike here."""
         device = grad_norm.device
         self._allocate(device)
         assert self.values is not None and self.flags is not None
@@ -86,6 +88,8 @@ class SpikeSkipper:
         finite = torch.isfinite(x)
         spike = ((sd > 0) & (x - mu > self.zscore * sd)) | ~finite
         skip = spike.any() if self.seen >= self.min_history else ~finite.all()
+        if amp_overflow is not None:
+            skip = skip & ~amp_overflow
         self.values[:, self.seen % self.window] = torch.where(finite, x, mu)
         self.seen += 1
         if 0 <= step < len(self.flags):

@@ -9,6 +9,12 @@ For each step ``t`` with training loss ``L_t`` and unclipped gradient norm ``g_t
 * **divergence** (the run cannot go on): ``L_t`` or ``g_t`` is NaN or infinite, or
   ``L_t > max_loss_ratio * L_0`` where ``L_0`` is the first step's loss (checked only when
   ``L_0 > 0``). The first such step is ``diverged_at_step``; nothing after it is analysed.
+* **float16 overflow** (``precision=16-mixed``, a GradScaler): a step whose gradients
+  overflowed float16 (``g_t`` not finite, ``L_t`` finite) had its update skipped by the
+  scaler, which halves its loss scale and goes on; it raises an ``amp_overflow`` event and
+  is not divergence (the scaler doubles its scale every 2,000 clean steps, so a long run
+  overflows now and then by design). ``AMP_OVERFLOW_LIMIT`` consecutive overflows (the
+  scale fallen 2^24-fold: gradients that no scale fits) are divergence.
 * **loss rise** (the loss goes *up*, the playbook's sign of instability): the EMA
   ``m_0 = L_0``, ``m_t = ema_decay * m_{t-1} + (1 - ema_decay) * L_t`` and its running
   minimum ``mmin_t = min(m_0..m_t)``; the rise is ``m_t - mmin_t`` and a rise episode
@@ -52,12 +58,14 @@ DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE, VAL_LOSS_RISE, UPDATE_SKIPPED 
     "val_loss_rise",
     "update_skipped",  # skip_spikes undid the step's update: its loss does not count
 )
+AMP_OVERFLOW = "amp_overflow"  # float16 gradients overflowed: the GradScaler skipped the step
+AMP_OVERFLOW_LIMIT = 24  # consecutive overflows that are divergence (scale / 2^24)
 
 
 @dataclass
 class Event:
     step: int
-    kind: str  # one of DIVERGED, LOSS_RISE, LOSS_SPIKE, GRAD_NORM_SPIKE, VAL_LOSS_RISE
+    kind: str  # DIVERGED, LOSS_RISE, ... , UPDATE_SKIPPED, AMP_OVERFLOW (the constants above)
     value: float  # the loss, the rise, or the spiking value
     detail: str
 
@@ -108,6 +116,7 @@ class InstabilityDetector:
         self.eval_min = math.inf
         self.max_val_loss_rise = 0.0
         self._eval_rising = False
+        self.overflow_run = 0  # consecutive float16 overflows (amp_overflow) so far
 
     # ------------------------------------------------------------------ feeding
     @property
@@ -115,13 +124,24 @@ class InstabilityDetector:
         return next((e for e in self.events if e.kind == DIVERGED), None)
 
     def update(
-        self, step: int, loss: float, grad_norm: float | None = None, skipped: bool = False
+        self,
+        step: int,
+        loss: float,
+        grad_norm: float | None = None,
+        skipped: bool = False,
+        amp_overflow: bool = False,
     ) -> list[Event]:
         """Analyse one step; return the events it raised (none once diverged). A step whose
         update was skipped (``skip_spikes``) left the model as it was: it raises one
-        ``update_skipped`` event and enters neither the divergence check nor the windows."""
+        ``update_skipped`` event and enters neither the divergence check nor the windows.
+        So does a step whose float16 gradients overflowed under a GradScaler
+        (``amp_overflow``: the scaler skipped it), with a finite loss, unless it is the
+        ``AMP_OVERFLOW_LIMIT``-th in a row."""
         if self.diverged is not None:
             return []
+        if amp_overflow and math.isfinite(loss):
+            return self._overflowed(step, loss)
+        self.overflow_run = 0
         if skipped:
             value = loss if grad_norm is None else grad_norm
             new = [Event(step, UPDATE_SKIPPED, value, f"loss {loss:.4g}: update skipped")]
@@ -178,6 +198,23 @@ class InstabilityDetector:
             detail = f"training loss {loss:.4g} > {ratio:g} x initial loss {l0:.4g}"
             return [Event(step, DIVERGED, loss, detail)]
         return []
+
+    def _overflowed(self, step: int, loss: float) -> list[Event]:
+        self.overflow_run += 1
+        n = self.overflow_run
+        if n >= AMP_OVERFLOW_LIMIT:
+            detail = (
+                f"the float16 gradients overflowed at {n} consecutive steps (the GradScaler "
+                f"skipped each update and cut its loss scale {2**n:,}-fold)"
+            )
+            new = [Event(step, DIVERGED, math.inf, detail)]
+        else:
+            detail = (
+                f"loss {loss:.4g}: gradients overflowed float16; the GradScaler skipped the update"
+            )
+            new = [Event(step, AMP_OVERFLOW, loss, detail)]
+        self.events += new
+        return new
 
     def _rise(self, step: int, loss: float) -> list[Event]:
         b = self.ema_decay
@@ -248,6 +285,8 @@ class InstabilityDetector:
             "val_loss_rise_step": self.first(VAL_LOSS_RISE),
             "max_val_loss_rise": self.max_val_loss_rise if self.eval_first is not None else None,
             "initial_loss": self.initial_loss,
+            "amp_overflow_steps": self.count(AMP_OVERFLOW),
+            "amp_overflow_step_list": [e.step for e in self.events if e.kind == AMP_OVERFLOW][:100],
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -262,6 +301,7 @@ class InstabilityDetector:
             "events": [asdict(e) for e in self.events],
             "steps_seen": self.steps_seen,
             "eval": [self.eval_first, self.eval_min, self.max_val_loss_rise, self._eval_rising],
+            "overflow_run": self.overflow_run,
         }
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
@@ -276,6 +316,7 @@ class InstabilityDetector:
         self.steps_seen = s["steps_seen"]
         if "eval" in s:
             self.eval_first, self.eval_min, self.max_val_loss_rise, self._eval_rising = s["eval"]
+        self.overflow_run = int(s.get("overflow_run", 0))
 
 
 class TrainingDiverged(RuntimeError):

@@ -18,8 +18,10 @@ import torch
 from stablelab.optim.clipping import ClipStats
 
 GRAD_FIELDS = ("grad_norm", "grad_norm_clipped", "clipped", "clip_threshold")
-# "skipped": 1.0 where skip_spikes undid the step's update (stablelab.remedies)
-FIELDS = ("loss", *GRAD_FIELDS, "skipped")
+# "skipped": 1.0 where skip_spikes undid the step's update (stablelab.remedies);
+# "amp_overflow": 1.0 where the gradients overflowed float16 under a GradScaler
+# (precision=16-mixed), which then skipped the update
+FIELDS = ("loss", *GRAD_FIELDS, "skipped", "amp_overflow")
 
 
 def _as_rows(steps: list[int], values: list[list[float]]) -> list[dict[str, Any]]:
@@ -63,10 +65,17 @@ class StepTelemetry:
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._loss_count += 1
 
-    def record(self, step: int, stats: ClipStats, skipped: torch.Tensor | None = None) -> None:
+    def record(
+        self,
+        step: int,
+        stats: ClipStats,
+        skipped: torch.Tensor | None = None,
+        amp_overflow: torch.Tensor | None = None,
+    ) -> None:
         """Close step ``step``: its gradient statistics, the mean of the losses added
-        since the previous record (NaN if none was added) and whether its update was
-        skipped (a 0-dim device tensor, or None: not)."""
+        since the previous record (NaN if none was added), whether skip_spikes skipped its
+        update and whether its gradients overflowed float16 (0-dim device tensors, or
+        None: not)."""
         buf = self._allocate(stats.grad_norm.device)
         if self.pending == self.every:  # never lose a step: flush early (one sync)
             self.overflow += self.flush()
@@ -74,10 +83,12 @@ class StepTelemetry:
             loss = torch.full((), float("nan"), device=stats.grad_norm.device)
         else:
             loss = self._loss_sum.to(stats.grad_norm.device) / self._loss_count
-        skip = torch.zeros_like(loss) if skipped is None else skipped.to(loss.device, loss.dtype)
-        row = torch.stack(
-            [loss, stats.grad_norm, stats.grad_norm_clipped, stats.clipped, stats.threshold, skip]
-        ).float()
+        flags = [
+            torch.zeros_like(loss) if f is None else f.to(loss.device, loss.dtype)
+            for f in (skipped, amp_overflow)
+        ]
+        grads = [stats.grad_norm, stats.grad_norm_clipped, stats.clipped, stats.threshold]
+        row = torch.stack([loss, *grads, *flags]).float()
         buf[self.pending].copy_(row)
         self.steps.append(int(step))
         self._loss_sum, self._loss_count = None, 0
@@ -129,8 +140,9 @@ class StepTelemetry:
         steps = list(state["steps"])
         self.overflow = list(state["overflow"])
         rows = state["rows"].float()
-        if rows.dim() == 2 and rows.shape[1] == len(FIELDS) - 1:  # written before "skipped"
-            rows = torch.cat([rows, rows.new_zeros(len(rows), 1)], dim=1)
+        if rows.dim() == 2 and rows.shape[1] < len(FIELDS):  # written before the last flags
+            pad = rows.new_zeros(len(rows), len(FIELDS) - rows.shape[1])
+            rows = torch.cat([rows, pad], dim=1)
         if len(steps) > self.every:  # resumed with a shorter interval: more rows than fit
             # (already reduced over ranks) read back at the next flush
             self.overflow += _as_rows(steps, rows.tolist())

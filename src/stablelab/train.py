@@ -292,6 +292,7 @@ def _opening_summary(plain, trainer, datamodule, schedule, run_dir, thread_info,
         "versions": runinfo.versions(),
         "machine": runinfo.machine(),
         "threads": thread_info,
+        "precision": str(trainer.precision),  # what ran (16-mixed on CPU runs bf16-mixed)
         "argv": sys.argv,
     }
     summary: dict[str, Any] = {"status": "running", "task_name": plain["task_name"], **run}
@@ -376,7 +377,7 @@ def _note_differences(
 
 
 RUN_KEYS = ("run_dir", "world_size", "global_batch_size", "total_steps", "git_sha",
-            "git_dirty", "versions", "machine", "threads", "argv")  # fmt: skip
+            "git_dirty", "versions", "machine", "threads", "precision", "argv")  # fmt: skip
 
 
 def _open_run(plain, module, trainer, run_dir: Path, summary: dict[str, Any]) -> None:

@@ -162,3 +162,72 @@ def test_a_corrupt_batch_is_skipped_by_the_rollback_not_met_again(tmp_path):
     assert s["status"] == "completed" and s["steps"] == 80
     (rb,) = s["rollbacks"]
     assert (rb["diverged_at_step"], rb["to_step"]) == (47, 40)
+
+
+# float16 AMP's GradScaler on CPU (Lightning itself runs bf16 there): the plugin named in
+# the config, as a user with a GPU gets from trainer.precision=16-mixed
+FP16 = ["trainer.precision=null",
+        "+trainer.plugins._target_=lightning.pytorch.plugins.precision.MixedPrecision",
+        "+trainer.plugins.precision=16-mixed", "+trainer.plugins.device=cpu",
+        "+trainer.plugins.scaler._target_=torch.amp.GradScaler",
+        "+trainer.plugins.scaler.device=cpu"]  # fmt: skip
+AMP = ["data=digits", "model=mlp", "model.width=32", "optimizer=adam", "optimizer.lr=3e-3",
+       "trainer.val_check_interval=40", "test=false", "logger=csv", "print_config=false",
+       "callbacks.progress_bar.refresh_rate=0", "callbacks.dense_eval=null", *FP16,
+       "+callbacks.overflow._target_=helpers.OverflowScaler"]  # fmt: skip
+
+
+def _overflow_run(tmp_path, name, steps, n, extra=()):
+    import stablelab.train as T
+    from helpers import OverflowScaler
+
+    seen = {}
+    build = T.build
+
+    def keep(plain):
+        out = build(plain)
+        seen["trainer"] = out[2]
+        return out
+
+    T.build = keep
+    try:
+        args = [*AMP, f"max_train_steps={n}", f"+callbacks.overflow.steps={list(steps)}", *extra]
+        s = train(compose_cfg(args, tmp_path / name))
+    finally:
+        T.build = build
+    (cb,) = [c for c in seen["trainer"].callbacks if isinstance(c, OverflowScaler)]
+    return s, cb
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["plain", "skip_spikes"])
+def test_float16_overflows_are_the_scalers_skips_not_divergence(tmp_path, skip):
+    """A GradScaler's overflow (non-finite float16 gradients, the update skipped, the scale
+    halved) is its normal working, not divergence: the run completes and names the steps,
+    which are the ones the scaler itself skipped (read from its scale). skip_spikes does
+    not count them as its own skips."""
+    import csv
+
+    s, cb = _overflow_run(tmp_path, "amp", [20, 21, 50], 80, SKIP if skip else ())
+    if skip:
+        assert s["skipped_steps"] == 0
+    assert cb.skipped == [20, 21, 50] and all(cb.unchanged)  # the reference: the scaler
+    assert s["status"] == "completed" and not s["diverged"], s.get("divergence_reason")
+    assert s["amp_overflow_steps"] == 3 and s["amp_overflow_step_list"] == cb.skipped
+    assert s["precision"] == "16-mixed"
+    rows = {int(r["step"]): r for r in csv.DictReader((tmp_path / "amp" / "stability.csv").open())}
+    assert [k for k, r in rows.items() if r["events"] == "amp_overflow"] == cb.skipped
+    report = (tmp_path / "amp" / "report.md").read_text()
+    assert "**3 steps overflowed float16**" in report and "at steps 20, 21, 50" in report
+
+
+def test_float16_overflow_at_every_step_is_divergence(tmp_path):
+    """Gradients that overflow float16 at 24 steps in a row (the scale fallen 2^24-fold)
+    are divergence: the run ends there, infeasible, saying why."""
+    from stablelab.stability import AMP_OVERFLOW_LIMIT
+
+    assert AMP_OVERFLOW_LIMIT == 24
+    s, cb = _overflow_run(tmp_path, "amp", range(10, 80), 80)
+    assert s["status"] == "diverged" and s["diverged_at_step"] == 10 + 23
+    assert cb.skipped[:24] == list(range(10, 34))
+    assert "overflowed at 24 consecutive steps" in s["divergence_reason"]
+    assert s["amp_overflow_steps"] == 23

@@ -255,7 +255,9 @@ def test_mid_run_spike_is_found_at_its_step_and_the_report_says_clipping(tmp_pat
                 "max_train_steps=400",
                 "+callbacks.boom._target_=helpers.ScaleWeightsAtStep",
                 "+callbacks.boom.step=300",
-                "+callbacks.boom.factor=30",
+                # x15: a spike at 300 whose loss stays near 9, far under the guard's 10 x
+                # 2.45 (x30 reached 25.8 on some CPUs: divergence, not a mid-run spike)
+                "+callbacks.boom.factor=15",
             ],
             out,
         )

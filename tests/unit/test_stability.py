@@ -227,6 +227,48 @@ def test_state_round_trip_continues_identically():
     assert third.summary() == whole.summary() and third.events == whole.events
 
 
+# ------------------------------------------------------------------ float16 overflow
+def test_float16_overflows_are_skips_until_24_in_a_row():
+    """Under a GradScaler a non-finite gradient norm with a finite loss is an overflow the
+    scaler skipped: not divergence, and outside the windows; 24 in a row (the scale cut
+    2^24-fold) are; a non-finite loss stays divergence."""
+    from stablelab.stability import AMP_OVERFLOW
+
+    det = InstabilityDetector()
+    for t in range(100):  # overflows at 10, 11 and 40: the other steps steady
+        over = t in (10, 11, 40)
+        det.update(t, 2.0, math.inf if over else 1.0, amp_overflow=over)
+    s = det.summary()
+    assert not s["diverged"] and not s["unstable"]
+    assert s["amp_overflow_steps"] == 3 and s["amp_overflow_step_list"] == [10, 11, 40]
+    assert [e.kind for e in det.events] == [AMP_OVERFLOW] * 3
+    assert det.steps_seen == 97 and len(det._grad_window.values) == 97  # none entered
+    for t in range(100, 124):  # 24 consecutive overflows: the 24th diverges
+        det.update(t, 2.0, math.nan, amp_overflow=True)
+    s = det.summary()
+    assert s["diverged"] and s["diverged_at_step"] == 123
+    assert "overflowed at 24 consecutive steps" in s["divergence_reason"]
+    assert s["amp_overflow_steps"] == 3 + 23
+    nan_loss = InstabilityDetector()
+    nan_loss.update(0, 2.0, 1.0)
+    nan_loss.update(1, math.nan, math.nan, amp_overflow=True)
+    assert nan_loss.summary()["diverged_at_step"] == 1
+
+
+def test_a_clean_step_resets_the_overflow_count_and_the_count_survives_a_checkpoint():
+    det = InstabilityDetector()
+    for t in range(23):
+        det.update(t, 2.0, math.inf, amp_overflow=True)
+    det.update(23, 2.0, 1.0)  # one clean step: the scaler found a scale that fits
+    for t in range(24, 47):
+        det.update(t, 2.0, math.inf, amp_overflow=True)
+    assert not det.summary()["diverged"]  # 23, one clean, 23
+    resumed = InstabilityDetector()
+    resumed.load_state_dict(det.state_dict())
+    resumed.update(47, 2.0, math.inf, amp_overflow=True)  # the 24th of this run
+    assert resumed.summary()["diverged_at_step"] == 47
+
+
 # ------------------------------------------------------------------ dense evaluation
 def test_dense_schedule_is_every_step_then_every_k():
     cb = DenseEval(every_step_until=7, then_every=5)

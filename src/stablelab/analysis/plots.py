@@ -84,14 +84,23 @@ def plot_schedule(
     return _save(fig, path)
 
 
-def plot_grad_norms(steps, norms, thresholds, path: str | Path) -> Path:
-    """Unclipped gradient norm vs step (log scale) with the clipping threshold drawn."""
+def plot_grad_norms(
+    steps, norms, thresholds, path: str | Path, nonfinite_label: str = "not finite"
+) -> Path:
+    """Unclipped gradient norm vs step (log scale) with the clipping threshold drawn; steps
+    whose norm is not finite (a gap in the line) are marked x at the bottom, labelled
+    ``nonfinite_label`` (under float16 AMP: the GradScaler's overflows)."""
     import math
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
     one = len(steps) == 1  # a one-point line draws nothing: a marker
     ax.plot(steps, norms, lw=0.8, color="C0", label="unclipped ||g||", marker="o" if one else "")
+    bad = [s for s, n in zip(steps, norms, strict=True) if not math.isfinite(n)]
+    if bad:
+        at_bottom = ax.get_xaxis_transform()  # x in steps, y in axes fractions
+        ax.plot(bad, [0.03] * len(bad), ls="", marker="x", color="C1", ms=6,
+                transform=at_bottom, label=nonfinite_label, clip_on=False)  # fmt: skip
     th = [(s, t) for s, t in zip(steps, thresholds, strict=True) if math.isfinite(t)]
     if th:
         ax.plot(*zip(*th, strict=True), lw=1.2, color="C3", ls="--", label="clip threshold",

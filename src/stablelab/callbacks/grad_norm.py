@@ -125,7 +125,9 @@ class GradNormMonitor(TelemetryCallback):
         steps = [r["step"] for r in self.rows]
         norms = [r["grad_norm"] for r in self.rows]
         thresholds = [r["clip_threshold"] for r in self.rows]
-        line = plot_grad_norms(steps, norms, thresholds, run_dir / "grad_norm.png")
+        amp = getattr(trainer.precision_plugin, "scaler", None) is not None
+        label = "float16 overflow (update skipped)" if amp else "not finite"
+        line = plot_grad_norms(steps, norms, thresholds, run_dir / "grad_norm.png", label)
         hist = plot_grad_norm_hist(norms, run_dir / "grad_norm_hist.png")
         self._log_images(trainer, line, hist, norms)
 

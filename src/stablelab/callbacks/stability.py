@@ -79,7 +79,8 @@ class StabilityMonitor(TelemetryCallback):
         for r in rows:
             if det.diverged is not None:
                 break  # nothing after the divergence is analysed
-            events = det.update(r["step"], r["loss"], r["grad_norm"], bool(r.get("skipped")))
+            flags = bool(r.get("skipped")), bool(r.get("amp_overflow"))
+            events = det.update(r["step"], r["loss"], r["grad_norm"], *flags)
             ema = det.ema if det.ema is not None else float("nan")
             out.append(
                 {
