@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -199,17 +201,22 @@ def _overflow_run(tmp_path, name, steps, n, extra=()):
     return s, cb
 
 
-@pytest.mark.parametrize("skip", [False, True], ids=["plain", "skip_spikes"])
-def test_float16_overflows_are_the_scalers_skips_not_divergence(tmp_path, skip):
+@pytest.mark.parametrize("extra", ["plain", "skip_spikes", "percentile"])
+def test_float16_overflows_are_the_scalers_skips_not_divergence(tmp_path, extra):
     """A GradScaler's overflow (non-finite float16 gradients, the update skipped, the scale
     halved) is its normal working, not divergence: the run completes and names the steps,
     which are the ones the scaler itself skipped (read from its scale). skip_spikes does
-    not count them as its own skips."""
+    not count them as its own skips; the percentile clipper's thresholds stay finite."""
     import csv
 
-    s, cb = _overflow_run(tmp_path, "amp", [20, 21, 50], 80, SKIP if skip else ())
-    if skip:
+    args = {"plain": [], "skip_spikes": SKIP, "percentile": ["clipping=percentile"]}[extra]
+    s, cb = _overflow_run(tmp_path, "amp", [20, 21, 50], 80, args)
+    if extra == "skip_spikes":
         assert s["skipped_steps"] == 0
+    if extra == "percentile":
+        norms = list(csv.DictReader((tmp_path / "amp" / "grad_norms.csv").open()))
+        after = [float(r["clip_threshold"]) for r in norms if int(r["step"]) >= 25]
+        assert all(math.isfinite(t) for t in after) and len(after) == 80 - 25
     assert cb.skipped == [20, 21, 50] and all(cb.unchanged)  # the reference: the scaler
     assert s["status"] == "completed" and not s["diverged"], s.get("divergence_reason")
     assert s["amp_overflow_steps"] == 3 and s["amp_overflow_step_list"] == cb.skipped

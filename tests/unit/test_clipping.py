@@ -108,6 +108,33 @@ def test_percentile_threshold_is_numpy_percentile_of_history(history_size):
             np.testing.assert_allclose(p.grad.numpy(), e, rtol=1e-12)
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_norms_stay_out_of_the_adaptive_statistics(bad):
+    """A step whose gradient is not finite (a float16 overflow the GradScaler skips, a
+    spike skip_spikes skips) must not poison the thresholds of the steps after it: the
+    percentile is numpy's over the finite norms of the window, and ZClip's statistics
+    are its rule's over the finite norms."""
+    rng = np.random.default_rng(3)
+    norms = list(np.exp(rng.normal(0, 0.3, size=50)))
+    for k in (3, 20):  # one inside the warm-up, one after it
+        norms[k] = bad
+    pct = PercentileClip(percentile=90, warmup_steps=10, history_size=30)
+    z = ZScoreClip(z_threshold=2.0, alpha=0.9, warmup_steps=10, eps=1e-6)
+    finite = [n for n in norms if math.isfinite(n)]
+    ref_z = dict(zip([k for k, n in enumerate(norms) if math.isfinite(n)],
+                     _zclip_reference(finite[:9] + finite[9:], 2.0, 0.9, 9, "adaptive", 1e-6),
+                     strict=True))  # fmt: skip
+    for k, n in enumerate(norms):
+        a = [np.full(4, n / 2.0)] if math.isfinite(n) else [np.array([bad, 1.0, 1.0, 1.0])]
+        t_pct = float(pct(_params(a)).threshold)
+        t_z = float(z(_params(a)).threshold)
+        if not math.isfinite(n) or k < 10:
+            continue
+        window = [x for x in norms[: k + 1][-30:] if math.isfinite(x)]
+        assert t_pct == pytest.approx(np.percentile(window, 90), rel=1e-12), k
+        assert t_z == ref_z[k] or t_z == pytest.approx(ref_z[k], rel=1e-12), k
+
+
 def _zclip_reference(norms, z_thr, alpha, warmup, mode, eps):
     """ZClip written from its description, in float64: thresholds per step."""
     out, mu, var = [], None, None

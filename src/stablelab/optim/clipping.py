@@ -166,8 +166,11 @@ class PercentileClip(GlobalNormClipper):
     The current step's norm is included (as AutoClip does: Seetharaman et al. 2020, who
     favour a low percentile such as 10; the playbook's starting point is 90). No clipping
     during the first ``warmup_steps`` steps. The history is the last ``history_size`` norms,
-    kept on the device (float32, float64 for float64 gradients); ``torch.quantile`` with
-    linear interpolation (numpy's default).
+    kept on the device (float32, float64 for float64 gradients); the percentile with
+    linear interpolation (numpy's default). A non-finite norm (a float16 overflow that the
+    GradScaler skips, a step that ``skip_spikes`` skips) holds its place in the history as
+    NaN and is left out of the percentile (``torch.nanquantile``): one such step would
+    otherwise make every later threshold NaN until it left the history.
     """
 
     def __init__(
@@ -181,10 +184,10 @@ class PercentileClip(GlobalNormClipper):
         self.history = _History(int(history_size))
 
     def _threshold(self, norm: Tensor) -> Tensor:
-        self.history.append(norm)
+        self.history.append(torch.where(torch.isfinite(norm), norm, torch.nan))
         if self.history.count <= self.warmup_steps:
             return torch.full_like(norm, float("inf"))
-        return torch.quantile(self.history.values(), self.percentile / 100.0)
+        return torch.nanquantile(self.history.values(), self.percentile / 100.0)
 
     def state_dict(self) -> dict:
         return {"buf": self.history.buf, "count": self.history.count}
@@ -201,7 +204,7 @@ class ZScoreClip(GlobalNormClipper):
     clipped to mu + z_thr * s / (z / z_thr) (``mode: adaptive``) or to mu (``mode: mean``);
     the statistics follow the *clipped* norm g_c with an EMA of factor ``alpha``:
     mu <- alpha mu + (1 - alpha) g_c, then s^2 <- alpha s^2 + (1 - alpha) (g_c - mu)^2.
-    A non-finite norm leaves the statistics unchanged.
+    A non-finite norm leaves the statistics unchanged, and is left out of the warm-up's.
     """
 
     def __init__(
@@ -226,8 +229,9 @@ class ZScoreClip(GlobalNormClipper):
             self.warm.append(norm)
             if self.warm.count == self.warmup_steps:
                 w = self.warm.values()
-                self.mean = w.mean()
-                self.var = ((w - self.mean) ** 2).mean()
+                w = torch.where(torch.isfinite(w), w, torch.nan)
+                self.mean = w.nanmean()
+                self.var = ((w - self.mean) ** 2).nanmean()
             return torch.full_like(norm, float("inf"))
         assert self.mean is not None and self.var is not None
         zt = self.z_threshold
@@ -236,7 +240,7 @@ class ZScoreClip(GlobalNormClipper):
         target = self.mean + zt * std / (z / zt) if self.mode == "adaptive" else self.mean
         lam = torch.where(z > zt, target, torch.full_like(norm, float("inf")))
         g_c = torch.minimum(norm, lam)
-        ok = torch.isfinite(g_c)
+        ok = torch.isfinite(norm)  # (an infinite norm would enter as g_c = its lambda)
         a = self.alpha
         new_mean = a * self.mean + (1 - a) * g_c
         new_var = a * self.var + (1 - a) * (g_c - new_mean) ** 2
