@@ -193,15 +193,20 @@ def closing_lines(
 
 def plain_warnings(prog: str) -> None:
     """stablelab's own warnings on the console as one line, ``PROG: warning: ...``, not
-    Python's ``file:line: UserWarning: ...`` followed by the source line that warned."""
+    Python's ``file:line: UserWarning: ...`` followed by the source line that warned.
+    In the other processes of a DDP run on this node (``LOCAL_RANK`` > 0), which compose,
+    validate and build the same run again, they are not printed: local rank 0 says each
+    once."""
+    import os
     import warnings
     from pathlib import Path
 
     python_format = warnings.formatwarning
+    quiet = os.environ.get("LOCAL_RANK", "0") != "0"
 
     def fmt(message, category, filename, lineno, line=None):
         if "stablelab" in Path(filename).parts:
-            return f"{prog}: warning: {message}\n"
+            return "" if quiet else f"{prog}: warning: {message}\n"
         return python_format(message, category, filename, lineno, line)
 
     warnings.formatwarning = fmt

@@ -61,3 +61,31 @@ def test_ci_runs_the_quality_gates_and_the_tests():
     assert "cacheprovider" not in cfg["tool"]["pytest"]["ini_options"]["addopts"]
     assert cfg["tool"]["mypy"]["files"] == ["src/stablelab"]
     assert {"C901", "PLR0912", "PLR0915"} <= set(cfg["tool"]["ruff"]["lint"]["select"])
+
+
+def _warn_as_rank(local_rank: str | None) -> str:
+    """stderr of a process that installs stablelab's console warnings and warns from
+    stablelab's config module, as DDP local rank N."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_RANK"}
+    if local_rank is not None:
+        env["LOCAL_RANK"] = local_rank
+    code = (  # the warning as stablelab's config checks raise it (attributed to their file)
+        "from stablelab.console import plain_warnings; plain_warnings('stablelab-train')\n"
+        "import warnings, stablelab.config as c\n"
+        "warnings.warn_explicit('warmup_steps=50 is 50% of max_train_steps=100', UserWarning,"
+        " c.__file__, 1)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+def test_config_warnings_are_printed_once_per_node_not_by_every_ddp_rank():
+    """Lightning's DDP launcher starts the other ranks as copies of the command, which
+    compose, validate and build the run again: their warnings would print once per rank."""
+    line = "stablelab-train: warning: warmup_steps=50 is 50% of max_train_steps=100"
+    assert _warn_as_rank(None).count(line) == 1
+    assert _warn_as_rank("0").count(line) == 1
+    assert _warn_as_rank("1") == ""
