@@ -41,6 +41,8 @@ CONFIGS = {
     "lm": ["data=shakespeare_char", "model=gpt", "model.n_layer=1", "model.n_head=2",
            "model.n_embd=32", "data.block_size=32", "callbacks.dense_eval.subset=32",
            "loss.z_loss=1e-4", "callbacks.lm_monitor.every_n_steps=5"],
+    # the best checkpoint and the summary's best ranked by validation accuracy
+    "by_acc": ["callbacks.model_checkpoint.monitor=val/acc", "callbacks.model_checkpoint.mode=max"],
 }  # fmt: skip
 RNG = random.Random(16)
 STEPS = sorted(RNG.sample(range(11, 40), 2))  # two more kill steps, anywhere after one ckpt
@@ -120,6 +122,7 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
         pytest.param((STEPS[0], False, True, "percentile"), marks=pytest.mark.slow),  # AutoClip
         pytest.param((STEPS[1], False, False, "zscore"), marks=pytest.mark.slow),  # ZClip's EMAs
         (STEPS[1], False, False, "lm"),  # the language model, resumed in place
+        (STEPS[0], False, True, "by_acc"),  # best_by: val/acc
     ],
     ids=lambda c: f"step{c[0]}{'-val' if c[1] else ''}{'-newdir' if c[2] else '-inplace'}-{c[3]}",
 )
