@@ -387,7 +387,10 @@ def _trial_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     from stablelab import __version__
 
-    ap = argparse.ArgumentParser(prog="stablelab", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="stablelab",
+        description="The workflow and report commands. Training itself: stablelab-train.",
+    )
     ap.add_argument("--version", action="version", version=f"stablelab {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sp = sub.add_parser(
