@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -273,6 +274,33 @@ def test_random_windows_are_a_function_of_seed_and_step_and_ranks_split_them():
     assert [x.tolist() for x, _ in resumed] == [x.tolist() for x in epoch1[5:]]
 
 
+def _refuses_a_fifo_without_waiting(tmp_path, datamodule, error):
+    """A named pipe as data.path: refused at once (reading it waited for a writer forever;
+    /dev/zero read until memory ran out). Run in a thread so that a regression fails here
+    instead of hanging the suite."""
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    caught: list[BaseException] = []
+
+    def build():
+        try:
+            datamodule(path=str(fifo))
+        except BaseException as e:  # noqa: BLE001 - the refusal is checked below
+            caught.append(e)
+
+    t = threading.Thread(target=build, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    if t.is_alive():  # unblock the reader so the thread can end
+        with open(fifo, "w"):
+            pass
+        pytest.fail("data.path naming a FIFO blocked instead of being refused")
+    assert len(caught) == 1 and isinstance(caught[0], error), caught
+    assert "not a regular file" in str(caught[0])
+
+
 def test_text_file_vocabulary_from_training_text_and_unknown_characters(tmp_path):
     from stablelab.config import ConfigError
     from stablelab.data import CharTextDataModule
@@ -290,6 +318,7 @@ def test_text_file_vocabulary_from_training_text_and_unknown_characters(tmp_path
     ):
         with pytest.raises(ConfigError, match=msg):
             CharTextDataModule(path=str(bad))
+    _refuses_a_fifo_without_waiting(tmp_path, CharTextDataModule, ConfigError)
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1") * 100)
     with pytest.raises(ConfigError, match="not UTF-8"):
         CharTextDataModule(path=str(tmp_path / "latin1.txt"))

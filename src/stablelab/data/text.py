@@ -153,6 +153,11 @@ class CharTextDataModule(InMemoryDataModule):
         if self.path is None:
             return tiny_shakespeare()
         p = Path(self.path).expanduser()
+        if p.exists() and not p.is_dir() and not p.is_file():
+            # a device, FIFO or socket: read_bytes would wait forever (/dev/zero, a pipe)
+            raise ConfigError(
+                [f"data.path = {self.path!r}: not a regular file (a device, pipe or socket)"]
+            )
         try:
             raw = p.read_bytes()
             self.source_sha256 = hashlib.sha256(raw).hexdigest()
