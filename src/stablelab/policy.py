@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -290,17 +291,25 @@ def _infeasible(f: dict[str, Any]) -> Finding:
 def _stable(f: dict[str, Any]) -> Finding:
     s = f["s"]
     g = s.get("grad_norm_spikes") or 0
+    clipped = f["clip_kind"] not in ("", "NoClip")
+    remedy = (
+        "the clipping of this run caps them"
+        if clipped
+        else "clipping at the 90th percentile of the norms caps them"
+    )
     outliers = (
         f" The {g} gradient-norm spike{'s' if g != 1 else ''} (first at step "
         f"{s.get('first_grad_norm_spike_step')}) left the loss unmoved; if they ever do not, "
-        "clipping at the 90th percentile of the norms caps them."
+        f"{remedy}."
         if g
         else ""
     )
+    # over-clipped (the finding before this one): stable, but not "nothing to fix"
+    verdict = "stable, but see the clipping above" if s.get("too_much_clipping") else "nothing to fix"
     return Finding(
         "stable",
         "No divergence, no rise of the smoothed training loss above its margin and no loss "
-        f"spike: nothing to fix.{outliers}",
+        f"spike: {verdict}.{outliers}",
         "Some models are unstable only in the first steps and recover, which infrequent "
         "evaluation hides: the playbook's check is a ~500-step run at 2x this learning rate "
         "with an evaluation after every step (`callbacks.dense_eval.every_step_until=500`).",
@@ -342,12 +351,20 @@ def _warmup(f: dict[str, Any]) -> Finding:
 def _clipping(f: dict[str, Any]) -> Finding:
     p90 = f["p90"]
     command = f"clipping=fixed clipping.clip_threshold={fmt(p90)}" if p90 else None
-    if f["clip_kind"] == "FixedNorm":
+    thr = f["clip_threshold"]
+    if f["clip_kind"] == "FixedNorm" and _positive(thr, p90) and p90 < thr:
+        command = f"clipping.clip_threshold={fmt(p90)}"
         how = (
-            f"clipping is on at {fmt(f['clip_threshold'])}: lower the threshold (the 90th "
-            f"percentile of this run's unclipped norms is {fmt(p90)})"
+            f"clipping is on at {fmt(thr)}, above the 90th percentile of this run's unclipped "
+            f"norms: lower the threshold to it, `{command}`"
         )
-        command = f"clipping.clip_threshold={fmt(p90)}" if p90 else None
+    elif f["clip_kind"] == "FixedNorm":
+        command = None  # already at or below the p90: lower it only while it clips < 50%
+        how = (
+            f"clipping is on at {fmt(thr)}, already at or below the 90th percentile of this "
+            f"run's unclipped norms ({fmt(p90)}): lower it further only while at most half of "
+            "the updates are clipped (beyond that, lower the learning rate instead)"
+        )
     elif p90:
         how = (
             f"clip gradients, starting from the 90th percentile of the unclipped norms: `{command}`"
@@ -368,13 +385,40 @@ def _lower_lr(f: dict[str, Any]) -> Finding:
     recent, window = s.get("clip_fraction_recent_max"), s.get("clip_fraction_window")
     span = f"{window} consecutive steps" if window else "a recent window"
     peak = f", up to {fmt(recent, 2)} over {span}" if recent is not None else ""
+    thr, p50, p90, lr = f["clip_threshold"], s.get("grad_norm_p50"), f["p90"], f["lr"]
+    fixed = f["clip_kind"] == "FixedNorm" and _positive(thr, p50)
+    scale = (
+        f" At threshold {fmt(thr)} and a median unclipped norm of {fmt(p50)} the clipping "
+        f"scaled the typical update by {fmt(thr / p50, 2)}"
+        + (
+            f", much as lowering the base learning rate to {fmt(lr * thr / p50)} would"
+            if _positive(lr)
+            else ""
+        )
+        + "."
+        if fixed and thr < p50
+        else ""
+    )
+    raise_to = fixed and _positive(p90) and p90 > thr
     return Finding(
         "lower_lr",
         f"**More than half of the updates were clipped** (clip fraction "
         f"{fmt(s.get('clip_fraction'), 2)} over the run{peak}):",
         "the playbook calls this a strange way of lowering the learning rate; lower the "
-        "learning rate instead (or raise the threshold).",
+        "learning rate instead (or raise the threshold"
+        + (
+            f" to just above the typical norm, e.g. its 90th percentile: "
+            f"`clipping.clip_threshold={fmt(p90)}`"
+            if raise_to
+            else ""
+        )
+        + f").{scale}",
+        command=f"clipping.clip_threshold={fmt(p90)}" if raise_to else None,
     )
+
+
+def _positive(*xs: Any) -> bool:
+    return all(isinstance(x, int | float) and math.isfinite(x) and x > 0 for x in xs)
 
 
 def _residual_layout(f: dict[str, Any]) -> Finding:
@@ -570,11 +614,12 @@ READING_RULES: list[Rule] = [
     Rule("noise_scale", lambda f: f["s"].get("noise_scale") is not None, _noise_scale),
     Rule("skip_step", lambda f: (f["s"].get("skipped_steps") or 0) > 0, _skipped),
     Rule("amp_overflow", lambda f: (f["s"].get("amp_overflow_steps") or 0) > 0, _amp_overflow),
+    # the playbook's > 50% clipped: stable or not, a strange way of lowering the LR
+    Rule("lower_lr", lambda f: bool(f["s"].get("too_much_clipping")), _lower_lr),
     Rule("stable", lambda f: not f["unstable"], _stable, final=True),
     # from here on the run is unstable
     Rule("warmup", lambda f: f["early_at"] is not None, _warmup),
     Rule("clipping", lambda f: f["mid_at"] is not None, _clipping),
-    Rule("lower_lr", lambda f: bool(f["s"].get("too_much_clipping")), _lower_lr),
     Rule("residual_layout", lambda f: f["layout"] == "post_norm", _residual_layout),
     Rule(
         "residual_init",

@@ -91,12 +91,45 @@ def test_reading_stable_run_mentions_gradient_outliers():
     assert f.key == "stable" and f.step == 69
 
 
-def test_reading_too_much_clipping_says_lower_the_lr_and_lowers_the_set_threshold():
-    s = {"unstable": True, "first_instability_step": 500, "too_much_clipping": True}
+def test_reading_a_set_threshold_above_the_p90_is_lowered_to_it():
+    s = {"unstable": True, "first_instability_step": 500}
+    cfg = {**CFG, "clipping": {"_target_": "x.FixedNorm", "clip_threshold": 5.0}}
+    found = _read(s, cfg, [(500, "loss_spike")])
+    assert found["clipping"].command == "clipping.clip_threshold=1.234"  # 1.234 < 5
+    assert "lower_lr" not in found
+
+
+def test_reading_too_much_clipping_says_lower_the_lr_and_never_to_lower_the_threshold():
+    # threshold 0.1 below the p90 1.234: "lower the threshold" would be the wrong way
+    s = {"unstable": True, "first_instability_step": 500, "too_much_clipping": True,
+         "grad_norm_p50": 0.4}  # fmt: skip
     cfg = {**CFG, "clipping": {"_target_": "x.FixedNorm", "clip_threshold": 0.1}}
     found = _read(s, cfg, [(500, "loss_spike")])
     assert "lower_lr" in found and "last_resort" not in found
-    assert found["clipping"].command == "clipping.clip_threshold=1.234"
+    assert found["clipping"].command is None
+    assert found["lower_lr"].command == "clipping.clip_threshold=1.234"  # raised to the p90
+    # the median update was scaled by 0.1 / 0.4 = 0.25: like a base LR of 0.01 * 0.25
+    assert "by 0.25" in found["lower_lr"].fix and "to 0.0025 would" in found["lower_lr"].fix
+
+
+def test_reading_a_stable_run_clipped_more_than_half_the_time_says_so_first():
+    # the playbook's > 50% rule holds whether or not the run is unstable (nanoGPT's CPU
+    # recipe: clip 1.0 against a median norm of ~1.6 clipped 92% of the updates)
+    s = {"too_much_clipping": True, "clip_fraction": 0.92, "grad_norm_p50": 1.6,
+         "grad_norm_spikes": 3, "first_grad_norm_spike_step": 785}  # fmt: skip
+    cfg = {**CFG, "clipping": {"_target_": "x.FixedNorm", "clip_threshold": 1.0}}
+    found = _read(s, cfg)
+    assert list(found) == ["lower_lr", "stable"]
+    assert "nothing to fix" not in found["stable"].evidence
+    assert "90th percentile" not in found["stable"].evidence  # clipping is on already
+    assert found["lower_lr"].command == "clipping.clip_threshold=1.234"
+    assert "by 0.62" in found["lower_lr"].fix  # 1.0 / 1.6 = 0.625
+    # a threshold above the median scales nothing typical: no equivalent LR is claimed
+    high = _read({**s, "grad_norm_p50": 0.9}, cfg)
+    assert "scaled the typical update" not in high["lower_lr"].fix
+    # without clipping on, the stable finding offers it for the spikes
+    (plain,) = reading({**STABLE, "grad_norm_spikes": 3, "first_grad_norm_spike_step": 7}, CFG)
+    assert "nothing to fix" in plain.evidence and "90th percentile" in plain.evidence
 
 
 def test_too_much_clipping_quotes_a_window_peak_only_where_one_was_measured():
