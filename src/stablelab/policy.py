@@ -305,7 +305,9 @@ def _stable(f: dict[str, Any]) -> Finding:
         else ""
     )
     # over-clipped (the finding before this one): stable, but not "nothing to fix"
-    verdict = "stable, but see the clipping above" if s.get("too_much_clipping") else "nothing to fix"
+    verdict = (
+        "stable, but see the clipping above" if s.get("too_much_clipping") else "nothing to fix"
+    )
     return Finding(
         "stable",
         "No divergence, no rise of the smoothed training loss above its margin and no loss "

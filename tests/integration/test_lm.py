@@ -76,6 +76,9 @@ def test_lm_metrics_bits_per_character_and_held_out_loss(lm_run):
     assert len(list(csv.DictReader((run / "grad_norms.csv").open()))) == 200
     assert s["dense_eval_points"] == 25 and s["dense_eval_examples"] == 64 * 32  # characters
     assert "Verdict" in (run / "report.md").read_text()
+    # the monitor's figure, in the report (its content: tests/unit/test_plots.py)
+    assert (run / "lm_monitor.png").is_file()
+    assert "(lm_monitor.png)" in (run / "report.md").read_text()
 
 
 def test_sampling_is_deterministic_for_a_seed(lm_run, capsys):

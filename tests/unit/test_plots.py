@@ -155,3 +155,59 @@ def test_sweep_curves_say_which_sweep_and_which_curve_is_lr_star(tmp_path, captu
         _sweep_trial(tmp_path / "warmup", f"warmup_{w}", 0.02, w, 0.4)
     analyze_lr_sweep(tmp_path / "warmup")
     assert [f.axes[0].get_title() for f in captured] == ["warmup sweep at lr 0.02: training loss"]
+
+
+def _lm_run(run, rows, header, cfg):
+    import csv
+
+    import yaml
+
+    run.mkdir()
+    with (run / "lm_monitor.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_lm_monitor_figure_draws_each_layer_and_the_configured_alarms(tmp_path, captured):
+    """lm_monitor.png from a hand-written lm_monitor.csv: a line per layer holding that
+    column's values, named by layer index and module, the run's own alarm levels."""
+    from stablelab.analysis.report import _lm_monitor_plot
+
+    header = ["step", "logz_mean", "logz_max", "attn_logit_max",
+              "attn_logit_max/blocks.0.branch", "attn_logit_max/blocks.2.branch"]  # fmt: skip
+    rows = [[0, 4.2, 4.3, 0.3, 0.25, 0.3], [50, 9.5, 12.0, 80.0, 80.0, 3.0],
+            [100, 11.0, 15.0, 120.0, 120.0, 4.0]]  # fmt: skip
+    cfg = {"callbacks": {"lm_monitor": {"logit_alarm": 70.0, "growth_factor": 5.0,
+                                        "logz_alarm": 18.0}}}  # fmt: skip
+    _lm_run(tmp_path / "run", rows, header, cfg)
+    _lm_monitor_plot(tmp_path / "run", cfg)
+    assert (tmp_path / "run" / "lm_monitor.png").is_file()
+    attn, logz = captured[0].axes
+    lines = {ln.get_label(): ln for ln in attn.get_lines()}
+    assert list(lines) == ["layer 0 (blocks.0.branch)", "layer 1 (blocks.2.branch)",
+                           "alarm: > 70 and 5x its step-0 value"]  # fmt: skip
+    assert list(lines["layer 0 (blocks.0.branch)"].get_ydata()) == [0.25, 80.0, 120.0]
+    assert list(lines["layer 1 (blocks.2.branch)"].get_xdata()) == [0, 50, 100]
+    assert list(lines["layer 1 (blocks.2.branch)"].get_ydata()) == [0.3, 3.0, 4.0]
+    assert list(lines["alarm: > 70 and 5x its step-0 value"].get_ydata()) == [70.0, 70.0]
+    assert attn.get_yscale() == "log"
+    z = {ln.get_label(): list(ln.get_ydata()) for ln in logz.get_lines()}
+    assert z["mean log Z"] == [4.2, 9.5, 11.0] and z["max log Z"] == [4.3, 12.0, 15.0]
+    # the mean came within half of the alarm (11 > 9): both alarm lines drawn
+    assert [18.0, 18.0] in z.values() and [-18.0, -18.0] in z.values()
+
+
+def test_lm_monitor_figure_of_a_model_without_stablelabs_attention(tmp_path, captured):
+    """log Z only (one panel); a mean far from its alarm names the alarm in the title
+    instead of squashing the curve under two far lines; the default levels without a
+    config."""
+    from stablelab.analysis.report import _lm_monitor_plot
+
+    _lm_run(tmp_path / "run", [[0, 4.2, 4.4], [10, 4.0, 4.5]],
+            ["step", "logz_mean", "logz_max"], {})  # fmt: skip
+    _lm_monitor_plot(tmp_path / "run", {})
+    (ax,) = captured[0].axes
+    assert "alarm at |mean| > 20" in ax.get_title()
+    assert all(abs(y) < 20 for ln in ax.get_lines() for y in ln.get_ydata())

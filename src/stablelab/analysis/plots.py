@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -304,6 +304,69 @@ def plot_noise_scale(rows, batch_size: int | None, path: str | Path) -> Path:
     ax.set_title("gradient noise scale tr(Sigma) / |G|^2 (McCandlish et al. 2018)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_lm_monitor(
+    steps: Sequence[int],
+    logz_mean: Sequence[float],
+    logz_max: Sequence[float],
+    layers: Mapping[str, Sequence[float]],
+    path: str | Path,
+    logit_alarm: float = 50.0,
+    growth_factor: float = 10.0,
+    logz_alarm: float = 20.0,
+) -> Path:
+    """The language-model monitor over the run (Wortsman et al. 2023's two instabilities):
+    the largest attention logit q.k/sqrt(d) of each layer (``layers``: name -> values, in
+    the model's order; log scale where all are positive) with the report's alarm level, and
+    log Z of the output logits (mean and max over the probe's positions), whose alarm
+    lines are drawn once the mean comes within half of them. One panel, log Z, for a model
+    without stablelab's attention layers."""
+    import math
+
+    plt = _pyplot()
+    n = 2 if layers else 1
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 3.8), dpi=120, squeeze=False)
+    if layers:
+        ax = axes[0, 0]
+        cmap = plt.get_cmap("viridis")
+        values: list[float] = []
+        for i, (name, ys) in enumerate(layers.items()):
+            pts = [(s, y) for s, y in zip(steps, ys, strict=True) if math.isfinite(y)]
+            values += [y for _, y in pts]
+            if pts:
+                color = cmap(i / max(1, len(layers) - 1) * 0.9)
+                ax.plot(*zip(*pts, strict=True), "-", lw=1.5, color=color,
+                        label=f"layer {i} ({name})")  # fmt: skip
+        alarm = f"alarm: > {logit_alarm:g} and {growth_factor:g}x its step-0 value"
+        ax.axhline(logit_alarm, color="C3", ls="--", lw=1.2, label=alarm)
+        if values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_ylabel("max attention logit q.k / sqrt(d)")
+        ax.set_title("attention logits per layer (fixed probe batch)")
+        ax.legend(loc="best", fontsize=7)
+    ax = axes[0, n - 1]
+    for ys, style, label in ((logz_mean, "-", "mean log Z"), (logz_max, ":", "max log Z")):
+        pts = [(s, y) for s, y in zip(steps, ys, strict=True) if math.isfinite(y)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, lw=1.8, color="C0", label=label)
+    ax.axhline(0, color="0.5", lw=0.8, ls="-.", label="0 (where z-loss pulls it)")
+    near = [abs(y) for y in logz_mean if math.isfinite(y)]
+    if near and max(near) > logz_alarm / 2:
+        for sign in (1, -1):
+            ax.axhline(sign * logz_alarm, color="C3", ls="--", lw=1.2,
+                       label=f"alarm |mean| > {logz_alarm:g}" if sign > 0 else None)  # fmt: skip
+        title = "log Z = logsumexp of the output logits"
+    else:
+        title = f"log Z = logsumexp of the output logits (alarm at |mean| > {logz_alarm:g})"
+    ax.set_ylabel("log Z")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=7)
+    for a in axes.flat:
+        _integer_ticks(a.xaxis)
+        a.set_xlabel("step")
+        a.grid(alpha=0.3, which="both")
     return _save(fig, path)
 
 

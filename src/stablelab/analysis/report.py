@@ -28,6 +28,7 @@ FIGURES = [
     ("update_ratio.png", "update-to-weight ratio per parameter tensor"),
     ("sharpness.png", "sharpness against the update rule's stability threshold"),
     ("noise_scale.png", "gradient noise scale against the batch size"),
+    ("lm_monitor.png", "max attention logit per layer and log Z of the output logits"),
 ]
 
 
@@ -158,6 +159,7 @@ def _draw_figures(run_dir: Path, summary, cfg, stab, dense_rows, events) -> None
         )
     if cfg:
         _lr_plot(cfg, run_dir)
+    _lm_monitor_plot(run_dir, cfg)
     grad = _csv(run_dir / "grad_norms.csv")
     if grad and not (run_dir / "grad_norm.png").is_file():
         norms = [_f(r["grad_norm"]) for r in grad]
@@ -168,6 +170,33 @@ def _draw_figures(run_dir: Path, summary, cfg, stab, dense_rows, events) -> None
             run_dir / "grad_norm.png",
         )
         plots.plot_grad_norm_hist(norms, run_dir / "grad_norm_hist.png")
+
+
+def _lm_monitor_plot(run_dir: Path, cfg: dict[str, Any]) -> None:
+    """lm_monitor.png from lm_monitor.csv, with the alarm levels the run flagged by."""
+    from stablelab.analysis import plots
+
+    rows = read_csv(run_dir, "lm_monitor.csv", ("step", "logz_mean", "logz_max"))
+    if not rows:
+        return
+    mon = ((cfg.get("callbacks") or {}).get("lm_monitor") or {}) if cfg else {}
+    levels = {k: mon[k] for k in ("logit_alarm", "growth_factor", "logz_alarm") if _num(mon.get(k))}
+    prefix = "attn_logit_max/"
+    layers = {
+        k.removeprefix(prefix): [_f(r[k]) for r in rows] for k in rows[0] if k.startswith(prefix)
+    }
+    plots.plot_lm_monitor(
+        [int(r["step"]) for r in rows],
+        [_f(r["logz_mean"]) for r in rows],
+        [_f(r["logz_max"]) for r in rows],
+        layers,
+        run_dir / "lm_monitor.png",
+        **levels,
+    )
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def verdict(summary: dict[str, Any]) -> str:
