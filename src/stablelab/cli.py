@@ -22,9 +22,10 @@ from typing import Any
 
 
 def schedule_plot(args: argparse.Namespace) -> int:
-    """Plot the LR of every step for the composed config's optimizer.lr and schedule."""
+    """Plot the LR over the steps (every step up to 20,000) for the composed config's
+    optimizer.lr and schedule."""
     from stablelab.analysis.plots import plot_schedule
-    from stablelab.analysis.runs import lr_per_step
+    from stablelab.analysis.runs import lr_curve
     from stablelab.config import ConfigError, checked
 
     if problem := _image_format_problem(args.out):
@@ -35,24 +36,24 @@ def schedule_plot(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"stablelab schedule-plot: {e}", file=sys.stderr)
         return 2
-    built = lr_per_step(plain)
+    built = lr_curve(plain)
     if built is None:
         print("stablelab schedule-plot: the schedule could not be built", file=sys.stderr)
         return 2
-    sched, lrs = built
+    sched, steps, lrs = built
     base = float(plain["optimizer"]["lr"])
     out = plot_schedule(
         lrs,
         args.out,
         sched.warmup_steps,
         sched.post_warmup_steps,
-        title=f"{type(sched).__name__} schedule, base LR {base:g}, {sched.total_steps} steps",
+        title=f"{type(sched).__name__} schedule, base LR {base:g}, {sched.total_steps:,} steps",
+        steps=steps,
     )
-    W, P = sched.warmup_steps, sched.post_warmup_steps
-    marks = sorted({0, W, W + P, len(lrs) - 1} & set(range(len(lrs))))
+    W, P, total = sched.warmup_steps, sched.post_warmup_steps, sched.total_steps
     print(f"wrote {out}")
-    for s in marks:
-        print(f"  step {s:>7d}: lr = {lrs[s]:.6g}")
+    for s in sorted({m for m in (0, W, W + P, total - 1) if 0 <= m < total}):
+        print(f"  step {s:>7d}: lr = {base * sched(s):.6g}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # printed below as a note instead
         msg = sched.warn_if_long_warmup()

@@ -426,15 +426,16 @@ def test_rebuilding_a_report_never_runs_a_crafted_config(tmp_path):
     assert main(["report", str(run)]) == 0
     assert not pwned.exists() and not (run / "lr.png").exists()
     assert (run / "report.md").is_file()
-    from stablelab.analysis.runs import lr_per_step
+    from stablelab.analysis.runs import lr_curve
 
     # a genuine schedule: linear warmup step / 4 over 4 steps, then constant (8 steps)
     good = {"_target_": "stablelab.optim.schedules.Constant", "warmup_steps": 4,
             "max_train_steps": 8}  # fmt: skip
-    sched, lrs = lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml")
+    sched, steps, lrs = lr_curve({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml")
+    assert steps == list(range(8))
     assert lrs == pytest.approx([0.1 * min(1.0, s / 4) for s in range(8)], abs=1e-12)
     good["_target_"] = "stablelab.optim.schedules.os.system"  # reached through a module
-    assert lr_per_step({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml") is None
+    assert lr_curve({"optimizer": {"lr": 0.1}, "schedule": good}, source="x.yaml") is None
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:

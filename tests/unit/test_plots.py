@@ -211,3 +211,24 @@ def test_lm_monitor_figure_of_a_model_without_stablelabs_attention(tmp_path, cap
     (ax,) = captured[0].axes
     assert "alarm at |mean| > 20" in ax.get_title()
     assert all(abs(y) < 20 for ln in ax.get_lines() for y in ln.get_ydata())
+
+
+@pytest.mark.parametrize("total, unit", [(1500, ""), (300_000, "k"), (100_000_000, "M")])
+def test_a_step_axis_reads_in_one_plain_unit(tmp_path, captured, total, unit):
+    """Steps of a long run: 100k, 20M (not 0.2 under a '1e8' offset), one unit per axis
+    (not '50000' beside '100k'); each label reads its tick's value."""
+    steps = [0, total // 3, total - 1]
+    plots.plot_schedule([0.0, 1e-3, 1e-4], tmp_path / "lr.png", steps=steps)
+    ax = captured[0].axes[0]
+    lo, hi = ax.get_xlim()
+    ticks = [(t.get_text(), v) for t, v in zip(ax.get_xticklabels(), ax.get_xticks(), strict=True)
+             if lo <= v <= hi]  # fmt: skip
+    assert len(ticks) >= 3 and ax.xaxis.get_offset_text().get_text() == ""
+    scale = {"": 1, "k": 1e3, "M": 1e6}[unit]
+    for text, value in ticks:
+        if value == 0:
+            assert text == "0"
+            continue
+        assert text.endswith(unit) and (unit or text.isdigit()), ticks
+        assert float(text.removesuffix(unit) if unit else text) * scale == pytest.approx(value)
+    assert list(ax.get_lines()[0].get_xdata()) == steps

@@ -89,3 +89,34 @@ def test_lambda_lr_applies_the_schedule_per_step():
     expected = [0.5 * s(k) for k in range(50)]
     assert seen == pytest.approx(expected, abs=1e-15)
     assert seen[0] == 0 and seen[10] == 0.5
+
+
+def test_the_lr_curve_of_a_long_run_is_bounded_and_keeps_the_warmup_edges():
+    """lr.png / schedule-plot of a 100M-step run: at most ~20,000 points (every step took
+    minutes and ~17 GB), evenly spread, with warmup's last ramp step, its top and the end
+    of the hold exact; values against the cosine's closed form in float64."""
+    from stablelab.analysis.runs import MAX_CURVE_POINTS, curve_steps, lr_curve
+
+    total, w, p, f = 100_000_000, 1_000, 3_000, 0.1
+    cfg = {"optimizer": {"lr": 0.5},
+           "schedule": {"_target_": "stablelab.optim.schedules.Cosine", "warmup_steps": w,
+                        "post_warmup_steps": p, "max_train_steps": total,
+                        "final_lr_fraction": f}}  # fmt: skip
+    _, steps, lrs = lr_curve(cfg)
+    assert len(steps) <= MAX_CURVE_POINTS + 4 and steps == sorted(set(steps))
+    assert {0, w - 1, w, w + p - 1, w + p, total - 1} <= set(steps)
+    gap = math.ceil(total / (MAX_CURVE_POINTS - 1))
+    assert max(b - a for a, b in zip(steps, steps[1:], strict=False)) <= gap
+    T = total - w - p
+
+    def closed_form(s: int) -> float:
+        if s < w:
+            return 0.5 * s / w
+        if s < w + p:
+            return 0.5
+        return 0.5 * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * (s - w - p) / T)))
+
+    assert lrs == pytest.approx([closed_form(s) for s in steps], rel=1e-9, abs=1e-15)
+    # a short run: every step, nothing added
+    assert curve_steps(50, (10, 30)) == list(range(50))
+    assert curve_steps(10, (3,), most=4) == [0, 2, 3, 6, 9]

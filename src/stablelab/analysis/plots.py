@@ -35,10 +35,25 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def _integer_ticks(axis) -> None:
-    """Steps and counts: whole-number ticks (a 2-step run's axis reads 0, 1, 2, not 0.2)."""
-    from matplotlib.ticker import MaxNLocator
+    """Steps and counts: whole-number ticks (a 2-step run's axis reads 0, 1, 2, not 0.2),
+    written plainly (200k, 1.5M: not 0.2 and 1.5 under a '1e6' offset)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # 0, 20, 40: not 8
+    axis.set_major_formatter(
+        FuncFormatter(lambda v, _: count_label(v, max(map(abs, axis.get_view_interval()))))
+    )
+
+
+def count_label(v: float, top: float | None = None) -> str:
+    """A step or count as a tick label, in one unit for the whole axis (``top``: its
+    largest value): 0, 250, 1500; 5k, 10k, 15k; 20M, 40M; 2B."""
+    top = abs(v) if top is None else top
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e4, "k")):
+        if top >= scale:
+            unit = 1e3 if suffix == "k" else scale
+            return f"{v / unit:.4g}{suffix}" if v else "0"
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:g}"
 
 
 def pyplot():
@@ -58,11 +73,14 @@ def plot_schedule(
     warmup_steps: int = 0,
     post_warmup_steps: int = 0,
     title: str = "learning-rate schedule",
+    steps: Sequence[int] | None = None,
 ) -> Path:
-    """LR vs step, with the end of warmup and of the post-warmup hold marked."""
+    """LR vs step (``steps``, default 0, 1, ...: one LR each), with the end of warmup and of
+    the post-warmup hold marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
-    ax.plot(range(len(lrs)), lrs, lw=1.5, color="C0", marker="o" if len(lrs) == 1 else "")
+    xs = range(len(lrs)) if steps is None else steps
+    ax.plot(xs, lrs, lw=1.5, color="C0", marker="o" if len(lrs) == 1 else "")
     if len(lrs) == 1:  # one step: an axis around it, not a +-0.05 zoom onto step 0
         ax.set_xlim(-0.5, 1.5)
     if warmup_steps:

@@ -73,20 +73,21 @@ def load_config(run_dir: str | Path) -> dict[str, Any]:
 
 def _lr_plot(cfg: dict[str, Any], run_dir: Path) -> Path | None:
     """lr.png, when the schedule in the run's config.yaml may be built (see
-    :func:`stablelab.analysis.runs.lr_per_step`); no LR plot otherwise, still a report."""
+    :func:`stablelab.analysis.runs.lr_curve`); no LR plot otherwise, still a report."""
     from stablelab.analysis.plots import plot_schedule
-    from stablelab.analysis.runs import lr_per_step
+    from stablelab.analysis.runs import lr_curve
 
-    built = lr_per_step(cfg, source=str(run_dir / "config.yaml"))
+    built = lr_curve(cfg, source=str(run_dir / "config.yaml"))
     if built is None:
         return None
-    sched, lrs = built
+    sched, steps, lrs = built
     return plot_schedule(
         lrs,
         run_dir / "lr.png",
         sched.warmup_steps,
         sched.post_warmup_steps,
         title=f"{type(sched).__name__} schedule, base LR {float(cfg['optimizer']['lr']):g}",
+        steps=steps,
     )
 
 
