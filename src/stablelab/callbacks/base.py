@@ -14,6 +14,7 @@ model is never validated or checkpointed), at the end of training and on an exce
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,56 @@ class CsvRows:
         tmp.replace(path)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain lists (loads with ``weights_only=True``): the header, then one list per row."""
-        return {
-            "fields": list(self.fields),
-            "rows": [[r.get(k) for k in self.fields] for r in self.rows],
-        }
+        """The header and the rows column by column (loads with ``weights_only=True``): a
+        column of ints, of floats, or of floats and Nones is one tensor (with a mask of the
+        Nones), any other a plain list. Each checkpoint holds every row so far, and one
+        Python list per row cost 0.3 s and 9 MB per checkpoint of a 100k-step run; tensors
+        are written as bytes. ``tolist`` gives each value back exactly (float64 holds every
+        Python float), so the rewritten file is byte for byte the same."""
+        import torch
+
+        columns: dict[str, dict[str, Any]] = {}
+        for k in self.fields:
+            values = [r.get(k) for r in self.rows]
+            kinds = {type(v) for v in values}
+            if kinds <= {int}:
+                columns[k] = {"int": torch.tensor(values, dtype=torch.int64)}
+            elif kinds <= {float, type(None)}:
+                none = [v is None for v in values]
+                floats = [math.nan if v is None else v for v in values]
+                col = {"float": torch.tensor(floats, dtype=torch.float64)}
+                columns[k] = {**col, "none": torch.tensor(none)} if any(none) else col
+            else:
+                columns[k] = {"list": values}
+        return {"fields": list(self.fields), "n": len(self.rows), "columns": columns}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fields = list(state["fields"])
-        self.rows = [dict(zip(self.fields, v, strict=True)) for v in state["rows"]]
+        if "rows" in state:  # a checkpoint written before the columns (2026-12-06)
+            self.rows = [dict(zip(self.fields, v, strict=True)) for v in state["rows"]]
+            return
+        cols = []
+        for k in self.fields:
+            c = state["columns"][k]
+            if "list" in c:
+                cols.append(list(c["list"]))
+            elif "int" in c:
+                cols.append(c["int"].tolist())
+            else:
+                values = c["float"].tolist()
+                if "none" in c:
+                    values = [
+                        None if n else v for v, n in zip(values, c["none"].tolist(), strict=True)
+                    ]
+                cols.append(values)
+        n = int(state["n"])
+        if any(len(c) != n for c in cols):
+            raise ValueError(f"{self.filename}: a checkpoint's columns of unequal length")
+        self.rows = (
+            [dict(zip(self.fields, v, strict=True)) for v in zip(*cols, strict=True)]
+            if cols
+            else [{} for _ in range(n)]
+        )
 
 
 def telemetry_callbacks(trainer: L.Trainer) -> list[TelemetryCallback]:
