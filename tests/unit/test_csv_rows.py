@@ -63,7 +63,8 @@ def test_rows_come_back_exactly_and_the_file_is_rewritten_byte_for_byte(tmp_path
     )
     assert cols["loss"]["float"].dtype == torch.float64 and "none" not in cols["loss"]
     assert cols["lr"]["none"].sum().item() == 250
-    assert isinstance(cols["events"]["list"], list) and isinstance(cols["flag"]["list"], list)
+    assert cols["events"]["text_at"].tolist() == list(range(0, 1000, 5))  # the non-empty
+    assert isinstance(cols["flag"]["list"], list)
 
 
 def test_a_long_runs_rows_stay_small_in_a_checkpoint():
@@ -89,3 +90,27 @@ def test_an_empty_file_and_no_fields():
     back = CsvRows("e.csv")
     back.load_state_dict(_through_a_checkpoint(CsvRows("e.csv").state_dict()))
     assert back.rows == [] and back.fields == []
+
+
+def test_checkpoints_taken_as_rows_come_each_hold_every_row_so_far(tmp_path):
+    """The columns are kept up to date between checkpoints (not rebuilt each time): every
+    state decodes to exactly the rows added before it, also after the rows were replaced
+    (a resume) or the fields changed (a monitor's columns set at setup)."""
+    rows = _rows(300)
+    live = CsvRows("t.csv", FIELDS)
+    for lo in range(0, 300, 70):
+        live.add(None, rows[lo : lo + 70], write=False)
+        back = CsvRows("t.csv")
+        back.load_state_dict(_through_a_checkpoint(live.state_dict()))
+        want = rows[: lo + 70]
+        assert len(back.rows) == len(want)
+        assert all(_same(g[k], w[k]) for g, w in zip(back.rows, want, strict=True) for k in FIELDS)
+    live.rows = rows[:10]  # replaced wholesale, fewer rows
+    back.load_state_dict(_through_a_checkpoint(live.state_dict()))
+    assert [r["step"] for r in back.rows] == list(range(10))
+    live.fields = ["step", "events"]
+    back.load_state_dict(_through_a_checkpoint(live.state_dict()))
+    assert back.fields == ["step", "events"] and list(back.rows[3]) == ["step", "events"]
+    live.add(None, [{"step": 10, "events": None}], write=False)  # a None in a text column
+    back.load_state_dict(_through_a_checkpoint(live.state_dict()))
+    assert back.rows[-1] == {"step": 10, "events": None} and len(back.rows) == 11
