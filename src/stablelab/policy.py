@@ -360,6 +360,8 @@ def _clipping(f: dict[str, Any]) -> Finding:
             f"clipping is on at {fmt(thr)}, above the 90th percentile of this run's unclipped "
             f"norms: lower the threshold to it, `{command}`"
         )
+    elif f["clip_kind"] == "FixedNorm" and not _positive(thr, p90):  # no norms measured
+        command, how = None, f"clipping is on at {fmt(thr)}: lower the threshold"
     elif f["clip_kind"] == "FixedNorm":
         command = None  # already at or below the p90: lower it only while it clips < 50%
         how = (

@@ -97,6 +97,9 @@ def test_reading_a_set_threshold_above_the_p90_is_lowered_to_it():
     found = _read(s, cfg, [(500, "loss_spike")])
     assert found["clipping"].command == "clipping.clip_threshold=1.234"  # 1.234 < 5
     assert "lower_lr" not in found
+    unmeasured = _read({**s, "recommended_clip_threshold": None}, cfg, [(500, "loss_spike")])
+    assert unmeasured["clipping"].command is None
+    assert "clipping is on at 5: lower the threshold." in unmeasured["clipping"].fix
 
 
 def test_reading_too_much_clipping_says_lower_the_lr_and_never_to_lower_the_threshold():
