@@ -231,15 +231,21 @@ def _out(args: argparse.Namespace, what: str) -> Path:
     return root / "logs" / what / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
 
 
-def _check(overrides: list[str], prog: str) -> bool:
-    """Validate the overrides once before any trial starts (exit 2 on a bad config)."""
+def _check(overrides: list[str], prog: str, advise_warmup: bool = False) -> bool:
+    """Validate the overrides once before any trial starts (exit 2 on a bad config). With
+    ``advise_warmup`` (the trials train the configured schedule: an LR sweep) the
+    schedule's warmup advice is given here once, not only in each trial's log."""
     from stablelab.config import ConfigError, checked
 
     try:
-        checked(overrides)
+        plain = checked(overrides)
     except ConfigError as e:
         print(f"stablelab {prog}: {e}", file=sys.stderr)
         return False
+    if advise_warmup:
+        from hydra.utils import instantiate
+
+        instantiate(plain["schedule"]).warn_if_long_warmup()  # a warning: printed as one line
     return True
 
 
@@ -253,7 +259,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         return 2
     from stablelab import workflows
 
-    if not _check(args.overrides, f"sweep {args.kind}"):
+    if not _check(args.overrides, f"sweep {args.kind}", advise_warmup=args.kind == "lr"):
         return 2
     out = _out(args, f"{args.kind}_sweep")
     if args.kind == "lr":
@@ -329,7 +335,7 @@ def _wrote_sweep(sweep_dir) -> str:
 def diagnose_cmd(args: argparse.Namespace) -> int:
     from stablelab import workflows
 
-    if not _check(args.overrides, "diagnose"):
+    if not _check(args.overrides, "diagnose", advise_warmup=True):
         return 2
     workflows.diagnose(
         _out(args, "diagnose"),

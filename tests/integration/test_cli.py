@@ -343,3 +343,21 @@ def test_eval_gives_no_training_advice(tmp_path, capsys):
         assert cli_main(["eval", ckpt, "logger=csv", "--out", str(tmp_path / "e")]) == 0
     said = [str(w.message) for w in caught] + capsys.readouterr().err.splitlines()
     assert not [x for x in said if "warmup_steps=2" in x], said
+
+
+def test_an_lr_sweep_gives_the_warmup_advice_once_before_its_trials():
+    """Its trials train the configured schedule: an over-long warmup is said on the sweep's
+    console (a warning, which the CLI prints as one line), not only in each trial's log;
+    the warmup sweep, which replaces the warmup, says nothing of it."""
+    import warnings
+
+    from stablelab.cli import _check
+    from stablelab.optim.schedules import WarmupScheduleWarning
+
+    over = ["schedule.warmup_steps=50", "max_train_steps=200"]
+    with pytest.warns(WarmupScheduleWarning, match="warmup_steps=50 is 25% of max_train_steps=200"):
+        assert _check(over, "sweep lr", advise_warmup=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WarmupScheduleWarning)
+        assert _check(over, "sweep warmup")
+        assert _check(["schedule.warmup_steps=5", "max_train_steps=200"], "sweep lr", True)
