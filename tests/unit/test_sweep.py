@@ -463,3 +463,8 @@ def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_
     )
     assert analyze_lr_sweep(plain)["also_varied"] == ""
     assert "Besides" not in (plain / "sweep_report.md").read_text()
+    # trials on 1 and 2 devices: another global batch for the same data.batch_size
+    devices = tmp_path / "devices"
+    for name, lr, n in (("a", 0.1, 1), ("b", 0.3, 2)):
+        _trial(devices, name, lr, 0, False, data=mnist, trainer={"devices": n})
+    assert analyze_lr_sweep(devices)["also_varied"] == "trainer.devices (2 values)"

@@ -135,6 +135,7 @@ SWEPT = frozenset({"optimizer.lr", "schedule.warmup_steps", "schedule.post_warmu
 COMPARED = (
     "data", "model", "optimizer", "schedule", "clipping", "loss", "skip_spikes",
     "max_train_steps", "seed", "trainer.precision", "trainer.accumulate_grad_batches",
+    "trainer.devices", "trainer.num_nodes",  # the global batch: data.batch_size x these
 )  # fmt: skip
 # Trials on different data have losses that do not compare at all: not one sweep.
 DATA_IDENTITY = ("data._target_", "data.path")
