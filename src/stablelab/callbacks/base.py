@@ -77,7 +77,7 @@ class CsvRows:
         of = self._cols_of
         n = len(next(iter(self._cols.values()))[0]) if self._cols else 0
         if of is None or of[0] is not self.rows or of[1] != self.fields or len(self.rows) < n:
-            self._cols, self._cols_of, n = {k: ([], set(), []) for k in self.fields}, None, 0
+            self._cols, n = {k: ([], set(), []) for k in self.fields}, 0
             self._cols_of = (self.rows, list(self.fields))
         new = self.rows[n:]
         for k, (values, kinds, nones) in self._cols.items():
