@@ -291,6 +291,10 @@ def run_trials(
         if watcher.is_alive():
             watcher.join()
         bar.close()
+    if progress:
+        found = trial_warnings(out_dir, [t.name for t in trials])
+        for line in warnings_summary(found, label, len(trials)):
+            print(line, file=sys.stderr if interactive else sys.stdout, flush=True)
     return [results[t.name] for t in trials]
 
 
@@ -303,6 +307,52 @@ def _catch_termination() -> dict[int, Any]:
     # SIGHUP (the terminal closed): the trials run in their own sessions and would not get it
     sigs = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
     return {sig: signal.signal(sig, _raise_signalled) for sig in sigs}
+
+
+# a warning of stablelab's own in a trial's log (the job log format of configs/hydra)
+_WARNING_LINE = re.compile(
+    r"^\[[^\]]*\]\[stablelab(?:\.[\w.]+)?\]\[WARNING\] - stablelab: (.+)$", re.M
+)
+# what each trial's status line already says (it diverged, or was stopped and can resume)
+_IN_STATUS = ("training diverged at step", "to resume: ")
+
+
+def trial_warnings(out_dir: Path, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """stablelab's warnings in the trials' logs (the config's, the data's, the model's,
+    none of them on the workflow's console otherwise), each distinct one once with the
+    trials that gave it, in the order first seen; those the trials' status lines already
+    give (divergence, interruption) are left out."""
+    found: dict[str, list[str]] = {}
+    for name in names:
+        try:
+            text = (Path(out_dir) / f"{name}.log").read_text("utf-8", "replace")
+        except OSError:
+            continue
+        for message in dict.fromkeys(_WARNING_LINE.findall(text)):
+            if not message.startswith(_IN_STATUS):
+                found.setdefault(message.rstrip(), []).append(name)
+    return list(found.items())
+
+
+def warnings_summary(
+    found: list[tuple[str, list[str]]], label: str, total: int, most: int = 8, width: int = 400
+) -> list[str]:
+    """The console lines for :func:`trial_warnings` of ``total`` trials: each warning once,
+    with the trials that gave it (all, or which); at most ``most`` of them, each cut at
+    ``width`` characters."""
+    if not found:
+        return []
+    lines = [f"[{label}] the trials' warnings, each once (their .log files give the context):"]
+    for message, names in found[:most]:
+        text = message if len(message) <= width else message[: width - 3] + "..."
+        if len(names) == total and total > 1:
+            who = f"all {total} trials"
+        else:
+            who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        lines.append(f"  - {text} ({who})")
+    if len(found) > most:
+        lines.append(f"  ... and {len(found) - most} more (see the trials' .log files)")
+    return lines
 
 
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+) \((\d+)%\).*ETA (\S+)\s*$", re.M)

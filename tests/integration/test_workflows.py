@@ -94,6 +94,30 @@ def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(seq
     assert f"LR sensitivity: {want:.4g}" in proc.stdout
     assert "diverged at step" in proc.stdout  # progress lines: trial k of n with the outcome
     assert "[LR sweep 3/3]" in proc.stdout and "ETA" in proc.stdout
+    # the divergence warning is the status line's already: no warnings section for it
+    assert "diverged at step 1" in (sweep / "lr_3.log").read_text()
+    assert "the trials' warnings" not in proc.stdout
+
+
+def test_a_warning_every_trial_gives_is_on_the_sweeps_console_once(tmp_path):
+    """A config key that matches nothing warns in each trial's log; the workflow's console
+    says it once, for all the trials (two real trials side by side)."""
+    proc = cli(
+        "sweep", "lr", "model=mlp", "max_train_steps=10", "logger=csv", "plots=false",
+        "clipping=agc", "clipping.exclude=[model.nothing]", "--lrs", "0.001", "0.01",
+        "--jobs", "2", "--threads", "1", "--out", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    head = lines.index(
+        "[LR sweep] the trials' warnings, each once (their .log files give the context):"
+    )
+    shown = lines[head + 1]
+    assert shown.startswith("  - clipping.exclude ['model.nothing'] matches no parameter")
+    assert shown.endswith("(all 2 trials)")
+    assert sum("model.nothing" in line for line in lines) == 1
+    for trial in ("lr_0.001", "lr_0.01"):
+        assert "matches no parameter" in (tmp_path / "s" / f"{trial}.log").read_text()
 
 
 def test_parallel_trials_give_the_same_results_as_sequential(seq_sweep, diagnosis):

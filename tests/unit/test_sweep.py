@@ -192,6 +192,72 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
     assert (tmp_path / "t0.log").read_text().startswith("CUDA_VISIBLE_DEVICES=")
 
 
+def test_the_trials_warnings_are_printed_once_at_the_end(tmp_path, monkeypatch, capsys):
+    """A workflow's console gets each stablelab warning of its trials' logs once, with the
+    trials that gave it; Lightning's warnings, INFO lines and what the status lines already
+    say (divergence) are left out. The trial processes are replaced by writers of log lines
+    in Hydra's job log format."""
+    from pathlib import Path
+
+    from stablelab import trials, workflows
+
+    def line(logger, level, msg):
+        return f"[2026-12-06 21:30:00,000][{logger}][{level}] - {msg}\n"
+
+    shared = "stablelab: clipping.exclude=['model.nothing'] matches no parameter"
+    logs = {
+        "a": [line("stablelab", "WARNING", shared), line("stablelab", "WARNING", shared)],
+        "b": [
+            line("stablelab.train", "WARNING", shared),
+            line("stablelab", "WARNING", "stablelab: training diverged at step 12 (loss nan)"),
+            line("stablelab", "INFO", "stablelab: threads: 1"),
+            line("lightning.pytorch", "WARNING", "stablelab: not ours, Lightning's logger"),
+            line("stablelab", "WARNING", "stablelab: data.num_workers=4 ignored in memory"),
+        ],
+        "c": [line("stablelab", "WARNING", shared)],
+    }
+
+    class FakeProcess:
+        def __init__(self, cmd, stdout, stderr, env, start_new_session):
+            name = Path(next(c for c in cmd if c.startswith("hydra.run.dir="))[14:]).name
+            stdout.writelines(logs[name])
+            stdout.flush()
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(trials.subprocess, "Popen", FakeProcess)
+    trial_list = [workflows.Trial(n) for n in "abc"]
+    workflows.run_trials(trial_list, tmp_path, label="sweep", progress=True)
+    out = capsys.readouterr().out.splitlines()
+    start = out.index(
+        "[sweep] the trials' warnings, each once (their .log files give the context):"
+    )
+    assert out[start + 1 :] == [
+        "  - clipping.exclude=['model.nothing'] matches no parameter (all 3 trials)",
+        "  - data.num_workers=4 ignored in memory (b)",
+    ]
+
+
+def test_warnings_summary_names_at_most_three_trials_and_cuts_long_lists():
+    from stablelab.trials import warnings_summary
+
+    assert warnings_summary([], "sweep", 4) == []
+    found = [(f"w{i}", [f"t{j}" for j in range(5)]) for i in range(3)]
+    found.append(("x" * 20, ["t0", "t1", "t2", "t3"]))
+    lines = warnings_summary(found, "probe", 6, most=2, width=10)
+    assert lines == [
+        "[probe] the trials' warnings, each once (their .log files give the context):",
+        "  - w0 (t0, t1, t2 and 2 more)",
+        "  - w1 (t0, t1, t2 and 2 more)",
+        "  ... and 2 more (see the trials' .log files)",
+    ]
+    assert warnings_summary([("x" * 20, ["t1"])], "s", 1, width=10) == [
+        "[s] the trials' warnings, each once (their .log files give the context):",
+        "  - xxxxxxx... (t1)",
+    ]
+
+
 def sens_row(lr, final, init=7.0, feasible=True):
     return {"lr": lr, "final_val_loss": final, "initial_loss": init, "feasible": feasible}
 
