@@ -1,18 +1,19 @@
-"""What a long run's telemetry rows cost in its checkpoints: columns against a list of rows.
+"""What a long run's telemetry rows cost in memory and in its checkpoints: columns against dicts.
 
     python benchmarks/checkpoint_rows.py [--steps 100000] [--every 1000] [--repeats 3]
 
 Every checkpoint of a run holds every CSV row so far (grad_norms.csv gets one a step), so
-that a resumed run rewrites its files exactly. This builds ``--steps`` rows shaped like
-grad_norms.csv's (an int step, six floats, an empty-or-text event column, Nones where the
-clip threshold is off) and times, against the format used before 2026-12-06 (one Python
-list per row, rebuilt at each checkpoint):
+that a resumed run rewrites its files exactly, and the rows stay in memory for the plots and
+the summary. This builds ``--steps`` rows shaped like grad_norms.csv's (an int step, six
+floats, an empty-or-text event column, Nones where the clip threshold is off) and measures
+stablelab's ``CsvRows`` (rows held column by column in typed arrays since 2026-12-06, the
+checkpoint a tensor per column) against the format before (a dict per row in memory, a
+Python list per row in each checkpoint):
 
-- one checkpoint at the end: ``state_dict`` + ``torch.save`` to memory, its size (cold:
-  the columns built from nothing, as after a resume; warm: already up to date, as in a run);
+- memory: what holding the rows takes (tracemalloc, the rows added a flush at a time);
+- one checkpoint at the end: ``state_dict`` + ``torch.save`` to memory, its size;
 - loading it: ``torch.load(weights_only=True)`` + ``load_state_dict``;
-- the whole run's checkpointing: a checkpoint every ``--every`` rows as they come (the
-  columns are extended incrementally; the old format rebuilt every list each time).
+- the whole run's checkpointing: a checkpoint every ``--every`` rows as they come.
 
 Medians over ``--repeats``. Single-threaded; quote the ratios, not the seconds.
 """
@@ -20,10 +21,12 @@ Medians over ``--repeats``. Single-threaded; quote the ratios, not the seconds.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import statistics
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +55,61 @@ def make_rows(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def old_state(rows: CsvRows) -> dict[str, Any]:
-    """The format before columns: the header and one list per row."""
-    listed = [[r.get(k) for k in rows.fields] for r in rows.rows]
-    return {"fields": list(rows.fields), "rows": listed}
+class DictRows:
+    """The format before 2026-12-06: a dict per row, a list per row in each checkpoint."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self.fields, self.rows = list(fields), []
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.rows += rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fields": self.fields, "rows": [[r.get(k) for k in self.fields] for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fields = list(state["fields"])
+        self.rows = [dict(zip(self.fields, v, strict=True)) for v in state["rows"]]
+
+
+class Columns:
+    """stablelab's CsvRows, with the same three calls."""
+
+    def __init__(self, fields: list[str]) -> None:
+        self.csv = CsvRows("grad_norms.csv", fields)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        self.csv.add(None, rows, write=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.csv.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.csv.load_state_dict(state)
+
+    @property
+    def rows(self) -> Any:
+        return self.csv.rows
+
+
+def fresh(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """New dicts of new number objects, as the telemetry's ``tolist`` makes them."""
+    return [{k: v + 0 if type(v) in (int, float) else v for k, v in r.items()} for r in rows]
+
+
+def held_bytes(kind, rows: list[dict[str, Any]], every: int) -> int:
+    """What holding ``rows`` takes, added a flush at a time as fresh objects (the dicts of a
+    flush are garbage once added, unless kept)."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    table = kind(FIELDS)
+    for i in range(0, len(rows), every):
+        table.add(fresh(rows[i : i + every]))
+    size = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    del table
+    return size
 
 
 def save(state: dict[str, Any]) -> bytes:
@@ -82,23 +136,15 @@ def main() -> None:
     torch.set_num_threads(1)
     all_rows = make_rows(args.steps)
 
-    def filled() -> CsvRows:
-        c = CsvRows("grad_norms.csv", FIELDS)
-        c.rows = list(all_rows)
-        return c
-
     results = {}
-    for name, state_of in (("columns", lambda c: c.state_dict()), ("row lists", old_state)):
-        c = filled()
-        state_of(c)  # warm: the columns built once (a run extends them as rows come)
-        t_save, blob = timed(lambda c=c, f=state_of: save(f(c)), args.repeats)
-        if name == "columns":  # the first call above built the columns; time a cold one too
-            t_cold, _ = timed(lambda: save(filled().state_dict()), args.repeats)
-        else:
-            t_cold = t_save
+    for name, kind in (("columns", Columns), ("dicts, row lists (before)", DictRows)):
+        memory = held_bytes(kind, all_rows, args.every)
+        full = kind(FIELDS)
+        full.add([dict(r) for r in all_rows])
+        t_save, blob = timed(lambda full=full: save(full.state_dict()), args.repeats)
 
-        def load(blob=blob) -> CsvRows:
-            back = CsvRows("grad_norms.csv")
+        def load(blob=blob, kind=kind):
+            back = kind([])
             back.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
             return back
 
@@ -106,28 +152,31 @@ def main() -> None:
         if back.rows != all_rows:  # nan never occurs here, so == is exact
             raise SystemExit(f"{name}: the rows did not come back exactly")
 
-        def run(f=state_of) -> None:
-            c = CsvRows("grad_norms.csv", FIELDS)
+        def run(kind=kind) -> None:
+            c = kind(FIELDS)
             for i in range(0, args.steps, args.every):
-                c.add(None, all_rows[i : i + args.every], write=False)
-                save(f(c))
+                c.add([dict(r) for r in all_rows[i : i + args.every]])
+                save(c.state_dict())
 
         t_run, _ = timed(run, args.repeats)
-        results[name] = (t_cold, t_save, len(blob), t_load, t_run)
+        results[name] = (memory, t_save, len(blob), t_load, t_run)
 
     n_ckpt = -(-args.steps // args.every)
     print(f"{args.steps:,} rows of {len(FIELDS)} fields; {n_ckpt} checkpoints in the run\n")
     print(
-        "| format | last checkpoint, cold (s) | warm (s) | size (MB) | load (s) "
+        "| format | in memory (MB) | bytes a row | last checkpoint (s) | size (MB) | load (s) "
         f"| all {n_ckpt} checkpoints (s) |"
     )
-    print("|---|---|---|---|---|---|")
-    for name, (cold, warm, size, load, run) in results.items():
-        print(f"| {name} | {cold:.3f} | {warm:.3f} | {size / 1e6:.1f} | {load:.3f} | {run:.2f} |")
-    new, old = results["columns"], results["row lists"]
+    print("|---|---|---|---|---|---|---|")
+    for name, (mem, save_s, size, load_s, run_s) in results.items():
+        print(
+            f"| {name} | {mem / 1e6:.1f} | {mem / args.steps:.0f} | {save_s:.3f} "
+            f"| {size / 1e6:.1f} | {load_s:.3f} | {run_s:.2f} |"
+        )
+    new, old = results["columns"], results["dicts, row lists (before)"]
     print(
-        f"\nrow lists / columns: last checkpoint {old[1] / new[1]:.1f}x,"
-        f" load {old[3] / new[3]:.1f}x, whole run {old[4] / new[4]:.1f}x"
+        f"\nbefore / columns: memory {old[0] / new[0]:.1f}x, last checkpoint "
+        f"{old[1] / new[1]:.1f}x, load {old[3] / new[3]:.1f}x, whole run {old[4] / new[4]:.1f}x"
     )
 
 

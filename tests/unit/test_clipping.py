@@ -256,6 +256,26 @@ def test_clip_fraction_is_exact_and_every_step_is_kept(tmp_path):
     )
 
 
+def test_a_restored_monitor_has_the_clip_fractions_and_counters_of_its_checkpoint(tmp_path):
+    """The running clip fraction is not in grad_norms.csv nor in the checkpoint: a monitor
+    loaded from one recomputes it row by row (against the flags' own running means), and its
+    summary is the one of the monitor that was saved."""
+    import io
+
+    rng = np.random.default_rng(4)
+    flags = (rng.random(60) < 0.4).astype(float)
+    mon, _ = _monitor_run(flags, window=10, tmp=tmp_path)
+    buf = io.BytesIO()
+    torch.save(mon.state_dict(), buf)
+    buf.seek(0)
+    back = GradNormMonitor(recent_window=10, plots=False)
+    back.load_state_dict(torch.load(buf, weights_only=True))
+    assert [r["clip_fraction"] for r in back.rows] == [
+        flags[: k + 1].sum() / (k + 1) for k in range(60)
+    ]
+    assert back.summary() == mon.summary()
+
+
 def test_clip_fraction_window_peak_is_none_in_a_run_shorter_than_the_window(tmp_path):
     flags = np.ones(9)  # every step clipped, but no 10-step window was ever complete
     mon, _ = _monitor_run(flags, window=10, tmp=tmp_path)

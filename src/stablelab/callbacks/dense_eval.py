@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from stablelab.callbacks.base import CsvRows, TelemetryCallback, telemetry_callbacks
+from stablelab.callbacks.base import CsvRows, Rows, TelemetryCallback, telemetry_callbacks
 from stablelab.constraints import NonNegInt, PosInt
 from stablelab.data.loader import HeadLoader
 
@@ -143,7 +143,7 @@ class DenseEval(TelemetryCallback):
             self.log_step(trainer, r["step"], m)
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> Rows:
         return self.csv.rows
 
     def state_dict(self) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 
-from stablelab.callbacks.base import CsvRows, TelemetryCallback
+from stablelab.callbacks.base import CsvRows, Rows, TelemetryCallback
 from stablelab.constraints import OpenUnit, PosInt
 from stablelab.telemetry import GRAD_FIELDS
 
@@ -59,14 +59,14 @@ class GradNormMonitor(TelemetryCallback):
         self.recent_window = recent_window
         self.max_clip_fraction = max_clip_fraction
         self.plots = plots
-        self.csv: CsvRows = CsvRows(filename, ["step", *GRAD_FIELDS])
+        self.csv: CsvRows = CsvRows(filename, ["step", *GRAD_FIELDS], extra=["clip_fraction"])
         self._clipped_total = 0.0
         self._recent: deque[float] = deque(maxlen=recent_window)
         self._recent_max = 0.0
         self.warned: str | None = None
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> Rows:
         """Every step so far: ``step``, the gradient fields and the running clip fraction."""
         return self.csv.rows
 
@@ -83,14 +83,22 @@ class GradNormMonitor(TelemetryCallback):
 
     def _count(self, rows: list[dict[str, Any]]) -> None:
         """The running and recent clip fractions over ``rows`` (new steps, in order)."""
-        n = len(self.csv.rows)
-        for r in rows:
+        fractions = self._fractions([r["clipped"] for r in rows])
+        for r, f in zip(rows, fractions, strict=True):
+            r["clip_fraction"] = f
+
+    def _fractions(self, clipped: list[float], n: int | None = None) -> list[float]:
+        """The running clip fraction after each of these steps, which follow ``n`` steps
+        (default: the rows in memory)."""
+        n, out = len(self.csv.rows) if n is None else n, []
+        for c in clipped:
             n += 1
-            self._recent.append(r["clipped"])
-            self._clipped_total += r["clipped"]
-            r["clip_fraction"] = self._clipped_total / n
+            self._recent.append(c)
+            self._clipped_total += c
+            out.append(self._clipped_total / n)
             if len(self._recent) == self.recent_window:
                 self._recent_max = max(self._recent_max, sum(self._recent) / self.recent_window)
+        return out
 
     def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
         """Every step to W&B; the interval's last step to the other loggers."""
@@ -122,9 +130,9 @@ class GradNormMonitor(TelemetryCallback):
         from stablelab.analysis.plots import plot_grad_norm_hist, plot_grad_norms
 
         run_dir = Path(trainer.default_root_dir)
-        steps = [r["step"] for r in self.rows]
-        norms = [r["grad_norm"] for r in self.rows]
-        thresholds = [r["clip_threshold"] for r in self.rows]
+        steps = self.rows.column("step")
+        norms = self.rows.column("grad_norm")
+        thresholds = self.rows.column("clip_threshold")
         amp = getattr(trainer.precision_plugin, "scaler", None) is not None
         label = "float16 overflow (update skipped)" if amp else "not finite"
         line = plot_grad_norms(steps, norms, thresholds, run_dir / "grad_norm.png", label)
@@ -152,18 +160,18 @@ class GradNormMonitor(TelemetryCallback):
         return {"csv": self.csv.state_dict(), "warned": self.warned}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        restored = CsvRows(self.csv.filename)
-        restored.load_state_dict(state_dict["csv"])
-        self.csv.rows, self._clipped_total, self._recent_max = [], 0.0, 0.0
+        self.csv.load_state_dict(state_dict["csv"])
+        self._clipped_total, self._recent_max = 0.0, 0.0
         self._recent.clear()
-        self._count(restored.rows)  # the counters are a function of the rows
-        self.csv.rows = restored.rows
+        rows = self.csv.rows  # the counters and the clip fractions: from the rows
+        rows.set_column("clip_fraction", self._fractions(rows.column("clipped"), 0))
         self.warned = state_dict["warned"]
 
     # ------------------------------------------------------------------ results
     def summary(self) -> dict[str, Any]:
         """The ``summary.json`` keys (percentiles over every step's unclipped norm)."""
-        finite = np.array([r["grad_norm"] for r in self.rows if math.isfinite(r["grad_norm"])])
+        norms = np.array(self.rows.column("grad_norm"), dtype=float)
+        finite = norms[np.isfinite(norms)]
         if not self.rows:
             return {}
         pct = (

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from stablelab.callbacks.base import CsvRows
+from stablelab.callbacks.base import CsvRows, Rows
 
 FIELDS = ("step", "val_loss", "val_acc")
 
@@ -25,7 +25,7 @@ class EvalHistory(L.Callback):
         self.write = bool(filename)
 
     @property
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> Rows:
         return self.csv.rows
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stablelab.callbacks.base import CsvRows, TelemetryCallback
+from stablelab.callbacks.base import CsvRows, Rows, TelemetryCallback
 from stablelab.constraints import PosInt
 from stablelab.optim.clipping import is_dtensor, local_shard
 
@@ -103,7 +103,7 @@ class UpdateRatioMonitor(TelemetryCallback):
             self.log_step(trainer, r["step"], m, wandb_only=per_param)
 
     @property
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> Rows:
         return self.csv.rows
 
     def state_dict(self) -> dict[str, Any]:
