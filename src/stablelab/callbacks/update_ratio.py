@@ -125,7 +125,7 @@ class UpdateRatioMonitor(TelemetryCallback):
     def summary(self) -> dict[str, Any]:
         if not self.rows:
             return {}
-        values = np.array([[r[n] for n in self.names] for r in self.rows], dtype=float)
+        values = np.array([self.rows.column(n) for n in self.names], dtype=float).T
         finite = np.isfinite(values)
         if not finite.any():
             return {"update_ratio_median": None, "update_ratio_max": None}
