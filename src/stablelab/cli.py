@@ -581,7 +581,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     is exit 2 with its message, as everywhere."""
     from stablelab.console import plain_warnings
     from stablelab.constraints import ConfigError
-    from stablelab.trials import TrialsInterrupted
+    from stablelab.trials import TrialsFailed, TrialsInterrupted
 
     plain_warnings(f"stablelab {args.command}")
     try:
@@ -589,6 +589,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"stablelab {args.command}: {e}", file=sys.stderr)
         return 2
+    except TrialsFailed as e:  # every trial refused (2) or failed at start-up (1)
+        print(f"stablelab {args.command}: {e}", file=sys.stderr)
+        return 2 if e.refused else 1
     except TrialsInterrupted as e:  # 128 + N, as stablelab-train's
         print(
             f"stablelab {args.command}: {e}. To finish: resume the stopped trials, run the "

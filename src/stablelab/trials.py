@@ -74,6 +74,25 @@ class TrialsInterrupted(Exception):
         )
 
 
+class TrialsFailed(Exception):
+    """No trial of a workflow got as far as writing a summary (each was refused or failed
+    at start-up): nothing to analyse. Names the first one's last log line."""
+
+    def __init__(self, out_dir: Path, results: list[dict[str, Any]]) -> None:
+        self.out_dir = out_dir
+        self.refused = all(r["returncode"] == 2 for r in results)
+        first = results[0]["name"]
+        try:
+            lines = (out_dir / f"{first}.log").read_text("utf-8", "replace").splitlines()
+        except OSError:
+            lines = []
+        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "(an empty log)")
+        super().__init__(
+            f"none of the {len(results)} trial(s) started training, nothing was analysed; "
+            f"{first}'s log ends: {last[:600]} (see {out_dir / (first + '.log')})"
+        )
+
+
 class _Signalled(Exception):
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -107,8 +126,7 @@ class _Processes:
         run_dir = self.out_dir / t.name
         cmd = [
             sys.executable, "-m", "stablelab.train", *self.base, *t.overrides,
-            # plain progress lines into the trial's log, which the workflow reads back
-            "callbacks.progress_bar.terminal=false", f"hydra.run.dir={run_dir}",
+            f"hydra.run.dir={run_dir}",
         ]  # fmt: skip
         out = {"name": t.name, "run_dir": str(run_dir), "returncode": None, "seconds": 0.0}
         start = time.time()
@@ -209,6 +227,7 @@ def run_trials(
     """
     from tqdm.auto import tqdm
 
+    from stablelab.analysis.runs import has_summary
     from stablelab.threads import available_cores
 
     out_dir = Path(out_dir)
@@ -222,6 +241,9 @@ def run_trials(
         "MKL_NUM_THREADS": str(threads),
         "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
         "WANDB_SILENT": os.environ.get("WANDB_SILENT", "true"),
+        # plain progress lines into the trial's log, which the workflow reads back (an
+        # environment variable, not an override: a trial may have no progress callback)
+        "STABLELAB_PROGRESS": "plain",
         # the W&B group of every trial of this workflow (unless logger.wandb.group is set)
         "STABLELAB_SWEEP_GROUP": f"{out_dir.resolve().parent.name}/{out_dir.name}",
     }
@@ -295,7 +317,10 @@ def run_trials(
         found = trial_warnings(out_dir, [t.name for t in trials])
         for line in warnings_summary(found, label, len(trials)):
             print(line, file=sys.stderr if interactive else sys.stdout, flush=True)
-    return [results[t.name] for t in trials]
+    ordered = [results[t.name] for t in trials]
+    if ordered and not any(has_summary(r["run_dir"]) for r in ordered):
+        raise TrialsFailed(out_dir, ordered)
+    return ordered
 
 
 def _catch_termination() -> dict[int, Any]:

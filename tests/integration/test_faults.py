@@ -122,7 +122,7 @@ def _resume(run: Path, into: Path, cwd: Path, extra: list[str] = ()) -> None:
         pytest.param((STEPS[0], False, True, "percentile"), marks=pytest.mark.slow),  # AutoClip
         pytest.param((STEPS[1], False, False, "zscore"), marks=pytest.mark.slow),  # ZClip's EMAs
         (STEPS[1], False, False, "lm"),  # the language model, resumed in place
-        (STEPS[0], False, True, "by_acc"),  # best_by: val/acc
+        pytest.param((STEPS[0], False, True, "by_acc"), marks=pytest.mark.slow),  # best_by
     ],
     ids=lambda c: f"step{c[0]}{'-val' if c[1] else ''}{'-newdir' if c[2] else '-inplace'}-{c[3]}",
 )

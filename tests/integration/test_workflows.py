@@ -99,25 +99,27 @@ def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(seq
     assert "the trials' warnings" not in proc.stdout
 
 
-def test_a_warning_every_trial_gives_is_on_the_sweeps_console_once(tmp_path):
-    """A config key that matches nothing warns in each trial's log; the workflow's console
-    says it once, for all the trials (two real trials side by side)."""
+def test_a_sweep_without_callbacks_or_loggers_and_its_warning_on_the_console(tmp_path):
+    """A trial with no progress callback (callbacks=none) runs (the workflow asks for plain
+    progress through the environment, not an override that such a config refuses), and
+    its config warning (a clipping.exclude that matches nothing) is on the sweep's
+    console once. One real trial."""
     proc = cli(
-        "sweep", "lr", "model=mlp", "max_train_steps=10", "logger=csv", "plots=false",
-        "clipping=agc", "clipping.exclude=[model.nothing]", "--lrs", "0.001", "0.01",
-        "--jobs", "2", "--threads", "1", "--out", str(tmp_path / "s"),
+        "sweep", "lr", "model=mlp", "max_train_steps=5", "logger=none", "callbacks=none",
+        "plots=false", "clipping=agc", "clipping.exclude=[model.nothing]", "--lrs", "0.001",
+        "--threads", "1", "--out", str(tmp_path / "s"),
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     lines = proc.stdout.splitlines()
     head = lines.index(
         "[LR sweep] the trials' warnings, each once (their .log files give the context):"
     )
-    shown = lines[head + 1]
-    assert shown.startswith("  - clipping.exclude ['model.nothing'] matches no parameter")
-    assert shown.endswith("(all 2 trials)")
+    assert lines[head + 1].startswith("  - clipping.exclude ['model.nothing'] matches no param")
+    assert lines[head + 1].endswith("(lr_0.001)")
     assert sum("model.nothing" in line for line in lines) == 1
-    for trial in ("lr_0.001", "lr_0.01"):
-        assert "matches no parameter" in (tmp_path / "s" / f"{trial}.log").read_text()
+    assert "matches no parameter" in (tmp_path / "s" / "lr_0.001.log").read_text()
+    assert (tmp_path / "s" / "lr_0.001" / "summary.json").is_file()
+    assert "No artists" not in proc.stderr  # (an empty curves plot warned from matplotlib)
 
 
 def test_parallel_trials_give_the_same_results_as_sequential(seq_sweep, diagnosis):

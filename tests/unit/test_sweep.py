@@ -159,6 +159,17 @@ def test_first_fix_follows_what_the_workflows_found():
     assert "lower the learning rate" in first_fix({"sweep": {"lr_star": None}})
 
 
+def _write_summary(cmd):
+    """A stand-in trial's summary.json in its run directory (hydra.run.dir of ``cmd``)."""
+    import json
+    from pathlib import Path
+
+    run_dir = Path(next(c for c in cmd if c.startswith("hydra.run.dir="))[len("hydra.run.dir=") :])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed", "val_loss": 1.0}))
+    return run_dir
+
+
 def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
     """run_trials hands each process one device of the list and never two at once (the
     trial processes are replaced by a recorder that holds its device for a moment)."""
@@ -171,6 +182,7 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
 
     class FakeProcess:  # holds its device from start to wait()'s end
         def __init__(self, cmd, stdout, stderr, env, start_new_session):
+            _write_summary(cmd)
             self.dev = env["CUDA_VISIBLE_DEVICES"]
             with lock:
                 assert self.dev not in held, f"device {self.dev} given to two trials at once"
@@ -197,7 +209,6 @@ def test_the_trials_warnings_are_printed_once_at_the_end(tmp_path, monkeypatch, 
     trials that gave it; Lightning's warnings, INFO lines and what the status lines already
     say (divergence) are left out. The trial processes are replaced by writers of log lines
     in Hydra's job log format."""
-    from pathlib import Path
 
     from stablelab import trials, workflows
 
@@ -219,7 +230,7 @@ def test_the_trials_warnings_are_printed_once_at_the_end(tmp_path, monkeypatch, 
 
     class FakeProcess:
         def __init__(self, cmd, stdout, stderr, env, start_new_session):
-            name = Path(next(c for c in cmd if c.startswith("hydra.run.dir="))[14:]).name
+            name = _write_summary(cmd).name
             stdout.writelines(logs[name])
             stdout.flush()
 
@@ -237,6 +248,62 @@ def test_the_trials_warnings_are_printed_once_at_the_end(tmp_path, monkeypatch, 
         "  - clipping.exclude=['model.nothing'] matches no parameter (all 3 trials)",
         "  - data.num_workers=4 ignored in memory (b)",
     ]
+
+
+def test_trials_that_all_fail_before_a_summary_stop_the_workflow_with_their_message(
+    tmp_path, monkeypatch, capsys
+):
+    """Every trial refused (exit 2, no summary.json): the workflow stops with the first
+    trial's last log line and exit 2, not a traceback from an analysis of nothing. The
+    trials are asked for plain progress through the environment, with no override that a
+    config without the progress callback would refuse."""
+    import argparse
+
+    from stablelab import cli, trials, workflows
+
+    seen = []
+
+    class Refused:
+        def __init__(self, cmd, stdout, stderr, env, start_new_session):
+            seen.append((cmd, env.get("STABLELAB_PROGRESS")))
+            stdout.write("stablelab-train: optimizer.lr: must be > 0 (got -1)\n\n")
+            stdout.flush()
+
+        def wait(self):
+            return 2
+
+    monkeypatch.setattr(trials.subprocess, "Popen", Refused)
+    with pytest.raises(trials.TrialsFailed) as e:
+        workflows.run_trials([workflows.Trial("a"), workflows.Trial("b")], tmp_path, progress=False)
+    assert e.value.refused
+    assert str(e.value).startswith("none of the 2 trial(s) started training")
+    assert "a's log ends: stablelab-train: optimizer.lr: must be > 0 (got -1)" in str(e.value)
+    assert all(env == "plain" for _, env in seen)
+    assert not any("progress_bar" in arg for cmd, _ in seen for arg in cmd)
+
+    def func(args):
+        workflows.run_trials([workflows.Trial("c")], tmp_path / "again", progress=False)
+
+    assert cli._dispatch(argparse.Namespace(command="sweep", func=func)) == 2
+    assert "stablelab sweep: none of the 1 trial(s)" in capsys.readouterr().err
+
+
+def test_loss_curves_from_the_stability_ema_else_the_logged_loss(tmp_path):
+    from stablelab.analysis.sweep import _loss_curve
+
+    ema, logged, neither = (tmp_path / n for n in ("ema", "logged", "neither"))
+    for d in (ema, logged, neither):
+        d.mkdir()
+    (ema / "stability.csv").write_text(
+        "step,loss,loss_ema,loss_rise,grad_norm,events\n0,2.5,2.5,0,1,\n1,nan,nan,0,1,\n"
+        "2,2.0,2.25,0,1,\n"
+    )
+    (logged / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/loss\n0,9,1.75,\n0,9,,1.5\n0,19,1.25,\n"
+    )
+    assert _loss_curve(ema) == ([(0, 2.5), (2, 2.25)], False)  # NaN left out
+    assert _loss_curve(logged) == ([(9, 1.75), (19, 1.25)], True)
+    assert _loss_curve(neither) == ([], True)
 
 
 def test_warnings_summary_names_at_most_three_trials_and_cuts_long_lists():

@@ -429,38 +429,67 @@ def plot_curves(
     title: str = "training loss",
     star: float | None = None,
 ) -> Path:
-    """Training-loss curves (EMA from stability.csv, raw where absent) of the given trials
-    (playbook Figure 7b: LRs just above lr*, ``star``: lr*'s, marked in the legend);
-    divergence marked with an x."""
+    """Training-loss curves (EMA from stability.csv; the logged loss from metrics.csv for
+    a trial without one) of the given trials (playbook Figure 7b: LRs just above lr*,
+    ``star``: lr*'s, marked in the legend); divergence marked with an x. Trials with
+    neither file: the plot says so instead of showing empty axes."""
     from stablelab.analysis.plots import _integer_ticks, _pyplot, _save
-    from stablelab.analysis.report import _csv, _f
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    positive = True
+    positive, drawn, raw = True, 0, 0
     for i, r in enumerate(rows):
-        stab = _csv(Path(r["run_dir"]) / "stability.csv")
-        pts = [(int(x["step"]), _f(x["loss_ema"])) for x in stab]
-        pts = [(s, v) for s, v in pts if math.isfinite(v)]
+        pts, is_raw = _loss_curve(Path(r["run_dir"]))
         value = r["lr"] if label == "lr" else r["warmup_steps"]
         name = f"{label} {value:.3g}" if label == "lr" else f"warmup {value}"
         name += " (lr*)" if label == "lr" and star is not None and value == star else ""
         if pts:
+            drawn, raw = drawn + 1, raw + is_raw
             positive &= min(v for _, v in pts) > 0
             ax.plot(*zip(*pts, strict=True), lw=1.3, color=f"C{i}", label=name)
         if r["diverged_at_step"] is not None and pts:
             ax.scatter([pts[-1][0]], [pts[-1][1]], marker="x", color=f"C{i}", s=80)
-    if positive:
+    if positive and drawn:
         ax.set_yscale("log")
     _integer_ticks(ax.xaxis)
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (EMA)")
+    ax.set_ylabel(
+        "training loss" if not drawn else "training loss (EMA)" if not raw else
+        "training loss (logged)" if raw == drawn else "training loss (EMA; logged where no EMA)"
+    )  # fmt: skip
     ax.set_title(
         title + (" (x: diverged)" if any(r["diverged_at_step"] is not None for r in rows) else "")
     )
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="best", fontsize=8)
+    if drawn:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(
+            0.5, 0.5,
+            "no training-loss curve: these trials wrote neither stability.csv\n"
+            "(callbacks.stability) nor a training loss in metrics.csv (logger=csv)",
+            ha="center", va="center", transform=ax.transAxes, fontsize=10,
+        )  # fmt: skip
     return _save(fig, path)
+
+
+def _loss_curve(run_dir: Path) -> tuple[list[tuple[int, float]], bool]:
+    """A trial's training-loss curve: the stability monitor's EMA, else the loss the CSV
+    logger wrote (every ``log_every_n_steps``); finite points only; whether it is the latter."""
+    from stablelab.analysis.report import _csv, _f
+
+    stab = _csv(run_dir / "stability.csv")
+    if stab:
+        pts = [(int(x["step"]), _f(x["loss_ema"])) for x in stab]
+        return [(s, v) for s, v in pts if math.isfinite(v)], False
+    logged = [
+        (int(x["step"]), _f(x.get("train/loss")))
+        for x in _csv(run_dir / "metrics.csv")
+        if x.get("train/loss") not in (None, "")
+    ]
+    return [(s, v) for s, v in logged if math.isfinite(v)], True
 
 
 # ---------------------------------------------------------------------- analyze

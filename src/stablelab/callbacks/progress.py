@@ -16,6 +16,7 @@ the bar refreshes (no extra host sync per step).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any
@@ -39,7 +40,8 @@ class RunProgress(ProgressBar):
         terminal: bool | None = None,
     ) -> None:
         """``terminal``: force the bar (true) or the plain lines (false); null: the bar
-        when standard error is a terminal."""
+        when standard error is a terminal. ``STABLELAB_PROGRESS=plain`` in the environment
+        (a workflow's trials) means plain lines whatever ``terminal`` says."""
         super().__init__()
         self.refresh_rate = refresh_rate
         self.plain_every = plain_every
@@ -73,6 +75,8 @@ class RunProgress(ProgressBar):
 
     # ---------------------------------------------------------------- what it shows
     def _on_terminal(self) -> bool:
+        if os.environ.get("STABLELAB_PROGRESS") == "plain":  # a workflow's trial
+            return False
         return sys.stderr.isatty() if self.terminal is None else self.terminal
 
     def _total(self) -> int:
