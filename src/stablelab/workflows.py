@@ -79,7 +79,9 @@ def probe(
         "test=false",
     ]
     opts = opts or TrialOptions()
-    run_steps = int(checked(opts.overrides)["max_train_steps"])  # (the run it stands in for)
+    cfg = checked(opts.overrides)
+    run_steps = int(cfg["max_train_steps"])  # (the run it stands in for)
+    _refuse_without_callbacks(cfg, "probe", ("dense_eval", "stability"))
     devices = opts.devices[:1] if opts.devices else None
     (r,) = opts.trials([Trial(name, args)], out_dir, "probe", jobs=1, devices=devices)
     from stablelab.analysis.runs import has_summary
@@ -98,6 +100,25 @@ def probe(
         "early_instability": bool(early is not None and early < end),
         "findings": [(f.key, f.text) for f in findings],
     }
+
+
+def _refuse_without_callbacks(cfg: dict[str, Any], workflow: str, names: Sequence[str]) -> None:
+    """A workflow that reads what these callbacks measure: refused (before any trial) when
+    the config leaves one out (``callbacks=none``, ``callbacks.<name>=null``)."""
+    from stablelab.constraints import ConfigError
+
+    callbacks = cfg.get("callbacks") or {}
+    off = [n for n in names if not callbacks.get(n)]
+    if off:
+        reads = {"dense_eval": "the dense evaluation after every step",
+                 "stability": "the stability monitor's findings"}  # fmt: skip
+        raise ConfigError(
+            [
+                f"{', '.join(f'callbacks.{n}' for n in off)}: off, but stablelab {workflow} reads "
+                f"{' and '.join(reads[n] for n in off)}; keep the default callbacks "
+                "(callbacks=default) or give the callback back"
+            ]
+        )
 
 
 def warmup_values(max_train_steps: int, grid: Sequence[int]) -> list[int]:
@@ -249,6 +270,7 @@ def diagnose(
     out_dir = Path(out_dir)
     opts = opts or TrialOptions()
     plain = checked(opts.overrides, out_dir)  # fail early
+    _refuse_without_callbacks(plain, "diagnose", ("dense_eval", "stability"))  # (its probe)
     base_lr = float(plain["optimizer"]["lr"])
     max_steps = int(plain["max_train_steps"])
     lrs = sorted(lrs or default_lrs(base_lr))

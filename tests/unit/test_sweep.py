@@ -601,3 +601,30 @@ def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_
     for name, lr, n in (("a", 0.1, 1), ("b", 0.3, 2)):
         _trial(devices, name, lr, 0, False, data=mnist, trainer={"devices": n})
     assert analyze_lr_sweep(devices)["also_varied"] == "trainer.devices (2 values)"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "off"),
+    [
+        (["callbacks=none"], "callbacks.dense_eval, callbacks.stability: off"),
+        (["callbacks.stability=null"], "callbacks.stability: off"),
+    ],
+)
+def test_probe_and_diagnose_refuse_a_config_without_what_they_read(
+    tmp_path, monkeypatch, overrides, off
+):
+    """The probe reads the dense evaluation and the stability findings: without them it is
+    refused before any trial starts (diagnose too, before its LR sweep)."""
+    from stablelab import trials, workflows
+    from stablelab.constraints import ConfigError
+
+    def no_trial(*a, **k):
+        raise AssertionError("a trial was started")
+
+    monkeypatch.setattr(trials.subprocess, "Popen", no_trial)
+    opts = workflows.TrialOptions(overrides=["model=mlp", *overrides], progress=False)
+    with pytest.raises(ConfigError, match=off + ", but stablelab probe reads"):
+        workflows.probe(1e-3, tmp_path / "p", opts)
+    with pytest.raises(ConfigError, match=off + ", but stablelab diagnose reads"):
+        workflows.diagnose(tmp_path / "d", opts)
+    assert not (tmp_path / "p").exists()
