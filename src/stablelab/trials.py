@@ -501,5 +501,11 @@ def _status(r: dict[str, Any]) -> str:
     if s.get("status") != "completed":
         return f"{s.get('status')} (exit {r['returncode']})"
     val = s.get("val_loss")
-    tag = "unstable" if s.get("unstable") else "stable"
+    tag = (
+        "stability not measured (no callbacks.stability)"
+        if s.get("unstable") is None
+        else "unstable"
+        if s.get("unstable")
+        else "stable"
+    )
     return f"val loss {val:.4g}, {tag}" if val is not None else tag

@@ -51,12 +51,13 @@ def lr_sweep(
     """Train one trial per LR, then analyse the sweep (see analysis.sweep). ``lrs=None``:
     :func:`default_lrs` around the config's ``optimizer.lr``."""
     from stablelab.analysis.sweep import analyze_lr_sweep
+    from stablelab.config import checked
 
     opts = opts or TrialOptions()
+    cfg = checked(opts.overrides)
+    _refuse_without_callbacks(cfg, "sweep lr", ("stability",))
     if not lrs:
-        from stablelab.config import checked
-
-        lrs = default_lrs(float(checked(opts.overrides)["optimizer"]["lr"]))
+        lrs = default_lrs(float(cfg["optimizer"]["lr"]))
     trials = [Trial(lr_name(lr), [f"optimizer.lr={lr}"]) for lr in sorted(lrs)]
     opts.trials(trials, out_dir, "LR sweep")
     return analyze_lr_sweep(out_dir)
@@ -111,7 +112,8 @@ def _refuse_without_callbacks(cfg: dict[str, Any], workflow: str, names: Sequenc
     off = [n for n in names if not callbacks.get(n)]
     if off:
         reads = {"dense_eval": "the dense evaluation after every step",
-                 "stability": "the stability monitor's findings"}  # fmt: skip
+                 "stability": "the stability monitor's findings (divergence, instability:"
+                              " without them a diverging trial reads as stable)"}  # fmt: skip
         raise ConfigError(
             [
                 f"{', '.join(f'callbacks.{n}' for n in off)}: off, but stablelab {workflow} reads "
@@ -162,12 +164,13 @@ def warmup_sweep(
         write_summary_csv,
         write_warmup_sweep,
     )
+    from stablelab.config import checked
 
     opts = opts or TrialOptions()
+    cfg = checked(opts.overrides)
+    _refuse_without_callbacks(cfg, "sweep warmup", ("stability",))
     if max_train_steps is None:
-        from stablelab.config import checked
-
-        max_train_steps = int(checked(opts.overrides)["max_train_steps"])
+        max_train_steps = int(cfg["max_train_steps"])
     base_lr = float(f"{factor * unstable_lr:.6g}")
     values = warmup_values(max_train_steps, grid)
     trials = [

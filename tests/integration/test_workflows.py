@@ -99,14 +99,15 @@ def test_lr_sweep_writes_every_artifact_and_records_divergence_as_infeasible(seq
     assert "the trials' warnings" not in proc.stdout
 
 
-def test_a_sweep_without_callbacks_or_loggers_and_its_warning_on_the_console(tmp_path):
-    """A trial with no progress callback (callbacks=none) runs (the workflow asks for plain
-    progress through the environment, not an override that such a config refuses), and
+def test_a_sweep_without_progress_callback_or_loggers_and_its_warning_on_the_console(tmp_path):
+    """A trial with no progress callback runs (the workflow asks for plain progress through
+    the environment, not an override that such a config refuses), and
     its config warning (a clipping.exclude that matches nothing) is on the sweep's
     console once. One real trial."""
     proc = cli(
-        "sweep", "lr", "model=mlp", "max_train_steps=5", "logger=none", "callbacks=none",
-        "plots=false", "clipping=agc", "clipping.exclude=[model.nothing]", "--lrs", "0.001",
+        "sweep", "lr", "model=mlp", "max_train_steps=5", "logger=none", "plots=false",
+        "callbacks.progress_bar=null", "clipping=agc", "clipping.exclude=[model.nothing]",
+        "--lrs", "0.001",
         "--threads", "1", "--out", str(tmp_path / "s"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]

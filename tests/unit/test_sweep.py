@@ -546,6 +546,28 @@ def test_analyze_recognises_a_warmup_sweep(tmp_path):
     assert analyze_lr_sweep(tmp_path).get("kind") is None
 
 
+def test_a_sweep_of_trials_without_the_stability_monitor_says_what_it_cannot_know(tmp_path):
+    """A trial whose summary has no instability reading (no callbacks.stability, so a
+    divergence would not have been caught): the verdict says how many, in the LR sweep and in
+    the warmup sweep; with every trial monitored, no note."""
+    from stablelab.analysis.sweep import analyze_lr_sweep
+
+    lr, wu = tmp_path / "lr", tmp_path / "warmup"
+    _trial(lr, "lr_0.1", 0.1, 0, unstable=False)
+    assert "NOTE" not in analyze_lr_sweep(lr)["verdict"]
+    _trial(lr, "lr_0.3", 0.3, 0, unstable=None, val=0.7)
+    verdict = analyze_lr_sweep(lr)["verdict"]
+    assert verdict.endswith(
+        ". NOTE: 1 of 2 trial(s) ran without the stability monitor (callbacks.stability): "
+        "their divergence and instability were not measured, so 'feasible' and 'stable' "
+        "there only mean that training finished"
+    )
+    assert verdict in (lr / "sweep_report.md").read_text()
+    for w in (10, 20):
+        _trial(wu, f"warmup_{w}", 0.1, w, unstable=None)
+    assert "NOTE: 2 of 2 trial(s) ran without" in analyze_lr_sweep(wu)["verdict"]
+
+
 def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_path):
     """A folder of unrelated runs (several sweeps, other experiments) is not one sweep:
     trials on different data are refused, naming the key and its values, before anything
@@ -610,11 +632,10 @@ def test_analyze_refuses_runs_on_different_data_and_names_other_differences(tmp_
         (["callbacks.stability=null"], "callbacks.stability: off"),
     ],
 )
-def test_probe_and_diagnose_refuse_a_config_without_what_they_read(
-    tmp_path, monkeypatch, overrides, off
-):
-    """The probe reads the dense evaluation and the stability findings: without them it is
-    refused before any trial starts (diagnose too, before its LR sweep)."""
+def test_workflows_refuse_a_config_without_what_they_read(tmp_path, monkeypatch, overrides, off):
+    """The probe reads the dense evaluation and the stability findings, the sweeps the
+    latter: without them each is refused before any trial starts (diagnose too, before its
+    LR sweep)."""
     from stablelab import trials, workflows
     from stablelab.constraints import ConfigError
 
@@ -627,4 +648,9 @@ def test_probe_and_diagnose_refuse_a_config_without_what_they_read(
         workflows.probe(1e-3, tmp_path / "p", opts)
     with pytest.raises(ConfigError, match=off + ", but stablelab diagnose reads"):
         workflows.diagnose(tmp_path / "d", opts)
-    assert not (tmp_path / "p").exists()
+    # the sweeps read the stability findings (a diverging trial would read as stable)
+    with pytest.raises(ConfigError, match="callbacks.stability: off, but stablelab sweep lr"):
+        workflows.lr_sweep([1e-3, 3.0], tmp_path / "s", opts)
+    with pytest.raises(ConfigError, match="callbacks.stability: off, but stablelab sweep warm"):
+        workflows.warmup_sweep(1e-3, 100, tmp_path / "w", opts)
+    assert not any((tmp_path / d).exists() for d in ("p", "d", "s", "w"))

@@ -95,6 +95,7 @@ def load_trials(sweep_dir: str | Path) -> list[dict[str, Any]]:
         row["run_dir"] = str(run)
         row["feasible"] = bool(s.get("feasible"))
         row["unstable"] = bool(s.get("unstable"))
+        row["_unmonitored"] = s.get("unstable") is None  # no stability monitor ran
         l0, val = s.get("initial_loss"), s.get("val_loss")
         if row["feasible"] and l0 is not None and val is not None and val >= l0:
             # the playbook's "abnormally high loss": never got below where it started
@@ -553,6 +554,7 @@ def analyze_warmup_sweep(
             f"warmup sweep at lr {lr:g}: the smallest warmup that trains stably is "
             f"{best['warmup_steps']} steps" + (f": {advice}" if advice else "")
         )
+    verdict += unmonitored_note(rows)
     write_warmup_sweep(sweep_dir, rows, verdict, also)
     return {
         "kind": "warmup",
@@ -618,7 +620,7 @@ def analyze_lr_sweep(sweep_dir: str | Path) -> dict[str, Any]:
         "curves": str(curves) if curves else None,
         "also_varied": also_varied(diff),
     }
-    result["verdict"] = lr_verdict(result)
+    result["verdict"] = lr_verdict(result) + unmonitored_note(rows)
     (sweep_dir / "sweep_report.md").write_text(render_lr_sweep(result))
     return result
 
@@ -659,6 +661,19 @@ def _no_feasible_verdict(rows: list[dict[str, Any]]) -> str:
     advice += ["sweep lower learning rates"] if diverged and not stuck else []
     advice += ["fix the failure"] if failed else []
     return f"no feasible trial: {'; '.join(parts)}: {', and '.join(advice)}"
+
+
+def unmonitored_note(rows: list[dict[str, Any]]) -> str:
+    """What the verdict cannot know: trials that ran without the stability monitor
+    (``callbacks.stability=null``) have no divergence or instability measured."""
+    n = sum(bool(r.get("_unmonitored")) for r in rows)
+    if not n:
+        return ""
+    return (
+        f". NOTE: {n} of {len(rows)} trial(s) ran without the stability monitor "
+        "(callbacks.stability): their divergence and instability were not measured, so "
+        "'feasible' and 'stable' there only mean that training finished"
+    )
 
 
 def lr_verdict(result: dict[str, Any]) -> str:
