@@ -231,13 +231,19 @@ def _out(args: argparse.Namespace, what: str) -> Path:
     return root / "logs" / what / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{run_id()}"
 
 
-def _check(overrides: list[str], prog: str, advise_warmup: bool = False) -> bool:
+def _check(
+    overrides: list[str], prog: str, advise_warmup: bool = False, needs: tuple[str, ...] = ()
+) -> bool:
     """Validate the overrides once before any trial starts (exit 2 on a bad config). With
     ``advise_warmup`` (the trials train the configured schedule: an LR sweep) the
-    schedule's warmup advice is given here once, not only in each trial's log."""
+    schedule's warmup advice is given here once, not only in each trial's log. ``needs``:
+    the callbacks the workflow reads (refused without them before the full check)."""
     from stablelab.config import ConfigError, checked
+    from stablelab.workflows import refuse_without_callbacks
 
     try:
+        if needs:
+            refuse_without_callbacks(overrides, prog, needs)
         plain = checked(overrides)
     except ConfigError as e:
         print(f"stablelab {prog}: {e}", file=sys.stderr)
@@ -259,7 +265,9 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         return 2
     from stablelab import workflows
 
-    if not _check(args.overrides, f"sweep {args.kind}", advise_warmup=args.kind == "lr"):
+    if not _check(
+        args.overrides, f"sweep {args.kind}", advise_warmup=args.kind == "lr", needs=("stability",)
+    ):
         return 2
     out = _out(args, f"{args.kind}_sweep")
     if args.kind == "lr":
@@ -282,7 +290,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
 def probe_cmd(args: argparse.Namespace) -> int:
     from stablelab import workflows
 
-    if not _check(args.overrides, "probe"):
+    if not _check(args.overrides, "probe", needs=("dense_eval", "stability")):
         return 2
     res = workflows.probe(args.lr, _out(args, "probe"), _opts(args, jobs=1), steps=args.steps)
     from stablelab.policy import PROBE_VERDICTS, probe_verdict
@@ -335,7 +343,9 @@ def _wrote_sweep(sweep_dir) -> str:
 def diagnose_cmd(args: argparse.Namespace) -> int:
     from stablelab import workflows
 
-    if not _check(args.overrides, "diagnose", advise_warmup=True):
+    if not _check(
+        args.overrides, "diagnose", advise_warmup=True, needs=("dense_eval", "stability")
+    ):
         return 2
     workflows.diagnose(
         _out(args, "diagnose"),

@@ -51,11 +51,9 @@ def lr_sweep(
     """Train one trial per LR, then analyse the sweep (see analysis.sweep). ``lrs=None``:
     :func:`default_lrs` around the config's ``optimizer.lr``."""
     from stablelab.analysis.sweep import analyze_lr_sweep
-    from stablelab.config import checked
 
     opts = opts or TrialOptions()
-    cfg = checked(opts.overrides)
-    _refuse_without_callbacks(cfg, "sweep lr", ("stability",))
+    cfg = refuse_without_callbacks(opts.overrides, "sweep lr", ("stability",))
     if not lrs:
         lrs = default_lrs(float(cfg["optimizer"]["lr"]))
     trials = [Trial(lr_name(lr), [f"optimizer.lr={lr}"]) for lr in sorted(lrs)]
@@ -80,9 +78,8 @@ def probe(
         "test=false",
     ]
     opts = opts or TrialOptions()
-    cfg = checked(opts.overrides)
-    run_steps = int(cfg["max_train_steps"])  # (the run it stands in for)
-    _refuse_without_callbacks(cfg, "probe", ("dense_eval", "stability"))
+    refuse_without_callbacks(opts.overrides, "probe", ("dense_eval", "stability"))
+    run_steps = int(checked(opts.overrides)["max_train_steps"])  # (the run it stands in for)
     devices = opts.devices[:1] if opts.devices else None
     (r,) = opts.trials([Trial(name, args)], out_dir, "probe", jobs=1, devices=devices)
     from stablelab.analysis.runs import has_summary
@@ -103,11 +100,17 @@ def probe(
     }
 
 
-def _refuse_without_callbacks(cfg: dict[str, Any], workflow: str, names: Sequence[str]) -> None:
-    """A workflow that reads what these callbacks measure: refused (before any trial) when
-    the config leaves one out (``callbacks=none``, ``callbacks.<name>=null``)."""
+def refuse_without_callbacks(
+    overrides: Sequence[str], workflow: str, names: Sequence[str]
+) -> dict[str, Any]:
+    """A workflow that reads what these callbacks measure: refused (ConfigError, before any
+    trial) when the config leaves one out (``callbacks=none``, ``callbacks.<name>=null``).
+    Checks the config's fast pass only (no torch import: a refusal in about a second);
+    returns that plain config."""
+    from stablelab.config import compose, validate
     from stablelab.constraints import ConfigError
 
+    cfg = validate(compose([*overrides, "paths.output_dir=."]), fast_only=True)
     callbacks = cfg.get("callbacks") or {}
     off = [n for n in names if not callbacks.get(n)]
     if off:
@@ -121,6 +124,7 @@ def _refuse_without_callbacks(cfg: dict[str, Any], workflow: str, names: Sequenc
                 "(callbacks=default) or give the callback back"
             ]
         )
+    return cfg
 
 
 def warmup_values(max_train_steps: int, grid: Sequence[int]) -> list[int]:
@@ -164,11 +168,9 @@ def warmup_sweep(
         write_summary_csv,
         write_warmup_sweep,
     )
-    from stablelab.config import checked
 
     opts = opts or TrialOptions()
-    cfg = checked(opts.overrides)
-    _refuse_without_callbacks(cfg, "sweep warmup", ("stability",))
+    cfg = refuse_without_callbacks(opts.overrides, "sweep warmup", ("stability",))
     if max_train_steps is None:
         max_train_steps = int(cfg["max_train_steps"])
     base_lr = float(f"{factor * unstable_lr:.6g}")
@@ -272,8 +274,8 @@ def diagnose(
 
     out_dir = Path(out_dir)
     opts = opts or TrialOptions()
+    refuse_without_callbacks(opts.overrides, "diagnose", ("dense_eval", "stability"))
     plain = checked(opts.overrides, out_dir)  # fail early
-    _refuse_without_callbacks(plain, "diagnose", ("dense_eval", "stability"))  # (its probe)
     base_lr = float(plain["optimizer"]["lr"])
     max_steps = int(plain["max_train_steps"])
     lrs = sorted(lrs or default_lrs(base_lr))

@@ -384,6 +384,23 @@ def test_a_refusal_imports_neither_torch_nor_lightning(tmp_path, bad):
 
 
 @pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sweep", "lr", "callbacks=none", "--lrs", "1e-3"], "callbacks.stability: off"),
+        (["probe", "--lr", "1e-3", "callbacks.dense_eval=null"], "callbacks.dense_eval: off"),
+    ],
+)
+def test_a_workflow_without_the_callbacks_it_reads_is_refused_without_heavy_imports(
+    tmp_path, argv, says
+):
+    code, mods, err = _imported(["-m", "stablelab.cli", *argv, "--out", str(tmp_path / "o")],
+                                tmp_path)  # fmt: skip
+    assert code == 2 and says in err, err[-2000:]
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
     "argv",
     [["-m", "stablelab.train", "--help"], ["-m", "stablelab.cli", "--help"],
      ["-m", "stablelab.cli", "sweep", "--help"]],
