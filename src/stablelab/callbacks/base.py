@@ -101,6 +101,10 @@ class _Column:
         else:
             self.kind, self.data = "list", [v]
 
+    def extend(self, values: Iterable[Any]) -> None:
+        for v in values:
+            self.append(v)
+
     def get(self, i: int) -> Any:
         if self.none is not None and self.none[i]:
             return None
@@ -173,12 +177,12 @@ def _array(typecode: str, t: Any) -> array:
 class Rows(Sequence[dict[str, Any]]):
     """The rows of a CSV file, held column by column (:class:`_Column`): ~8 bytes a numeric
     value instead of the ~40 of a Python float in a dict of its own (a dict per row of
-    grad_norms.csv was ~0.8 KB: 0.8 GB at a million steps). Reads as a sequence of dicts,
-    each made when it is read: ``rows[-1]["loss"]``, ``for r in rows``, ``rows[a:b]``,
-    ``len``, ``==`` with a list of dicts; :meth:`column` gives one field's values. A field
-    a row lacks is None (as the CSV writes it: empty); a key not among the fields is refused.
-    Rows are appended, never changed (:meth:`set_column` replaces a whole field): a dict
-    read from here is a copy."""
+    grad_norms.csv was ~0.4 KB: 0.4 GB at a million steps; benchmarks/checkpoint_rows.py).
+    Reads as a sequence of dicts, each made when it is read: ``rows[-1]["loss"]``,
+    ``for r in rows``, ``rows[a:b]``, ``len``, ``==`` with a list of dicts; :meth:`column`
+    gives one field's values. A field a row lacks is None (as the CSV writes it: empty); a
+    key not among the fields is refused. Rows are appended, never changed
+    (:meth:`set_column` replaces a whole field): a dict read from here is a copy."""
 
     __hash__ = None  # type: ignore[assignment]  # compared by value, and it grows
 
@@ -196,8 +200,7 @@ class Rows(Sequence[dict[str, Any]]):
                 unknown = sorted(set(r) - set(known))
                 raise ValueError(f"rows: fields {unknown} are not among {self.fields}")
         for k, col in self._cols.items():
-            for r in rows:
-                col.append(r.get(k))
+            col.extend(r.get(k) for r in rows)
         self._n += len(rows)
 
     def __iadd__(self, rows: Iterable[dict[str, Any]]) -> Rows:
@@ -260,8 +263,7 @@ class Rows(Sequence[dict[str, Any]]):
                 cols[k] = self._cols[k]
             else:
                 cols[k] = _Column()
-                for _ in range(self._n):
-                    cols[k].append(None)
+                cols[k].extend([None] * self._n)
         self.fields, self._cols = list(fields), cols
 
     def set_column(self, field: str, values: Sequence[Any]) -> None:
@@ -269,8 +271,7 @@ class Rows(Sequence[dict[str, Any]]):
         if len(values) != self._n or field not in self._cols:
             raise ValueError(f"set_column({field!r}): {len(values)} values for {self._n} rows")
         col = _Column()
-        for v in values:
-            col.append(v)
+        col.extend(values)
         self._cols[field] = col
 
     def state_dict(self, fields: Sequence[str] | None = None) -> dict[str, Any]:
