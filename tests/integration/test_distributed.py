@@ -78,6 +78,7 @@ TWO_INSTRUMENTS = [
     "callbacks.noise_scale.pieces=4",
     "callbacks.sharpness.every_n_steps=15",
     "callbacks.sharpness.iterations=4",
+    "callbacks.sharpness.probe_examples=64",  # float64 Hessian-vector products on 1 thread
 ]
 
 
