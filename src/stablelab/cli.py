@@ -244,6 +244,8 @@ def _check(
     try:
         if needs:
             refuse_without_callbacks(overrides, prog, needs)
+        # the full check imports torch and Lightning: seconds on a small machine, said so
+        print(f"stablelab {prog}: checking the config ...", flush=True)
         plain = checked(overrides)
     except ConfigError as e:
         print(f"stablelab {prog}: {e}", file=sys.stderr)

@@ -500,6 +500,20 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         raise
 
 
+def _resolution_problem(e: Exception) -> str:
+    """One line for a config that does not resolve, naming its key: a value left ``???``
+    (required: give it) or an interpolation that does not resolve."""
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    key = getattr(e, "full_key", None) if isinstance(e, OmegaConfBaseException) else None
+    if not key:
+        return f"{type(e).__name__}: {e}"
+    if isinstance(e, MissingMandatoryValue):
+        return f"{key}: required and not set; give it on the command line ({key}=...)"
+    msg = str(e).strip().split("\n")[0]
+    return f"{key}: does not resolve ({type(e).__name__}: {msg})"
+
+
 def validate(cfg: DictConfig, fast_only: bool = False) -> dict[str, Any]:
     """Check a composed config; return it resolved as plain data. Raises ConfigError.
     ``fast_only``: the first pass only (no torch or Lightning import; see below)."""
@@ -507,7 +521,7 @@ def validate(cfg: DictConfig, fast_only: bool = False) -> dict[str, Any]:
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as e:  # an interpolation that does not resolve, a ??? left unset
-        raise ConfigError([f"{type(e).__name__}: {e}"]) from None
+        raise ConfigError([_resolution_problem(e)]) from None
     assert isinstance(container, dict)
     plain: dict[str, Any] = {str(k): v for k, v in container.items()}
 
@@ -924,14 +938,28 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             bad = _unknown_key(e)
             if bad is not None:  # list the keys beside it (the config without it composes)
                 rest = [o for o in overrides if o.split("=", 1)[0] != bad]
+                elsewhere: list[str] = []
                 try:
-                    parent = OmegaConf.select(
-                        hydra_compose("train", overrides=rest), bad.rpartition(".")[0]
-                    )
+                    root = hydra_compose("train", overrides=rest)
+                    parent = OmegaConf.select(root, bad.rpartition(".")[0])
                     keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else None
+                    elsewhere = _same_key_elsewhere(root, bad)
                 except HydraException:
                     keys = None
+                raise ConfigError([composition_problem(e, overrides, keys, elsewhere)]) from e
             raise ConfigError([composition_problem(e, overrides, keys)]) from e
+
+
+def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
+    """Where else the config has ``key``'s last part: the top level and the groups
+    (``model.block_size`` -> ``data.block_size``)."""
+    parent, _, leaf = key.rpartition(".")
+    found = [leaf] if parent and leaf in root else []
+    for name in map(str, root):
+        group = root.get(name) if name != "hydra" else None
+        if name != parent and isinstance(group, DictConfig) and leaf in group:
+            found.append(f"{name}.{leaf}")
+    return found
 
 
 def _searchpath_override(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -971,10 +999,14 @@ def _unknown_key(e: BaseException) -> str | None:
 
 
 def composition_problem(
-    e: BaseException, overrides: Sequence[str] = (), keys: Sequence[str] | None = None
+    e: BaseException,
+    overrides: Sequence[str] = (),
+    keys: Sequence[str] | None = None,
+    elsewhere: Sequence[str] = (),
 ) -> str:
     """One line naming the override Hydra could not compose, and what it accepts
-    (``keys``: the keys beside an unknown one, where known)."""
+    (``keys``: the keys beside an unknown one, where known; ``elsewhere``: the same key in
+    other groups)."""
     from hydra.errors import MissingConfigException, OverrideParseException
 
     text = str(e).strip()
@@ -995,15 +1027,19 @@ def composition_problem(
     key = _unknown_key(e)
     if key is not None:
         given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
-        return unknown_key_problem(key, keys or (), given)
+        return unknown_key_problem(key, keys or (), given, elsewhere=elsewhere)
     lines = text.split("Config search path:")[0].split("\n")
     return " ".join(line.strip() for line in lines if line.strip())
 
 
-def unknown_key_problem(key: str, known: Sequence[str], given: str, owner: str = "") -> str:
+def unknown_key_problem(
+    key: str, known: Sequence[str], given: str, owner: str = "", elsewhere: Sequence[str] = ()
+) -> str:
     """``key: not a key of 'parent'; did you mean ...? (keys of 'parent': ...; to add a new
     key write +given)`` for an override of a key the config lacks; ``known``: the keys
-    beside it (may be empty), ``owner``: whose config (``"the checkpoint's "``)."""
+    beside it (may be empty), ``owner``: whose config (``"the checkpoint's "``),
+    ``elsewhere``: the same key in other groups (the first is the "did you mean" when
+    nothing beside it is close)."""
     if key in RUNTIME_HINTS:
         return f"{key}: set by stablelab at run time ({RUNTIME_HINTS[key]})"
     parent, _, leaf = key.rpartition(".")
@@ -1011,6 +1047,8 @@ def unknown_key_problem(key: str, known: Sequence[str], given: str, owner: str =
     close = [ALIASES[leaf]] if ALIASES.get(leaf) in known else []
     close = close or difflib.get_close_matches(leaf, list(known), n=1)
     mean = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
+    if not close and elsewhere:
+        mean = f"; did you mean {elsewhere[0]!r}?"
     listed = f"keys {where}: {', '.join(known)}; " if known else ""
     return f"{key}: not a key {where}{mean} ({listed}to add a new key write +{given})"
 

@@ -210,3 +210,44 @@ def plain_warnings(prog: str) -> None:
         return python_format(message, category, filename, lineno, line)
 
     warnings.formatwarning = fmt
+
+
+class HeldStream:
+    """A stand-in for ``sys.stderr`` that holds what is written to it until
+    :meth:`release` (then writes it out and passes everything through) or :meth:`drop`
+    (forgets it). ``stablelab-train`` holds Hydra's composition messages: where stablelab
+    can say the problem in one line (the keys beside an unknown one, the options of a
+    group), Hydra's dozen lines before it (its config search path, HYDRA_FULL_ERROR) are
+    dropped; anything else is released as it was, in order. A logging handler that
+    captured the stand-in while it held keeps working: after release it writes through."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._held: list[str] | None = []
+
+    def write(self, text: str) -> int:
+        if self._held is None:
+            return self._stream.write(text)
+        self._held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._held is None:
+            self._stream.flush()
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._stream.write("".join(held))
+            self._stream.flush()
+
+    def drop(self) -> None:
+        self._held = None
+
+    @property
+    def stream(self) -> Any:
+        """The stream it stands in for."""
+        return self._stream
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)

@@ -622,6 +622,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from stablelab.stability import TrainingDiverged
 
     _TASK_STARTED.append(True)
+    _release_stderr()
     try:
         _check_sweeper_direction(cfg)
         _check_searchpath()
@@ -736,15 +737,30 @@ def main() -> None:
     console.plain_warnings("stablelab-train")
     # Optuna's database layer announces each of its plugins at INFO: nothing to act on
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Hydra's messages while it composes are held: for a command line it refuses,
+    # stablelab's one line (the allowed keys or options) replaces Hydra's dozen
+    held = sys.stderr = console.HeldStream(sys.stderr)
     try:
         _hydra_main()
     except SystemExit as e:
         if e.code == 1 and not _TASK_STARTED:  # Hydra refused the command line
             hint = _composition_hint(sys.argv[1:])
             if hint:
+                held.drop()
+                _release_stderr()
                 print(f"stablelab-train: {hint}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
+    finally:
+        _release_stderr()
+
+
+def _release_stderr() -> None:
+    """Write out what :class:`console.HeldStream` held and put the real stderr back."""
+    held = sys.stderr
+    if isinstance(held, console.HeldStream):
+        held.release()
+        sys.stderr = held.stream
 
 
 def _composition_hint(argv: list[str]) -> str | None:

@@ -89,3 +89,32 @@ def test_config_warnings_are_printed_once_per_node_not_by_every_ddp_rank():
     assert _warn_as_rank(None).count(line) == 1
     assert _warn_as_rank("0").count(line) == 1
     assert _warn_as_rank("1") == ""
+
+
+def test_held_stderr_keeps_order_drops_on_request_and_passes_through_after_release():
+    """stablelab-train holds Hydra's composition messages (console.HeldStream): released,
+    they come out in order, before what follows; dropped, they never do; a logging handler
+    that captured the stand-in while it held writes through after the release."""
+    import io
+    import logging
+
+    from stablelab.console import HeldStream
+
+    real = io.StringIO()
+    held = HeldStream(real)
+    handler = logging.StreamHandler(held)  # e.g. created by a Hydra callback while held
+    log = logging.getLogger("stablelab.test_held")
+    log.propagate, log.handlers = False, [handler]
+    held.write("one\n")
+    log.warning("two")
+    assert real.getvalue() == ""  # nothing yet
+    held.release()
+    log.warning("three")
+    held.write("four\n")
+    assert real.getvalue() == "one\ntwo\nthree\nfour\n"
+    dropped = io.StringIO()
+    other = HeldStream(dropped)
+    other.write("Hydra's dozen lines\n")
+    other.drop()
+    other.write("stablelab's line\n")
+    assert dropped.getvalue() == "stablelab's line\n" and other.stream is dropped
