@@ -10,6 +10,7 @@ anything is built or trained.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -935,19 +936,16 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             return hydra_compose("train", overrides=list(overrides))
         except HydraException as e:  # a bad override: a usage error, not a traceback
             keys: list[str] | None = None
+            elsewhere: list[str] = []
             bad = _unknown_key(e)
             if bad is not None:  # list the keys beside it (the config without it composes)
                 rest = [o for o in overrides if o.split("=", 1)[0] != bad]
-                elsewhere: list[str] = []
-                try:
+                with contextlib.suppress(HydraException):
                     root = hydra_compose("train", overrides=rest)
                     parent = OmegaConf.select(root, bad.rpartition(".")[0])
                     keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else None
                     elsewhere = _same_key_elsewhere(root, bad)
-                except HydraException:
-                    keys = None
-                raise ConfigError([composition_problem(e, overrides, keys, elsewhere)]) from e
-            raise ConfigError([composition_problem(e, overrides, keys)]) from e
+            raise ConfigError([composition_problem(e, overrides, keys, elsewhere)]) from e
 
 
 def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
@@ -956,8 +954,7 @@ def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
     parent, _, leaf = key.rpartition(".")
     found = [leaf] if parent and leaf in root else []
     for name in map(str, root):
-        group = root.get(name) if name != "hydra" else None
-        if name != parent and isinstance(group, DictConfig) and leaf in group:
+        if name != parent and isinstance(root.get(name), DictConfig) and leaf in root[name]:
             found.append(f"{name}.{leaf}")
     return found
 
@@ -1046,9 +1043,10 @@ def unknown_key_problem(
     where = f"of {owner}{parent!r}" if parent else "at the top level"
     close = [ALIASES[leaf]] if ALIASES.get(leaf) in known else []
     close = close or difflib.get_close_matches(leaf, list(known), n=1)
-    mean = f"; did you mean {(parent + '.' if parent else '') + close[0]!r}?" if close else ""
-    if not close and elsewhere:
-        mean = f"; did you mean {elsewhere[0]!r}?"
+    if close:
+        close = [(parent + "." if parent else "") + close[0]]
+    suggestion = (close or list(elsewhere))[:1]
+    mean = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
     listed = f"keys {where}: {', '.join(known)}; " if known else ""
     return f"{key}: not a key {where}{mean} ({listed}to add a new key write +{given})"
 

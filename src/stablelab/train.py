@@ -746,8 +746,8 @@ def main() -> None:
         if e.code == 1 and not _TASK_STARTED:  # Hydra refused the command line
             hint = _composition_hint(sys.argv[1:])
             if hint:
-                held.drop()
-                _release_stderr()
+                held.drop()  # (the finally below puts the real stderr back)
+                sys.stderr = held.stream
                 print(f"stablelab-train: {hint}", file=sys.stderr)
             raise SystemExit(2) from None
         raise
