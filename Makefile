@@ -91,16 +91,22 @@ exp-spike-remedies: $(STAMP)  ## two corrupt batches: none / clipping / skip-ste
 exp-warmup-curvature: $(STAMP)  ## Gilmer et al.: warmup keeps the early sharpness below the edge (~5 min)
 	$(BIN)/python experiments/warmup_curvature/run.py --out $(EXP_OUT)/warmup_curvature
 
-test: $(STAMP)  ## run the test suite (slow reproductions excluded)
+# the suite runs on 2 pytest-xdist workers where there are >= 2 cores, each kept to a core of
+# its own (tests/conftest.py), a test file to a worker; TEST_JOBS=0 runs it in one process
+# (for --pdb, or a one-core machine)
+TEST_JOBS ?= $(shell [ "$$(nproc 2>/dev/null || echo 1)" -ge 2 ] && echo 2 || echo 0)
+XDIST      = -n $(TEST_JOBS) --dist loadfile
+
+test: $(STAMP)  ## run the test suite (slow reproductions excluded; TEST_JOBS=0: one process)
 	$(BYTECODE)
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(ARGS)
 
 test-unit: $(STAMP)  ## the unit tests only (about a minute): no training runs, no subprocesses
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
 test-all: $(STAMP)  ## run every test, the slow reproductions included
 	$(BYTECODE)
-	$(BIN)/python -m pytest -m "" $(ARGS)
+	$(BIN)/python -m pytest -m "" $(XDIST) $(ARGS)
 
 lint: $(STAMP)  ## ruff (style, complexity limits) + format check + mypy on src/ (CI runs it)
 	$(BIN)/ruff check src tests benchmarks experiments

@@ -8,9 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
 
-from stablelab.config import compose
+# Under pytest-xdist (make test's `-n 2` on a machine with >= 2 cores) each worker keeps to
+# one core of its own before torch is imported, and what it starts inherits that: the
+# thread policy (stablelab.threads) then gives every run one thread, where two workers of
+# 2-thread runs would slow each other down several times over.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
+    _cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cores[int(_WORKER[2:]) % len(_cores)]})
+from omegaconf import DictConfig  # noqa: E402 (after the pinning above)
+
+from stablelab.config import compose  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 import stablelab
@@ -57,10 +59,25 @@ def test_ci_runs_the_quality_gates_and_the_tests():
     lint = make.split("\nlint:", 1)[1].split("\n\n", 1)[0]
     assert "ruff check" in lint and "ruff format --check" in lint and "mypy" in lint
     assert "\ntest-unit:" in make
+    test = make.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "$(XDIST)" in test and "XDIST      = -n $(TEST_JOBS) --dist loadfile" in make
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "cacheprovider" not in cfg["tool"]["pytest"]["ini_options"]["addopts"]
     assert cfg["tool"]["mypy"]["files"] == ["src/stablelab"]
     assert {"C901", "PLR0912", "PLR0915"} <= set(cfg["tool"]["ruff"]["lint"]["select"])
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PYTEST_XDIST_WORKER"), reason="runs under make test's xdist workers"
+)
+def test_an_xdist_worker_keeps_to_one_core_and_its_runs_take_one_thread():
+    """make test's workers (tests/conftest.py) each keep to a core of their own, and a run
+    they start inherits it: the thread policy gives it one thread, not the machine's cores."""
+    assert len(os.sched_getaffinity(0)) == 1
+    code = "from stablelab import threads; print(threads.choose(None)['intra_op'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "1", out.stderr
 
 
 def _warn_as_rank(local_rank: str | None) -> str:
