@@ -106,7 +106,7 @@ test-unit: $(STAMP)  ## the unit tests only (about a minute): no training runs, 
 
 test-all: $(STAMP)  ## run every test, the slow reproductions included
 	$(BYTECODE)
-	$(BIN)/python -m pytest -m "" $(XDIST) $(ARGS)
+	$(BIN)/python -m pytest -m "" $(ARGS)
 
 lint: $(STAMP)  ## ruff (style, complexity limits) + format check + mypy on src/ (CI runs it)
 	$(BIN)/ruff check src tests benchmarks experiments
