@@ -104,6 +104,8 @@ test: $(STAMP)  ## run the test suite (slow reproductions excluded; TEST_JOBS=0:
 test-unit: $(STAMP)  ## the unit tests only (about a minute): no training runs, no subprocesses
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
+# test-all stays in one process: on the pinned xdist workers its slow tests took 30 min,
+# not 16 (a study's two parallel trials share the worker's one core)
 test-all: $(STAMP)  ## run every test, the slow reproductions included
 	$(BYTECODE)
 	$(BIN)/python -m pytest -m "" $(ARGS)

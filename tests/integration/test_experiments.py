@@ -63,7 +63,10 @@ def test_axis_plot_lr_star_at_the_edge_infeasible_high(tmp_path):
     assert rows[0.01]["feasible"] and rows[0.01]["unstable"]  # early validation-loss jump
     assert rows[1.0]["status"] == "diverged" and not rows[1.0]["feasible"]
     star = select_lr_star(list(rows.values()))
-    assert star["lr"] == 0.003 and edge_of_feasibility(list(rows.values()), star) is True
+    # lr* is 3e-3 (stable) or 1e-2 (unstable, feasible): which of the two has the lower best
+    # val loss moves with the CPU's rounding (2026-11-30: 0.0485 vs 0.0656; on an AVX2 host,
+    # 2026-12-07: 0.0548 vs 0.0540); either way the next larger LR tried is bad
+    assert star["lr"] in (0.003, 0.01) and edge_of_feasibility(list(rows.values()), star) is True
 
 
 def test_clipping_far_above_is_a_no_op_and_p90_stabilises(tmp_path):
@@ -210,7 +213,7 @@ def test_lm_depth_post_norm_breaks_at_depth_where_pre_norm_and_rezero_train(tmp_
     assert final["post_norm_d2"] < 2.85  # and a shallow post-norm model trains at this LR
 
 
-def test_lm_clipping_the_p90_threshold_and_agc_rescue_the_failing_gpt(tmp_path):
+def test_lm_clipping_agc_rescues_the_failing_gpt_and_the_p90_threshold_helps(tmp_path):
     _study(tmp_path, "lm_clipping", [Trial("none", ["clipping=none"])])
     p90 = clip_threshold(tmp_path / "lm_clipping" / "none")
     s = _study(tmp_path, "lm_clipping", [
@@ -219,10 +222,12 @@ def test_lm_clipping_the_p90_threshold_and_agc_rescue_the_failing_gpt(tmp_path):
     ])  # fmt: skip
     final = {Path(r["run_dir"]).name: r["final_val_loss"]
              for r in load_trials(tmp_path / "lm_clipping")}  # fmt: skip
-    # measured (2026-11-30): p90 5.518; final 3.34 (the unigram level, ~3.31), 2.89, 2.38
+    # measured (2026-11-30): p90 5.518; final 3.34 (the unigram level, ~3.31), 2.89, 2.38;
+    # on an AVX2 host (2026-12-07): p90 6.301; 3.32, 3.14, 2.38 (the runs through the step-12
+    # blow-up take another path on another CPU: the p90 threshold helps, by how much moves)
     assert 1 < p90 < 20
     assert final["none"] > 3.1  # unclipped, the GPT stops using its context
-    assert final["fixed_p90"] < 3.05  # the 90th-percentile threshold rescues it
+    assert final["fixed_p90"] < final["none"] - 0.1  # the 90th-percentile threshold helps
     assert 0 < s["fixed_p90"]["clip_fraction"] < 0.1  # ... clipping a few updates
     assert final["agc"] < 2.8 and not s["agc"]["unstable"]
 
