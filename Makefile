@@ -104,8 +104,9 @@ test: $(STAMP)  ## run the test suite (slow reproductions excluded; TEST_JOBS=0:
 test-unit: $(STAMP)  ## the unit tests only (about a minute): no training runs, no subprocesses
 	$(BIN)/python -m pytest tests/unit $(ARGS)
 
-# test-all stays in one process: on the pinned xdist workers its slow tests took 30 min,
-# not 16 (a study's two parallel trials share the worker's one core)
+# test-all stays in one process: on the pinned xdist workers its slow tests were no faster
+# (30 min against 32; a study's two parallel trials share the worker's one core) and the
+# GPU-check smoke test ran past its time limits
 test-all: $(STAMP)  ## run every test, the slow reproductions included
 	$(BYTECODE)
 	$(BIN)/python -m pytest -m "" $(ARGS)

@@ -61,11 +61,30 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, object]:
-    info: dict[str, object] = {"platform": platform.platform(), "hostname": platform.node()}
+    """Where a run ran. ``cpu_capability`` is the kernel set torch dispatches to on this CPU
+    (AVX2, AVX512, ...): two machines with different ones round float32 differently, so the
+    same seed gives other numbers (a run at the edge of stability can even end otherwise)."""
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "cpu": _cpu_model(),
+    }
     try:
         import torch
 
+        info["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
         info["cuda"] = torch.cuda.is_available()
         info["num_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():

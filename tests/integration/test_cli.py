@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import platform
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,7 @@ def test_default_run_directory_and_wandb_offline(tmp_path):
         assert key in summary, key
     assert summary["steps"] == 30 and summary["feasible"] is True
     assert summary["versions"]["torch"] and summary["versions"]["lightning"]
+    _check_cpu_record(summary["machine"])
     assert 0 <= summary["test_acc"] <= 1
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert "${" not in (run / "config.yaml").read_text()  # resolved, not interpolations
@@ -315,6 +318,27 @@ def test_no_shipped_experiment_trips_its_own_warmup_warning(tmp_path):
         s = validate(compose_cfg([f"experiment={e}"], tmp_path / e))["schedule"]
         frac = s.get("warmup_steps", 0) / s["max_train_steps"]
         assert frac <= 0.05 or s.get("extend_max_train_steps"), (e, frac)
+
+
+def _check_cpu_record(machine: dict) -> None:
+    """summary.json's machine names the CPU and the kernel set torch uses on it, checked
+    against the CPU's own flags (/proc/cpuinfo on Linux): AVX2 / AVX512 kernels need them."""
+    assert isinstance(machine["cpu"], str) and machine["cpu"]
+    cap = machine["cpu_capability"]
+    assert cap in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "SVE256", "SVE128"}, cap
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        flags = set()
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")) and ":" in line:
+                flags |= set(line.split(":", 1)[1].split())
+        if cap == "AVX2":
+            assert "avx2" in flags
+        if cap == "AVX512":
+            assert {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+        best = "avx2" in flags and "fma" in flags and platform.machine() == "x86_64"
+        if best and "ATEN_CPU_CAPABILITY" not in os.environ:  # (that variable lowers it)
+            assert cap in {"AVX2", "AVX512"}, cap  # torch picks the best kernels the CPU has
 
 
 @pytest.mark.slow
