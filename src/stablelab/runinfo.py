@@ -72,6 +72,13 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str:
+    """The kernel set torch dispatches to on this CPU (``DEFAULT``, ``AVX2``, ``AVX512``, ...)."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
 def machine() -> dict[str, object]:
     """Where a run ran. ``cpu_capability`` is the kernel set torch dispatches to on this CPU
     (AVX2, AVX512, ...): two machines with different ones round float32 differently, so the
@@ -84,7 +91,7 @@ def machine() -> dict[str, object]:
     try:
         import torch
 
-        info["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+        info["cpu_capability"] = cpu_capability()
         info["cuda"] = torch.cuda.is_available()
         info["num_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
@@ -106,7 +113,7 @@ def numerics(device: Any = None, world_size: int = 1) -> dict[str, object]:
     name = str(torch.cuda.get_device_name(dev)) if dev.type == "cuda" else str(dev.type)
     return {
         "torch": str(torch.__version__),
-        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "cpu_capability": cpu_capability(),
         "threads": torch.get_num_threads(),
         "device": name,
         "world_size": int(world_size),
