@@ -942,9 +942,17 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
                 rest = [o for o in overrides if o.split("=", 1)[0] != bad]
                 with contextlib.suppress(HydraException):
                     root = hydra_compose("train", overrides=rest)
-                    parent = OmegaConf.select(root, bad.rpartition(".")[0])
+                    parent_key = bad.rpartition(".")[0]
+                    parent = (
+                        OmegaConf.select(root, parent_key, throw_on_resolution_failure=False)
+                        if parent_key
+                        else root
+                    )
                     keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else None
                     elsewhere = _same_key_elsewhere(root, bad)
+                    if not isinstance(parent, DictConfig):  # no 'warmup' in 'warmup.steps'
+                        problem = missing_parent_problem(root, bad, overrides, elsewhere)
+                        raise ConfigError([problem]) from e
             raise ConfigError([composition_problem(e, overrides, keys, elsewhere)]) from e
 
 
@@ -957,6 +965,45 @@ def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
         if name != parent and isinstance(root.get(name), DictConfig) and leaf in root[name]:
             found.append(f"{name}.{leaf}")
     return found
+
+
+def _dotted_keys(node: dict, prefix: str = "", depth: int = 2) -> list[str]:
+    keys = []
+    for k, child in node.items():
+        keys.append(f"{prefix}{k}")
+        if depth > 1 and isinstance(child, dict):
+            keys += _dotted_keys(child, f"{prefix}{k}.", depth - 1)
+    return keys
+
+
+def missing_parent_problem(
+    root: DictConfig, key: str, overrides: Sequence[str], elsewhere: Sequence[str]
+) -> str:
+    """The problem of an override below a key that does not exist either
+    (``warmup.steps``) or that holds a value (``optimizer.lr.x``): names that key, lists
+    the keys where it was looked for and suggests the closest (the same last part in
+    another group, else the nearest dotted key below the part that exists:
+    ``warmup.steps`` -> ``schedule.warmup_steps``)."""
+    parts = key.split(".")
+    depth, node = 0, OmegaConf.to_container(root, resolve=False)
+    assert isinstance(node, dict)
+    while depth < len(parts) - 1 and parts[depth] in node:
+        child = node[parts[depth]]
+        depth += 1
+        if not isinstance(child, dict):
+            held = ".".join(parts[:depth])
+            return f"{key}: {held!r} holds a value ({child!r}), not keys; set it with {held}=..."
+        node = child
+    owner = ".".join(parts[:depth])
+    close = difflib.get_close_matches(".".join(parts[depth:]), _dotted_keys(node), n=1)
+    suggestion = list(elsewhere[:1]) or [".".join(filter(None, [owner, *close]))] * bool(close)
+    mean = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
+    where = f"of {owner!r}" if owner else "at the top level"
+    given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
+    return (
+        f"{key}: {'.'.join(parts[: depth + 1])!r} is not a key {where}{mean} (keys {where}: "
+        f"{', '.join(map(str, node))}; to add new keys write +{given})"
+    )
 
 
 def _searchpath_override(overrides: list[str] | tuple[str, ...]) -> list[str]:

@@ -112,6 +112,19 @@ COMPOSITION = [
     (["schedule.warmup=3"], ["schedule.warmup: not a key of 'schedule'",
                              "did you mean 'schedule.warmup_steps'?", "+schedule.warmup=3"]),
     (["seeed=1"], ["seeed: not a key at the top level", "did you mean 'seed'?"]),
+    # below a key that does not exist: that key named, the nearest dotted key suggested
+    (["warmup.steps=5"], ["warmup.steps: 'warmup' is not a key at the top level",
+                          "did you mean 'schedule.warmup_steps'?", "schedule, clipping",
+                          "+warmup.steps=5"]),
+    (["optim.lr=1"], ["'optim' is not a key at the top level", "did you mean 'optimizer.lr'?"]),
+    (["model.residal.layout=x"], ["'model.residal' is not a key of 'model'",
+                                  "did you mean 'model.residual.layout'?"]),
+    (["model.foo.bar=1"], ["'model.foo' is not a key of 'model' (keys of 'model': _target_"]),
+    # below a value (an interpolation too: not resolved to say so)
+    (["optimizer.lr.x=1"], ["optimizer.lr.x: 'optimizer.lr' holds a value (0.003), not keys",
+                            "optimizer.lr=..."]),
+    (["schedule.max_train_steps.x=1"], ["'schedule.max_train_steps' holds a value ("
+                                        "'${max_train_steps}')"]),
     (["optimizer.learning_rate=1"], ["did you mean 'optimizer.lr'?"]),  # a common name
     (["trainer.max_steps=5"], ["trainer.max_steps: set by stablelab at run time",
                                "max_train_steps=N"]),
