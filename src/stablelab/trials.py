@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stablelab.warm import WarmStarter
+from stablelab.warm import enabled as warm_enabled
+
 
 @dataclass
 class TrialOptions:
@@ -119,8 +122,15 @@ class _Processes:
         self.free: queue.Queue[str | None] = queue.Queue()
         for d in devices or []:
             self.free.put(str(d))
-        self.running: dict[str, subprocess.Popen] = {}
+        self.running: dict[str, Any] = {}
         self.lock, self.stopping = threading.Lock(), threading.Event()
+        # the trials as forks of one process that has done the imports (stablelab.warm)
+        self.warm = WarmStarter(env) if warm_enabled(devices) else None
+        self.popen: Any = self.warm or subprocess.Popen
+
+    def close(self) -> None:
+        if self.warm is not None:
+            self.warm.close()
 
     def run(self, t: Trial) -> dict[str, Any]:
         run_dir = self.out_dir / t.name
@@ -138,10 +148,12 @@ class _Processes:
                     log.write(f"CUDA_VISIBLE_DEVICES={device}\n")
                 log.write(" ".join(cmd) + "\n")
                 log.flush()
+                if self.warm is not None:
+                    self.warm.prepare()
                 with self.lock:
                     if self.stopping.is_set():  # interrupted before it could start
                         return {**out, "not_started": True}
-                    proc = subprocess.Popen(
+                    proc = self.popen(
                         cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                         start_new_session=True,
                     )  # fmt: skip
@@ -309,6 +321,7 @@ def run_trials(
         for sig, h in handlers.items():
             signal.signal(sig, h)
         pool.shutdown(wait=True, cancel_futures=True)  # (an error: the running ones finish)
+        procs.close()
         stop.set()
         if watcher.is_alive():
             watcher.join()

@@ -195,6 +195,7 @@ def test_one_trial_per_device_at_a_time(tmp_path, monkeypatch):
                 held.discard(self.dev)
             return 0
 
+    monkeypatch.setenv("STABLELAB_WARM_TRIALS", "0")  # fresh processes: faked
     monkeypatch.setattr(trials.subprocess, "Popen", FakeProcess)
     trials = [workflows.Trial(f"t{i}") for i in range(6)]
     out = workflows.run_trials(trials, tmp_path, devices=["0", "1"], progress=False)
@@ -237,6 +238,7 @@ def test_the_trials_warnings_are_printed_once_at_the_end(tmp_path, monkeypatch, 
         def wait(self):
             return 0
 
+    monkeypatch.setenv("STABLELAB_WARM_TRIALS", "0")  # fresh processes: faked
     monkeypatch.setattr(trials.subprocess, "Popen", FakeProcess)
     trial_list = [workflows.Trial(n) for n in "abc"]
     workflows.run_trials(trial_list, tmp_path, label="sweep", progress=True)
@@ -272,6 +274,7 @@ def test_trials_that_all_fail_before_a_summary_stop_the_workflow_with_their_mess
         def wait(self):
             return 2
 
+    monkeypatch.setenv("STABLELAB_WARM_TRIALS", "0")  # fresh processes: faked
     monkeypatch.setattr(trials.subprocess, "Popen", Refused)
     with pytest.raises(trials.TrialsFailed) as e:
         workflows.run_trials([workflows.Trial("a"), workflows.Trial("b")], tmp_path, progress=False)
@@ -642,6 +645,7 @@ def test_workflows_refuse_a_config_without_what_they_read(tmp_path, monkeypatch,
     def no_trial(*a, **k):
         raise AssertionError("a trial was started")
 
+    monkeypatch.setenv("STABLELAB_WARM_TRIALS", "0")  # fresh processes: faked
     monkeypatch.setattr(trials.subprocess, "Popen", no_trial)
     opts = workflows.TrialOptions(overrides=["model=mlp", *overrides], progress=False)
     with pytest.raises(ConfigError, match=off + ", but stablelab probe reads"):
