@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stablelab.warm import WarmStarter
 from stablelab.warm import enabled as warm_enabled
+from stablelab.warm import starter as warm_starter
 
 
 @dataclass
@@ -125,12 +125,8 @@ class _Processes:
         self.running: dict[str, Any] = {}
         self.lock, self.stopping = threading.Lock(), threading.Event()
         # the trials as forks of one process that has done the imports (stablelab.warm)
-        self.warm = WarmStarter(env) if warm_enabled(devices) else None
+        self.warm = warm_starter(env) if warm_enabled(devices) else None
         self.popen: Any = self.warm or subprocess.Popen
-
-    def close(self) -> None:
-        if self.warm is not None:
-            self.warm.close()
 
     def run(self, t: Trial) -> dict[str, Any]:
         run_dir = self.out_dir / t.name
@@ -321,7 +317,6 @@ def run_trials(
         for sig, h in handlers.items():
             signal.signal(sig, h)
         pool.shutdown(wait=True, cancel_futures=True)  # (an error: the running ones finish)
-        procs.close()
         stop.set()
         if watcher.is_alive():
             watcher.join()

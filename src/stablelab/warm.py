@@ -22,6 +22,7 @@ turns it off (every trial then starts a fresh interpreter).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -88,8 +89,6 @@ def _exit_code(code: Any) -> int:
 def _finish() -> None:
     """The interpreter's own end of a process: join the non-daemon threads, run the
     ``atexit`` functions, flush the standard streams."""
-    import atexit
-
     with contextlib.suppress(Exception):
         threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
@@ -342,7 +341,9 @@ class WarmStarter:
         return proc
 
     def close(self) -> None:
-        """End the server (after its running trials end)."""
+        """End the server (after its running trials end); later trials start fresh."""
+        with self.lock:
+            self.failed = True
         if self.server is not None:
             with contextlib.suppress(OSError):
                 assert self.server.stdin is not None
@@ -350,6 +351,43 @@ class WarmStarter:
             self.server.wait()
         if self.errors is not None:
             self.errors.close()
+
+
+# what a run reads when it runs, not when it imports: servers differ in nothing else
+RUN_TIME_KEYS = frozenset(
+    {"STABLELAB_SWEEP_GROUP", "STABLELAB_PROGRESS", "PYTEST_CURRENT_TEST"}  # (pytest's: per test)
+)
+_SERVERS: dict[tuple[tuple[str, str], ...], WarmStarter] = {}
+_SERVERS_LOCK = threading.Lock()
+KEEP = 2  # servers kept for later workflow phases (diagnose: 1 thread a trial, then 2)
+
+
+def starter(env: dict[str, str]) -> WarmStarter:
+    """The starter for trials with ``env``: one server per environment (less the keys a
+    run reads only when it runs), kept for the process's later workflows and phases (each
+    fork is of a server that has done nothing but its imports); the least recently used
+    beyond :data:`KEEP` is ended, all of them when the process exits."""
+    key = tuple(sorted((k, v) for k, v in env.items() if k not in RUN_TIME_KEYS))
+    with _SERVERS_LOCK:
+        found = _SERVERS.pop(key, None)
+        if found is None or found.failed:
+            found = WarmStarter(env)
+        _SERVERS[key] = found  # the most recent last
+        old = list(_SERVERS)[:-KEEP]
+        ended = [_SERVERS.pop(k) for k in old]
+    for s in ended:
+        s.close()
+    return found
+
+
+@atexit.register
+def close_all() -> None:
+    """End every server (each after its running trials)."""
+    with _SERVERS_LOCK:
+        servers = list(_SERVERS.values())
+        _SERVERS.clear()
+    for s in servers:
+        s.close()
 
 
 if __name__ == "__main__":

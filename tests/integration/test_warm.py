@@ -161,3 +161,22 @@ def test_a_workflow_s_warm_trials_give_what_fresh_processes_give(tmp_path, monke
         rows, summary = _metrics(tmp_path / "warm" / w["name"])
         assert len(rows) == 30 and summary["status"] == "completed"
         assert (rows, summary) == _metrics(tmp_path / "fresh" / f["name"])
+
+
+def test_one_server_per_environment_is_kept_for_later_phases(monkeypatch):
+    """diagnose's phases (1 thread a trial, then 2) reuse their servers: the same one for
+    environments that differ only in what a run reads when it runs, another for other
+    thread counts; beyond two, the least recently used is ended (none is started here)."""
+    from stablelab import warm
+
+    monkeypatch.setattr(warm, "_SERVERS", {})
+    env = {"PATH": os.environ["PATH"], "OMP_NUM_THREADS": "1"}
+    a = warm.starter({**env, "STABLELAB_SWEEP_GROUP": "d/lr_sweep"})
+    assert warm.starter({**env, "STABLELAB_SWEEP_GROUP": "d/probe"}) is a
+    b = warm.starter({**env, "OMP_NUM_THREADS": "2"})
+    assert b is not a and warm.starter(env) is a  # a: the most recently used now
+    c = warm.starter({**env, "OMP_NUM_THREADS": "4"})
+    assert b.failed and not a.failed and not c.failed  # b ended: later trials start fresh
+    assert warm.starter({**env, "OMP_NUM_THREADS": "2"}) is not b
+    warm.close_all()
+    assert a.failed and c.failed and not warm._SERVERS
