@@ -16,8 +16,9 @@ The protocol, one JSON object a line: requests on stdin (``{"id", "module", "arg
 "cwd", "log"}``), answers on stdout (``{"ready": true}`` once; ``{"id", "pid"}`` when a
 trial started, ``{"id", "returncode"}`` when it ended: negative for a signal, as
 :class:`subprocess.Popen` says it). End of stdin: the server waits for its trials, then
-exits. Used on Linux for trials without a GPU of their own; ``STABLELAB_WARM_TRIALS=0``
-turns it off (every trial then starts a fresh interpreter).
+exits. Used on Linux machines without GPUs (see :func:`enabled`);
+``STABLELAB_WARM_TRIALS=0`` turns it off (every trial then starts a fresh interpreter).
+``ps`` shows a warm trial as ``python -m stablelab.warm`` (the server's command line).
 """
 
 from __future__ import annotations
@@ -65,14 +66,20 @@ PRELOAD = (  # what a run imports (stablelab.train itself not: it runs as __main
 )
 
 
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd")  # NVIDIA's driver, AMD's (ROCm)
+
+
 def enabled(devices: Sequence[str] | None) -> bool:
     """Whether a workflow's trials start warm: on Linux (fork after imports, no threads
-    running), without per-trial GPUs (CUDA must be set up by the trial itself, for its own
-    ``CUDA_VISIBLE_DEVICES``), unless ``STABLELAB_WARM_TRIALS=0``."""
+    running), on a machine without GPUs (a CUDA or ROCm runtime that an import touched
+    before the fork is unusable after it, and each trial sets up its own device), unless
+    ``STABLELAB_WARM_TRIALS=0``."""
+    off = os.environ.get("STABLELAB_WARM_TRIALS", "1").strip().lower() in ("0", "false", "no")
     return (
         sys.platform.startswith("linux")
         and not devices
-        and os.environ.get("STABLELAB_WARM_TRIALS", "1").strip().lower() not in ("0", "false", "no")
+        and not off
+        and not any(os.path.exists(f) for f in GPU_DEVICE_FILES)
     )
 
 

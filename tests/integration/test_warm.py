@@ -180,3 +180,18 @@ def test_one_server_per_environment_is_kept_for_later_phases(monkeypatch):
     assert warm.starter({**env, "OMP_NUM_THREADS": "2"}) is not b
     warm.close_all()
     assert a.failed and c.failed and not warm._SERVERS
+
+
+def test_warm_trials_only_on_linux_without_gpus_unless_turned_off(monkeypatch, tmp_path):
+    from stablelab import warm
+
+    monkeypatch.delenv("STABLELAB_WARM_TRIALS", raising=False)
+    monkeypatch.setattr(warm, "GPU_DEVICE_FILES", (str(tmp_path / "nvidiactl"),))
+    assert warm.enabled(None) and warm.enabled([])
+    assert not warm.enabled(["0", "1"])  # --gpus: each trial its own device
+    for off in ("0", "false", "No"):
+        monkeypatch.setenv("STABLELAB_WARM_TRIALS", off)
+        assert not warm.enabled(None)
+    monkeypatch.setenv("STABLELAB_WARM_TRIALS", "1")
+    (tmp_path / "nvidiactl").touch()  # a machine with NVIDIA's driver
+    assert not warm.enabled(None)
