@@ -162,9 +162,12 @@ def serve() -> None:
         with contextlib.suppress(ImportError):
             __import__(name)
     root.removeHandler(stand_in)
+    for stream in (sys.stdout, sys.stderr):  # nothing of the imports' left to the forks
+        stream.flush()
 
     def say(obj: dict[str, Any]) -> None:
-        os.write(out, (json.dumps(obj) + "\n").encode())
+        with contextlib.suppress(OSError):  # the workflow gone: its trials still end here
+            os.write(out, (json.dumps(obj) + "\n").encode())
 
     say({"ready": True})
     children: dict[int, Any] = {}

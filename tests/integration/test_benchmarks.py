@@ -93,3 +93,20 @@ def test_the_gpu_check_script_runs_every_step_in_smoke_mode(tmp_path):
     files = sorted(p.name for p in out.rglob("*"))
     assert all(p.is_file() for p in out.iterdir()) and len(files) <= 8, files
     assert "shakespeare_char_gpu_summary.json" in files
+
+
+def test_the_warm_trials_benchmark_runs_a_workflow_both_ways_with_the_same_trials():
+    """benchmarks/warm_trials.py on a one-trial sweep: both ways timed, and every trial's
+    validation loss compared between them (equal: the same run)."""
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "warm_trials.py"), "--repeats", "1", "--",
+         "sweep", "lr", "model=mlp", "max_train_steps=10", "logger=csv", "plots=false",
+         "--lrs", "1e-3", "--threads", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT / "benchmarks",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sweep lr model=mlp" in proc.stdout and ": 1 trials, 1 repeats" in proc.stdout
+    assert "| wall (s) |" in proc.stdout and "| CPU (s) |" in proc.stdout
+    assert "every trial's val loss the same both ways: True" in proc.stdout
