@@ -95,7 +95,7 @@ def test_the_gpu_check_script_runs_every_step_in_smoke_mode(tmp_path):
     assert "shakespeare_char_gpu_summary.json" in files
 
 
-def test_the_warm_trials_benchmark_runs_a_workflow_both_ways_with_the_same_trials():
+def test_the_warm_trials_benchmark_runs_a_workflow_both_ways_with_the_same_trials(tmp_path):
     """benchmarks/warm_trials.py on a one-trial sweep: both ways timed, and every trial's
     validation loss compared between them (equal: the same run)."""
     import sys
@@ -104,7 +104,7 @@ def test_the_warm_trials_benchmark_runs_a_workflow_both_ways_with_the_same_trial
         [sys.executable, str(ROOT / "benchmarks" / "warm_trials.py"), "--repeats", "1", "--",
          "sweep", "lr", "model=mlp", "max_train_steps=10", "logger=csv", "plots=false",
          "--lrs", "1e-3", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT / "benchmarks",
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,  # (its data/ there)
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep lr model=mlp" in proc.stdout and ": 1 trials, 1 repeats" in proc.stdout
