@@ -967,6 +967,11 @@ def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
     return found
 
 
+def _given(overrides: Sequence[str], key: str) -> str:
+    """The override of ``key`` as it was written (for the ``+key=...`` hint)."""
+    return next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
+
+
 def _dotted_keys(node: dict, prefix: str = "", depth: int = 2) -> list[str]:
     keys = []
     for k, child in node.items():
@@ -999,7 +1004,7 @@ def missing_parent_problem(
     suggestion = list(elsewhere[:1]) or [".".join(filter(None, [owner, *close]))] * bool(close)
     mean = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
     where = f"of {owner!r}" if owner else "at the top level"
-    given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
+    given = _given(overrides, key)
     return (
         f"{key}: {'.'.join(parts[: depth + 1])!r} is not a key {where}{mean} (keys {where}: "
         f"{', '.join(map(str, node))}; to add new keys write +{given})"
@@ -1070,7 +1075,7 @@ def composition_problem(
         )
     key = _unknown_key(e)
     if key is not None:
-        given = next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
+        given = _given(overrides, key)
         return unknown_key_problem(key, keys or (), given, elsewhere=elsewhere)
     lines = text.split("Config search path:")[0].split("\n")
     return " ".join(line.strip() for line in lines if line.strip())

@@ -206,7 +206,7 @@ def serve() -> None:
 
 class WarmProcess:
     """A trial forked by the server: :class:`subprocess.Popen`'s ``pid``, ``returncode``,
-    ``wait``, ``poll`` and ``send_signal``."""
+    ``wait`` and ``send_signal``."""
 
     def __init__(self) -> None:
         self.pid: int | None = None
@@ -216,9 +216,6 @@ class WarmProcess:
     def wait(self) -> int:
         self._ended.wait()
         assert self.returncode is not None
-        return self.returncode
-
-    def poll(self) -> int | None:
         return self.returncode
 
     def send_signal(self, signum: int) -> None:
