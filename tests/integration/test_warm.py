@@ -195,3 +195,22 @@ def test_warm_trials_only_on_linux_without_gpus_unless_turned_off(monkeypatch, t
     monkeypatch.setenv("STABLELAB_WARM_TRIALS", "1")
     (tmp_path / "nvidiactl").touch()  # a machine with NVIDIA's driver
     assert not warm.enabled(None)
+
+
+def test_a_ddp_trial_forked_warm_gives_what_a_fresh_one_gives(tmp_path, monkeypatch):
+    """A trainer=ddp_cpu trial from the warm server: Lightning starts its second rank by
+    running the trial's command again, which must be the trial's (not the server's) command;
+    both ranks train, and the losses and summary equal those of a fresh interpreter."""
+    from stablelab.workflows import Trial, run_trials
+
+    base = ["model=mlp", "max_train_steps=12", "logger=csv", "plots=false", "trainer=ddp_cpu"]
+    trials = [Trial("ddp", ["optimizer.lr=1e-2"])]
+    (warm,) = run_trials(trials, tmp_path / "warm", base, jobs=1, threads=1, progress=False)
+    monkeypatch.setenv("STABLELAB_WARM_TRIALS", "0")
+    (fresh,) = run_trials(trials, tmp_path / "fresh", base, jobs=1, threads=1, progress=False)
+    assert warm["returncode"] == fresh["returncode"] == 0
+    summary = json.loads((tmp_path / "warm" / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2, summary.get("world_size")
+    rows, kept = _metrics(tmp_path / "warm" / "ddp")
+    assert len(rows) == 12 and kept["status"] == "completed"
+    assert (rows, kept) == _metrics(tmp_path / "fresh" / "ddp")
