@@ -563,10 +563,31 @@ def validate(cfg: DictConfig, fast_only: bool = False) -> dict[str, Any]:
         else:
             _check_target_entry(group, entry, RUNTIME_ARGS[group], problems, group)
     # (the cross-group rules ran in the fast pass: they need the plain values only)
+    if not problems:
+        problems += _strategy_name_problems(plain.get("trainer") or {})
 
     if problems:
         raise ConfigError(problems)
     return plain
+
+
+def _strategy_name_problems(t: dict[str, Any]) -> list[str]:
+    """``trainer.strategy`` given by name: one that Lightning has registered (the registry
+    holds the plugins' names too, so it is read after Lightning's import)."""
+    strategy = t.get("strategy", "auto")
+    if not isinstance(strategy, str) or not str(t.get("_target_", "")).startswith("lightning."):
+        return []
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    names = ["auto", *StrategyRegistry.available_strategies()]
+    if strategy.lower() in names:
+        return []
+    close = difflib.get_close_matches(strategy.lower(), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return [
+        f"trainer.strategy = {strategy!r}: not a strategy Lightning knows (choose one of: "
+        f"{', '.join(names)}; or a trainer option: trainer=ddp, ddp_cpu, fsdp, ...){hint}"
+    ]
 
 
 def _entry_names(group: str) -> set[str]:
@@ -672,6 +693,59 @@ def _trainer_length_problems(t: dict[str, Any]) -> list[str]:
     return out
 
 
+# Lightning's accelerator names (its AcceleratorRegistry, plus "auto" and "gpu"); another
+# kind of accelerator is given as an object (trainer.accelerator._target_=...)
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+
+
+def _device_count_problem(devices: Any, cpu: bool) -> str | None:
+    """Why Lightning would refuse ``trainer.devices`` (its parsers: a CPU takes a number of
+    processes; a GPU a count, -1 for all, or device indices as a list or "0,1"), else None."""
+    if devices == "auto":
+        return None
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices.strip())
+    if cpu:
+        if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+            return None
+        return (
+            f"trainer.devices = {_fmt(devices)}: with trainer.accelerator = 'cpu' it is a "
+            "number of processes: a count >= 1 or 'auto' (-1 and device indices are for GPUs)"
+        )
+    if isinstance(devices, str) and "," in devices:
+        parts = [x.strip() for x in devices.split(",") if x.strip()]
+        devices = [int(x) if x.isdigit() else x for x in parts]
+    ok = (
+        (isinstance(devices, int) and not isinstance(devices, bool) and devices >= -1
+         and devices != 0)
+        or (isinstance(devices, list) and devices != []
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices))
+    )  # fmt: skip
+    if ok:
+        return None
+    return (
+        f"trainer.devices = {_fmt(devices)}: must be a count >= 1, -1 (all), 'auto' or "
+        "device indices (a list such as [0,1], or the string '0,1')"
+    )
+
+
+def _accelerator_problems(t: dict[str, Any]) -> list[str]:
+    """``trainer.accelerator`` and ``trainer.devices`` as Lightning parses them, refused
+    here before the imports rather than by the Trainer after the run directory exists."""
+    accel = t.get("accelerator", "auto")
+    if isinstance(accel, str) and accel not in ACCELERATORS:
+        close = difflib.get_close_matches(accel.lower(), ACCELERATORS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return [
+            f"trainer.accelerator = {accel!r}: not one of Lightning's accelerators (choose "
+            f"one of: {', '.join(ACCELERATORS)}){hint}"
+        ]
+    if not isinstance(accel, str | Mapping):
+        return [f"trainer.accelerator = {_fmt(accel)}: expected one of {', '.join(ACCELERATORS)}"]
+    problem = _device_count_problem(t.get("devices", "auto"), cpu=accel == "cpu")
+    return [problem] if problem else []
+
+
 def _trainer_problems(t: dict[str, Any]) -> list[str]:
     """Trainer arguments whose types Lightning's signature allows but whose values make no
     sense here (or fail only after training started)."""
@@ -699,12 +773,7 @@ def _trainer_problems(t: dict[str, Any]) -> list[str]:
             "(validation every N updates, counted across epochs; a fraction of an epoch "
             "only with trainer.check_val_every_n_epoch set)"
         )
-    devices = t.get("devices")
-    if devices in (0, [], "0") or (isinstance(devices, int) and devices < -1):
-        out.append(
-            f"trainer.devices = {_fmt(devices)}: must be a count >= 1, -1 (all), 'auto' "
-            "or a list of device indices"
-        )
+    out += _accelerator_problems(t)
     for key, low in (
         ("num_nodes", 1),
         ("log_every_n_steps", 1),

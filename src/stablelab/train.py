@@ -82,10 +82,19 @@ def _trainer(plain: dict[str, Any], callbacks: list, loggers: list, max_steps: i
     ):  # no model_checkpoint: none, rather than Lightning's own, which keeps each epoch's
         # end as "best" (the test then ran on it beside the best validation of another step)
         extra["enable_checkpointing"] = False
-    trainer = instantiate(
-        plain["trainer"], callbacks=callbacks, logger=loggers or False, max_steps=max_steps,
-        **extra,
-    )  # fmt: skip
+    from hydra.errors import InstantiationException
+
+    try:
+        trainer = instantiate(
+            plain["trainer"], callbacks=callbacks, logger=loggers or False, max_steps=max_steps,
+            **extra,
+        )  # fmt: skip
+    except InstantiationException as e:  # a combination the config check does not know
+        cause = e.__cause__ if e.__cause__ is not None else e
+        raise ConfigError(
+            [f"trainer: Lightning's Trainer refused these settings ({type(cause).__name__}: "
+             f"{cause})"]
+        ) from e  # fmt: skip
     trainer._stablelab_parts = (plain, callbacks, loggers, max_steps)  # (a rollback's refit)
     return trainer
 

@@ -100,6 +100,15 @@ CASES = [
     (["trainer.val_check_interval=0"], ["trainer.val_check_interval = 0", ">= 1"]),
     (["trainer.devices=0"], ["trainer.devices = 0", "count >= 1"]),
     (["trainer.accelerator=gpu"], ["trainer.accelerator = 'gpu'", "not available", "trainer=cpu"]),
+    # Lightning's names and device formats, refused before the imports (not by the Trainer)
+    (["trainer.accelerator=gpus"], ["trainer.accelerator = 'gpus'", "auto, cpu, cuda, gpu",
+                                    "did you mean 'gpu'"]),  # fmt: skip
+    (["trainer.devices=abc"], ["trainer.devices = 'abc'", "a count >= 1 or 'auto'"]),
+    (["trainer.devices=-1"], ["trainer.devices = -1", "-1 and device indices are for GPUs"]),
+    (["+trainer.strategy=ddpx"], ["trainer.strategy = 'ddpx'", "did you mean 'ddp'"]),
+    # what only the Trainer itself checks: its refusal, as a refusal
+    (["+trainer.plugins=[foo]"], ["trainer: Lightning's Trainer refused these settings",
+                                  "invalid type for plugin foo"]),  # fmt: skip
     (["+trainer.gradient_clip_val=1.0"], ["trainer.gradient_clip_val = 1.0", "clipping=fixed"]),
     (["+trainer.gradient_clip_algorithm=norm"], ["trainer.gradient_clip_algorithm", "clipping"]),
     (["trainer.log_every_n_steps=0"], ["trainer.log_every_n_steps = 0", "must be >= 1"]),
@@ -378,6 +387,7 @@ def _imported(argv: list[str], tmp_path: Path) -> tuple[int, set[str], str]:
         ["callbacks.grad_norm.recent_window=0"],
         ["schedule.warmup_steps=-5", "clipping=fixed", "clipping.clip_threshold=0"],
         ["trainer=fsdp_cpu", "compile=true"],  # a rule across groups
+        ["trainer.accelerator=gpus", "trainer.devices=abc"],  # Lightning's names and formats
     ],
 )
 def test_a_refusal_imports_neither_torch_nor_lightning(tmp_path, bad):

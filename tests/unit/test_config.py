@@ -262,3 +262,33 @@ def test_an_experiments_settings_for_switched_off_callbacks_are_dropped_with_a_w
     # with the default callbacks the experiment's settings reach their callbacks
     plain = validate(compose_cfg(["experiment=shakespeare_char_cpu"], tmp_path))
     assert plain["callbacks"]["lm_monitor"]["_target_"] == "stablelab.callbacks.LMMonitor"
+
+
+DEVICES = [1, 2, -1, -2, 0, "0", "1", "-1", "2", " 3 ", "0,1", "1,", "0,,2", "abc", "1.5", "",
+           [0, 1], [2], [], [-1], [0, "a"], 1.5, True, None]  # fmt: skip
+
+
+@pytest.mark.parametrize("devices", DEVICES, ids=[repr(d) for d in DEVICES])
+def test_the_fast_devices_check_refuses_what_lightning_s_parsers_refuse(devices, monkeypatch):
+    """``trainer.devices`` is checked before Lightning is imported; the reference is
+    Lightning's own parsers: the CPU's (a number of processes) and the GPU's, on a machine
+    made to look as if it had 8 GPUs. ``0`` (no GPU) counts as refused: Lightning takes it
+    for "none" and the run would not use the accelerator it named; a bool is refused too."""
+    from lightning.fabric.accelerators.cpu import _parse_cpu_cores
+    from lightning.fabric.utilities import device_parser
+
+    from stablelab.config import _device_count_problem
+
+    def lightning_accepts(parse) -> bool:
+        try:
+            return bool(parse(devices))
+        except (TypeError, ValueError, Exception):  # noqa: BLE001 - its refusals vary
+            return False
+
+    monkeypatch.setattr(device_parser, "_get_all_available_gpus", lambda **_: list(range(8)))
+    gpu = lightning_accepts(lambda d: device_parser._parse_gpu_ids(d, include_cuda=True))
+    cpu = lightning_accepts(_parse_cpu_cores)
+    if isinstance(devices, bool):  # stricter on purpose: Lightning takes True for 1
+        gpu = cpu = False
+    assert (_device_count_problem(devices, cpu=True) is None) == cpu
+    assert (_device_count_problem(devices, cpu=False) is None) == gpu
