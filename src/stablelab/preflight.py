@@ -10,6 +10,7 @@ the key, its value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,21 @@ def writable_problem(key: str, path: str | Path) -> str | None:
         return f"{key} = '{path}': {probe} is a file, not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{key} = '{path}': not writable ({probe} does not allow writing)"
+    if probe != p and not started_by_a_launcher():
+        # a folder to create: try its first level (permissions say yes to root, and a file
+        # system such as /proc refuses anyway), and leave nothing behind (not where peers
+        # started at once create the same folders: one could remove what another just made)
+        first = p
+        while first.parent != probe:
+            first = first.parent
+        try:
+            first.mkdir()
+        except FileExistsError:  # made meanwhile by another process: fine
+            return None
+        except OSError as e:
+            return f"{key} = '{path}': cannot be created ({first}: {e.strerror or e})"
+        with contextlib.suppress(OSError):  # (not empty: filled meanwhile, so it is needed)
+            first.rmdir()
     return None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cases import BAD  # shared with the command-line refusal table
@@ -292,3 +294,25 @@ def test_the_fast_devices_check_refuses_what_lightning_s_parsers_refuse(devices,
         gpu = cpu = False
     assert (_device_count_problem(devices, cpu=True) is None) == cpu
     assert (_device_count_problem(devices, cpu=False) is None) == gpu
+
+
+def test_a_folder_the_file_system_will_not_create_is_refused_and_the_probe_leaves_nothing(
+    tmp_path, monkeypatch
+):
+    """paths.log_dir / data_dir: a folder still to be made is tried at its first level, so a
+    file system that refuses it (here /proc, where permissions alone say yes to root) is
+    named before Hydra tries; a folder that can be made is left unmade (Hydra makes it)."""
+    import sys
+
+    from stablelab.preflight import writable_problem
+
+    for var in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    assert writable_problem("paths.log_dir", tmp_path / "a" / "b" / "c") is None
+    assert list(tmp_path.iterdir()) == []  # the probe's folder is gone again
+    (tmp_path / "f").write_text("x")
+    assert "is a file, not a directory" in str(writable_problem("k", tmp_path / "f" / "x"))
+    if sys.platform.startswith("linux") and os.path.isdir("/proc/self"):
+        problem = writable_problem("paths.log_dir", "/proc/stablelab-logs/train")
+        assert problem is not None, "/proc accepted a folder"
+        assert problem.startswith("paths.log_dir = '/proc/stablelab-logs/train': cannot be created")

@@ -94,6 +94,25 @@ def test_npz_refusals_name_data_path(tmp_path, arrays, expect):
     assert "data.path = " in str(e.value) and expect in str(e.value)
 
 
+def test_a_file_that_is_no_npz_is_named_as_such(tmp_path):
+    """A text file, or one array saved with np.save, under data.path: "not a .npz file",
+    not numpy's "contains pickled data", which any non-zip file gives with pickles off."""
+    (tmp_path / "notes.txt").write_text("hello\n")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    for name, kind in (("notes.txt", "not a zip"), ("one.npy", "a single .npy array")):
+        with pytest.raises(ConfigError) as e:
+            NpzDataModule(str(tmp_path / name))
+        assert f"not a .npz file ({kind}; np.savez writes one" in str(e.value)
+        assert "pickled" not in str(e.value)
+    # a zip that holds no arrays: named as numpy reads it
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "z.npz", "w") as z:
+        z.writestr("readme.txt", "no arrays here")
+    with pytest.raises(ConfigError, match=r"arrays \[.readme.txt.\]; expected x and y"):
+        NpzDataModule(str(tmp_path / "z.npz"))
+
+
 def test_npz_missing_file_and_too_few_classes(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         NpzDataModule(str(tmp_path / "nope.npz"))

@@ -433,8 +433,15 @@ class NpzDataModule(InMemoryDataModule):
         try:
             raw = p.read_bytes()
             self.source_sha256 = hashlib.sha256(raw).hexdigest()
+            if not raw.startswith(b"PK"):  # (np.load would say "pickled data" of any text)
+                kind = "a single .npy array" if raw.startswith(b"\x93NUMPY") else "not a zip"
+                raise ConfigError(
+                    [f"{where}: not a .npz file ({kind}; np.savez writes one, with arrays x and y)"]
+                )
             with np.load(io.BytesIO(raw), allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
+        except ConfigError:
+            raise
         except Exception as e:  # noqa: BLE001 - not a readable npz, or object arrays
             raise ConfigError(
                 [f"{where}: not a readable .npz without pickled objects ({e})"]
