@@ -596,6 +596,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     from stablelab.trials import TrialsFailed, TrialsInterrupted
 
     plain_warnings(f"stablelab {args.command}")
+    if (problem := _out_problem(args)) is not None:
+        print(f"stablelab {args.command}: {problem}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except ConfigError as e:
@@ -616,6 +619,37 @@ def _dispatch(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # outside the trials: nothing running to pass it to
         print(f"stablelab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _out_problem(args: argparse.Namespace) -> str | None:
+    """``--out`` that cannot be written, refused before any work: a folder (sweep, probe,
+    diagnose, eval) under a file or where the file system will not make it; an image
+    (schedule-plot) that is a folder or cannot be created."""
+    from stablelab.preflight import writable_problem
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return None
+    out = Path(out)
+    if args.command != "schedule-plot":
+        if out.exists() and not out.is_dir():
+            return f"--out = '{out}': a file, not a directory"
+        return writable_problem("--out", out)
+    if out.is_dir():
+        return f"--out = '{out}': a directory; give the image's file name ({out / 'schedule.png'})"
+    if problem := writable_problem("--out", out.parent):
+        return problem
+    if not out.parent.is_dir():  # made with the plot (its first level was tried above)
+        return None
+    existed = out.exists()
+    try:  # (a folder such as /proc says yes to root's permissions and no to the file)
+        with out.open("ab"):
+            pass
+    except OSError as e:
+        return f"--out = '{out}': cannot be written ({e.strerror or e})"
+    if not existed:
+        out.unlink()
+    return None
 
 
 def _refuse_repeats(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:

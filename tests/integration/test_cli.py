@@ -400,3 +400,29 @@ def test_an_lr_sweep_gives_the_warmup_advice_once_before_its_trials():
         warnings.simplefilter("error", WarmupScheduleWarning)
         assert _check(over, "sweep warmup")
         assert _check(["schedule.warmup_steps=5", "max_train_steps=200"], "sweep lr", True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["sweep", "lr", "--lrs", "0.1", "--out", "{f}"], "--out = '{f}': a file, not a directory"),
+        (["diagnose", "--out", "{f}/x"], "--out = '{f}/x': {f} is a file, not a directory"),
+        (["eval", "{f}", "--out", "{f}/e"], "is a file, not a directory"),
+        (["probe", "--lr", "0.1", "--out", "{f}"], "a file, not a directory"),
+        (["schedule-plot", "--out", "{d}"], "--out = '{d}': a directory; give the image's"),
+        (["schedule-plot", "--out", "{f}/s.png"], "{f} is a file, not a directory"),
+    ],
+)
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, argv, says):
+    """Each command's --out: exit 2 with the path named, not a traceback from mkdir after
+    the config check (or, for schedule-plot, after the plot was drawn)."""
+    from stablelab.cli import main as cli_main
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    fill = {"{f}": str(f), "{d}": str(tmp_path)}
+    argv = [fill.get(a, a).replace("{f}", str(f)) for a in argv]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert says.replace("{f}", str(f)).replace("{d}", str(tmp_path)) in err, err
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
