@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,6 +40,8 @@ def local_processes(trainer_cfg: dict[str, Any]) -> int:
     strategy that spawns one process per device (DDP, FSDP); 1 otherwise (a GPU process
     drives its device, its CPU threads feed it)."""
     devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str) and devices.strip().isdigit():  # "2", as Lightning reads it
+        devices = int(devices)
     on_cpu = trainer_cfg.get("accelerator", "cpu") == "cpu"
     return devices if on_cpu and isinstance(devices, int) and devices > 0 else 1
 
@@ -78,7 +81,16 @@ def apply(requested: int | None, trainer_cfg: dict[str, Any]) -> dict[str, Any]:
     """Choose and set the thread counts of this process; return what was chosen."""
     import torch
 
-    chosen = choose(requested, local_processes(trainer_cfg))
+    local = local_processes(trainer_cfg)
+    chosen = choose(requested, local)
+    cores = available_cores()
+    if requested is not None and chosen["intra_op"] * local > cores:
+        warnings.warn(
+            f"threads = {chosen['intra_op']}: {chosen['intra_op'] * local} threads in all "
+            f"({local} process(es)) on the {cores} core(s) this process may use; they will "
+            f"slow each other down (leave threads unset for {max(1, cores // local)})",
+            stacklevel=2,
+        )
     torch.set_num_threads(chosen["intra_op"])
     # allowed once, before any inter-op parallel work has started in this process
     with contextlib.suppress(RuntimeError):

@@ -41,6 +41,7 @@ def test_available_cores_are_split_among_the_local_processes(four_cores, local, 
         ({"accelerator": "cpu", "devices": 2, "strategy": "ddp"}, 2),  # trainer=ddp_cpu
         ({"accelerator": "gpu", "devices": 8}, 1),  # a GPU rank's threads feed its device
         ({"accelerator": "cpu", "devices": "auto"}, 1),
+        ({"accelerator": "cpu", "devices": "3"}, 3),  # a count as a string, as Lightning's
         ({}, 1),
     ],
 )
@@ -89,3 +90,24 @@ def test_the_run_line_counts_threads_in_words():
     two = run_line(Path("r"), plain, 10, 1, {"intra_op": 2})
     assert "(10 steps, 3 processes, 1 thread per process; task train)" in one
     assert "(10 steps, 1 process, 2 threads per process; task train)" in two
+
+
+def test_more_threads_than_cores_asked_for_in_the_config_is_warned_about(four_cores):
+    """threads=N is obeyed; N threads x the processes on the node beyond the cores this
+    process may use (4 here) is said, with the count the policy would choose. The
+    environment's count (the workflows' and DDP's own) is not warned about."""
+    import warnings
+
+    before = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match=r"threads = 8: 8 threads in all \(1 process"):
+            assert threads.apply(8, {"accelerator": "cpu", "devices": 1})["intra_op"] == 8
+        with pytest.warns(UserWarning, match=r"threads = 3: 6 threads in all .* unset for 2\)"):
+            threads.apply(3, {"accelerator": "cpu", "devices": 2})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            threads.apply(2, {"accelerator": "cpu", "devices": 2})  # 4 on 4 cores
+            os.environ["OMP_NUM_THREADS"] = "16"
+            assert threads.apply(None, {"accelerator": "cpu", "devices": 1})["intra_op"] == 16
+    finally:
+        torch.set_num_threads(before)
