@@ -584,9 +584,14 @@ def _strategy_name_problems(t: dict[str, Any]) -> list[str]:
         return []
     close = difflib.get_close_matches(strategy.lower(), names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    # the variants of a name (ddp_find_unused_parameters_true, deepspeed_stage_2, ...) left
+    # out of the list, not out of what is allowed
+    main = [n for n in names if "_find_unused_" not in n and not n.startswith("deepspeed_")]
     return [
-        f"trainer.strategy = {strategy!r}: not a strategy Lightning knows (choose one of: "
-        f"{', '.join(names)}; or a trainer option: trainer=ddp, ddp_cpu, fsdp, ...){hint}"
+        f"trainer.strategy = {strategy!r}: not a strategy Lightning knows (such as "
+        f"{', '.join(main)}, and their variants: {len(names)} names in all, "
+        "lightning.pytorch.strategies.StrategyRegistry; or a trainer option: trainer=ddp, "
+        f"ddp_cpu, fsdp, ...){hint}"
     ]
 
 
