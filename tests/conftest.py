@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,12 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 if _WORKER.startswith("gw") and hasattr(os, "sched_setaffinity"):
     _cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {_cores[int(_WORKER[2:]) % len(_cores)]})
+# A suite started in the background of a non-interactive shell (`nohup make test &`, some CI
+# runners) inherits SIGINT ignored, and so would every process it starts: the Ctrl-C tests
+# would then test nothing (a child that ignores SIGINT runs on). Back to the default, which
+# exec hands on to the children as "default": each Python child raises KeyboardInterrupt.
+if hasattr(signal, "SIGINT") and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 from omegaconf import DictConfig  # noqa: E402 (after the pinning above)
 
 from stablelab.config import compose  # noqa: E402
