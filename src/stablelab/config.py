@@ -582,8 +582,7 @@ def _strategy_name_problems(t: dict[str, Any]) -> list[str]:
     names = ["auto", *StrategyRegistry.available_strategies()]
     if strategy.lower() in names:
         return []
-    close = difflib.get_close_matches(strategy.lower(), names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = _did_you_mean(strategy.lower(), names)
     # the variants of a name (ddp_find_unused_parameters_true, deepspeed_stage_2, ...) left
     # out of the list, not out of what is allowed
     main = [n for n in names if "_find_unused_" not in n and not n.startswith("deepspeed_")]
@@ -739,8 +738,7 @@ def _accelerator_problems(t: dict[str, Any]) -> list[str]:
     here before the imports rather than by the Trainer after the run directory exists."""
     accel = t.get("accelerator", "auto")
     if isinstance(accel, str) and accel not in ACCELERATORS:
-        close = difflib.get_close_matches(accel.lower(), ACCELERATORS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = _did_you_mean(accel.lower(), ACCELERATORS)
         return [
             f"trainer.accelerator = {accel!r}: not one of Lightning's accelerators (choose "
             f"one of: {', '.join(ACCELERATORS)}){hint}"
@@ -1041,6 +1039,12 @@ def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
     return found
 
 
+def _did_you_mean(word: str, options: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` for the nearest of ``options``, or ``""``."""
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def _given(overrides: Sequence[str], key: str) -> str:
     """The override of ``key`` as it was written (for the ``+key=...`` hint)."""
     return next((o for o in overrides if o.split("=", 1)[0] == key), f"{key}=...")
@@ -1136,8 +1140,7 @@ def composition_problem(
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and e.options:
         group, _, name = str(e.missing_cfg_file).rpartition("/")
         if group:
-            close = difflib.get_close_matches(name, list(e.options), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = _did_you_mean(name, list(e.options))
             return (
                 f"{group} = {name!r}: no such option of the {group!r} config group "
                 f"(choose one of: {', '.join(e.options)}){hint}"
