@@ -64,6 +64,11 @@ def plot(out: Path, names: list[str], path: Path) -> None:
             ax.plot(*zip(*thr, strict=True), lw=1, color="C3", ls="--", label="threshold")
         clipped = sum(float(r["clipped"]) for r in rows) / len(rows)
         ax.set_title(f"{name} (clipped {clipped:.0%})", fontsize=10)
+        if name == "agc":  # its threshold is per unit, on ||G_i|| / ||W_i||: no line to draw
+            ax.text(0.03, 0.95, "no global threshold: AGC clips each unit i where\n"
+                    "||G_i|| / max(||W_i||, 1e-3) > lambda; 'clipped' counts the\n"
+                    "steps where any unit was", transform=ax.transAxes, fontsize=8,
+                    va="top")  # fmt: skip
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
     handles = {}
