@@ -689,10 +689,16 @@ def _trainer_length_problems(t: dict[str, Any]) -> list[str]:
         "min_steps": ("would train past max_train_steps, beyond the LR schedule's end; "
                       "the run's length is max_train_steps=N: leave it null"),
     }  # fmt: skip
+    fix = {"max_epochs": "leave it -1", "min_epochs": "leave it null", "min_steps": "leave it null"}
     out = []
     for key, text in why.items():
         v = t.get(key)
-        if v is not None and not (key == "max_epochs" and v == -1 and not isinstance(v, bool)):
+        if key in fix and v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            out.append(
+                f"trainer.{key} = {_fmt(v)}: expected an integer; {fix[key]} (the run's "
+                "length is max_train_steps=N, in updates)"
+            )
+        elif v is not None and not (key == "max_epochs" and v == -1):
             out.append(f"trainer.{key} = {_fmt(v)}: {text}")
     return out
 

@@ -120,6 +120,8 @@ CASES = [
     ),  # fmt: skip
     # limits that end a run before max_train_steps (its schedule unfinished) or after it
     (["trainer.max_epochs=3"], ["trainer.max_epochs = 3", "before max_train_steps", "-1"]),
+    (["trainer.max_epochs=abc"], ["trainer.max_epochs = 'abc'", "expected an integer",
+                                  "leave it -1"]),  # fmt: skip
     (["+trainer.max_time=00:00:01:00"], ["trainer.max_time = '00:00:01:00'", "SIGTERM"]),
     (["+trainer.min_steps=2000"], ["trainer.min_steps = 2000", "past max_train_steps"]),
     (["+trainer.limit_train_batches=0"], ["trainer.limit_train_batches = 0", "trains nothing",
