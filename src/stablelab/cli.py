@@ -576,16 +576,42 @@ def main(argv: list[str] | None = None) -> int:
         help="warmup grid before the 10%% cap",
     )
     dg.set_defaults(func=diagnose_cmd)
+    return _dispatch(_parse(ap, sub, argv))
+
+
+def _parse(ap: argparse.ArgumentParser, sub: Any, argv: list[str] | None) -> argparse.Namespace:
+    """The command line, options written out and Hydra overrides anywhere."""
+    # an option is written out: `sweep lr --lr=1e-3` would otherwise be taken as --lrs
+    for parser in (ap, *sub.choices.values()):
+        parser.allow_abbrev = False
     # Hydra overrides may come anywhere, also after options (`sweep warmup --unstable-lr X
     # key=value`): argparse stops a positional list at the first option, so collect the rest
     args, extra = ap.parse_known_args(argv)
     if extra:
         stray = [e for e in extra if e.startswith("-") or "=" not in e]
         if stray or not hasattr(args, "overrides"):
-            ap.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+            _unrecognized(sub.choices[args.command], stray or extra)
         args.overrides = [*args.overrides, *extra]
     _refuse_repeats(ap, args)
-    return _dispatch(args)
+    return args
+
+
+def _unrecognized(parser: argparse.ArgumentParser, stray: list[str]) -> None:
+    """Argparse's error for arguments the command does not take, from the command's own
+    parser (its usage, not the top level's), with the nearest option it does take."""
+    import difflib
+
+    options = [o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for word in stray:
+        name = word.split("=", 1)[0]
+        bare = name.lstrip("-")
+        close = [o for o in options if len(bare) > 1 and o.startswith(bare)][:1] or (
+            difflib.get_close_matches(bare, options, n=1)
+        )
+        if word.startswith("-") and close:
+            hints.append(f"{name}: did you mean --{close[0]}?")
+    parser.error(f"unrecognized arguments: {' '.join(stray)}" + "".join(f"; {h}" for h in hints))
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -426,3 +426,33 @@ def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, caps
     err = capsys.readouterr().err
     assert says.replace("{f}", str(f)).replace("{d}", str(tmp_path)) in err, err
     assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        # argparse would take --lr as an abbreviation of --lrs and run a one-LR sweep
+        (
+            ["sweep", "lr", "--lr=1e-3"],
+            "unrecognized arguments: --lr=1e-3; --lr: did you mean --lrs?",
+        ),
+        (["sweep", "lr", "--job", "2"], "--job: did you mean --jobs?"),
+        (["sample", "x", "--temp", "0"], "--temp: did you mean --temperature?"),
+        (["diagnose", "--budget", "3"], "unrecognized arguments: --budget"),
+    ],
+)
+def test_an_option_the_command_lacks_is_refused_with_its_usage_and_the_nearest(
+    tmp_path, capsys, monkeypatch, argv, says
+):
+    """An option a command does not take (also an abbreviation of one it does) is exit 2
+    from the command's own parser, naming the nearest option; nothing runs or is written."""
+    from stablelab.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in err, err
+    assert f"usage: stablelab {argv[0]}" in err and list(tmp_path.iterdir()) == []
+    if argv[0] == "diagnose":
+        assert "did you mean" not in err  # nothing near: no hint
