@@ -1014,6 +1014,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             return hydra_compose("train", overrides=list(overrides))
         except HydraException as e:  # a bad override: a usage error, not a traceback
             keys: list[str] | None = None
+            target: Any = None
             elsewhere: list[str] = []
             bad = _unknown_key(e)
             if bad is not None:  # list the keys beside it (the config without it composes)
@@ -1027,11 +1028,14 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
                         else root
                     )
                     keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else None
+                    if isinstance(parent, DictConfig):
+                        target = parent.get("_target_")
                     elsewhere = _same_key_elsewhere(root, bad)
                     if not isinstance(parent, DictConfig):  # no 'warmup' in 'warmup.steps'
                         problem = missing_parent_problem(root, bad, overrides, elsewhere)
                         raise ConfigError([problem]) from e
-            raise ConfigError([composition_problem(e, overrides, keys, elsewhere)]) from e
+            problem = composition_problem(e, overrides, keys, elsewhere, target)
+            raise ConfigError([problem]) from e
 
 
 def _same_key_elsewhere(root: DictConfig, key: str) -> list[str]:
@@ -1136,6 +1140,7 @@ def composition_problem(
     overrides: Sequence[str] = (),
     keys: Sequence[str] | None = None,
     elsewhere: Sequence[str] = (),
+    target: Any = None,
 ) -> str:
     """One line naming the override Hydra could not compose, and what it accepts
     (``keys``: the keys beside an unknown one, where known; ``elsewhere``: the same key in
@@ -1159,27 +1164,55 @@ def composition_problem(
     key = _unknown_key(e)
     if key is not None:
         given = _given(overrides, key)
-        return unknown_key_problem(key, keys or (), given, elsewhere=elsewhere)
+        return unknown_key_problem(key, keys or (), given, elsewhere=elsewhere, target=target)
     lines = text.split("Config search path:")[0].split("\n")
     return " ".join(line.strip() for line in lines if line.strip())
 
 
-def unknown_key_problem(
-    key: str, known: Sequence[str], given: str, owner: str = "", elsewhere: Sequence[str] = ()
+def _refuses(target: Any, name: str) -> bool:
+    """Whether the class ``target`` names certainly takes no argument ``name`` (read from
+    its source; False where that cannot be told without importing it)."""
+    from stablelab.static_signatures import static_params
+
+    found = static_params(target) if isinstance(target, str) else None
+    return found is not None and not found[1] and name not in found[0]
+
+
+def unknown_key_problem(  # noqa: PLR0913 - one message, its five sources
+    key: str,
+    known: Sequence[str],
+    given: str,
+    owner: str = "",
+    elsewhere: Sequence[str] = (),
+    target: Any = None,
 ) -> str:
     """``key: not a key of 'parent'; did you mean ...? (keys of 'parent': ...; to add a new
     key write +given)`` for an override of a key the config lacks; ``known``: the keys
     beside it (may be empty), ``owner``: whose config (``"the checkpoint's "``),
     ``elsewhere``: the same key in other groups (the first is the "did you mean" when
-    nothing beside it is close)."""
+    nothing beside it is close), ``target``: the parent's ``_target_``. Where that class
+    takes no such argument but another option of the group sets the key
+    (``model.qk_norm`` with model=resnet), the message names that option instead: adding
+    the key with ``+`` would only be refused by the class."""
     if key in RUNTIME_HINTS:
         return f"{key}: set by stablelab at run time ({RUNTIME_HINTS[key]})"
     parent, _, leaf = key.rpartition(".")
     where = f"of {owner}{parent!r}" if parent else "at the top level"
     close = [ALIASES[leaf]] if ALIASES.get(leaf) in known else []
+    owners = (
+        [f"{parent}={o}" for o, keys in _option_keys(parent).items() if leaf in keys]
+        if not close and not owner and _refuses(target, leaf)
+        else []
+    )
     close = close or difflib.get_close_matches(leaf, list(known), n=1)
     if close:
         close = [(parent + "." if parent else "") + close[0]]
+    if owners:  # another option's setting: adding it here would be refused by the class
+        return (
+            f"{key}: not a key of the chosen {parent!r} option; {leaf} is a setting of "
+            f"{' / '.join(owners)}: choose {'one of them' if len(owners) > 1 else 'it'} "
+            f"({owners[0]} {given})"
+        )
     suggestion = (close or list(elsewhere))[:1]
     mean = f"; did you mean {suggestion[0]!r}?" if suggestion else ""
     listed = f"keys {where}: {', '.join(known)}; " if known else ""

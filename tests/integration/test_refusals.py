@@ -207,6 +207,15 @@ CASES = [
     # a key of another group: named
     (["model.batch_size=16"], ["stablelab-train: model.batch_size: not a key of 'model'; "
                                "did you mean 'data.batch_size'?"]),
+    # a key another option of the group sets, which the chosen class does not take: that
+    # option named (adding it with + would be refused by ResNet1D); a key the class takes
+    # (Lightning's Trainer here) keeps Hydra's +key hint
+    (["model.qk_norm=true"], ["model.qk_norm: not a key of the chosen 'model' option; qk_norm "
+                              "is a setting of model=gpt: choose it (model=gpt "
+                              "model.qk_norm=true)"]),
+    (["optimizer.rho=0.8"], ["rho is a setting of optimizer=rmsprop"]),
+    (["trainer.sync_batchnorm=true"], ["trainer.sync_batchnorm: not a key of 'trainer' (keys",
+                                       "to add a new key write +trainer.sync_batchnorm=true"]),
     # a required value left unset, an interpolation that does not resolve: the key
     (["data=text_file"], ["data.path: required and not set; give it on the command line"]),
     (["optimizer.lr=${oc.env:STABLELAB_NO_SUCH_VAR}"],
