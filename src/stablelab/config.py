@@ -1027,9 +1027,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
                         if parent_key
                         else root
                     )
-                    keys = [str(k) for k in parent] if isinstance(parent, DictConfig) else None
                     if isinstance(parent, DictConfig):
-                        target = parent.get("_target_")
+                        keys, target = [str(k) for k in parent], parent.get("_target_")
                     elsewhere = _same_key_elsewhere(root, bad)
                     if not isinstance(parent, DictConfig):  # no 'warmup' in 'warmup.steps'
                         problem = missing_parent_problem(root, bad, overrides, elsewhere)
