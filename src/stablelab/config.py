@@ -306,16 +306,19 @@ def _callable_params(target: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
     takes **kwargs that go nowhere we can see (then unknown keys cannot be judged).
 
     A class whose ``__init__`` forwards ``**kwargs`` to its parent gets the parents'
-    parameters too, up the MRO, until an ``__init__`` without ``**kwargs``.
+    parameters too, up the MRO, until an ``__init__`` without ``**kwargs``; a class with
+    no ``__init__`` but ``object``'s takes no argument at all.
     """
     if not inspect.isclass(target):
         return _signature_params(target)
     params: dict[str, tuple[Any, bool]] = {}
+    seen_init = False
     for klass in target.__mro__:
-        if klass is object:
-            return params, True
+        if klass is object:  # no __init__ of its own anywhere: object's, which takes none
+            return params, seen_init
         if "__init__" not in vars(klass):
             continue
+        seen_init = True
         own, var_kw = _signature_params(vars(klass)["__init__"])
         first = not params
         for name, (ann, required) in own.items():
@@ -343,11 +346,11 @@ def _check_mapping(
             if var_kw:
                 continue
             hint = difflib.get_close_matches(key, list(params), n=1)
+            allowed = ", ".join(k for k in params if k not in provided)
             problems.append(
                 f"{full}: unknown key for {what}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                + "; allowed keys: "
-                + ", ".join(k for k in params if k not in provided)
+                + (f"; allowed keys: {allowed}" if allowed else "; it takes no keys")
             )
             continue
         if key in provided:

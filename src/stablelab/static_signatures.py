@@ -238,21 +238,25 @@ def _class_params(module: str, node: ast.ClassDef, depth: int = 0):
     """As config._callable_params walks the MRO: each ``__init__`` from the class up, until
     one without ``**kwargs``; single inheritance within stablelab only."""
     params: dict[str, tuple[Any, bool]] = {}
+    seen_init = False
     while depth < 10:
         depth += 1
+        if node.decorator_list:  # @dataclass and the like write an __init__ we cannot see
+            return None
         init = next(
             (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
             None,
         )
         if init is not None:
+            seen_init = True
             own, var_kw = _function_params(module, init, skip_first=True)
             first = not params
             for name, (ann, required) in own.items():
                 params.setdefault(name, (ann, required and first))
             if not var_kw:
                 return params, False
-        if not node.bases:
-            return params, True  # object: **kwargs end nowhere we can see
+        if not node.bases:  # object: its __init__ takes nothing; forwarded **kwargs end
+            return params, seen_init  # nowhere we can see
         if len(node.bases) > 1 or not isinstance(node.bases[0], ast.Name):
             return None
         parent = _definition(module, node.bases[0].id)

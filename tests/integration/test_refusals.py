@@ -214,6 +214,13 @@ CASES = [
                               "is a setting of model=gpt: choose it (model=gpt "
                               "model.qk_norm=true)"]),
     (["optimizer.rho=0.8"], ["rho is a setting of optimizer=rmsprop"]),
+    # NoClip has only object's __init__: it takes no keys (not "add it with +")
+    (["clipping=none", "clipping.clip_threshold=1"],
+     ["clip_threshold is a setting of clipping=fixed: choose it (clipping=fixed "
+      "clipping.clip_threshold=1)"]),
+    (["clipping=none", "+clipping.clip_threshold=1"],
+     ["clipping.clip_threshold: unknown key for stablelab.optim.clipping.NoClip; it takes "
+      "no keys"]),
     (["trainer.sync_batchnorm=true"], ["trainer.sync_batchnorm: not a key of 'trainer' (keys",
                                        "to add a new key write +trainer.sync_batchnorm=true"]),
     # a required value left unset, an interpolation that does not resolve: the key

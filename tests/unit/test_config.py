@@ -186,6 +186,23 @@ def test_signatures_read_from_source_equal_the_imported_ones():
     assert read >= 25  # models, optimizers, schedules, clipping, data, stablelab's callbacks
 
 
+def test_a_class_with_only_objects_init_is_read_as_taking_no_keys():
+    """NoClip defines no __init__: object's takes no argument (Python itself refuses
+    one), so both readings say "no keys" rather than "may take **kwargs"; a decorated
+    class (a dataclass writes its own __init__) is left to the full check."""
+    import pytest
+
+    from stablelab.config import _callable_params
+    from stablelab.optim.clipping import NoClip
+    from stablelab.static_signatures import static_params
+
+    with pytest.raises(TypeError):
+        NoClip(clip_threshold=1.0)  # the reference: Python's own refusal
+    assert _callable_params(NoClip) == ({}, False)
+    assert static_params("stablelab.optim.clipping.NoClip") == ({}, False)
+    assert static_params("stablelab.config.LossConfig") is None  # @dataclass: not read
+
+
 def test_the_python_api_takes_lists_and_config_folders_that_exist(tmp_path, monkeypatch):
     """stablelab.run("optimizer.lr=1e-3") used to compose one-letter overrides, and
     config_dirs="my/configs" one-letter folders that Hydra skipped without a word (a default
