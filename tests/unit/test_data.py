@@ -328,6 +328,12 @@ def test_text_file_vocabulary_from_training_text_and_unknown_characters(tmp_path
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ConfigError, match="empty.txt': the file is empty"):
         CharTextDataModule(path=str(tmp_path / "empty.txt"))
+    # one character repeated: loss 0 from the first step, nothing to learn; two will do
+    (tmp_path / "one.txt").write_text("a" * 900 + "ab" * 50)
+    with pytest.raises(ConfigError, match=r"one character repeated \('a' x 900\)"):
+        CharTextDataModule(path=str(tmp_path / "one.txt"), block_size=4)
+    (tmp_path / "two.txt").write_text("ab" * 500)
+    assert CharTextDataModule(path=str(tmp_path / "two.txt"), block_size=4).vocab == "ab"
 
 
 @pytest.mark.parametrize(

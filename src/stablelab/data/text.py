@@ -132,6 +132,15 @@ class CharTextDataModule(InMemoryDataModule):
                 ]
             )
         chars = sorted(set(self.texts["train"]))
+        if len(chars) == 1:  # every next character is certain: loss 0 teaches nothing
+            raise ConfigError(
+                [
+                    f"data.path = {self.path!r}: the training part (the first "
+                    f"{train_fraction:g} of the text) is one character repeated "
+                    f"({chars[0]!r} x {n_train:,}); next-character prediction needs at "
+                    "least 2 distinct characters"
+                ]
+            )
         if set(held) - set(chars):
             chars = sorted({*chars, UNKNOWN})
         self.vocab = "".join(chars)
