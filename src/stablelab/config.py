@@ -307,7 +307,7 @@ def _callable_params(target: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
 
     A class whose ``__init__`` forwards ``**kwargs`` to its parent gets the parents'
     parameters too, up the MRO, until an ``__init__`` without ``**kwargs``; a class with
-    no ``__init__`` but ``object``'s takes no argument at all.
+    no ``__init__`` or ``__new__`` but ``object``'s takes no argument at all.
     """
     if not inspect.isclass(target):
         return _signature_params(target)
@@ -316,6 +316,8 @@ def _callable_params(target: Any) -> tuple[dict[str, tuple[Any, bool]], bool]:
     for klass in target.__mro__:
         if klass is object:  # no __init__ of its own anywhere: object's, which takes none
             return params, seen_init
+        if "__new__" in vars(klass) and not seen_init:  # namedtuple, int: __new__'s
+            return params, True  # arguments, which this does not read
         if "__init__" not in vars(klass):
             continue
         seen_init = True

@@ -243,6 +243,10 @@ def _class_params(module: str, node: ast.ClassDef, depth: int = 0):
         depth += 1
         if node.decorator_list:  # @dataclass and the like write an __init__ we cannot see
             return None
+        if not seen_init and any(
+            isinstance(n, ast.FunctionDef) and n.name == "__new__" for n in node.body
+        ):
+            return None  # __new__'s arguments: the full check
         init = next(
             (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
             None,

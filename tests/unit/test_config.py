@@ -189,7 +189,10 @@ def test_signatures_read_from_source_equal_the_imported_ones():
 def test_a_class_with_only_objects_init_is_read_as_taking_no_keys():
     """NoClip defines no __init__: object's takes no argument (Python itself refuses
     one), so both readings say "no keys" rather than "may take **kwargs"; a decorated
-    class (a dataclass writes its own __init__) is left to the full check."""
+    class (a dataclass writes its own __init__) is left to the full check, and a class whose
+    arguments go to ``__new__`` (a namedtuple) is not judged."""
+    from collections import namedtuple
+
     import pytest
 
     from stablelab.config import _callable_params
@@ -201,6 +204,8 @@ def test_a_class_with_only_objects_init_is_read_as_taking_no_keys():
     assert _callable_params(NoClip) == ({}, False)
     assert static_params("stablelab.optim.clipping.NoClip") == ({}, False)
     assert static_params("stablelab.config.LossConfig") is None  # @dataclass: not read
+    point = namedtuple("Point", "x y")
+    assert point(x=1, y=2).y == 2 and _callable_params(point)[1]  # __new__ takes them
 
 
 def test_the_python_api_takes_lists_and_config_folders_that_exist(tmp_path, monkeypatch):
