@@ -176,6 +176,8 @@ def _number(kind: type, low: float, high: float | None = None, above: bool = Fal
         if bad or (high is not None and value > high):
             want = f"> {low}" if above else f">= {low}"
             want += f" and <= {high}" if high is not None else ""
+            if not math.isfinite(value):
+                want = f"a finite number {want}"
             raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
         return value
 

@@ -479,7 +479,8 @@ def test_overrides_may_follow_options_on_the_command_line(monkeypatch):
     [
         (["sweep", "lr", "--lrs", "-1", "0.01"], "--lrs: must be > 0, got -1"),
         (["sweep", "lr", "--lrs", "0"], "--lrs: must be > 0, got 0"),
-        (["sweep", "lr", "--lrs", "inf"], "--lrs: must be > 0, got inf"),
+        (["sweep", "lr", "--lrs", "inf"], "--lrs: must be a finite number > 0, got inf"),
+        (["sample", ".", "--temperature", "nan"], "--temperature: must be a finite number >= 0"),
         (["sweep", "lr", "--lrs", "0.01", "1e-2"], "--lrs: 0.01 given more than once"),
         (["sweep", "lr", "--lrs", "0.01", "--jobs", "0"], "--jobs: must be >= 1, got 0"),
         (["sweep", "lr", "--lrs", "0.01", "--threads", "-1"], "--threads: must be >= 1"),
@@ -504,7 +505,7 @@ def test_workflow_options_are_refused_by_name_before_any_trial(monkeypatch, caps
     before any trial starts (the commands themselves are replaced: none may run)."""
     from stablelab import cli
 
-    for name in ("sweep_cmd", "probe_cmd", "diagnose_cmd", "clip_threshold"):
+    for name in ("sweep_cmd", "probe_cmd", "diagnose_cmd", "clip_threshold", "sample_cmd"):
         if hasattr(cli, name):
             monkeypatch.setattr(cli, name, lambda a: pytest.fail(f"ran {a}"))
     with pytest.raises(SystemExit) as e:
