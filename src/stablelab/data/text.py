@@ -136,7 +136,7 @@ class CharTextDataModule(InMemoryDataModule):
             raise ConfigError(
                 [
                     f"data.path = {self.path!r}: the training part (the first "
-                    f"{train_fraction:g} of the text) is one character repeated "
+                    f"{train_fraction * 100:g}% of the text) is one character repeated "
                     f"({chars[0]!r} x {n_train:,}); next-character prediction needs at "
                     "least 2 distinct characters"
                 ]
