@@ -234,6 +234,10 @@ def static_params(target: str) -> tuple[dict[str, tuple[Any, bool]], bool] | Non
     return _class_params(where, node)
 
 
+def _method(node: ast.ClassDef, name: str) -> ast.FunctionDef | None:
+    return next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+
+
 def _class_params(module: str, node: ast.ClassDef, depth: int = 0):
     """As config._callable_params walks the MRO: each ``__init__`` from the class up, until
     one without ``**kwargs``; single inheritance within stablelab only."""
@@ -243,14 +247,9 @@ def _class_params(module: str, node: ast.ClassDef, depth: int = 0):
         depth += 1
         if node.decorator_list:  # @dataclass and the like write an __init__ we cannot see
             return None
-        if not seen_init and any(
-            isinstance(n, ast.FunctionDef) and n.name == "__new__" for n in node.body
-        ):
+        if not seen_init and _method(node, "__new__") is not None:
             return None  # __new__'s arguments: the full check
-        init = next(
-            (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"),
-            None,
-        )
+        init = _method(node, "__init__")
         if init is not None:
             seen_init = True
             own, var_kw = _function_params(module, init, skip_first=True)
